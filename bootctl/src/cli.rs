@@ -64,11 +64,17 @@ pub struct Failure {
 
 impl Failure {
     fn usage(message: impl Into<String>) -> Self {
-        Failure { code: 2, message: format!("{}; see `bootctl --help`", message.into()) }
+        Failure {
+            code: 2,
+            message: format!("{}; see `bootctl --help`", message.into()),
+        }
     }
 
     fn refused(message: impl Into<String>) -> Self {
-        Failure { code: 1, message: message.into() }
+        Failure {
+            code: 1,
+            message: message.into(),
+        }
     }
 }
 
@@ -137,10 +143,16 @@ struct Parsed {
 
 impl Parsed {
     fn new(args: Vec<OsString>, with_value: &[&str], switches: &[&str]) -> Result<Parsed, Failure> {
-        let mut parsed = Parsed { flags: vec![], switches: vec![], positional: vec![] };
+        let mut parsed = Parsed {
+            flags: vec![],
+            switches: vec![],
+            positional: vec![],
+        };
         let mut it = args.into_iter();
         while let Some(arg) = it.next() {
-            let arg = arg.into_string().map_err(|_| Failure::usage("arguments must be UTF-8"))?;
+            let arg = arg
+                .into_string()
+                .map_err(|_| Failure::usage("arguments must be UTF-8"))?;
             if with_value.contains(&arg.as_str()) {
                 let v = value(&mut it, &arg)?;
                 parsed.flags.push((arg, v));
@@ -156,7 +168,11 @@ impl Parsed {
     }
 
     fn flag(&self, name: &str) -> Option<&str> {
-        self.flags.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.flags
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 
     fn switch(&self, name: &str) -> bool {
@@ -176,7 +192,11 @@ fn init(esp: &Esp, args: Vec<OsString>, out: &mut dyn Write) -> CliResult {
     p.exactly(0, "no arguments besides --active and --force")?;
     let active = p.flag("--active").map_or(Ok(Slot::A), slot_arg)?;
     esp.init(active, p.switch("--force"))?;
-    let _ = writeln!(out, "initialized {}: active {active}, no trial", esp.dir().display());
+    let _ = writeln!(
+        out,
+        "initialized {}: active {active}, no trial",
+        esp.dir().display()
+    );
     Ok(())
 }
 
@@ -188,7 +208,9 @@ fn status(esp: &Esp, default: Slot, args: Vec<OsString>, out: &mut dyn Write) ->
     } else {
         // A read-only ESP must not hide the state: report it unrepaired.
         esp.status(true, default).or_else(|e| match e {
-            StoreError::Io { .. } | StoreError::NotInPlace { .. } | StoreError::VerifyFailed { .. } => {
+            StoreError::Io { .. }
+            | StoreError::NotInPlace { .. }
+            | StoreError::VerifyFailed { .. } => {
                 eprintln!("bootctl: warning: could not repair: {e}");
                 esp.status(false, default)
             }
@@ -242,7 +264,9 @@ fn arm(esp: &Esp, args: Vec<OsString>, out: &mut dyn Write) -> CliResult {
     let (slot, p) = one_slot(args, &["--tries"])?;
     let tries = match p.flag("--tries") {
         None => DEFAULT_TRIES,
-        Some(t) => t.parse().map_err(|_| Failure::usage(format!("--tries: `{t}` is not a number")))?,
+        Some(t) => t
+            .parse()
+            .map_err(|_| Failure::usage(format!("--tries: `{t}` is not a number")))?,
     };
     esp.update(|s| s.arm_trial(slot, tries))?;
     let _ = writeln!(out, "armed trial of slot {slot}: {tries} boot(s)");
@@ -262,7 +286,11 @@ fn confirm(esp: &Esp, args: Vec<OsString>, out: &mut dyn Write) -> CliResult {
 fn mark_failed(esp: &Esp, args: Vec<OsString>, out: &mut dyn Write) -> CliResult {
     let (slot, _) = one_slot(args, &[])?;
     let (_, state) = esp.update(|s| s.mark_failed(slot))?;
-    let _ = writeln!(out, "trial of slot {slot} marked failed; slot {} boots next", state.active);
+    let _ = writeln!(
+        out,
+        "trial of slot {slot} marked failed; slot {} boots next",
+        state.active
+    );
     Ok(())
 }
 
@@ -292,13 +320,22 @@ fn repair(esp: &Esp, default: Slot, args: Vec<OsString>, out: &mut dyn Write) ->
 
 fn grub_cfg(args: Vec<OsString>, out: &mut dyn Write) -> CliResult {
     let names = [
-        "--cmdline", "--part-a", "--part-b", "--default", "--timeout", "--env1", "--env2", "--kernel", "--initrd",
+        "--cmdline",
+        "--part-a",
+        "--part-b",
+        "--default",
+        "--timeout",
+        "--env1",
+        "--env2",
+        "--kernel",
+        "--initrd",
     ];
     let p = Parsed::new(args, &names, &[])?;
     p.exactly(0, "only options")?;
     let number = |name: &str, default: u32| -> Result<u32, Failure> {
         p.flag(name).map_or(Ok(default), |v| {
-            v.parse().map_err(|_| Failure::usage(format!("{name}: `{v}` is not a number")))
+            v.parse()
+                .map_err(|_| Failure::usage(format!("{name}: `{v}` is not a number")))
         })
     };
     let d = GrubConfig::default();
@@ -315,7 +352,9 @@ fn grub_cfg(args: Vec<OsString>, out: &mut dyn Write) -> CliResult {
         initrd: text("--initrd", d.initrd),
     };
     if cfg.part_a == cfg.part_b || cfg.part_a == 0 || cfg.part_b == 0 {
-        return Err(Failure::usage("--part-a and --part-b must be two different partition numbers"));
+        return Err(Failure::usage(
+            "--part-a and --part-b must be two different partition numbers",
+        ));
     }
     let _ = out.write_all(grubcfg::render(&cfg).as_bytes());
     Ok(())
@@ -338,7 +377,8 @@ fn env_command(args: Vec<OsString>, out: &mut dyn Write) -> CliResult {
                 line.push(b'=');
                 line.extend(value.bytes());
                 line.push(b'\n');
-                out.write_all(&line).map_err(|e| Failure::refused(format!("write output: {e}")))?;
+                out.write_all(&line)
+                    .map_err(|e| Failure::refused(format!("write output: {e}")))?;
             }
             Ok(())
         }
@@ -347,9 +387,13 @@ fn env_command(args: Vec<OsString>, out: &mut dyn Write) -> CliResult {
             for arg in &rest {
                 let bytes = arg.as_bytes();
                 let Some(eq) = bytes.iter().position(|&b| b == b'=') else {
-                    return Err(Failure::refused(format!("invalid parameter {}", arg.to_string_lossy())));
+                    return Err(Failure::refused(format!(
+                        "invalid parameter {}",
+                        arg.to_string_lossy()
+                    )));
                 };
-                envblk::set(&mut block, &bytes[..eq], &bytes[eq + 1..]).map_err(|e| env_fail(&file, e))?;
+                envblk::set(&mut block, &bytes[..eq], &bytes[eq + 1..])
+                    .map_err(|e| env_fail(&file, e))?;
             }
             env_write(&file, &block)
         }
@@ -375,9 +419,12 @@ fn env_create(file: &Path) -> CliResult {
     let mut tmp = file.as_os_str().to_owned();
     tmp.push(".new");
     let tmp = PathBuf::from(tmp);
-    let io_fail = |op: &str, p: &Path, e: io::Error| Failure::refused(format!("{op} {}: {e}", p.display()));
+    let io_fail =
+        |op: &str, p: &Path, e: io::Error| Failure::refused(format!("{op} {}: {e}", p.display()));
     fs::write(&tmp, envblk::create()).map_err(|e| io_fail("write", &tmp, e))?;
-    fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| io_fail("fsync", &tmp, e))?;
+    fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io_fail("fsync", &tmp, e))?;
     fs::rename(&tmp, file).map_err(|e| io_fail("rename to", file, e))
 }
 
@@ -386,7 +433,8 @@ fn env_open(file: &Path) -> Result<Vec<u8>, Failure> {
     if !file.exists() {
         env_create(file)?;
     }
-    let block = fs::read(file).map_err(|e| Failure::refused(format!("read {}: {e}", file.display())))?;
+    let block =
+        fs::read(file).map_err(|e| Failure::refused(format!("read {}: {e}", file.display())))?;
     envblk::validate(&block).map_err(|e| env_fail(file, e))?;
     Ok(block)
 }
@@ -394,7 +442,10 @@ fn env_open(file: &Path) -> Result<Vec<u8>, Failure> {
 /// Writes the edited block back over the same bytes (its length never changes).
 fn env_write(file: &Path, block: &[u8]) -> CliResult {
     let fail = |op: &str, e: io::Error| Failure::refused(format!("{op} {}: {e}", file.display()));
-    let f = OpenOptions::new().write(true).open(file).map_err(|e| fail("open", e))?;
+    let f = OpenOptions::new()
+        .write(true)
+        .open(file)
+        .map_err(|e| fail("open", e))?;
     f.write_all_at(block, 0).map_err(|e| fail("write", e))?;
     f.sync_all().map_err(|e| fail("fsync", e))
 }

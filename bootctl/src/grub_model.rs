@@ -64,7 +64,10 @@ pub struct GrubBoot {
 /// Performs GRUB's boot decision on `copy1` and `copy2`, rewriting them in place
 /// exactly as the script's `save_env` calls would.
 pub fn grub_boot(copy1: &mut [u8], copy2: &mut [u8], default: Slot) -> GrubBoot {
-    let loaded = [AbState::decode_grub(copy1).ok(), AbState::decode_grub(copy2).ok()];
+    let loaded = [
+        AbState::decode_grub(copy1).ok(),
+        AbState::decode_grub(copy2).ok(),
+    ];
     let (state, source) = match loaded {
         [Some(s), _] => (s, Source::Copy1),
         [None, Some(s)] => (s, Source::Copy2),
@@ -151,7 +154,10 @@ mod tests {
         let mut c1 = AbState::new(Slot::B).to_block();
         let mut c2 = c1;
         let b = grub_boot(&mut c1, &mut c2, Slot::A);
-        assert_eq!((b.slot, b.trial, b.source, b.wrote), (Slot::B, false, Source::Copy1, [false, false]));
+        assert_eq!(
+            (b.slot, b.trial, b.source, b.wrote),
+            (Slot::B, false, Source::Copy1, [false, false])
+        );
     }
 
     #[test]
@@ -160,7 +166,10 @@ mod tests {
         let mut c2 = c1;
         for left in [2, 1, 0] {
             let b = grub_boot(&mut c1, &mut c2, Slot::A);
-            assert_eq!((b.slot, b.trial, b.fallback), (Slot::B, true, Some(Slot::A)));
+            assert_eq!(
+                (b.slot, b.trial, b.fallback),
+                (Slot::B, true, Some(Slot::A))
+            );
             assert_eq!(b.wrote, [true, true]);
             assert_eq!(AbState::decode_strict(&c1).unwrap().tries, left);
             assert_eq!(c1, c2);
@@ -168,7 +177,15 @@ mod tests {
         let b = grub_boot(&mut c1, &mut c2, Slot::A);
         assert_eq!((b.slot, b.trial), (Slot::A, false));
         let after = AbState::decode_strict(&c1).unwrap();
-        assert_eq!(after, AbState { active: Slot::A, trial: None, tries: 0, fail: Some(Slot::B) });
+        assert_eq!(
+            after,
+            AbState {
+                active: Slot::A,
+                trial: None,
+                tries: 0,
+                fail: Some(Slot::B)
+            }
+        );
         let b = grub_boot(&mut c1, &mut c2, Slot::A);
         assert_eq!((b.slot, b.wrote), (Slot::A, [false, false]));
     }
@@ -178,7 +195,10 @@ mod tests {
         let mut c1 = [0u8; 1024];
         let mut c2 = armed(3).to_block();
         let b = grub_boot(&mut c1, &mut c2, Slot::A);
-        assert_eq!((b.slot, b.source, b.wrote), (Slot::B, Source::Copy2, [false, true]));
+        assert_eq!(
+            (b.slot, b.source, b.wrote),
+            (Slot::B, Source::Copy2, [false, true])
+        );
         assert_eq!(c1, [0u8; 1024]);
     }
 
@@ -188,7 +208,10 @@ mod tests {
         let mut c2 = envblk::create();
         let before = c2;
         let b = grub_boot(&mut c1, &mut c2, Slot::B);
-        assert_eq!((b.slot, b.source, b.wrote), (Slot::B, Source::Default, [false, false]));
+        assert_eq!(
+            (b.slot, b.source, b.wrote),
+            (Slot::B, Source::Default, [false, false])
+        );
         assert_eq!(c2, before);
     }
 

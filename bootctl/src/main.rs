@@ -1,3 +1,5 @@
 fn main() {
-    std::process::exit(bootctl::cli::main_with_args(std::env::args_os().skip(1).collect()));
+    std::process::exit(bootctl::cli::main_with_args(
+        std::env::args_os().skip(1).collect(),
+    ));
 }

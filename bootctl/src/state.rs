@@ -180,7 +180,12 @@ pub enum Confirmed {
 impl AbState {
     /// A committed slot with no trial and no failure on record.
     pub fn new(active: Slot) -> Self {
-        AbState { active, trial: None, tries: 0, fail: None }
+        AbState {
+            active,
+            trial: None,
+            tries: 0,
+            fail: None,
+        }
     }
 
     /// The four values, in [`VARS`] order, as GRUB stores them.
@@ -239,7 +244,12 @@ impl AbState {
         if trial == Some(active) {
             return Err(StateError::TrialIsActive);
         }
-        Ok(AbState { active, trial, tries: tries - b'0', fail })
+        Ok(AbState {
+            active,
+            trial,
+            tries: tries - b'0',
+            fail,
+        })
     }
 
     /// Writes the four variables into `block` with GRUB's set algorithm, in
@@ -256,7 +266,8 @@ impl AbState {
     pub fn to_block(&self) -> [u8; envblk::DEFAULT_SIZE] {
         let mut block = envblk::create();
         // Four short variables always fit in an empty 1024-byte block.
-        self.encode_into(&mut block).expect("four variables fit in a fresh block");
+        self.encode_into(&mut block)
+            .expect("four variables fit in a fresh block");
         block
     }
 
@@ -301,7 +312,10 @@ impl AbState {
     /// failure stays on record.
     pub fn mark_failed(&mut self, slot: Slot) -> Result<(), TransitionError> {
         if self.trial != Some(slot) {
-            return Err(TransitionError::NotOnTrial { slot, trial: self.trial });
+            return Err(TransitionError::NotOnTrial {
+                slot,
+                trial: self.trial,
+            });
         }
         self.trial = None;
         self.tries = 0;
@@ -342,7 +356,12 @@ mod tests {
 
     #[test]
     fn block_round_trip() {
-        let s = AbState { active: Slot::B, trial: Some(Slot::A), tries: 7, fail: Some(Slot::A) };
+        let s = AbState {
+            active: Slot::B,
+            trial: Some(Slot::A),
+            tries: 7,
+            fail: Some(Slot::A),
+        };
         let block = s.to_block();
         assert_eq!(AbState::decode_strict(&block), Ok(s));
         assert_eq!(AbState::decode_grub(&block), Ok(s));
@@ -355,7 +374,11 @@ mod tests {
         let mut s = AbState::new(Slot::A);
         s.arm_trial(Slot::B, 3).unwrap();
         s.encode_into(&mut block).unwrap();
-        let changed: usize = before.iter().zip(block.iter()).filter(|(a, b)| a != b).count();
+        let changed: usize = before
+            .iter()
+            .zip(block.iter())
+            .filter(|(a, b)| a != b)
+            .count();
         assert_eq!(changed, 2, "ab_trial and ab_tries values only");
     }
 
@@ -363,16 +386,25 @@ mod tests {
     fn decode_rejects_bad_values() {
         let mut block = AbState::new(Slot::A).to_block();
         envblk::set(&mut block, b"ab_tries", b"x").unwrap();
-        assert_eq!(AbState::decode_grub(&block), Err(StateError::BadValue(VAR_TRIES)));
+        assert_eq!(
+            AbState::decode_grub(&block),
+            Err(StateError::BadValue(VAR_TRIES))
+        );
         let mut block = AbState::new(Slot::A).to_block();
         envblk::set(&mut block, b"ab_trial", b"A").unwrap();
         assert_eq!(AbState::decode_grub(&block), Err(StateError::TrialIsActive));
         let mut block = AbState::new(Slot::A).to_block();
         envblk::unset(&mut block, b"ab_fail").unwrap();
-        assert_eq!(AbState::decode_strict(&block), Err(StateError::Missing(VAR_FAIL)));
+        assert_eq!(
+            AbState::decode_strict(&block),
+            Err(StateError::Missing(VAR_FAIL))
+        );
         let mut block = AbState::new(Slot::A).to_block();
         envblk::set(&mut block, b"ab_active", b"AB").unwrap();
-        assert_eq!(AbState::decode_grub(&block), Err(StateError::BadValue(VAR_ACTIVE)));
+        assert_eq!(
+            AbState::decode_grub(&block),
+            Err(StateError::BadValue(VAR_ACTIVE))
+        );
     }
 
     #[test]
@@ -380,36 +412,65 @@ mod tests {
         let mut block = AbState::new(Slot::A).to_block();
         let at = block.iter().rposition(|&c| c == b'\n').unwrap() + 1;
         block[at..at + 12].copy_from_slice(b"ab_active=B\n");
-        assert_eq!(AbState::decode_strict(&block), Err(StateError::Duplicate(VAR_ACTIVE)));
+        assert_eq!(
+            AbState::decode_strict(&block),
+            Err(StateError::Duplicate(VAR_ACTIVE))
+        );
         assert_eq!(AbState::decode_grub(&block).unwrap().active, Slot::B);
     }
 
     #[test]
     fn transitions() {
         let mut s = AbState::new(Slot::A);
-        assert_eq!(s.arm_trial(Slot::A, 3), Err(TransitionError::SlotIsActive { slot: Slot::A }));
-        assert_eq!(s.arm_trial(Slot::B, 0), Err(TransitionError::TriesOutOfRange { tries: 0 }));
-        assert_eq!(s.arm_trial(Slot::B, 10), Err(TransitionError::TriesOutOfRange { tries: 10 }));
+        assert_eq!(
+            s.arm_trial(Slot::A, 3),
+            Err(TransitionError::SlotIsActive { slot: Slot::A })
+        );
+        assert_eq!(
+            s.arm_trial(Slot::B, 0),
+            Err(TransitionError::TriesOutOfRange { tries: 0 })
+        );
+        assert_eq!(
+            s.arm_trial(Slot::B, 10),
+            Err(TransitionError::TriesOutOfRange { tries: 10 })
+        );
         assert_eq!(
             s.mark_failed(Slot::B),
-            Err(TransitionError::NotOnTrial { slot: Slot::B, trial: None })
+            Err(TransitionError::NotOnTrial {
+                slot: Slot::B,
+                trial: None
+            })
         );
         s.arm_trial(Slot::B, 3).unwrap();
         assert_eq!(
             s.arm_trial(Slot::B, 3),
             Err(TransitionError::TrialAlreadyArmed { trial: Slot::B })
         );
-        assert_eq!(s.rollback(), Err(TransitionError::TrialInProgress { trial: Slot::B }));
+        assert_eq!(
+            s.rollback(),
+            Err(TransitionError::TrialInProgress { trial: Slot::B })
+        );
         assert_eq!(
             s.confirm(Slot::A),
-            Err(TransitionError::NotOnTrial { slot: Slot::A, trial: Some(Slot::B) })
+            Err(TransitionError::NotOnTrial {
+                slot: Slot::A,
+                trial: Some(Slot::B)
+            })
         );
         assert_eq!(s.confirm(Slot::B), Ok(Confirmed::Committed));
         assert_eq!(s, AbState::new(Slot::B));
         assert_eq!(s.confirm(Slot::B), Ok(Confirmed::AlreadyCommitted));
         s.arm_trial(Slot::A, 2).unwrap();
         s.mark_failed(Slot::A).unwrap();
-        assert_eq!(s, AbState { active: Slot::B, trial: None, tries: 0, fail: Some(Slot::A) });
+        assert_eq!(
+            s,
+            AbState {
+                active: Slot::B,
+                trial: None,
+                tries: 0,
+                fail: Some(Slot::A)
+            }
+        );
         assert_eq!(s.rollback(), Ok(Slot::A));
         assert_eq!(s, AbState::new(Slot::A));
     }

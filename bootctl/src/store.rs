@@ -29,9 +29,16 @@ const MIN_REPAIR_SIZE: usize = envblk::SIGNATURE.len() + envblk::WARNING.len() +
 
 #[derive(Debug)]
 pub enum StoreError {
-    Io { op: &'static str, path: PathBuf, source: io::Error },
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
     /// Neither copy holds a usable state; GRUB boots the build-time default.
-    BothInvalid { dir: PathBuf, problems: [CopyProblem; 2] },
+    BothInvalid {
+        dir: PathBuf,
+        problems: [CopyProblem; 2],
+    },
     /// `init` found a usable state and was not forced.
     AlreadyInitialized { dir: PathBuf, state: AbState },
     /// The state machine refused the change.
@@ -136,11 +143,19 @@ impl Snapshot {
 
     /// True when both copies hold `state` in rewritable form.
     pub fn is_clean(&self, state: &AbState) -> bool {
-        self.copies.iter().all(|c| c.strict && c.grub.as_ref() == Ok(state))
+        self.copies
+            .iter()
+            .all(|c| c.strict && c.grub.as_ref() == Ok(state))
     }
 
     fn problems(&self) -> [CopyProblem; 2] {
-        [0, 1].map(|i| self.copies[i].grub.clone().err().unwrap_or(CopyProblem::Missing))
+        [0, 1].map(|i| {
+            self.copies[i]
+                .grub
+                .clone()
+                .err()
+                .unwrap_or(CopyProblem::Missing)
+        })
     }
 }
 
@@ -180,7 +195,9 @@ impl Esp {
 
     /// Reads both copies without locking; for callers that only look.
     pub fn read(&self) -> Snapshot {
-        Snapshot { copies: [0, 1].map(|i| read_copy(self.copy_path(i))) }
+        Snapshot {
+            copies: [0, 1].map(|i| read_copy(self.copy_path(i))),
+        }
     }
 
     /// Creates (or, with `force`, overwrites) both copies holding a committed
@@ -189,7 +206,10 @@ impl Esp {
         let _lock = self.lock()?;
         let snap = self.read();
         if let (Some((state, _)), false) = (snap.chosen(), force) {
-            return Err(StoreError::AlreadyInitialized { dir: self.dir.clone(), state });
+            return Err(StoreError::AlreadyInitialized {
+                dir: self.dir.clone(),
+                state,
+            });
         }
         let state = AbState::new(active);
         self.write_both(&snap, &state, true)?;
@@ -203,13 +223,21 @@ impl Esp {
         let _lock = self.lock()?;
         let snap = self.read();
         let Some((state, source)) = snap.chosen() else {
-            return Ok(Status { state: AbState::new(default), source: Source::Default, repaired: false });
+            return Ok(Status {
+                state: AbState::new(default),
+                source: Source::Default,
+                repaired: false,
+            });
         };
         let repaired = repair && !snap.is_clean(&state);
         if repaired {
             self.write_both(&snap, &state, false)?;
         }
-        Ok(Status { state, source, repaired })
+        Ok(Status {
+            state,
+            source,
+            repaired,
+        })
     }
 
     /// Applies `change` to the current state and commits the result to both
@@ -222,7 +250,10 @@ impl Esp {
         let _lock = self.lock()?;
         let snap = self.read();
         let Some((mut state, _)) = snap.chosen() else {
-            return Err(StoreError::BothInvalid { dir: self.dir.clone(), problems: snap.problems() });
+            return Err(StoreError::BothInvalid {
+                dir: self.dir.clone(),
+                problems: snap.problems(),
+            });
         };
         let out = change(&mut state)?;
         if !snap.is_clean(&state) {
@@ -245,7 +276,11 @@ impl Esp {
 }
 
 fn io_err(op: &'static str, path: &Path, source: io::Error) -> StoreError {
-    StoreError::Io { op, path: path.to_path_buf(), source }
+    StoreError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn read_copy(path: PathBuf) -> CopyRead {
@@ -258,13 +293,23 @@ fn read_copy(path: PathBuf) -> CopyRead {
         Err(e) if e.kind() == ErrorKind::NotFound => (None, Err(CopyProblem::Missing), false),
         Err(e) => (None, Err(CopyProblem::Unreadable(e.to_string())), false),
     };
-    CopyRead { path, bytes, grub, strict }
+    CopyRead {
+        path,
+        bytes,
+        grub,
+        strict,
+    }
 }
 
 /// The new bytes for copy `i`: its own block with the values replaced when it
 /// is rewritable, else the other copy's block (repair from the valid one), else
 /// a fresh block of the file's current size.
-fn build_copy(snap: &Snapshot, i: usize, state: &AbState, fresh: bool) -> Result<Vec<u8>, StoreError> {
+fn build_copy(
+    snap: &Snapshot,
+    i: usize,
+    state: &AbState,
+    fresh: bool,
+) -> Result<Vec<u8>, StoreError> {
     let this = &snap.copies[i];
     let other = &snap.copies[1 - i];
     let size = this.bytes.as_ref().map_or(envblk::DEFAULT_SIZE, Vec::len);
@@ -274,10 +319,12 @@ fn build_copy(snap: &Snapshot, i: usize, state: &AbState, fresh: bool) -> Result
         _ => fresh_block(size, &this.path)?,
     };
     let mut block = base;
-    state.encode_into(&mut block).map_err(|e| StoreError::NotInPlace {
-        path: this.path.clone(),
-        reason: e.to_string(),
-    })?;
+    state
+        .encode_into(&mut block)
+        .map_err(|e| StoreError::NotInPlace {
+            path: this.path.clone(),
+            reason: e.to_string(),
+        })?;
     Ok(block)
 }
 
@@ -318,7 +365,8 @@ fn write_in_place(path: &Path, bytes: &[u8], state: &AbState) -> Result<(), Stor
             reason: format!("it is {len} bytes now, the new block is {}", bytes.len()),
         });
     }
-    file.write_all_at(bytes, 0).map_err(|e| io_err("write", path, e))?;
+    file.write_all_at(bytes, 0)
+        .map_err(|e| io_err("write", path, e))?;
     file.sync_all().map_err(|e| io_err("fsync", path, e))?;
     verify(&file, path, bytes)
 }
@@ -333,7 +381,8 @@ fn create_copy(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         .create_new(true)
         .open(path)
         .map_err(|e| io_err("create", path, e))?;
-    file.write_all_at(bytes, 0).map_err(|e| io_err("write", path, e))?;
+    file.write_all_at(bytes, 0)
+        .map_err(|e| io_err("write", path, e))?;
     file.sync_all().map_err(|e| io_err("fsync", path, e))?;
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -343,9 +392,12 @@ fn create_copy(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
 
 fn verify(file: &File, path: &Path, expected: &[u8]) -> Result<(), StoreError> {
     let mut back = vec![0u8; expected.len()];
-    file.read_exact_at(&mut back, 0).map_err(|e| io_err("read back", path, e))?;
+    file.read_exact_at(&mut back, 0)
+        .map_err(|e| io_err("read back", path, e))?;
     if back != expected {
-        return Err(StoreError::VerifyFailed { path: path.to_path_buf() });
+        return Err(StoreError::VerifyFailed {
+            path: path.to_path_buf(),
+        });
     }
     Ok(())
 }
