@@ -49,6 +49,8 @@ done
 busybox depmod -b "$root" "$release"
 
 for f in "$@"; do
+    # Drop a same-named busybox applet link first: cp would write through it into busybox.
+    rm -f "$root/bin/$(basename "$f")"
     cp "$f" "$root/bin/"
     chmod 0755 "$root/bin/$(basename "$f")"
 done
