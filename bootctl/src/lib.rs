@@ -6,7 +6,9 @@
 //!
 //! Those three are the `no_std`, allocation-free core. With the default `std`
 //! feature come [`store`] (the two copies on a mounted ESP, committed in place)
-//! and [`grubcfg`] (the grub.cfg generator).
+//! and [`grubcfg`] (the grub.cfg generator), plus what the node-side programs
+//! share: [`record`] (slot records on PERSIST) and [`partitions`] (finding the
+//! A/B partitions by GPT name).
 #![cfg_attr(not(feature = "std"), no_std)]
 
 pub mod envblk;
@@ -17,6 +19,10 @@ pub mod state;
 pub mod cli;
 #[cfg(feature = "std")]
 pub mod grubcfg;
+#[cfg(feature = "std")]
+pub mod partitions;
+#[cfg(feature = "std")]
+pub mod record;
 #[cfg(feature = "std")]
 pub mod store;
 #[cfg(feature = "std")]

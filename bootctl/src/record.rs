@@ -1,0 +1,292 @@
+//! Slot records on PERSIST: what each root slot holds, and whether it is known
+//! to boot. Written by `os-image` (first install) and `os-agent` (upgrades),
+//! read by `os-init` (trial sanity checks) and `os-agent` (rollback rule).
+//!
+//! One small text file per slot, `PERSIST/ab/slot-A` and `PERSIST/ab/slot-B`, of
+//! `key=value` lines, so a shell in a rescue console can read it too. Records
+//! live on an ordinary journaled ext4, so they are replaced atomically: write a
+//! temp file, fsync, rename over, fsync the directory.
+
+use crate::state::Slot;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// Directory of the records, relative to the PERSIST mount point.
+pub const RECORD_DIR: &str = "ab";
+
+/// What a slot holds, as far as anyone has verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotState {
+    /// Nothing bootable (never written, or being rewritten right now).
+    Empty,
+    /// A verified image that has not yet completed a confirmed boot.
+    Written,
+    /// A verified image that booted and was confirmed at least once.
+    Good,
+    /// A verified image whose trial boot failed.
+    Failed,
+}
+
+impl SlotState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SlotState::Empty => "empty",
+            SlotState::Written => "written",
+            SlotState::Good => "good",
+            SlotState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<SlotState> {
+        Some(match s {
+            "empty" => SlotState::Empty,
+            "written" => SlotState::Written,
+            "good" => SlotState::Good,
+            "failed" => SlotState::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// Who confirms a trial boot of the slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfirmPolicy {
+    /// `os-init` confirms as soon as the root passes its sanity checks.
+    Initramfs,
+    /// `os-init` leaves the trial open; the agent's health gate confirms.
+    Agent,
+}
+
+impl ConfirmPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConfirmPolicy::Initramfs => "initramfs",
+            ConfirmPolicy::Agent => "agent",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ConfirmPolicy> {
+        match s {
+            "initramfs" => Some(ConfirmPolicy::Initramfs),
+            "agent" => Some(ConfirmPolicy::Agent),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotRecord {
+    pub slot: Slot,
+    pub state: SlotState,
+    /// OS version of the image (`VERSION_ID` in its /etc/os-release).
+    pub version: String,
+    /// `blake3:<hex>` of the whole root image as written.
+    pub digest: String,
+    /// Bytes of the root image (the slot may be larger).
+    pub size: u64,
+    /// When the image was written, seconds since the Unix epoch.
+    pub written_at: u64,
+    /// Confirmation policy for trial boots of this slot; `None`: the default.
+    pub confirm: Option<ConfirmPolicy>,
+}
+
+impl SlotRecord {
+    /// The record of a slot that holds nothing usable.
+    pub fn empty(slot: Slot) -> SlotRecord {
+        SlotRecord {
+            slot,
+            state: SlotState::Empty,
+            version: String::new(),
+            digest: String::new(),
+            size: 0,
+            written_at: 0,
+            confirm: None,
+        }
+    }
+
+    pub fn to_text(&self) -> String {
+        let mut s = format!(
+            "slot={}\nstate={}\nversion={}\ndigest={}\nsize={}\nwritten_at={}\n",
+            self.slot,
+            self.state.as_str(),
+            self.version,
+            self.digest,
+            self.size,
+            self.written_at
+        );
+        if let Some(c) = self.confirm {
+            s.push_str(&format!("confirm={}\n", c.as_str()));
+        }
+        s
+    }
+
+    /// Parses a record; unknown keys are ignored so newer writers stay readable.
+    pub fn parse(text: &str) -> Result<SlotRecord, String> {
+        let mut rec = SlotRecord::empty(Slot::A);
+        let mut slot = None;
+        let mut state = None;
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let (key, value) = line
+                .split_once('=')
+                .ok_or_else(|| format!("line without '=': {line:?}"))?;
+            let bad = || format!("invalid {key}: {value:?}");
+            match key {
+                "slot" => slot = Some(Slot::parse(value).ok_or_else(bad)?),
+                "state" => state = Some(SlotState::parse(value).ok_or_else(bad)?),
+                "version" => rec.version = value.to_owned(),
+                "digest" => rec.digest = value.to_owned(),
+                "size" => rec.size = value.parse().map_err(|_| bad())?,
+                "written_at" => rec.written_at = value.parse().map_err(|_| bad())?,
+                "confirm" => rec.confirm = Some(ConfirmPolicy::parse(value).ok_or_else(bad)?),
+                _ => {}
+            }
+        }
+        rec.slot = slot.ok_or("no slot= line")?;
+        rec.state = state.ok_or("no state= line")?;
+        Ok(rec)
+    }
+}
+
+/// Path of `slot`'s record under the PERSIST mount point `persist`.
+pub fn record_path(persist: &Path, slot: Slot) -> PathBuf {
+    persist.join(RECORD_DIR).join(format!("slot-{slot}"))
+}
+
+#[derive(Debug)]
+pub enum RecordError {
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    Corrupt {
+        path: PathBuf,
+        reason: String,
+    },
+    /// The file names a different slot than the path it was read from.
+    WrongSlot {
+        path: PathBuf,
+        found: Slot,
+    },
+}
+
+impl std::fmt::Display for RecordError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecordError::Io { op, path, source } => write!(f, "{op} {}: {source}", path.display()),
+            RecordError::Corrupt { path, reason } => {
+                write!(f, "slot record {} is corrupt: {reason}", path.display())
+            }
+            RecordError::WrongSlot { path, found } => {
+                write!(f, "slot record {} describes slot {found}", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for RecordError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RecordError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// Reads `slot`'s record; a missing file reads as an empty slot.
+pub fn read(persist: &Path, slot: Slot) -> Result<SlotRecord, RecordError> {
+    let path = record_path(persist, slot);
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(SlotRecord::empty(slot)),
+        Err(source) => {
+            return Err(RecordError::Io {
+                op: "read",
+                path,
+                source,
+            })
+        }
+    };
+    let rec = SlotRecord::parse(&text).map_err(|reason| RecordError::Corrupt {
+        path: path.clone(),
+        reason,
+    })?;
+    if rec.slot != slot {
+        return Err(RecordError::WrongSlot {
+            path,
+            found: rec.slot,
+        });
+    }
+    Ok(rec)
+}
+
+/// Replaces the record atomically: temp file, fsync, rename, fsync directory.
+pub fn write(persist: &Path, rec: &SlotRecord) -> Result<(), RecordError> {
+    let path = record_path(persist, rec.slot);
+    let dir = path
+        .parent()
+        .expect("record path has a parent")
+        .to_path_buf();
+    let io = |op: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| RecordError::Io { op, path, source }
+    };
+    fs::create_dir_all(&dir).map_err(io("create directory", &dir))?;
+    let tmp = dir.join(format!(".slot-{}.tmp", rec.slot));
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(io("create", &tmp))?;
+    f.write_all(rec.to_text().as_bytes())
+        .map_err(io("write", &tmp))?;
+    f.sync_all().map_err(io("fsync", &tmp))?;
+    fs::rename(&tmp, &path).map_err(io("rename to", &path))?;
+    File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("fsync directory", &dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_missing_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            read(dir.path(), Slot::B).unwrap(),
+            SlotRecord::empty(Slot::B)
+        );
+        let rec = SlotRecord {
+            slot: Slot::B,
+            state: SlotState::Written,
+            version: "2".into(),
+            digest: "blake3:ab".into(),
+            size: 4096,
+            written_at: 1_700_000_000,
+            confirm: Some(ConfirmPolicy::Initramfs),
+        };
+        write(dir.path(), &rec).unwrap();
+        assert_eq!(read(dir.path(), Slot::B).unwrap(), rec);
+        assert!(!dir.path().join("ab/.slot-B.tmp").exists());
+    }
+
+    #[test]
+    fn corrupt_and_misplaced_records_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("ab")).unwrap();
+        fs::write(record_path(dir.path(), Slot::A), "slot=A\nstate=bogus\n").unwrap();
+        assert!(matches!(
+            read(dir.path(), Slot::A),
+            Err(RecordError::Corrupt { .. })
+        ));
+        fs::write(record_path(dir.path(), Slot::A), "slot=B\nstate=good\n").unwrap();
+        assert!(matches!(
+            read(dir.path(), Slot::A),
+            Err(RecordError::WrongSlot { found: Slot::B, .. })
+        ));
+    }
+}
