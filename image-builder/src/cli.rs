@@ -1,0 +1,218 @@
+//! `os-image` command line.
+
+use crate::{bundle, demo, disk};
+use bootctl::Slot;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "os-image",
+    version,
+    about = "Build A/B update bundles and bootable disk images, without root",
+    long_about = "Build A/B update bundles and bootable disk images from a root filesystem.\n\n\
+                  Needs no root privileges, loop devices or mounts: filesystems are made with \
+                  mkfs.ext4 -d and mtools, the GPT with sgdisk, qcow2 with qemu-img.\n\n\
+                  Example:\n  \
+                  os-image demo-rootfs --version 1 --kernel-deb linux-image-6.1.0-56-amd64.deb --out rootfs-v1\n  \
+                  os-image bundle --rootfs rootfs-v1 --version 1 --out bundles\n  \
+                  os-image disk --bundle bundles/os-1.manifest.json --out node.img"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Build an update bundle (NAME.img.zst + NAME.manifest.json) from a root filesystem
+    Bundle {
+        /// Root filesystem: a directory or a tar archive (optionally gzip/zstd compressed)
+        #[arg(long)]
+        rootfs: PathBuf,
+        /// OS version recorded in the manifest; must match VERSION_ID in the rootfs's /etc/os-release
+        #[arg(long)]
+        version: String,
+        /// Output directory (created if missing)
+        #[arg(long)]
+        out: PathBuf,
+        /// Bundle file name stem [default: os-VERSION]
+        #[arg(long)]
+        name: Option<String>,
+        /// Size of the ext4 root image, e.g. 512M or 1G [default: content plus 25%, rounded up to 16 MiB]
+        #[arg(long, value_parser = parse_size)]
+        root_size: Option<u64>,
+        /// The static os-init binary to put in the initramfs as /init [default: os-init beside os-image]
+        #[arg(long)]
+        os_init: Option<PathBuf>,
+        /// Uncompressed bytes per chunk (and zstd frame), e.g. 4M
+        #[arg(long, value_parser = parse_size, default_value = "4M")]
+        chunk_size: u64,
+        /// zstd compression level (1-19)
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
+        level: i32,
+    },
+    /// Build a bootable GPT disk (ESP with GRUB, ROOT-A, ROOT-B, PERSIST) from bundles
+    Disk {
+        /// Bundle manifest for slot A
+        #[arg(long)]
+        bundle: PathBuf,
+        /// Bundle manifest for slot B [default: slot B left empty]
+        #[arg(long)]
+        bundle_b: Option<PathBuf>,
+        /// Arm a trial of this slot (needs --bundle-b for B)
+        #[arg(long, value_parser = parse_slot)]
+        arm: Option<Slot>,
+        /// Trial boots for --arm (1-9)
+        #[arg(long, default_value_t = bootctl::state::DEFAULT_TRIES)]
+        tries: u8,
+        /// Total disk size, e.g. 2G [default: just enough for the layout]
+        #[arg(long, value_parser = parse_size)]
+        size: Option<u64>,
+        /// Size of each root slot [default: the larger bundle's image, rounded up to 64 MiB]
+        #[arg(long, value_parser = parse_size)]
+        slot_size: Option<u64>,
+        /// Output format
+        #[arg(long, value_enum, default_value_t = Format::Raw)]
+        format: Format,
+        /// Extra kernel command line for both slots
+        #[arg(long, default_value = disk::DEFAULT_CMDLINE)]
+        cmdline: String,
+        /// Output disk image
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Build the minimal demo root filesystem (busybox + a Debian kernel package)
+    DemoRootfs {
+        /// Version written to /etc/os-release and printed at boot
+        #[arg(long)]
+        version: String,
+        /// Debian kernel package (linux-image-*.deb) to take vmlinuz and modules from
+        #[arg(long)]
+        kernel_deb: PathBuf,
+        /// Output directory (must not exist or be empty)
+        #[arg(long)]
+        out: PathBuf,
+        /// os-agent binary to include [default: os-agent beside os-image, when present]
+        #[arg(long)]
+        agent: Option<PathBuf>,
+        /// Make /sbin/init fail before the health gate can pass (a deliberately broken release)
+        #[arg(long)]
+        broken: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Raw,
+    Qcow2,
+}
+
+/// Parses `512`, `64K`, `16M`, `1G`, `2GiB` (binary units) into bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (e.g. 512M, 1G)"))?;
+    let shift = match unit.trim_end_matches("iB").trim_end_matches('B') {
+        "" => 0,
+        "K" | "k" => 10,
+        "M" | "m" => 20,
+        "G" | "g" => 30,
+        "T" | "t" => 40,
+        _ => return Err(format!("`{s}`: unknown unit `{unit}` (use K, M, G or T)")),
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("`{s}` is too large"))
+}
+
+fn parse_slot(s: &str) -> Result<Slot, String> {
+    Slot::parse(s).ok_or_else(|| format!("`{s}` is not a slot (A or B)"))
+}
+
+/// Runs the command line; returns the process exit status.
+pub fn main() -> i32 {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp(None)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Bundle {
+            rootfs,
+            version,
+            out,
+            name,
+            root_size,
+            os_init,
+            chunk_size,
+            level,
+        } => bundle::run(&bundle::BundleOptions {
+            rootfs,
+            version,
+            out,
+            name,
+            root_size,
+            os_init,
+            chunk_size,
+            level,
+        })
+        .map(|_| ()),
+        Command::Disk {
+            bundle,
+            bundle_b,
+            arm,
+            tries,
+            size,
+            slot_size,
+            format,
+            cmdline,
+            out,
+        } => disk::run(&disk::DiskOptions {
+            bundle,
+            bundle_b,
+            arm,
+            tries,
+            size,
+            slot_size,
+            format,
+            cmdline,
+            out,
+        }),
+        Command::DemoRootfs {
+            version,
+            kernel_deb,
+            out,
+            agent,
+            broken,
+        } => demo::run(&demo::DemoOptions {
+            version,
+            kernel_deb,
+            out,
+            agent,
+            broken,
+        }),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("os-image: error: {e:#}");
+            1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512"), Ok(512));
+        assert_eq!(parse_size("4M"), Ok(4 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert!(parse_size("1X").is_err());
+        assert!(parse_size("M").is_err());
+    }
+}

@@ -1,0 +1,11 @@
+//! `os-image`: builds update bundles (DESIGN.md §5) and bootable A/B disk images
+//! (DESIGN.md §3) from a root filesystem, without root privileges, loop devices
+//! or mounts. External tools (mkfs.ext4, mtools, sgdisk, grub-mkimage, qemu-img)
+//! are run as subprocesses; [`tools`] names the Debian package when one is missing.
+
+pub mod bundle;
+pub mod cli;
+pub mod demo;
+pub mod disk;
+pub mod manifest;
+pub mod tools;

@@ -1,0 +1,58 @@
+//! Running the external tools the builder relies on, with errors that say what
+//! to install and show what the tool printed.
+
+use anyhow::{bail, Context, Result};
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// Debian package that ships `tool`, for the "install it" hint.
+fn package_of(tool: &str) -> &'static str {
+    match tool {
+        "mkfs.ext4" | "e2fsck" | "debugfs" | "mke2fs" => "e2fsprogs",
+        "mcopy" | "mmd" | "mformat" | "mdir" | "mshowfat" => "mtools",
+        "mkfs.vfat" | "fsck.fat" => "dosfstools",
+        "sgdisk" => "gdisk",
+        "grub-mkimage" => "grub-common (with grub-efi-amd64-bin for the x86_64-efi modules)",
+        "qemu-img" => "qemu-utils",
+        "busybox" => "busybox-static",
+        "dpkg-deb" => "dpkg",
+        _ => "the package that provides it",
+    }
+}
+
+/// Finds `tool` in PATH (plus /sbin and /usr/sbin, where e2fsprogs lives).
+pub fn find(tool: &str) -> Result<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs = std::env::split_paths(&path).chain(["/usr/sbin", "/sbin"].map(PathBuf::from));
+    for dir in dirs {
+        let candidate = dir.join(tool);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!(
+        "`{tool}` not found: install the Debian package {}",
+        package_of(tool)
+    )
+}
+
+/// A command for `tool`, located with [`find`].
+pub fn command(tool: &str) -> Result<Command> {
+    Ok(Command::new(find(tool)?))
+}
+
+/// Runs `cmd` to completion; a non-zero exit is an error carrying its stderr.
+pub fn run(cmd: &mut Command) -> Result<Output> {
+    let shown = format!("{cmd:?}");
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot start {shown}"))?;
+    if !out.status.success() {
+        bail!(
+            "{shown} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out)
+}
