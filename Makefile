@@ -1,7 +1,9 @@
 # `make test` is the README's test command and what CI runs (.ci/run).
 CARGO ?= cargo
+BIN := target/bin
+MUSL := x86_64-unknown-linux-musl
 
-.PHONY: test deps lint core-no-std unit
+.PHONY: test deps lint core-no-std unit bins
 
 test: deps lint core-no-std unit
 
@@ -18,3 +20,13 @@ core-no-std:
 
 unit:
 	$(CARGO) test --workspace
+
+# Release binaries in one directory: os-image (host) finds os-init and os-agent
+# (static, for nodes) beside itself.
+bins:
+	$(CARGO) build --release -p image-builder --bin os-image
+	$(CARGO) build --release --target $(MUSL) -p initramfs -p bootctl -p agent
+	mkdir -p $(BIN)
+	cp target/release/os-image target/$(MUSL)/release/os-init target/$(MUSL)/release/os-agent target/$(MUSL)/release/bootctl $(BIN)/
+	@for b in os-init os-agent bootctl; do file $(BIN)/$$b | grep -Eq 'statically linked|static-pie linked' || { echo "$$b is not static"; exit 1; }; \
+	  echo "$$b: static, $$(stat -c %s $(BIN)/$$b) bytes stripped"; done

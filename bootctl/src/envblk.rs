@@ -41,6 +41,9 @@ impl core::fmt::Display for EnvError {
     }
 }
 
+#[cfg(feature = "std")]
+impl std::error::Error for EnvError {}
+
 /// A fresh block exactly as `grub-editenv FILE create` writes it.
 pub fn create() -> [u8; DEFAULT_SIZE] {
     let mut buf = [b'#'; DEFAULT_SIZE];

@@ -155,6 +155,11 @@ impl core::fmt::Display for TransitionError {
     }
 }
 
+#[cfg(feature = "std")]
+impl std::error::Error for StateError {}
+#[cfg(feature = "std")]
+impl std::error::Error for TransitionError {}
+
 /// The boot state held by each env copy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AbState {

@@ -1,7 +1,28 @@
-//! `os-image bundle`. (Being written.)
+//! `os-image bundle`: the update bundle of DESIGN.md §5 from a root filesystem.
+//!
+//! 1. stage the rootfs in a work directory inside OUTDIR (rootfs.rs) and check
+//!    it: os-release version, one kernel, one modules release;
+//! 2. add `/boot/vmlinuz`, `/boot/initramfs.img` (initramfs.rs, kmod.rs) and
+//!    the mount points;
+//! 3. make the ext4 root image, deterministically, and fsck it (ext4.rs);
+//! 4. read the image once, hashing it whole and per chunk and compressing
+//!    each chunk as its own zstd frame, into a temp file (hashing.rs,
+//!    chunked.rs): memory stays at a few chunks whatever the image size;
+//! 5. write the manifest to a temp file, rename the image and then the
+//!    manifest into place. A failed build leaves no file with a final name;
+//!    the work directory goes away in every case.
 
-use anyhow::{bail, Result};
-use std::path::PathBuf;
+use crate::chunked::ChunkWriter;
+use crate::hashing::HashingReader;
+use crate::manifest::{format_digest, Chunk, Manifest, FORMAT};
+use crate::rootfs::TreeStats;
+use crate::{elf, ext4, initramfs, kmod, rootfs, tools};
+use anyhow::{bail, Context, Result};
+use std::fs::{self, File, Permissions};
+use std::io::{self, BufReader};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 #[derive(Debug, Clone)]
 pub struct BundleOptions {
@@ -15,13 +36,424 @@ pub struct BundleOptions {
     pub level: i32,
 }
 
-/// Paths of the files a bundle build wrote.
+/// Paths of the files a bundle build wrote, and what the manifest says of the image.
 #[derive(Debug, Clone)]
 pub struct BundleOutput {
     pub image: PathBuf,
     pub manifest: PathBuf,
+    /// `blake3:<hex>` of the uncompressed root image.
+    pub image_digest: String,
+    pub image_size: u64,
 }
 
-pub fn run(_opts: &BundleOptions) -> Result<BundleOutput> {
-    bail!("not implemented yet")
+/// Default image size: content plus a quarter plus this, rounded up to [`SIZE_STEP`].
+const HEADROOM: u64 = 16 << 20;
+const SIZE_STEP: u64 = 16 << 20;
+/// Below content plus this, mkfs.ext4 cannot fit its own metadata.
+const MIN_SLACK: u64 = 2 << 20;
+/// Chunks are held in memory twice (plain and compressed).
+const MAX_CHUNK: u64 = 1 << 30;
+const READ_BUFFER: usize = 1 << 20;
+/// Compression threads at most: each holds a chunk and its frame.
+const MAX_THREADS: usize = 4;
+const OS_INIT_HINT: &str =
+    "build it with `cargo build --release --target x86_64-unknown-linux-musl -p initramfs` \
+     and pass --os-init target/x86_64-unknown-linux-musl/release/os-init";
+
+/// What staging found and added.
+struct Staged {
+    stats: TreeStats,
+    /// Every timestamp in the image.
+    time: u64,
+}
+
+pub fn run(opts: &BundleOptions) -> Result<BundleOutput> {
+    let name = opts
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("os-{}", opts.version));
+    check_options(opts, &name)?;
+    for tool in ["mkfs.ext4", "debugfs", "e2fsck"] {
+        tools::find(tool)?;
+    }
+    let os_init = find_os_init(opts.os_init.as_deref())?;
+    let source_date_epoch = std::env::var("SOURCE_DATE_EPOCH").ok();
+    check_out_not_in_rootfs(&opts.out, &opts.rootfs)?;
+    fs::create_dir_all(&opts.out).with_context(|| format!("create {}", opts.out.display()))?;
+    let work = tempfile::Builder::new()
+        .prefix(".os-image-")
+        .tempdir_in(&opts.out)
+        .with_context(|| format!("create a work directory in {}", opts.out.display()))?;
+    let staging = work.path().join("rootfs");
+    fs::create_dir(&staging).with_context(|| format!("create {}", staging.display()))?;
+    // Owner of a directory we just made = our effective uid, without unsafe code.
+    let as_root = fs::metadata(&staging)?.uid() == 0;
+    if !as_root {
+        log::warn!("not running as root: every file in the image will be owned by 0:0");
+    }
+    let staged = prepare_staging(
+        opts,
+        &os_init,
+        &staging,
+        source_date_epoch.as_deref(),
+        as_root,
+    )?;
+    let image = make_root_image(opts, &name, &staged, &staging, work.path(), as_root)?;
+    fs::remove_dir_all(&staging).with_context(|| format!("remove {}", staging.display()))?;
+    publish(opts, &name, &image)
+}
+
+/// The ext4 image of the staging tree, `work/root.ext4`.
+fn make_root_image(
+    opts: &BundleOptions,
+    name: &str,
+    staged: &Staged,
+    staging: &Path,
+    work: &Path,
+    as_root: bool,
+) -> Result<PathBuf> {
+    let size = image_size(&staged.stats, opts.root_size)?;
+    let params = ext4::Ext4Params {
+        size,
+        inodes: inode_count(&staged.stats),
+        uuid: ext4::derived_uuid("uuid", name, &opts.version),
+        hash_seed: ext4::derived_uuid("hash_seed", name, &opts.version),
+        time: staged.time,
+        owners_to_root: !as_root,
+    };
+    let image = work.join("root.ext4");
+    log::info!(
+        "mkfs.ext4: {} MiB root image, {} inodes",
+        size >> 20,
+        params.inodes
+    );
+    ext4::make(&image, staging, &params, work).with_context(|| {
+        let content = content_bytes(&staged.stats);
+        format!(
+            "make the root image ({} MiB for about {} MiB of rootfs)",
+            size >> 20,
+            content >> 20
+        )
+    })?;
+    Ok(image)
+}
+
+fn check_options(opts: &BundleOptions, name: &str) -> Result<()> {
+    let bad = |s: &str| {
+        s.is_empty()
+            || s.starts_with('.')
+            || s.chars()
+                .any(|c| c == '/' || c.is_whitespace() || c.is_control())
+    };
+    if bad(&opts.version) {
+        bail!("--version {:?} cannot be part of a file name", opts.version);
+    }
+    if bad(name) {
+        bail!("--name {name:?} is not a plain file name");
+    }
+    if opts.chunk_size == 0
+        || opts.chunk_size % ext4::BLOCK_SIZE != 0
+        || opts.chunk_size > MAX_CHUNK
+    {
+        bail!(
+            "--chunk-size {} is not a multiple of 4 KiB up to 1 GiB",
+            opts.chunk_size
+        );
+    }
+    if let Some(size) = opts.root_size {
+        if size == 0 || size % ext4::BLOCK_SIZE != 0 {
+            bail!("--root-size {size} is not a multiple of 4 KiB");
+        }
+    }
+    Ok(())
+}
+
+/// The work directory is made in OUTDIR: inside the rootfs it would be
+/// copied into itself.
+fn check_out_not_in_rootfs(out: &Path, rootfs: &Path) -> Result<()> {
+    let Ok(rootfs) = rootfs.canonicalize() else {
+        return Ok(());
+    };
+    // OUTDIR may not exist yet: resolve its nearest existing ancestor.
+    let mut existing = out;
+    let mut rest = Vec::new();
+    while let (Err(_), Some(parent)) = (existing.canonicalize(), existing.parent()) {
+        rest.push(existing.file_name().unwrap_or_default());
+        existing = parent;
+    }
+    let mut resolved = existing
+        .canonicalize()
+        .unwrap_or_else(|_| existing.to_path_buf());
+    resolved.extend(rest.iter().rev());
+    if resolved.starts_with(&rootfs) {
+        bail!(
+            "--out {} is inside --rootfs {}",
+            out.display(),
+            rootfs.display()
+        );
+    }
+    Ok(())
+}
+
+/// `--os-init`, else `os-init` beside the running `os-image`.
+fn find_os_init(given: Option<&Path>) -> Result<PathBuf> {
+    let path = match given {
+        Some(p) => p.to_path_buf(),
+        None => std::env::current_exe()
+            .context("locate the os-image executable")?
+            .with_file_name("os-init"),
+    };
+    if !path.is_file() {
+        bail!("os-init not found at {}: {OS_INIT_HINT}", path.display());
+    }
+    match elf::is_dynamic(&path) {
+        Ok(false) => {}
+        Ok(true) => log::warn!(
+            "{} is dynamically linked and cannot run in the initramfs: {OS_INIT_HINT}",
+            path.display()
+        ),
+        Err(e) => log::warn!(
+            "{} is not an ELF executable ({e:#}); the initramfs needs a static os-init",
+            path.display()
+        ),
+    }
+    Ok(path)
+}
+
+fn prepare_staging(
+    opts: &BundleOptions,
+    os_init: &Path,
+    staging: &Path,
+    source_date_epoch: Option<&str>,
+    as_root: bool,
+) -> Result<Staged> {
+    log::info!("staging {} in {}", opts.rootfs.display(), staging.display());
+    rootfs::stage(&opts.rootfs, staging, as_root)?;
+    rootfs::check_version(staging, &opts.version)?;
+    let time = build_time(source_date_epoch, rootfs::tree_stats(staging)?.newest_mtime)?;
+    let kernel = rootfs::find_kernel(staging)?;
+    let (release, modules_dir) = rootfs::find_modules(staging)?;
+    rootfs::check_kernel_release(&kernel, &release)?;
+    let tree = kmod::ModuleTree::scan(&modules_dir)?;
+    let modules = tree.resolve(kmod::WANTED)?;
+    rootfs::place_kernel(staging, &kernel)?;
+    let path = staging.join("boot/initramfs.img");
+    // Never write through what the rootfs brought: a symlink may point
+    // anywhere, a file may be a hard link to the user's rootfs.
+    if fs::symlink_metadata(&path).is_ok() {
+        fs::remove_file(&path).with_context(|| format!("remove {}", path.display()))?;
+    }
+    initramfs::build(&path, os_init, &modules, time as u32)?;
+    let names: Vec<String> = modules.iter().map(|m| m.name.clone()).collect();
+    log::info!(
+        "initramfs: kernel {release}, {} modules ({}), {} KiB",
+        modules.len(),
+        names.join(" "),
+        fs::metadata(&path)?.len() >> 10
+    );
+    rootfs::add_mount_points(staging)?;
+    let stats = rootfs::tree_stats(staging)?;
+    log::info!(
+        "staged {} inodes, {} MiB of data",
+        stats.inodes,
+        stats.bytes >> 20
+    );
+    Ok(Staged { stats, time })
+}
+
+/// SOURCE_DATE_EPOCH if set, else the newest mtime of the input, so that the
+/// same input gives the same image. At least 1: E2FSPROGS_FAKE_TIME=0 means
+/// "not set" to e2fsprogs.
+fn build_time(source_date_epoch: Option<&str>, newest_mtime: i64) -> Result<u64> {
+    let t = match source_date_epoch {
+        Some(s) => s
+            .trim()
+            .parse::<u64>()
+            .with_context(|| format!("SOURCE_DATE_EPOCH={s:?} is not a number of seconds"))?,
+        None => newest_mtime.max(0) as u64,
+    };
+    if t > u64::from(u32::MAX) {
+        bail!("timestamp {t} is beyond 2106, which the initramfs's cpio cannot hold");
+    }
+    Ok(t.max(1))
+}
+
+/// Inodes for mkfs: the tree plus the reserved ones and a little room.
+fn inode_count(stats: &TreeStats) -> u64 {
+    stats.inodes + stats.inodes / 16 + 64
+}
+
+/// Data blocks plus inode tables.
+fn content_bytes(stats: &TreeStats) -> u64 {
+    stats.bytes + inode_count(stats) * ext4::INODE_SIZE
+}
+
+fn image_size(stats: &TreeStats, root_size: Option<u64>) -> Result<u64> {
+    let content = content_bytes(stats);
+    match root_size {
+        None => Ok((content + content / 4 + HEADROOM).div_ceil(SIZE_STEP) * SIZE_STEP),
+        Some(size) if size < content + MIN_SLACK => bail!(
+            "the rootfs needs at least {} MiB ({} bytes) in ext4, more than --root-size {} MiB ({size} bytes)",
+            (content + MIN_SLACK).div_ceil(1 << 20),
+            content + MIN_SLACK,
+            size >> 20
+        ),
+        Some(size) => Ok(size),
+    }
+}
+
+/// Compresses `image` into `OUTDIR/NAME.img.zst` and writes the manifest.
+fn publish(opts: &BundleOptions, name: &str, image: &Path) -> Result<BundleOutput> {
+    let image_name = format!("{name}.img.zst");
+    let temp = |suffix: &str| {
+        tempfile::Builder::new()
+            .prefix(&format!(".{name}.{suffix}."))
+            .permissions(Permissions::from_mode(0o644))
+            .tempfile_in(&opts.out)
+            .with_context(|| format!("create a temp file in {}", opts.out.display()))
+    };
+    let zst = temp("img.zst")?;
+    let (chunks, digest, image_size) = compress(image, zst.as_file(), opts.chunk_size, opts.level)?;
+    let manifest = Manifest {
+        format: FORMAT,
+        name: name.to_string(),
+        os_version: opts.version.clone(),
+        arch: "x86_64".to_string(),
+        image: image_name.clone(),
+        image_size,
+        image_digest: format_digest(&digest),
+        compressed_size: chunks.iter().map(|c| c.zsize).sum(),
+        chunk_size: opts.chunk_size,
+        chunks,
+    };
+    manifest.check().context("the manifest just built")?;
+    let json = temp("manifest.json")?;
+    manifest.save(json.path())?;
+    json.as_file().sync_all()?;
+    // Image first: a manifest with the final name always has its image beside it.
+    let image_path = opts.out.join(&image_name);
+    let manifest_path = opts.out.join(format!("{name}.manifest.json"));
+    zst.persist(&image_path)
+        .with_context(|| format!("rename into {}", image_path.display()))?;
+    json.persist(&manifest_path)
+        .with_context(|| format!("rename into {}", manifest_path.display()))?;
+    File::open(&opts.out)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("sync {}", opts.out.display()))?;
+    log::info!(
+        "wrote {} ({})",
+        manifest_path.display(),
+        manifest.image_digest
+    );
+    Ok(BundleOutput {
+        image: image_path,
+        manifest: manifest_path,
+        image_digest: manifest.image_digest,
+        image_size,
+    })
+}
+
+/// One pass over the image: whole-image BLAKE3, chunk digests, zstd frames.
+fn compress(
+    image: &Path,
+    out: &File,
+    chunk_size: u64,
+    level: i32,
+) -> Result<(Vec<Chunk>, blake3::Hash, u64)> {
+    let start = Instant::now();
+    let file = File::open(image).with_context(|| format!("open {}", image.display()))?;
+    let mut reader = BufReader::with_capacity(READ_BUFFER, HashingReader::new(file));
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_THREADS));
+    let mut writer = ChunkWriter::new(out, chunk_size as usize, level, threads)?;
+    io::copy(&mut reader, &mut writer).with_context(|| format!("compress {}", image.display()))?;
+    let (out, chunks) = writer.finish().context("write the compressed image")?;
+    out.sync_all().context("sync the compressed image")?;
+    let (digest, size) = reader.into_inner().finish();
+    let secs = start.elapsed().as_secs_f64();
+    let compressed: u64 = chunks.iter().map(|c| c.zsize).sum();
+    log::info!(
+        "compressed {} MiB into {} MiB in {secs:.1} s ({:.0} MB/s), {} chunks",
+        size >> 20,
+        compressed >> 20,
+        size as f64 / 1e6 / secs.max(1e-9),
+        chunks.len()
+    );
+    Ok((chunks, digest, size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> BundleOptions {
+        BundleOptions {
+            rootfs: "/nonexistent".into(),
+            version: "1.2".into(),
+            out: "/nonexistent".into(),
+            name: None,
+            root_size: None,
+            os_init: None,
+            chunk_size: 4 << 20,
+            level: 3,
+        }
+    }
+
+    #[test]
+    fn options_are_checked_before_any_work() {
+        assert!(check_options(&opts(), "os-1.2").is_ok());
+        let bad_version = BundleOptions {
+            version: "1/2".into(),
+            ..opts()
+        };
+        assert!(check_options(&bad_version, "os-1").is_err());
+        assert!(check_options(&opts(), "a b").is_err());
+        let odd_chunk = BundleOptions {
+            chunk_size: 1000,
+            ..opts()
+        };
+        assert!(check_options(&odd_chunk, "n").is_err());
+        let odd_root = BundleOptions {
+            root_size: Some(4097),
+            ..opts()
+        };
+        assert!(check_options(&odd_root, "n").is_err());
+    }
+
+    #[test]
+    fn out_inside_the_rootfs_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let rootfs = dir.path().join("rootfs");
+        fs::create_dir(&rootfs).unwrap();
+        let err = check_out_not_in_rootfs(&rootfs.join("new/out"), &rootfs).unwrap_err();
+        assert!(err.to_string().contains("is inside --rootfs"), "{err}");
+        check_out_not_in_rootfs(&dir.path().join("out"), &rootfs).unwrap();
+        check_out_not_in_rootfs(&rootfs.join("../out"), &rootfs).unwrap();
+    }
+
+    #[test]
+    fn build_time_prefers_source_date_epoch() {
+        assert_eq!(build_time(Some("1700000000"), 5).unwrap(), 1_700_000_000);
+        assert_eq!(build_time(None, 5).unwrap(), 5);
+        assert_eq!(build_time(None, 0).unwrap(), 1);
+        assert!(build_time(Some("yesterday"), 5).is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        let stats = TreeStats {
+            inodes: 1000,
+            bytes: 100 << 20,
+            newest_mtime: 0,
+        };
+        let content = content_bytes(&stats);
+        let size = image_size(&stats, None).unwrap();
+        assert_eq!(size % SIZE_STEP, 0);
+        assert!(size >= content + content / 4 + HEADROOM);
+        assert_eq!(image_size(&stats, Some(1 << 30)).unwrap(), 1 << 30);
+        let err = image_size(&stats, Some(64 << 20)).unwrap_err().to_string();
+        assert!(
+            err.contains("103 MiB") && err.contains("--root-size 64 MiB"),
+            "{err}"
+        );
+    }
 }

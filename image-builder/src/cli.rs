@@ -1,6 +1,7 @@
 //! `os-image` command line.
 
 use crate::{bundle, demo, disk};
+use bootctl::record::ConfirmPolicy;
 use bootctl::Slot;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -78,6 +79,10 @@ pub enum Command {
         /// Extra kernel command line for both slots
         #[arg(long, default_value = disk::DEFAULT_CMDLINE)]
         cmdline: String,
+        /// Who confirms trial boots, written into the slot records
+        /// [default: the agent when the slot has one, else os-init]
+        #[arg(long, value_parser = parse_confirm)]
+        confirm: Option<ConfirmPolicy>,
         /// Output disk image
         #[arg(long)]
         out: PathBuf,
@@ -128,6 +133,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("`{s}` is too large"))
 }
 
+fn parse_confirm(s: &str) -> Result<ConfirmPolicy, String> {
+    ConfirmPolicy::parse(s)
+        .ok_or_else(|| format!("`{s}` is not a confirm policy (initramfs or agent)"))
+}
+
 fn parse_slot(s: &str) -> Result<Slot, String> {
     Slot::parse(s).ok_or_else(|| format!("`{s}` is not a slot (A or B)"))
 }
@@ -168,6 +178,7 @@ pub fn main() -> i32 {
             slot_size,
             format,
             cmdline,
+            confirm,
             out,
         } => disk::run(&disk::DiskOptions {
             bundle,
@@ -178,6 +189,7 @@ pub fn main() -> i32 {
             slot_size,
             format,
             cmdline,
+            confirm,
             out,
         }),
         Command::DemoRootfs {

@@ -4,8 +4,19 @@
 //! are run as subprocesses; [`tools`] names the Debian package when one is missing.
 
 pub mod bundle;
+pub mod chunked;
 pub mod cli;
+pub mod cpio;
 pub mod demo;
 pub mod disk;
+pub mod elf;
+pub mod esp;
+pub mod ext4;
+pub mod hashing;
+pub mod initramfs;
+pub mod kmod;
+pub mod layout;
 pub mod manifest;
+pub mod rootfs;
 pub mod tools;
+pub mod unpack;

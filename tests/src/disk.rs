@@ -92,3 +92,56 @@ impl Disk {
         format!("{} {}", chain.trim(), fields.join(" "))
     }
 }
+
+/// Byte offset and length of GPT partition `number` of `image`, from `sgdisk -i`.
+pub fn partition(image: &Path, number: u32) -> (u64, u64) {
+    let info = run(Command::new("sgdisk")
+        .arg("-i")
+        .arg(number.to_string())
+        .arg(image));
+    let sector = |key: &str| -> u64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in sgdisk -i {number}:\n{info}"))
+    };
+    let first = sector("First sector: ");
+    let last = sector("Last sector: ");
+    (first * 512, (last - first + 1) * 512)
+}
+
+/// Copies partition `number` of `image` out to `out`.
+pub fn extract_partition(image: &Path, number: u32, out: &Path) {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let (start, len) = partition(image, number);
+    let mut src = std::fs::File::open(image).unwrap();
+    src.seek(SeekFrom::Start(start)).unwrap();
+    let mut dst = std::fs::File::create(out).unwrap();
+    std::io::copy(&mut src.take(len), &mut dst).unwrap();
+    dst.flush().unwrap();
+}
+
+/// Writes `part` (a partition image) back over partition `number` of `image`.
+pub fn replace_partition(image: &Path, number: u32, part: &Path) {
+    use std::io::{Seek, SeekFrom};
+    let (start, len) = partition(image, number);
+    assert_eq!(
+        std::fs::metadata(part).unwrap().len(),
+        len,
+        "partition image size"
+    );
+    let mut dst = std::fs::OpenOptions::new().write(true).open(image).unwrap();
+    dst.seek(SeekFrom::Start(start)).unwrap();
+    std::io::copy(&mut std::fs::File::open(part).unwrap(), &mut dst).unwrap();
+}
+
+impl Disk {
+    /// An existing A/B disk image; the ESP is partition 1.
+    pub fn open(path: &Path) -> Disk {
+        Disk {
+            path: path.to_path_buf(),
+            esp_offset: partition(path, 1).0,
+        }
+    }
+}

@@ -80,6 +80,35 @@ pub fn musl_binary(package: &str, bin: &str) -> PathBuf {
         .join(bin)
 }
 
+/// A workspace binary built for the host, in its own target directory.
+pub fn host_binary(package: &str, bin: &str) -> PathBuf {
+    let target_dir = repo_root().join("target/e2e-host");
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(repo_root())
+        .args(["build", "--release", "-p", package, "--bin", bin])
+        .env("CARGO_TARGET_DIR", &target_dir);
+    run(&mut cmd);
+    target_dir.join("release").join(bin)
+}
+
+/// The Debian kernel package the kernel cache was unpacked from.
+pub fn kernel_deb() -> PathBuf {
+    let dl = kernel_cache().join("dl");
+    let mut debs: Vec<PathBuf> = std::fs::read_dir(&dl)
+        .unwrap_or_else(|e| panic!("{}: {e}", dl.display()))
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "deb"))
+        .collect();
+    assert_eq!(
+        debs.len(),
+        1,
+        "expected one kernel package in {}",
+        dl.display()
+    );
+    debs.remove(0)
+}
+
 /// The test initramfs (`scripts/mk-test-initramfs.sh`) with a static `bootctl`
 /// in its /bin, built once per test run.
 pub fn test_initramfs() -> &'static Path {

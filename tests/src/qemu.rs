@@ -29,14 +29,19 @@ pub struct Console {
 }
 
 impl Machine {
-    /// A machine booting `disk`; logs and firmware state go to `dir`.
-    pub fn new(disk: &Path, dir: &Path) -> Machine {
+    /// A machine booting `disk`. Its firmware variables and one console log per
+    /// boot go to `target/e2e-logs/NAME/` (emptied first), which outlives the
+    /// test so a failure can be read afterwards.
+    pub fn new(disk: &Path, name: &str) -> Machine {
+        let dir = crate::repo_root().join("target/e2e-logs").join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
         let vars = dir.join("OVMF_VARS.fd");
         std::fs::copy(OVMF_VARS, &vars)
             .unwrap_or_else(|e| panic!("{OVMF_VARS}: {e} (install ovmf)"));
         Machine {
             disk: disk.to_path_buf(),
-            dir: dir.to_path_buf(),
+            dir,
             vars,
             boots: 0,
         }
@@ -45,7 +50,6 @@ impl Machine {
     /// Boots once, running `command` in the test initramfs (empty: none), and
     /// waits for the guest to power off.
     pub fn boot(&mut self, command: &str, timeout: Duration) -> Console {
-        self.boots += 1;
         let cmd_disk = self.dir.join("cmd.img");
         // 1 MiB: a 4 KiB disk makes the guest kernel log partition read errors.
         let mut bytes = vec![0u8; 1 << 20];
@@ -55,28 +59,43 @@ impl Machine {
         );
         bytes[..command.len()].copy_from_slice(command.as_bytes());
         std::fs::write(&cmd_disk, bytes).unwrap();
+        self.run(Some(&cmd_disk), timeout)
+    }
+
+    /// Boots the disk alone once, until the guest powers off or reboots
+    /// (`-no-reboot` turns a reboot into an exit).
+    pub fn boot_disk(&mut self, timeout: Duration) -> Console {
+        self.run(None, timeout)
+    }
+
+    fn run(&mut self, second_disk: Option<&Path>, timeout: Duration) -> Console {
+        self.boots += 1;
         let log = self.dir.join(format!("boot-{}.log", self.boots));
         let started = Instant::now();
-        let mut child = Command::new("qemu-system-x86_64")
-            .args([
-                "-accel",
-                "tcg",
-                "-m",
-                "1024",
-                "-nodefaults",
-                "-vga",
-                "std",
-                "-nographic",
-                "-no-reboot",
-            ])
-            .arg("-drive")
-            .arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"))
-            .arg("-drive")
-            .arg(format!("if=pflash,format=raw,file={}", self.vars.display()))
-            .arg("-drive")
-            .arg(format!("if=virtio,format=raw,file={}", self.disk.display()))
-            .arg("-drive")
-            .arg(format!("if=virtio,format=raw,file={}", cmd_disk.display()))
+        let mut qemu = Command::new("qemu-system-x86_64");
+        qemu.args([
+            "-accel",
+            "tcg",
+            "-m",
+            "1024",
+            "-nodefaults",
+            "-vga",
+            "std",
+            "-nographic",
+            "-no-reboot",
+        ])
+        .arg("-drive")
+        .arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"))
+        .arg("-drive")
+        .arg(format!("if=pflash,format=raw,file={}", self.vars.display()))
+        .arg("-drive")
+        .arg(format!("if=virtio,format=raw,file={}", self.disk.display()));
+        // After the boot disk, so the guest sees it as vdb.
+        if let Some(disk) = second_disk {
+            qemu.arg("-drive")
+                .arg(format!("if=virtio,format=raw,file={}", disk.display()));
+        }
+        let mut child = qemu
             .arg("-serial")
             .arg(format!("file:{}", log.display()))
             .stdin(Stdio::null())
@@ -121,11 +140,15 @@ fn tail(text: &str) -> String {
 }
 
 impl Console {
-    /// The kernel command line the initramfs printed.
+    /// The kernel command line, as the test initramfs (`CMDLINE: `) or the
+    /// kernel itself (`Kernel command line: `) printed it.
     pub fn cmdline(&self) -> &str {
         self.text
             .lines()
-            .find_map(|l| l.strip_prefix("CMDLINE: "))
+            .find_map(|l| {
+                l.strip_prefix("CMDLINE: ")
+                    .or_else(|| l.split_once("] Kernel command line: ").map(|(_, c)| c))
+            })
             .unwrap_or_else(|| {
                 panic!(
                     "no CMDLINE marker in {}:\n{}",
@@ -133,6 +156,11 @@ impl Console {
                     tail(&self.text)
                 )
             })
+    }
+
+    /// The first console line starting with `prefix`.
+    pub fn line(&self, prefix: &str) -> Option<&str> {
+        self.text.lines().find(|l| l.starts_with(prefix))
     }
 
     /// The value of `key=` on the kernel command line.

@@ -24,7 +24,7 @@ struct Node {
     _dir: tempfile::TempDir,
 }
 
-fn node(env1: &[u8], env2: &[u8], default: Slot) -> Node {
+fn node(name: &str, env1: &[u8], env2: &[u8], default: Slot) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let cfg = GrubConfig {
         cmdline: "console=ttyS0 panic=-1".into(),
@@ -38,7 +38,7 @@ fn node(env1: &[u8], env2: &[u8], default: Slot) -> Node {
         e2e::test_initramfs(),
         &[(ENV1, env1), (ENV2, env2)],
     );
-    let machine = Machine::new(&disk.path, dir.path());
+    let machine = Machine::new(&disk.path, &format!("grub_ab-{name}"));
     Node {
         machine,
         disk,
@@ -118,7 +118,7 @@ fn dumped(output: &str, key: &str) -> Vec<u8> {
 #[test]
 fn no_trial_boots_the_committed_slot() {
     let block = AbState::new(Slot::B).to_block();
-    let mut n = node(&block, &block, Slot::A);
+    let mut n = node("no-trial", &block, &block, Slot::A);
     let b = n.boot_plain();
     assert_eq!(
         (b.slot, b.trial, b.source, b.wrote),
@@ -129,7 +129,7 @@ fn no_trial_boots_the_committed_slot() {
 #[test]
 fn unconfirmed_trial_boots_b_three_times_then_falls_back_to_a() {
     let block = armed(Slot::B, 3);
-    let mut n = node(&block, &block, Slot::A);
+    let mut n = node("unconfirmed", &block, &block, Slot::A);
     for left in [2, 1, 0] {
         let b = n.boot_plain();
         assert_eq!(
@@ -158,7 +158,7 @@ fn unconfirmed_trial_boots_b_three_times_then_falls_back_to_a() {
 #[test]
 fn trial_confirmed_in_guest_stays_on_b_and_commit_is_in_place_on_fat() {
     let block = armed(Slot::B, 3);
-    let mut n = node(&block, &block, Slot::A);
+    let mut n = node("confirmed", &block, &block, Slot::A);
     let placement = [n.disk.esp_placement(ENV1), n.disk.esp_placement(ENV2)];
     let command = format!(
         "{MOUNT_ESP} && {} && bootctl --esp /mnt confirm B && umount /mnt",
@@ -190,7 +190,7 @@ fn trial_confirmed_in_guest_stays_on_b_and_commit_is_in_place_on_fat() {
 
 #[test]
 fn zeroed_copy1_boots_from_copy2_and_next_write_repairs_it() {
-    let mut n = node(&[0u8; 1024], &armed(Slot::B, 3), Slot::A);
+    let mut n = node("zeroed-copy1", &[0u8; 1024], &armed(Slot::B, 3), Slot::A);
     let placement = n.disk.esp_placement(ENV1);
     let command = format!(
         "{MOUNT_ESP} && {} && bootctl --esp /mnt status --json --no-repair && bootctl --esp /mnt confirm B && umount /mnt",
@@ -230,7 +230,7 @@ fn zeroed_copy1_boots_from_copy2_and_next_write_repairs_it() {
 fn both_copies_broken_boot_the_build_time_default_and_write_nothing() {
     let mut bad = armed(Slot::A, 3);
     envblk::set(&mut bad, b"ab_tries", b"Q").unwrap();
-    let mut n = node(&[0u8; 1024], &bad, Slot::B);
+    let mut n = node("both-broken", &[0u8; 1024], &bad, Slot::B);
     let b = n.boot_plain();
     assert_eq!(
         (b.slot, b.trial, b.source, b.wrote),

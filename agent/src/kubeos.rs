@@ -1,0 +1,261 @@
+//! KubeOS's agent request types, read from JSON as KubeOS's proxy sends them,
+//! and their mapping onto this agent's [`PrepareRequest`].
+//!
+//! Reference: openEuler KubeOS `KubeOS-Rust/manager/src/api/types.rs`
+//! (`UpgradeRequest`, `CertsInfo`) and `manager/src/sys_mgmt/disk_image.rs`
+//! (how its agent uses them):
+//! - `check_sum` is the bare lowercase hex SHA-256 of the image (`sha256sum`),
+//!   so a bare 64-hex value maps to `sha256:<hex>`; `blake3:`/`sha256:`
+//!   prefixed values pass through.
+//! - `image_type` `disk` is the image-from-URL case, the only one here;
+//!   `docker`/`containerd` (an image in a container registry) are refused.
+//! - A URL that is not `https://` needs `flag_safe` (KubeOS: "The upgrade image
+//!   url is not safe"): it maps to `allow_http`.
+//! - `certs` holds file names relative to KubeOS's `/etc/KubeOS/certs/`
+//!   (`cfg.certs_dir`); with `mtls` all three are required, else only the CA
+//!   (which, unlike KubeOS, may be left empty to use the built-in roots).
+
+use crate::json::{get_bool, get_str};
+use crate::prepare::{PrepareRequest, Tls};
+use miniserde::json::{Object, Value};
+use std::path::{Component, Path, PathBuf};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CertsInfo {
+    pub ca_cert: String,
+    pub client_cert: String,
+    pub client_key: String,
+}
+
+/// KubeOS's `UpgradeRequest`, field for field.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpgradeRequest {
+    pub version: String,
+    pub check_sum: String,
+    pub image_type: String,
+    pub container_image: String,
+    pub image_url: String,
+    pub flag_safe: bool,
+    pub mtls: bool,
+    pub certs: CertsInfo,
+}
+
+/// The one object of a method's params: `[obj]` as KubeOS's client sends
+/// positional params, or `obj` by name.
+pub fn single_param<'a>(params: Option<&'a Value>, what: &str) -> Result<&'a Object, String> {
+    match params {
+        Some(Value::Array(a)) if a.len() == 1 => match &a[0] {
+            Value::Object(o) => Ok(o),
+            _ => Err(format!(
+                "params must be [{what}], an array holding one object"
+            )),
+        },
+        Some(Value::Object(o)) => Ok(o),
+        _ => Err(format!(
+            "params must be [{what}], an array holding one object"
+        )),
+    }
+}
+
+impl UpgradeRequest {
+    pub fn from_params(params: Option<&Value>) -> Result<UpgradeRequest, String> {
+        let o = single_param(params, "UpgradeRequest")?;
+        let required = |key: &str| {
+            get_str(o, key)?.ok_or_else(|| format!("UpgradeRequest lacks field `{key}`"))
+        };
+        let certs = match o.get("certs") {
+            None | Some(Value::Null) => CertsInfo::default(),
+            Some(Value::Object(c)) => CertsInfo {
+                ca_cert: get_str(c, "ca_cert")?.unwrap_or_default(),
+                client_cert: get_str(c, "client_cert")?.unwrap_or_default(),
+                client_key: get_str(c, "client_key")?.unwrap_or_default(),
+            },
+            Some(_) => return Err("field `certs` must be an object".into()),
+        };
+        Ok(UpgradeRequest {
+            version: get_str(o, "version")?.unwrap_or_default(),
+            check_sum: required("check_sum")?,
+            image_type: get_str(o, "image_type")?.unwrap_or_default(),
+            container_image: get_str(o, "container_image")?.unwrap_or_default(),
+            image_url: required("image_url")?,
+            flag_safe: get_bool(o, "flag_safe")?,
+            mtls: get_bool(o, "mtls")?,
+            certs,
+        })
+    }
+
+    /// What to write, or why this request cannot be served.
+    pub fn to_prepare(&self, certs_dir: &Path) -> Result<PrepareRequest, String> {
+        match self.image_type.as_str() {
+            "" | "disk" => {}
+            t @ ("docker" | "containerd") => {
+                return Err(format!(
+                    "image_type {t} (container image {:?}) is not supported: this agent \
+                     installs disk bundles from image_url; set imagetype to disk",
+                    self.container_image
+                ))
+            }
+            t => return Err(format!("unknown image_type {t:?} (expected disk)")),
+        }
+        let url = self.image_url.trim();
+        if url.is_empty() {
+            return Err("image_url is empty".into());
+        }
+        let tls = if url.starts_with("https://") {
+            let cert =
+                |field: &str, name: &str, needed: bool| cert_path(certs_dir, field, name, needed);
+            Tls {
+                ca_cert: cert("ca_cert", &self.certs.ca_cert, self.mtls)?,
+                client_cert: cert("client_cert", &self.certs.client_cert, self.mtls)?
+                    .filter(|_| self.mtls),
+                client_key: cert("client_key", &self.certs.client_key, self.mtls)?
+                    .filter(|_| self.mtls),
+            }
+        } else {
+            Tls::default()
+        };
+        let version = self.version.trim();
+        Ok(PrepareRequest {
+            url: url.to_owned(),
+            digest: digest_from_check_sum(&self.check_sum)?,
+            version: (!version.is_empty()).then(|| version.to_owned()),
+            tls,
+            allow_http: self.flag_safe,
+        })
+    }
+}
+
+fn is_hex64(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// `blake3:<hex>` or `sha256:<hex>` from a KubeOS `check_sum` (DESIGN.md §5).
+pub fn digest_from_check_sum(check_sum: &str) -> Result<String, String> {
+    let s = check_sum.trim().to_ascii_lowercase();
+    let (algo, hex) = match s.split_once(':') {
+        Some((algo @ ("blake3" | "sha256"), hex)) => (algo, hex),
+        Some(_) => return Err(format!("check_sum {check_sum:?}: unknown digest algorithm")),
+        None => ("sha256", s.as_str()),
+    };
+    if !is_hex64(hex) {
+        return Err(format!(
+            "check_sum {check_sum:?} is not blake3:<64 hex digits>, sha256:<64 hex digits> or \
+             a bare SHA-256 hex digest"
+        ));
+    }
+    Ok(format!("{algo}:{hex}"))
+}
+
+/// A KubeOS cert file name under `certs_dir`. KubeOS concatenates the two, so
+/// a leading `/` stays inside the directory; `..` may not leave it.
+fn cert_path(
+    certs_dir: &Path,
+    field: &str,
+    name: &str,
+    needed: bool,
+) -> Result<Option<PathBuf>, String> {
+    let name = name.trim().trim_start_matches('/');
+    if name.is_empty() {
+        return match needed {
+            true => Err(format!("mtls needs certs.{field}")),
+            false => Ok(None),
+        };
+    }
+    let rel = Path::new(name);
+    if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+        return Err(format!(
+            "certs.{field} {name:?} must name a file in {}",
+            certs_dir.display()
+        ));
+    }
+    Ok(Some(certs_dir.join(rel)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEX: &str = "98ea7aff44631d183e6df3488f1107357d7503e11e5f146effdbfd11810cd4a2";
+
+    fn parse(json: &str) -> Result<UpgradeRequest, String> {
+        let v: Value = miniserde::json::from_str(json).unwrap();
+        UpgradeRequest::from_params(Some(&v))
+    }
+
+    fn kubeos_json(url: &str, mtls: bool) -> String {
+        format!(
+            r#"[{{"version":"KubeOS v2","check_sum":"{}","image_type":"disk",
+            "container_image":"","image_url":"{url}","flag_safe":false,"mtls":{mtls},
+            "certs":{{"ca_cert":"ca.pem","client_cert":"client.pem","client_key":"client.key"}}}}]"#,
+            HEX.to_uppercase()
+        )
+    }
+
+    #[test]
+    fn kubeos_mtls_request_maps_to_prepare_request() {
+        let req = parse(&kubeos_json("https://repo/os.img.zst", true)).unwrap();
+        let p = req.to_prepare(Path::new("/etc/KubeOS/certs")).unwrap();
+        assert_eq!(p.url, "https://repo/os.img.zst");
+        assert_eq!(p.digest, format!("sha256:{HEX}"));
+        assert_eq!(p.version.as_deref(), Some("KubeOS v2"));
+        assert!(!p.allow_http);
+        assert_eq!(
+            p.tls,
+            Tls {
+                ca_cert: Some("/etc/KubeOS/certs/ca.pem".into()),
+                client_cert: Some("/etc/KubeOS/certs/client.pem".into()),
+                client_key: Some("/etc/KubeOS/certs/client.key".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn tls_without_mtls_uses_only_the_ca_and_http_needs_flag_safe() {
+        let req = parse(&kubeos_json("https://repo/os.img.zst", false)).unwrap();
+        let tls = req.to_prepare(Path::new("/c")).unwrap().tls;
+        assert_eq!(tls.ca_cert, Some(PathBuf::from("/c/ca.pem")));
+        assert_eq!((tls.client_cert, tls.client_key), (None, None));
+        let mut req = parse(&kubeos_json("http://repo/os.img.zst", false)).unwrap();
+        req.flag_safe = true;
+        let p = req.to_prepare(Path::new("/c")).unwrap();
+        assert!(p.allow_http);
+        assert_eq!(p.tls, Tls::default());
+    }
+
+    #[test]
+    fn digests() {
+        let b3 = format!("blake3:{HEX}");
+        assert_eq!(digest_from_check_sum(&b3), Ok(b3.clone()));
+        assert_eq!(
+            digest_from_check_sum(&format!(" SHA256:{} ", HEX.to_uppercase())),
+            Ok(format!("sha256:{HEX}"))
+        );
+        assert!(digest_from_check_sum("md5:abc").is_err());
+        assert!(digest_from_check_sum("22222").is_err());
+    }
+
+    #[test]
+    fn refusals_and_bad_params() {
+        let mut req = parse(&kubeos_json("https://r/x", true)).unwrap();
+        req.image_type = "docker".into();
+        assert!(req
+            .to_prepare(Path::new("/c"))
+            .unwrap_err()
+            .contains("not supported"));
+        let mut req = parse(&kubeos_json("https://r/x", true)).unwrap();
+        req.certs.client_key = "../../root/key".into();
+        assert!(req.to_prepare(Path::new("/c")).is_err());
+        req.certs.client_key = String::new();
+        assert_eq!(
+            req.to_prepare(Path::new("/c")).unwrap_err(),
+            "mtls needs certs.client_key"
+        );
+        let err = parse(r#"[{"check_sum":"x","image_url":"u","mtls":"yes"}]"#).unwrap_err();
+        assert_eq!(err, "field `mtls` must be true or false");
+        let err = parse(r#"[{"check_sum":"x"}]"#).unwrap_err();
+        assert_eq!(err, "UpgradeRequest lacks field `image_url`");
+        assert!(parse(r#"[1]"#).is_err());
+        assert!(parse(r#"[{}, {}]"#).is_err());
+        assert!(parse(r#"{"check_sum":"x","image_url":"u"}"#).is_ok());
+    }
+}

@@ -1,0 +1,314 @@
+//! The write path (DESIGN.md §4 step 1, §5): stream an update bundle's image
+//! from HTTP(S) or `file://` through zstd and BLAKE3 into the inactive slot,
+//! in one pass, with no temp file and bounded memory (one 1 MiB buffer, one
+//! read-back buffer, a zstd window of at most 8 MiB).
+//!
+//! Crash-safe order (STYLE.md §4), each step only after the previous one:
+//! 1. refuse a slot that GRUB may boot (the committed slot, or one armed for
+//!    a trial), and an image that cannot fit;
+//! 2. invalidate: the slot's record becomes `empty`, so nothing treats the
+//!    half-written slot as bootable;
+//! 3. write, resuming from the last verified chunk after interruptions;
+//! 4. sync (fsync) and read back from the medium, compare with the request's
+//!    digest (the read-back trails the download, see `slot`);
+//! 5. record the slot as `written` (atomic replace on PERSIST).
+//!
+//! Nothing here arms the slot: that is the caller's next step, and only after
+//! this returns `Ok`. The caller also sets the job's final phase (done or
+//! failed) in `Progress`.
+//!
+//! The bundle's manifest (`NAME.manifest.json` beside `NAME.img.zst`) is used
+//! when it exists, for the image size and the chunk digests; the digest in the
+//! request is the trust anchor and the manifest must agree with it.
+
+mod blockdev;
+mod error;
+mod fetch;
+mod manifest;
+mod resume;
+mod slot;
+
+pub use error::PrepareError;
+pub use resume::Retry;
+
+use crate::config::Config;
+use crate::progress::{Phase, Progress};
+use bootctl::record::{self, SlotRecord, SlotState};
+use bootctl::store::Esp;
+use bootctl::Slot;
+use fetch::Fetcher;
+use manifest::{format_blake3, manifest_url, parse_blake3, Manifest, MAX_MANIFEST_BYTES};
+use resume::{fetch_failure, with_retries, Job};
+use slot::{Flags, ReadBack, SlotDevice};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// TLS material for HTTPS sources (KubeOS's `certs` / `mtls`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tls {
+    /// PEM file of the CA that signs the server's certificate (else the
+    /// built-in web roots).
+    pub ca_cert: Option<PathBuf>,
+    /// Client certificate and key (PEM) for mutual TLS.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+/// What to write into the inactive slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrepareRequest {
+    /// `https://…/NAME.img.zst`, `http://…` (only with `allow_http`), or `file:///…`.
+    pub url: String,
+    /// `blake3:<hex>` of the uncompressed image: the trust anchor.
+    pub digest: String,
+    /// Expected OS version; checked against the manifest when both are known.
+    pub version: Option<String>,
+    pub tls: Tls,
+    /// Plain HTTP allowed (KubeOS `flag_safe`).
+    pub allow_http: bool,
+}
+
+/// A slot written and verified, recorded on PERSIST as `written`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prepared {
+    pub slot: Slot,
+    pub version: String,
+    pub digest: String,
+    pub size: u64,
+}
+
+/// Writes, verifies and records `req`'s image in the inactive slot.
+pub fn prepare(
+    cfg: &Config,
+    req: &PrepareRequest,
+    progress: &Progress,
+    cancel: &AtomicBool,
+) -> Result<Prepared, PrepareError> {
+    prepare_with(cfg, req, progress, cancel, &Retry::default())
+}
+
+/// [`prepare`] with an explicit retry policy.
+pub fn prepare_with(
+    cfg: &Config,
+    req: &PrepareRequest,
+    progress: &Progress,
+    cancel: &AtomicBool,
+    retry: &Retry,
+) -> Result<Prepared, PrepareError> {
+    let anchor = parse_blake3(&req.digest).ok_or_else(|| PrepareError::BadRequest {
+        reason: format!("digest {:?} is not blake3:<64 hex digits>", req.digest),
+    })?;
+    let slot = cfg.inactive();
+    check_not_bootable(&Esp::new(&cfg.esp), slot)?;
+    let fetcher = Fetcher::new(
+        &req.url,
+        &req.tls,
+        req.allow_http,
+        cfg.connect_timeout,
+        cfg.read_timeout,
+    )?;
+    let device = SlotDevice::open(slot, cfg.slot_device(slot))?;
+    progress.start_phase(Phase::Connecting, 0);
+    let job = Job {
+        fetcher: &fetcher,
+        url: &req.url,
+        manifest: None,
+        device: &device,
+        progress,
+        cancel,
+        retry,
+        read_timeout: cfg.read_timeout,
+    };
+    let manifest = load_manifest(&job, req, &anchor)?;
+    let image_size = manifest.as_ref().map(|m| m.image_size);
+    check_fits(&device, image_size)?;
+    log::info!(
+        "slot {slot} ({}, {} bytes): writing {} ({image_size:?} bytes per the manifest)",
+        device.path.display(),
+        device.size,
+        req.url
+    );
+    record::write(&cfg.state_dir, &SlotRecord::empty(slot))
+        .map_err(|source| PrepareError::Record { slot, source })?;
+    progress.start_phase(Phase::Downloading, image_size.unwrap_or(0));
+    let size = write_and_verify(
+        &Job {
+            manifest: manifest.as_ref(),
+            ..job
+        },
+        &anchor,
+    )?;
+    progress.set_phase(Phase::Recording);
+    let version = req
+        .version
+        .clone()
+        .or_else(|| manifest.map(|m| m.os_version));
+    let done = Prepared {
+        slot,
+        version: version.unwrap_or_default(),
+        digest: format_blake3(&anchor),
+        size,
+    };
+    record_written(cfg, &done)?;
+    log::info!(
+        "slot {slot} ({}): {size} bytes written and verified, {}, version {:?}",
+        device.path.display(),
+        done.digest,
+        done.version
+    );
+    Ok(done)
+}
+
+/// Step 5: the slot holds a verified image (not yet known to boot).
+fn record_written(cfg: &Config, done: &Prepared) -> Result<(), PrepareError> {
+    let written_at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let rec = SlotRecord {
+        slot: done.slot,
+        state: SlotState::Written,
+        version: done.version.clone(),
+        digest: done.digest.clone(),
+        size: done.size,
+        written_at,
+        confirm: None,
+    };
+    record::write(&cfg.state_dir, &rec).map_err(|source| PrepareError::Record {
+        slot: done.slot,
+        source,
+    })
+}
+
+fn check_fits(device: &SlotDevice, image_size: Option<u64>) -> Result<(), PrepareError> {
+    match image_size {
+        Some(size) if size > device.size => Err(PrepareError::TooLarge {
+            slot: device.slot,
+            path: device.path.clone(),
+            image: Some(size),
+            capacity: device.size,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// GRUB boots the committed slot, and falls back to it; it boots a slot armed
+/// for a trial next. Overwriting either could leave a node with nothing that
+/// boots, so only a slot that is neither may be written.
+fn check_not_bootable(esp: &Esp, slot: Slot) -> Result<(), PrepareError> {
+    let Some((state, _)) = esp.read().chosen() else {
+        log::warn!(
+            "no usable A/B state in {}; writing slot {slot} anyway",
+            esp.dir().display()
+        );
+        return Ok(());
+    };
+    if state.active == slot {
+        return Err(PrepareError::SlotInUse {
+            slot,
+            reason:
+                "it is the committed slot GRUB boots and falls back to (confirm or roll back first)",
+        });
+    }
+    if state.trial == Some(slot) {
+        return Err(PrepareError::SlotInUse {
+            slot,
+            reason: "it is armed for a trial boot (mark it failed first)",
+        });
+    }
+    Ok(())
+}
+
+/// Fetches and checks the manifest beside the image; `None` if there is none.
+fn load_manifest(
+    job: &Job,
+    req: &PrepareRequest,
+    anchor: &[u8; 32],
+) -> Result<Option<Manifest>, PrepareError> {
+    let Some(url) = manifest_url(&req.url) else {
+        log::info!("{}: not a .img.zst URL, no manifest to look for", req.url);
+        return Ok(None);
+    };
+    let text = with_retries(job, &url, || {
+        job.fetcher
+            .read_small(&url, MAX_MANIFEST_BYTES)
+            .map_err(|e| fetch_failure(&url, e, false))
+    })?;
+    let Some(text) = text else {
+        log::info!("{url}: no manifest; resuming at zstd frames, verifying end to end");
+        return Ok(None);
+    };
+    let m = Manifest::parse(&text).map_err(|reason| PrepareError::BadManifest {
+        url: url.clone(),
+        reason,
+    })?;
+    let mismatch = |field, manifest, requested| PrepareError::ManifestMismatch {
+        url: url.clone(),
+        field,
+        manifest,
+        requested,
+    };
+    if &m.image_digest != anchor {
+        return Err(mismatch(
+            "image_digest",
+            format_blake3(&m.image_digest),
+            req.digest.clone(),
+        ));
+    }
+    if let Some(v) = req.version.as_ref().filter(|v| **v != m.os_version) {
+        return Err(mismatch("os_version", m.os_version.clone(), v.clone()));
+    }
+    Ok(Some(m))
+}
+
+/// Steps 3 and 4: stream into the slot, fsync, finish the read-back, compare.
+/// Returns the image size.
+fn write_and_verify(job: &Job, anchor: &[u8; 32]) -> Result<u64, PrepareError> {
+    let flags = Flags::default();
+    let device = job.device;
+    let readback_hash = std::thread::scope(|s| {
+        let readback = ReadBack::spawn(s, device, job.progress, &flags);
+        let streamed = match stream_and_sync(job, &readback, anchor) {
+            Ok(streamed) => streamed,
+            Err(e) => {
+                readback.abort();
+                return Err(e);
+            }
+        };
+        job.progress.start_phase(Phase::Verifying, streamed.size);
+        flags.report.store(true, Ordering::Relaxed);
+        job.progress.set_bytes(readback.position());
+        let hash = readback.finish(streamed.size)?;
+        job.progress.set_bytes(streamed.size);
+        Ok((streamed.size, hash))
+    });
+    let (size, hash) = readback_hash?;
+    if hash.as_bytes() != anchor {
+        let (actual, expected) = (format_blake3(hash.as_bytes()), format_blake3(anchor));
+        return Err(PrepareError::VerifyFailed {
+            slot: device.slot,
+            path: device.path.clone(),
+            actual,
+            expected,
+        });
+    }
+    Ok(size)
+}
+
+fn stream_and_sync(
+    job: &Job,
+    readback: &ReadBack,
+    anchor: &[u8; 32],
+) -> Result<resume::Streamed, PrepareError> {
+    let streamed = resume::stream_image(job, readback)?;
+    if let Some(digest) = streamed.digest.filter(|d| d.as_bytes() != anchor) {
+        let (actual, expected) = (format_blake3(digest.as_bytes()), format_blake3(anchor));
+        return Err(PrepareError::DigestMismatch {
+            url: job.url.to_owned(),
+            actual,
+            expected,
+        });
+    }
+    job.device.sync()?;
+    Ok(streamed)
+}

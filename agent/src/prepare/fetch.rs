@@ -1,0 +1,421 @@
+//! Where the image comes from: `https://` (or `http://` when allowed) through
+//! ureq with rustls, or `file:///`. Opens the image at a compressed offset
+//! (HTTP Range) so a broken download resumes instead of starting over, and
+//! sorts every failure into "try again" or "give up" for the retry loop.
+
+use super::{PrepareError, Tls};
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use ureq::tls::{parse_pem, Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
+
+/// A failure to fetch, as the retry loop sees it.
+#[derive(Debug)]
+pub enum FetchError {
+    /// 404/410, or a missing file.
+    NotFound,
+    /// Any other HTTP status; 5xx, 408 and 429 are worth retrying.
+    Status { code: u16, detail: String },
+    /// No byte arrived for the read timeout.
+    Stalled,
+    /// Connection refused, reset or dropped, or a connect timeout.
+    Network(String),
+    /// Handshake or certificate failure; retrying cannot help.
+    Tls(String),
+    /// The server answered a Range request with the wrong range.
+    BadRange(String),
+    /// Reading a `file://` source failed.
+    File(io::Error),
+}
+
+impl FetchError {
+    pub fn retryable(&self) -> bool {
+        match self {
+            FetchError::Status { code, .. } => *code >= 500 || *code == 408 || *code == 429,
+            FetchError::Stalled | FetchError::Network(_) => true,
+            FetchError::NotFound
+            | FetchError::Tls(_)
+            | FetchError::BadRange(_)
+            | FetchError::File(_) => false,
+        }
+    }
+}
+
+impl std::fmt::Display for FetchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FetchError::NotFound => write!(f, "not found"),
+            FetchError::Status { code, detail } if detail.is_empty() => {
+                write!(f, "HTTP status {code}")
+            }
+            FetchError::Status { code, detail } => write!(f, "HTTP status {code} ({detail})"),
+            FetchError::Stalled => write!(f, "stalled"),
+            FetchError::Network(e) => write!(f, "{e}"),
+            FetchError::Tls(e) => write!(f, "TLS: {e}"),
+            FetchError::BadRange(e) => write!(f, "{e}"),
+            FetchError::File(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// An open image stream.
+pub struct Body {
+    pub reader: Box<dyn Read>,
+    /// Size of the whole resource when the server says (or the file's size).
+    pub total: Option<u64>,
+}
+
+/// Fetches from one URL scheme, with the request's TLS settings.
+pub enum Fetcher {
+    Http(ureq::Agent),
+    File,
+}
+
+impl Fetcher {
+    /// Checks the URL's scheme against `allow_http` and loads the TLS files.
+    pub fn new(
+        url: &str,
+        tls: &Tls,
+        allow_http: bool,
+        connect: Duration,
+        read: Duration,
+    ) -> Result<Fetcher, PrepareError> {
+        let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        match scheme.as_deref() {
+            Some("file") => return file_path(url).map(|_| Fetcher::File),
+            Some("https") => {}
+            Some("http") if allow_http => {}
+            Some("http") => {
+                return Err(PrepareError::PlainHttpRefused {
+                    url: url.to_owned(),
+                })
+            }
+            _ => {
+                return Err(PrepareError::BadRequest {
+                    reason: format!(
+                        "unsupported image URL {url:?} (https://, http:// or file:///)"
+                    ),
+                })
+            }
+        }
+        let config = ureq::Agent::config_builder()
+            .tls_config(tls_config(tls)?)
+            .https_only(!allow_http)
+            .http_status_as_error(false)
+            .timeout_connect(Some(connect))
+            // A per-read timeout, not a total one: a slow but steady download
+            // of a large image is fine, a silent server is not.
+            .timeout_per_read(Some(read))
+            .user_agent(concat!("os-agent/", env!("CARGO_PKG_VERSION")))
+            .build();
+        Ok(Fetcher::Http(config.into()))
+    }
+
+    /// Opens `url` at byte `offset`.
+    pub fn open(&self, url: &str, offset: u64) -> Result<Body, FetchError> {
+        match self {
+            Fetcher::File => open_file(
+                &file_path(url).map_err(|e| FetchError::File(io::Error::other(e.to_string())))?,
+                offset,
+            ),
+            Fetcher::Http(agent) => open_http(agent, url, offset),
+        }
+    }
+
+    /// Reads a small document (the manifest) whole; `None` when it does not exist.
+    pub fn read_small(&self, url: &str, max: u64) -> Result<Option<String>, FetchError> {
+        let body = match self.open(url, 0) {
+            Ok(b) => b,
+            Err(FetchError::NotFound) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if body.total.is_some_and(|t| t > max) {
+            return Err(FetchError::Network(format!("larger than {max} bytes")));
+        }
+        let mut text = String::new();
+        body.reader
+            .take(max + 1)
+            .read_to_string(&mut text)
+            .map_err(classify_io)?;
+        if text.len() as u64 > max {
+            return Err(FetchError::Network(format!("larger than {max} bytes")));
+        }
+        Ok(Some(text))
+    }
+}
+
+/// Sorts an error from reading an open body.
+pub fn classify_io(e: io::Error) -> FetchError {
+    classify(ureq::Error::from(e))
+}
+
+fn classify(e: ureq::Error) -> FetchError {
+    use ureq::Error as E;
+    match e {
+        E::Timeout(ureq::Timeout::Connect | ureq::Timeout::Resolve) => {
+            FetchError::Network(format!("connecting timed out ({e})"))
+        }
+        E::Timeout(_) => FetchError::Stalled,
+        E::Io(io)
+            if matches!(
+                io.kind(),
+                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+            ) =>
+        {
+            FetchError::Stalled
+        }
+        // rustls reports certificate and handshake failures as InvalidData.
+        E::Io(io) if io.kind() == io::ErrorKind::InvalidData => FetchError::Tls(io.to_string()),
+        E::Rustls(_) | E::Pem(_) | E::Tls(_) | E::TlsRequired => FetchError::Tls(e.to_string()),
+        other => FetchError::Network(other.to_string()),
+    }
+}
+
+fn open_http(agent: &ureq::Agent, url: &str, offset: u64) -> Result<Body, FetchError> {
+    let mut req = agent.get(url);
+    if offset > 0 {
+        req = req.header("Range", format!("bytes={offset}-"));
+    }
+    let resp = req.call().map_err(classify)?;
+    let status = resp.status().as_u16();
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let length = header("content-length").and_then(|v| v.parse::<u64>().ok());
+    let content_range = header("content-range");
+    let body = resp.into_body();
+    match status {
+        200 if offset == 0 => Ok(Body {
+            reader: Box::new(body.into_reader()),
+            total: length,
+        }),
+        200 => {
+            // The server ignored Range: skip what we already have rather than
+            // fail; it costs bandwidth, not correctness.
+            log::warn!("{url}: server ignored the Range request; skipping {offset} bytes");
+            let mut reader = body.into_reader();
+            io::copy(&mut (&mut reader).take(offset), &mut io::sink()).map_err(classify_io)?;
+            Ok(Body {
+                reader: Box::new(reader),
+                total: length,
+            })
+        }
+        206 => {
+            let total = check_content_range(content_range.as_deref(), offset)?;
+            Ok(Body {
+                reader: Box::new(body.into_reader()),
+                total,
+            })
+        }
+        404 | 410 => Err(FetchError::NotFound),
+        code => Err(FetchError::Status {
+            code,
+            detail: error_detail(body),
+        }),
+    }
+}
+
+/// Checks `Content-Range: bytes START-END/TOTAL` against the offset asked
+/// for; returns TOTAL when the server knows it.
+fn check_content_range(value: Option<&str>, offset: u64) -> Result<Option<u64>, FetchError> {
+    let bad = || {
+        FetchError::BadRange(format!(
+            "asked for bytes from {offset}, server sent Content-Range {value:?}"
+        ))
+    };
+    let spec = value
+        .and_then(|v| v.trim().strip_prefix("bytes "))
+        .ok_or_else(bad)?;
+    let (range, total) = spec.split_once('/').ok_or_else(bad)?;
+    let start = range
+        .split_once('-')
+        .and_then(|(s, _)| s.parse::<u64>().ok())
+        .ok_or_else(bad)?;
+    if start != offset {
+        return Err(bad());
+    }
+    Ok(total.parse().ok())
+}
+
+/// A short, printable reason from an error response: the HTML title if
+/// there is one (nginx: "400 No required SSL certificate was sent"), else the
+/// first line of the body.
+fn error_detail(body: ureq::Body) -> String {
+    let mut text = String::new();
+    let _ = body.into_reader().take(4096).read_to_string(&mut text);
+    let title = text
+        .split_once("<title>")
+        .and_then(|(_, rest)| rest.split_once("</title>"))
+        .map(|(t, _)| t);
+    let line = title.unwrap_or_else(|| text.lines().next().unwrap_or(""));
+    line.chars()
+        .filter(|c| !c.is_control())
+        .take(200)
+        .collect::<String>()
+        .trim()
+        .to_owned()
+}
+
+fn file_path(url: &str) -> Result<PathBuf, PrepareError> {
+    match url.strip_prefix("file://") {
+        Some(path) if path.starts_with('/') => Ok(PathBuf::from(path)),
+        _ => Err(PrepareError::BadRequest {
+            reason: format!("{url:?} is not an absolute file:/// URL"),
+        }),
+    }
+}
+
+fn open_file(path: &Path, offset: u64) -> Result<Body, FetchError> {
+    let mut file = File::open(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => FetchError::NotFound,
+        _ => FetchError::File(e),
+    })?;
+    let total = file.metadata().map_err(FetchError::File)?.len();
+    file.seek(SeekFrom::Start(offset))
+        .map_err(FetchError::File)?;
+    Ok(Body {
+        reader: Box::new(file),
+        total: Some(total),
+    })
+}
+
+fn tls_config(tls: &Tls) -> Result<TlsConfig, PrepareError> {
+    let mut builder = TlsConfig::builder();
+    if let Some(ca) = &tls.ca_cert {
+        builder = builder.root_certs(RootCerts::new_with_certs(&read_certs(ca)?));
+    }
+    match (&tls.client_cert, &tls.client_key) {
+        (Some(cert), Some(key)) => {
+            let chain = read_certs(cert)?;
+            let pem = read_pem_file(key)?;
+            let key_der = PrivateKey::from_pem(&pem)
+                .map_err(|e| tls_file(key, format!("no usable private key: {e}")))?;
+            builder = builder.client_cert(Some(ClientCert::new_with_certs(&chain, key_der)));
+        }
+        (None, None) => {}
+        (Some(path), None) | (None, Some(path)) => {
+            return Err(tls_file(
+                path,
+                "a client certificate needs its key and the key its certificate".into(),
+            ));
+        }
+    }
+    Ok(builder.build())
+}
+
+fn read_pem_file(path: &Path) -> Result<Vec<u8>, PrepareError> {
+    fs::read(path).map_err(|e| tls_file(path, e.to_string()))
+}
+
+/// Every certificate in a PEM file; an error if there is none.
+fn read_certs(path: &Path) -> Result<Vec<Certificate<'static>>, PrepareError> {
+    let pem = read_pem_file(path)?;
+    let mut certs = Vec::new();
+    for item in parse_pem(&pem) {
+        match item.map_err(|e| tls_file(path, format!("bad PEM: {e}")))? {
+            PemItem::Certificate(c) => certs.push(c),
+            _ => continue,
+        }
+    }
+    if certs.is_empty() {
+        return Err(tls_file(path, "no certificate in the file".into()));
+    }
+    Ok(certs)
+}
+
+fn tls_file(path: &Path, reason: String) -> PrepareError {
+    PrepareError::TlsFiles {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_range_must_start_where_we_asked() {
+        assert_eq!(
+            check_content_range(Some("bytes 100-199/200"), 100).unwrap(),
+            Some(200)
+        );
+        assert_eq!(
+            check_content_range(Some("bytes 100-199/*"), 100).unwrap(),
+            None
+        );
+        assert!(matches!(
+            check_content_range(Some("bytes 0-199/200"), 100),
+            Err(FetchError::BadRange(_))
+        ));
+        assert!(matches!(
+            check_content_range(None, 100),
+            Err(FetchError::BadRange(_))
+        ));
+    }
+
+    #[test]
+    fn schemes_and_tls_files_are_checked_up_front() {
+        let t = Duration::from_secs(1);
+        let none = Tls::default();
+        assert!(matches!(
+            Fetcher::new("http://h/x", &none, false, t, t),
+            Err(PrepareError::PlainHttpRefused { .. })
+        ));
+        assert!(matches!(
+            Fetcher::new("ftp://h/x", &none, true, t, t),
+            Err(PrepareError::BadRequest { .. })
+        ));
+        assert!(matches!(
+            Fetcher::new("file://rel/x", &none, false, t, t),
+            Err(PrepareError::BadRequest { .. })
+        ));
+        assert!(matches!(
+            Fetcher::new("http://h/x", &none, true, t, t),
+            Ok(Fetcher::Http(_))
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("ca.pem");
+        fs::write(&empty, "nothing here").unwrap();
+        let tls = Tls {
+            ca_cert: Some(empty.clone()),
+            ..Tls::default()
+        };
+        let err = Fetcher::new("https://h/x", &tls, false, t, t)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("no certificate") && err.contains("ca.pem"),
+            "{err}"
+        );
+        let tls = Tls {
+            client_cert: Some(empty),
+            ..Tls::default()
+        };
+        assert!(Fetcher::new("https://h/x", &tls, false, t, t)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("needs its key"));
+    }
+
+    #[test]
+    fn file_sources_open_at_an_offset_and_missing_files_are_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("img");
+        fs::write(&path, b"0123456789").unwrap();
+        let url = format!("file://{}", path.display());
+        let mut body = Fetcher::File.open(&url, 4).unwrap();
+        let mut rest = String::new();
+        body.reader.read_to_string(&mut rest).unwrap();
+        assert_eq!((rest.as_str(), body.total), ("456789", Some(10)));
+        let missing = format!("file://{}", dir.path().join("nope").display());
+        assert!(matches!(Fetcher::File.read_small(&missing, 10), Ok(None)));
+        assert!(Fetcher::File.read_small(&url, 5).is_err());
+    }
+}

@@ -1,0 +1,423 @@
+//! The download loop: source → zstd → BLAKE3 → slot, resumed after every
+//! interruption from the last checkpoint instead of from the start.
+//!
+//! A checkpoint is a point where the compressed and uncompressed streams line
+//! up and everything before it is known good:
+//! - with a manifest, the end of a chunk whose frame decoded to exactly the
+//!   chunk's bytes and whose BLAKE3 matched the manifest;
+//! - without one, the end of a zstd frame (the whole-image hash state is
+//!   saved there; the image is still verified end to end).
+//!
+//! A retry opens the source again with an HTTP Range request at the
+//! checkpoint's compressed offset and rewrites the slot from its uncompressed
+//! offset. Only checkpoints are handed to the read-back, so what it hashes is
+//! never rewritten.
+
+use super::fetch::{classify_io, Body, FetchError, Fetcher};
+use super::manifest::Manifest;
+use super::slot::{ReadBack, SlotDevice};
+use super::PrepareError;
+use crate::progress::Progress;
+use crate::stream::count::CountReader;
+use crate::stream::decode::{Corrupt, FrameDecoder, Truncated};
+use crate::stream::hash::HashReader;
+use crate::stream::inner_error;
+use crate::stream::limit::{LimitExceeded, LimitReader};
+use std::io::{self, Read};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// Decompressed bytes handed to the slot per write.
+const BUF: usize = 1 << 20;
+
+/// How often and how patiently to retry. Failures are counted while no new
+/// checkpoint is reached, so a download that keeps making progress through
+/// repeated drops finishes, and one that does not gives up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retry {
+    /// Retries after consecutive failures without progress.
+    pub attempts: u32,
+    /// Wait before the first retry; doubles each time, up to `max_backoff`.
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            attempts: 5,
+            backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why an attempt ended early.
+pub enum Failure {
+    /// Worth another attempt; `progressed` when a new checkpoint was reached.
+    Retry {
+        cause: Cause,
+        progressed: bool,
+    },
+    Fatal(PrepareError),
+}
+
+/// A retryable cause, kept to name in the error once retries run out.
+#[derive(Debug)]
+pub enum Cause {
+    Fetch(FetchError),
+    /// The stream ended early, at this compressed offset.
+    Truncated(u64),
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cause::Fetch(e) => write!(f, "{e}"),
+            Cause::Truncated(at) => write!(f, "stream ended early at compressed byte {at}"),
+        }
+    }
+}
+
+/// Everything the loop needs, borrowed from `prepare`.
+pub struct Job<'a> {
+    pub fetcher: &'a Fetcher,
+    pub url: &'a str,
+    pub manifest: Option<&'a Manifest>,
+    pub device: &'a SlotDevice,
+    pub progress: &'a Progress,
+    pub cancel: &'a AtomicBool,
+    pub retry: &'a Retry,
+    pub read_timeout: Duration,
+}
+
+/// A complete stream: `size` bytes written; without a manifest, the BLAKE3
+/// of what the stream decompressed to.
+pub struct Streamed {
+    pub size: u64,
+    pub digest: Option<blake3::Hash>,
+}
+
+#[derive(Clone)]
+struct Checkpoint {
+    zpos: u64,
+    pos: u64,
+    /// Next chunk (manifest only).
+    chunk: usize,
+    /// Whole-image hash so far (no manifest), or a fresh one (next chunk).
+    hasher: blake3::Hasher,
+}
+
+/// Runs `op` until it succeeds, fails fatally, or fails `retry.attempts + 1`
+/// times in a row without progress; sleeps with backoff in between.
+pub fn with_retries<T>(
+    job: &Job,
+    what: &str,
+    mut op: impl FnMut() -> Result<T, Failure>,
+) -> Result<T, PrepareError> {
+    let (mut attempts, mut in_a_row) = (0u32, 0u32);
+    loop {
+        attempts += 1;
+        match op() {
+            Ok(v) => return Ok(v),
+            Err(Failure::Fatal(e)) => return Err(e),
+            Err(Failure::Retry { cause, progressed }) => {
+                in_a_row = if progressed { 1 } else { in_a_row + 1 };
+                if in_a_row > job.retry.attempts {
+                    return Err(give_up(job, what, attempts, cause));
+                }
+                let wait = job
+                    .retry
+                    .backoff
+                    .saturating_mul(1 << (in_a_row - 1).min(16))
+                    .min(job.retry.max_backoff);
+                log::warn!(
+                    "{what}: {cause}; retry {in_a_row}/{} in {wait:?}",
+                    job.retry.attempts
+                );
+                sleep_unless_cancelled(job, wait)?;
+            }
+        }
+    }
+}
+
+fn give_up(job: &Job, what: &str, attempts: u32, cause: Cause) -> PrepareError {
+    let url = what.to_owned();
+    match cause {
+        Cause::Truncated(offset) => PrepareError::Truncated {
+            url,
+            attempts,
+            offset,
+        },
+        Cause::Fetch(FetchError::Stalled) => PrepareError::Stalled {
+            url,
+            attempts,
+            timeout: job.read_timeout,
+        },
+        Cause::Fetch(FetchError::Status { code, detail }) => PrepareError::Http {
+            url,
+            status: code,
+            detail,
+        },
+        Cause::Fetch(e) => PrepareError::Network {
+            url,
+            attempts,
+            reason: e.to_string(),
+        },
+    }
+}
+
+fn sleep_unless_cancelled(job: &Job, wait: Duration) -> Result<(), PrepareError> {
+    let step = Duration::from_millis(50);
+    let mut left = wait;
+    while !left.is_zero() {
+        cancelled(job)?;
+        std::thread::sleep(left.min(step));
+        left = left.saturating_sub(step);
+    }
+    cancelled(job)
+}
+
+fn cancelled(job: &Job) -> Result<(), PrepareError> {
+    if job.cancel.load(Ordering::Relaxed) {
+        return Err(PrepareError::Cancelled {
+            slot: job.device.slot,
+        });
+    }
+    Ok(())
+}
+
+/// Sorts a failure to open the source or read from it.
+pub fn fetch_failure(url: &str, e: FetchError, progressed: bool) -> Failure {
+    match e {
+        e if e.retryable() => Failure::Retry {
+            cause: Cause::Fetch(e),
+            progressed,
+        },
+        FetchError::NotFound => Failure::Fatal(PrepareError::NotFound {
+            url: url.to_owned(),
+        }),
+        FetchError::Status { code, detail } => Failure::Fatal(PrepareError::Http {
+            url: url.to_owned(),
+            status: code,
+            detail,
+        }),
+        FetchError::Tls(reason) => Failure::Fatal(PrepareError::Tls {
+            url: url.to_owned(),
+            reason,
+        }),
+        e => Failure::Fatal(PrepareError::Network {
+            url: url.to_owned(),
+            attempts: 1,
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// Streams the whole image into the slot.
+pub fn stream_image(job: &Job, readback: &ReadBack) -> Result<Streamed, PrepareError> {
+    let mut cp = Checkpoint {
+        zpos: 0,
+        pos: 0,
+        chunk: 0,
+        hasher: blake3::Hasher::new(),
+    };
+    let mut buf = vec![0u8; BUF];
+    with_retries(job, job.url, || {
+        let start = cp.zpos;
+        let result = attempt(job, readback, &mut cp, &mut buf);
+        result.map_err(|f| match f {
+            Failure::Retry { cause, .. } => Failure::Retry {
+                cause,
+                progressed: cp.zpos > start,
+            },
+            fatal => fatal,
+        })
+    })?;
+    let digest = job.manifest.is_none().then(|| cp.hasher.finalize());
+    Ok(Streamed {
+        size: cp.pos,
+        digest,
+    })
+}
+
+/// One connection's worth of the download, from checkpoint `cp` on.
+fn attempt(
+    job: &Job,
+    readback: &ReadBack,
+    cp: &mut Checkpoint,
+    buf: &mut [u8],
+) -> Result<(), Failure> {
+    cancelled(job).map_err(Failure::Fatal)?;
+    if cp.zpos > 0 {
+        log::info!(
+            "{}: resuming at compressed byte {} (image byte {})",
+            job.url,
+            cp.zpos,
+            cp.pos
+        );
+    }
+    let body = job
+        .fetcher
+        .open(job.url, cp.zpos)
+        .map_err(|e| fetch_failure(job.url, e, false))?;
+    check_length(job, &body)?;
+    job.progress.set_bytes(cp.pos);
+    let counted = CountReader::new(body.reader, |n| job.progress.add_fetched(n));
+    let decoder = FrameDecoder::new(counted, cp.zpos)
+        .map_err(|e| Failure::Fatal(corrupt(job, cp.zpos, e.to_string())))?;
+    let limit = job.manifest.map_or(job.device.size, |m| m.image_size);
+    let mut stream = LimitReader::new(
+        HashReader::with_hasher(decoder, cp.hasher.clone()),
+        limit,
+        cp.pos,
+    );
+    let mut pos = cp.pos;
+    loop {
+        cancelled(job).map_err(Failure::Fatal)?;
+        let n = match stream.read(buf) {
+            Ok(0) => return end_of_stream(job, cp, &stream),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(read_failure(job, e, pos)),
+        };
+        job.device
+            .write_at(&buf[..n], pos)
+            .map_err(Failure::Fatal)?;
+        pos += n as u64;
+        job.progress.add_bytes(n as u64);
+        if let Some(zpos) = stream.get_ref().get_ref().boundary() {
+            frame_end(job, cp, stream.get_mut(), zpos, pos)?;
+            readback.commit(pos);
+        }
+    }
+}
+
+/// With a manifest, the server must be serving the file the manifest describes.
+fn check_length(job: &Job, body: &Body) -> Result<(), Failure> {
+    match (job.manifest, body.total) {
+        (Some(m), Some(total)) if total != m.compressed_size => {
+            Err(Failure::Fatal(PrepareError::BadManifest {
+                url: job.url.to_owned(),
+                reason: format!(
+                    "the image is {total} bytes, its manifest says compressed_size {}",
+                    m.compressed_size
+                ),
+            }))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A frame ended at compressed `zpos`, uncompressed `pos`: verify and move the checkpoint.
+fn frame_end<R: Read>(
+    job: &Job,
+    cp: &mut Checkpoint,
+    hashed: &mut HashReader<R>,
+    zpos: u64,
+    pos: u64,
+) -> Result<(), Failure> {
+    let Some(m) = job.manifest else {
+        *cp = Checkpoint {
+            zpos,
+            pos,
+            chunk: 0,
+            hasher: hashed.hasher().clone(),
+        };
+        return Ok(());
+    };
+    let k = cp.chunk;
+    let chunk = m.chunks.get(k).ok_or_else(|| {
+        layout(
+            job,
+            format!("data continues after the last chunk, at compressed byte {zpos}"),
+        )
+    })?;
+    if zpos != chunk.zoffset + chunk.zsize || pos != chunk.offset + chunk.len {
+        let reason = format!(
+            "a zstd frame ends at compressed byte {zpos} (image byte {pos}); chunk {k} should end at {} ({})",
+            chunk.zoffset + chunk.zsize,
+            chunk.offset + chunk.len
+        );
+        return Err(layout(job, reason));
+    }
+    if hashed.hasher().finalize().as_bytes() != &chunk.digest {
+        return Err(Failure::Fatal(PrepareError::ChunkMismatch {
+            url: job.url.to_owned(),
+            chunk: k,
+            offset: chunk.offset,
+        }));
+    }
+    hashed.reset();
+    *cp = Checkpoint {
+        zpos,
+        pos,
+        chunk: k + 1,
+        hasher: blake3::Hasher::new(),
+    };
+    Ok(())
+}
+
+/// The source is exhausted: complete, or cut short (worth a retry).
+fn end_of_stream<R: Read>(
+    job: &Job,
+    cp: &Checkpoint,
+    stream: &LimitReader<HashReader<FrameDecoder<R>>>,
+) -> Result<(), Failure> {
+    let zpos = stream.get_ref().get_ref().boundary().unwrap_or(cp.zpos);
+    match job.manifest {
+        Some(m) if cp.chunk < m.chunks.len() => Err(Failure::Retry {
+            cause: Cause::Truncated(zpos),
+            progressed: false,
+        }),
+        _ if cp.pos == 0 => Err(Failure::Fatal(corrupt(job, 0, "no image data".into()))),
+        _ => Ok(()),
+    }
+}
+
+/// Sorts an error that came up through the adapter stack while reading.
+fn read_failure(job: &Job, e: io::Error, pos: u64) -> Failure {
+    if let Some(c) = inner_error::<Corrupt>(&e) {
+        return Failure::Fatal(corrupt(job, c.offset, c.reason.to_owned()));
+    }
+    if let Some(t) = inner_error::<Truncated>(&e) {
+        return Failure::Retry {
+            cause: Cause::Truncated(t.offset),
+            progressed: false,
+        };
+    }
+    if let Some(l) = inner_error::<LimitExceeded>(&e) {
+        return Failure::Fatal(match job.manifest {
+            Some(_) => PrepareError::BadManifest {
+                url: job.url.to_owned(),
+                reason: format!(
+                    "the image decompresses to more than the manifest's image_size {}",
+                    l.limit
+                ),
+            },
+            None => PrepareError::TooLarge {
+                slot: job.device.slot,
+                path: job.device.path.clone(),
+                image: None,
+                capacity: job.device.size,
+            },
+        });
+    }
+    log::debug!("{}: read failed at image byte {pos}: {e}", job.url);
+    fetch_failure(job.url, classify_io(e), false)
+}
+
+fn corrupt(job: &Job, offset: u64, reason: String) -> PrepareError {
+    PrepareError::Corrupt {
+        url: job.url.to_owned(),
+        offset,
+        reason,
+    }
+}
+
+fn layout(job: &Job, reason: String) -> Failure {
+    Failure::Fatal(PrepareError::BadManifest {
+        url: job.url.to_owned(),
+        reason,
+    })
+}

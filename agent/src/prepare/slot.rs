@@ -1,0 +1,322 @@
+//! The target slot: opened in place (never created, never truncated), sized,
+//! written at offsets, and read back from the medium.
+//!
+//! The read-back runs on its own thread, trailing the download: every range
+//! the download commits (a verified chunk, or a complete zstd frame) is
+//! written back to the device (`sync_file_range`), dropped from the page
+//! cache and read again, so the hash covers what the device returns rather
+//! than what is still in memory. Committed ranges are never rewritten (a
+//! resumed download restarts at the last commit), so each byte is read back
+//! once, in order, after its final write. After the final fsync the tail is
+//! read back the same way. Hiding the read-back behind the download is what
+//! keeps verification from doubling the time a prepare takes.
+
+use super::blockdev;
+use super::PrepareError;
+use crate::progress::Progress;
+use bootctl::Slot;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::thread::{Scope, ScopedJoinHandle};
+
+/// Bytes written back and re-read per step.
+const WINDOW: u64 = 8 << 20;
+/// Read size of the read-back.
+const BLOCK: usize = 1 << 20;
+
+#[derive(Debug)]
+pub struct SlotDevice {
+    pub slot: Slot,
+    pub path: PathBuf,
+    pub size: u64,
+    block: bool,
+    file: File,
+}
+
+impl SlotDevice {
+    /// Opens `path` read-write without creating it: a mistyped device path
+    /// must fail, not create a file. A block device is opened `O_EXCL`, which
+    /// the kernel refuses while the device is mounted.
+    pub fn open(slot: Slot, path: &Path) -> Result<SlotDevice, PrepareError> {
+        let io = |op, e| slot_io(slot, path, op, None, e);
+        let meta = std::fs::metadata(path).map_err(|e| io("stat", e))?;
+        let block = meta.file_type().is_block_device();
+        if !block && !meta.is_file() {
+            let e = io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a block device or regular file",
+            );
+            return Err(io("open", e));
+        }
+        let mut options = OpenOptions::new();
+        options.read(true).write(true);
+        if block {
+            options.custom_flags(libc::O_EXCL);
+        }
+        let file = options.open(path).map_err(|e| {
+            io(
+                if block {
+                    "open exclusively (mounted?)"
+                } else {
+                    "open"
+                },
+                e,
+            )
+        })?;
+        let size = if block {
+            blockdev::block_device_size(&file).map_err(|e| io("get size of", e))?
+        } else {
+            meta.len()
+        };
+        Ok(SlotDevice {
+            slot,
+            path: path.to_path_buf(),
+            size,
+            block,
+            file,
+        })
+    }
+
+    pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), PrepareError> {
+        self.file
+            .write_all_at(buf, offset)
+            .map_err(|e| slot_io(self.slot, &self.path, "write", Some(offset), e))
+    }
+
+    /// fsync: the data on the medium, and for a block device the device's
+    /// write cache flushed.
+    pub fn sync(&self) -> Result<(), PrepareError> {
+        self.file
+            .sync_all()
+            .map_err(|e| slot_io(self.slot, &self.path, "fsync", None, e))
+    }
+}
+
+fn slot_io(
+    slot: Slot,
+    path: &Path,
+    op: &'static str,
+    offset: Option<u64>,
+    source: io::Error,
+) -> PrepareError {
+    PrepareError::Slot {
+        slot,
+        path: path.to_path_buf(),
+        op,
+        offset,
+        source,
+    }
+}
+
+/// State shared with the read-back thread.
+#[derive(Debug, Default)]
+pub struct Flags {
+    /// Publish the position as the progress's byte count.
+    pub report: AtomicBool,
+    /// Give up without reading the rest.
+    stop: AtomicBool,
+    /// Bytes read back so far.
+    done: AtomicU64,
+}
+
+/// Handle of the read-back thread.
+pub struct ReadBack<'scope> {
+    commits: Sender<u64>,
+    thread: ScopedJoinHandle<'scope, Result<blake3::Hasher, PrepareError>>,
+    stop: &'scope AtomicBool,
+    done: &'scope AtomicU64,
+}
+
+impl<'scope> ReadBack<'scope> {
+    /// Starts the thread. While `report` is set it publishes its position as
+    /// the progress's byte count (the final "verifying" phase).
+    pub fn spawn<'env>(
+        scope: &'scope Scope<'scope, 'env>,
+        device: &'scope SlotDevice,
+        progress: &'scope Progress,
+        flags: &'scope Flags,
+    ) -> ReadBack<'scope> {
+        let (commits, rx) = mpsc::channel();
+        let thread = scope.spawn(move || read_back(device, rx, progress, flags));
+        ReadBack {
+            commits,
+            thread,
+            stop: &flags.stop,
+            done: &flags.done,
+        }
+    }
+
+    /// Everything before `pos` is final and may be read back.
+    pub fn commit(&self, pos: u64) {
+        // A send fails only when the thread has stopped on an error, which
+        // `finish` reports.
+        let _ = self.commits.send(pos);
+    }
+
+    /// Reads back up to `size` (call after the final fsync) and returns the
+    /// hash of everything read back.
+    pub fn finish(self, size: u64) -> Result<blake3::Hash, PrepareError> {
+        self.commit(size);
+        drop(self.commits);
+        match self.thread.join() {
+            Ok(result) => result.map(|h| h.finalize()),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+
+    /// Bytes read back so far.
+    pub fn position(&self) -> u64 {
+        self.done.load(Ordering::Relaxed)
+    }
+
+    /// Stops the thread without waiting for the rest of the read-back.
+    pub fn abort(self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn read_back(
+    device: &SlotDevice,
+    commits: Receiver<u64>,
+    progress: &Progress,
+    flags: &Flags,
+) -> Result<blake3::Hasher, PrepareError> {
+    let mut reader = Reader::new(device);
+    let mut target = 0;
+    loop {
+        let Ok(commit) = commits.recv() else {
+            // `finish` closed the channel: read the unaligned tail too.
+            reader.read_to(target, progress, flags)?;
+            return Ok(reader.hasher);
+        };
+        // Only the latest commit matters.
+        target = commits.try_iter().last().unwrap_or(commit);
+        reader.read_to(target / ALIGN * ALIGN, progress, flags)?;
+    }
+}
+
+/// O_DIRECT alignment of offsets, lengths and the buffer; covers 512- and
+/// 4096-byte logical blocks.
+const ALIGN: u64 = 4096;
+
+/// Reads the slot back in order, hashing.
+struct Reader<'a> {
+    device: &'a SlotDevice,
+    /// For a block device, an `O_DIRECT` descriptor: the read goes to the
+    /// device without the copy through the page cache. Not for a regular file
+    /// (tests, benchmarks): there a direct read takes the inode lock that
+    /// every buffered write of the download needs, and stalls it.
+    direct: Option<File>,
+    storage: Vec<u8>,
+    done: u64,
+    hasher: blake3::Hasher,
+}
+
+impl<'a> Reader<'a> {
+    fn new(device: &'a SlotDevice) -> Reader<'a> {
+        let direct = device
+            .block
+            .then(|| {
+                OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_DIRECT)
+                    .open(&device.path)
+                    .ok()
+            })
+            .flatten();
+        Reader {
+            device,
+            direct,
+            storage: vec![0; BLOCK + ALIGN as usize],
+            done: 0,
+            hasher: blake3::Hasher::new(),
+        }
+    }
+
+    fn read_to(
+        &mut self,
+        end: u64,
+        progress: &Progress,
+        flags: &Flags,
+    ) -> Result<(), PrepareError> {
+        while self.done < end {
+            if flags.stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            let len = WINDOW.min(end - self.done);
+            self.read_window(self.done, len)?;
+            self.done += len;
+            flags.done.store(self.done, Ordering::Relaxed);
+            if flags.report.load(Ordering::Relaxed) {
+                progress.set_bytes(self.done);
+            }
+        }
+        Ok(())
+    }
+
+    fn read_window(&mut self, offset: u64, len: u64) -> Result<(), PrepareError> {
+        let device = self.device;
+        let io = |op, at, e| slot_io(device.slot, &device.path, op, Some(at), e);
+        blockdev::write_back(&device.file, offset, len).map_err(|e| io("write back", offset, e))?;
+        blockdev::drop_cache(&device.file, offset, len)
+            .map_err(|e| io("drop cached pages of", offset, e))?;
+        let skip = self.storage.as_ptr().align_offset(ALIGN as usize);
+        let buf = &mut self.storage[skip..skip + BLOCK];
+        let mut at = offset;
+        while at < offset + len {
+            let n = (offset + len - at).min(BLOCK as u64) as usize;
+            let file = match &self.direct {
+                Some(direct) if at % ALIGN == 0 && n as u64 % ALIGN == 0 => direct,
+                _ => &device.file,
+            };
+            file.read_exact_at(&mut buf[..n], at)
+                .map_err(|e| io("read back", at, e))?;
+            self.hasher.update(&buf[..n]);
+            at += n as u64;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_back_exactly_the_committed_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("slot");
+        let data: Vec<u8> = (0..(WINDOW as usize * 2 + 12345))
+            .map(|i| (i % 253) as u8)
+            .collect();
+        std::fs::write(&path, vec![0u8; data.len() + 100]).unwrap();
+        let device = SlotDevice::open(Slot::B, &path).unwrap();
+        assert_eq!(device.size, data.len() as u64 + 100);
+        let (progress, flags) = (Progress::default(), Flags::default());
+        flags.report.store(true, Ordering::Relaxed);
+        let hash = std::thread::scope(|s| {
+            let rb = ReadBack::spawn(s, &device, &progress, &flags);
+            device.write_at(&data[..1000], 0).unwrap();
+            rb.commit(1000);
+            device.write_at(&data[1000..], 1000).unwrap();
+            device.sync().unwrap();
+            rb.finish(data.len() as u64).unwrap()
+        });
+        assert_eq!(hash, blake3::hash(&data));
+        assert_eq!(progress.snapshot().bytes, data.len() as u64);
+    }
+
+    #[test]
+    fn refuses_to_create_or_to_write_a_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope");
+        let err = SlotDevice::open(Slot::A, &missing).unwrap_err().to_string();
+        assert!(err.contains("slot A") && err.contains("nope"), "{err}");
+        assert!(!missing.exists());
+        assert!(SlotDevice::open(Slot::A, dir.path()).is_err());
+    }
+}

@@ -1,0 +1,231 @@
+//! zstd decompression that knows where frames end.
+//!
+//! A bundle image is a sequence of independent zstd frames (docs/bundle.md).
+//! A frame end is a point where the compressed and the uncompressed streams
+//! line up, so a broken download can resume there with an HTTP Range request
+//! and a fresh decoder. `read` therefore never returns bytes of two frames at
+//! once, and [`FrameDecoder::boundary`] says whether the output so far ends
+//! exactly at a frame end, and where that is in the compressed stream.
+
+use std::io::{self, Read};
+use zstd::zstd_safe::{self, DCtx, DParameter, InBuffer, OutBuffer};
+
+/// Largest window a frame may ask for: 8 MiB (`zstd -19` needs no more). It
+/// bounds the decoder's memory whatever the input says; `--long` images are
+/// refused with an error naming the limit.
+pub const WINDOW_LOG_MAX: u32 = 23;
+
+/// The compressed stream is not valid zstd (or needs a larger window).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Corrupt {
+    /// Compressed offset where decoding failed (within a frame starting earlier).
+    pub offset: u64,
+    pub reason: &'static str,
+}
+
+impl std::fmt::Display for Corrupt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "invalid zstd data near compressed byte {}: {}",
+            self.offset, self.reason
+        )
+    }
+}
+
+impl std::error::Error for Corrupt {}
+
+/// The compressed stream ended inside a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Truncated {
+    pub offset: u64,
+}
+
+impl std::fmt::Display for Truncated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "compressed stream ends inside a zstd frame at byte {}",
+            self.offset
+        )
+    }
+}
+
+impl std::error::Error for Truncated {}
+
+pub struct FrameDecoder<R> {
+    inner: R,
+    dctx: DCtx<'static>,
+    input: Box<[u8]>,
+    start: usize,
+    end: usize,
+    /// Compressed bytes consumed by the decoder, counted from the start of the
+    /// whole compressed stream (the decoder may start at an offset).
+    zpos: u64,
+    in_frame: bool,
+}
+
+impl<R: Read> FrameDecoder<R> {
+    /// Decodes `inner`, which starts at compressed offset `zpos` (a frame start).
+    pub fn new(inner: R, zpos: u64) -> io::Result<Self> {
+        let mut dctx =
+            DCtx::try_create().ok_or_else(|| io::Error::other("cannot allocate a zstd decoder"))?;
+        dctx.set_parameter(DParameter::WindowLogMax(WINDOW_LOG_MAX))
+            .map_err(|c| io::Error::other(zstd_safe::get_error_name(c)))?;
+        Ok(FrameDecoder {
+            inner,
+            dctx,
+            input: vec![0; DCtx::in_size()].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            zpos,
+            in_frame: false,
+        })
+    }
+
+    /// `Some(compressed offset)` when everything returned so far ends at a
+    /// frame end; `None` inside a frame.
+    pub fn boundary(&self) -> Option<u64> {
+        (!self.in_frame).then_some(self.zpos)
+    }
+
+    /// Reads more compressed input; `false` at the end of the stream.
+    fn refill(&mut self) -> io::Result<bool> {
+        let n = self.inner.read(&mut self.input)?;
+        (self.start, self.end) = (0, n);
+        Ok(n > 0)
+    }
+}
+
+impl<R: Read> Read for FrameDecoder<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            if self.start == self.end && !self.refill()? {
+                if self.in_frame {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        Truncated { offset: self.zpos },
+                    ));
+                }
+                return Ok(0);
+            }
+            let mut input = InBuffer::around(&self.input[self.start..self.end]);
+            let mut output = OutBuffer::around(&mut *buf);
+            let hint = self
+                .dctx
+                .decompress_stream(&mut output, &mut input)
+                .map_err(|code| {
+                    let reason = zstd_safe::get_error_name(code);
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        Corrupt {
+                            offset: self.zpos,
+                            reason,
+                        },
+                    )
+                })?;
+            let (consumed, produced) = (input.pos(), output.pos());
+            self.start += consumed;
+            self.zpos += consumed as u64;
+            // zstd stops at the end of each frame and returns 0 once the frame
+            // is fully flushed, so a 0 here is exactly a frame end.
+            self.in_frame = hint != 0;
+            if produced > 0 {
+                return Ok(produced);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stream::inner_error;
+
+    fn frames(parts: &[&[u8]]) -> (Vec<u8>, Vec<u64>) {
+        let mut z = Vec::new();
+        let mut ends = Vec::new();
+        for p in parts {
+            z.extend(zstd::bulk::compress(p, 3).unwrap());
+            ends.push(z.len() as u64);
+        }
+        (z, ends)
+    }
+
+    /// Reads everything, recording (uncompressed, compressed) at each boundary.
+    fn boundaries<R: Read>(d: &mut FrameDecoder<R>, buf_size: usize) -> (Vec<u8>, Vec<(u64, u64)>) {
+        let (mut out, mut seen) = (Vec::new(), Vec::new());
+        let mut buf = vec![0; buf_size];
+        loop {
+            let n = d.read(&mut buf).unwrap();
+            if n == 0 {
+                return (out, seen);
+            }
+            out.extend_from_slice(&buf[..n]);
+            if let Some(z) = d.boundary() {
+                seen.push((out.len() as u64, z));
+            }
+        }
+    }
+
+    #[test]
+    fn reports_every_frame_end_with_small_and_large_buffers() {
+        let a: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let b = vec![9u8; 70_000];
+        let (z, ends) = frames(&[&a, &b, b"tail"]);
+        for buf_size in [1000, 1 << 20] {
+            let (out, seen) = boundaries(&mut FrameDecoder::new(&z[..], 0).unwrap(), buf_size);
+            assert_eq!(out, [&a[..], &b[..], b"tail"].concat());
+            let want = vec![(300_000, ends[0]), (370_000, ends[1]), (370_004, ends[2])];
+            assert_eq!(seen, want, "buffer {buf_size}");
+        }
+    }
+
+    #[test]
+    fn starts_mid_stream_at_a_frame_offset() {
+        let (z, ends) = frames(&[b"first frame", b"second frame"]);
+        let mut d = FrameDecoder::new(&z[ends[0] as usize..], ends[0]).unwrap();
+        let (out, seen) = boundaries(&mut d, 64);
+        assert_eq!((out, seen), (b"second frame".to_vec(), vec![(12, ends[1])]));
+    }
+
+    #[test]
+    fn truncation_inside_a_frame_and_garbage_are_typed_errors() {
+        let data = vec![5u8; 100_000];
+        let (z, _) = frames(&[&data]);
+        let mut out = Vec::new();
+        let err = FrameDecoder::new(&z[..z.len() - 3], 0)
+            .unwrap()
+            .read_to_end(&mut out)
+            .unwrap_err();
+        assert!(inner_error::<Truncated>(&err).is_some(), "{err}");
+        let mut bad = z.clone();
+        bad.extend_from_slice(b"not zstd at all");
+        let err = FrameDecoder::new(&bad[..], 0)
+            .unwrap()
+            .read_to_end(&mut out)
+            .unwrap_err();
+        let corrupt = inner_error::<Corrupt>(&err).expect("corrupt");
+        assert_eq!(corrupt.offset, z.len() as u64);
+    }
+
+    #[test]
+    fn a_window_beyond_the_limit_is_refused() {
+        // Unknown content size, so the frame header carries the large window.
+        let mut z = Vec::new();
+        let mut enc = zstd::stream::write::Encoder::new(&mut z, 3).unwrap();
+        enc.set_parameter(zstd_safe::CParameter::WindowLog(WINDOW_LOG_MAX + 2))
+            .unwrap();
+        io::Write::write_all(&mut enc, &vec![1u8; 1 << 20]).unwrap();
+        enc.finish().unwrap();
+        let mut out = Vec::new();
+        let err = FrameDecoder::new(&z[..], 0)
+            .unwrap()
+            .read_to_end(&mut out)
+            .unwrap_err();
+        assert!(inner_error::<Corrupt>(&err).is_some(), "{err}");
+    }
+}

@@ -1,0 +1,118 @@
+//! The few syscalls std does not wrap, each a small function so `unsafe` stays
+//! in this file (STYLE.md §15).
+
+use std::fs::File;
+use std::io;
+use std::os::unix::io::AsRawFd;
+use std::os::unix::net::UnixStream;
+
+/// Who is on the other end of a Unix socket, as the kernel saw it at connect
+/// time (`SO_PEERCRED`), so a peer cannot lie about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCred {
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+pub fn peer_cred(stream: &UnixStream) -> io::Result<PeerCred> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes of the sizes passed, and the
+    // descriptor stays open for the duration of the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(PeerCred {
+        pid: cred.pid,
+        uid: cred.uid,
+        gid: cred.gid,
+    })
+}
+
+/// Takes an exclusive `flock` on `file` without waiting. `Ok(false)`: someone
+/// else holds it. The lock goes with the open file description, so a second
+/// open of the same file in this process conflicts too.
+pub fn try_flock_exclusive(file: &File) -> io::Result<bool> {
+    loop {
+        // SAFETY: flock only reads the descriptor number, which `file` keeps open.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(true);
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EWOULDBLOCK) => return Ok(false),
+            Some(libc::EINTR) => continue,
+            _ => return Err(err),
+        }
+    }
+}
+
+/// Sends SIGKILL to every process in group `pgid`: a health check that timed
+/// out dies together with whatever it started.
+pub fn kill_process_group(pgid: u32) -> io::Result<()> {
+    let pgid = libc::pid_t::try_from(pgid)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"))?;
+    // SAFETY: kill takes plain integers; a negative pid addresses the group.
+    let rc = unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    if rc != 0 {
+        let err = io::Error::last_os_error();
+        // The group may already be gone; that is what we wanted.
+        if err.raw_os_error() != Some(libc::ESRCH) {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+/// Flushes every filesystem, then restarts the machine at once (`reboot(2)`).
+/// Only returns on failure. For systems without an init that can do an orderly
+/// reboot; see `node::reboot`.
+pub fn sync_and_reboot() -> io::Error {
+    // SAFETY: sync and reboot take no pointers; RB_AUTOBOOT restarts the machine.
+    unsafe {
+        libc::sync();
+        libc::reboot(libc::RB_AUTOBOOT);
+    }
+    io::Error::last_os_error()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_cred_of_a_socketpair_is_this_process() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let cred = peer_cred(&a).unwrap();
+        assert_eq!(cred.pid as u32, std::process::id());
+        // SAFETY: getuid has no preconditions.
+        assert_eq!(cred.uid, unsafe { libc::getuid() });
+    }
+
+    #[test]
+    fn flock_conflicts_across_open_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lock");
+        let first = File::create(&path).unwrap();
+        let second = File::open(&path).unwrap();
+        assert!(try_flock_exclusive(&first).unwrap());
+        assert!(!try_flock_exclusive(&second).unwrap());
+        drop(first);
+        assert!(try_flock_exclusive(&second).unwrap());
+    }
+}

@@ -1,0 +1,154 @@
+//! The `os-agent` command line on a file-backed node. Reboots are disabled
+//! (`reboot = no` in the config, and `--no-reboot`).
+
+mod node_fixture;
+
+use bootctl::record::SlotState;
+use bootctl::Slot;
+use node_fixture::{bundle, image, Node};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+
+fn os_agent(node: &Node, booted: Slot, args: &[&str]) -> Output {
+    let conf = node.config_file(booted, "");
+    Command::new(env!("CARGO_BIN_EXE_os-agent"))
+        .arg("--config")
+        .arg(conf)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn help_documents_every_command() {
+    let out = Command::new(env!("CARGO_BIN_EXE_os-agent"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = text(&out.stdout);
+    for needle in [
+        "serve [--socket PATH]",
+        "status [--json]",
+        "upgrade --url URL --digest blake3:HEX",
+        "rollback [--no-reboot]",
+        "confirm",
+        "--root-a PATH",
+        "EXIT STATUS",
+    ] {
+        assert!(help.contains(needle), "{needle:?} missing from:\n{help}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_os-agent"))
+        .arg("bogus")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("unknown command `bogus`"));
+}
+
+#[test]
+fn status_text_and_json() {
+    let node = Node::new();
+    let out = os_agent(&node, Slot::A, &["status"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert!(s.contains("booted:     A"), "{s}");
+    assert!(s.contains("slot A:     good     version 1"), "{s}");
+    assert!(s.contains("job:        none"), "{s}");
+    let out = os_agent(&node, Slot::A, &["status", "--json"]);
+    let s = text(&out.stdout);
+    assert!(s.starts_with('{') && s.contains(r#""booted":"A""#), "{s}");
+    assert!(
+        s.contains(r#""B":{"digest":"","size":0,"state":"empty""#),
+        "{s}"
+    );
+}
+
+#[test]
+fn upgrade_then_confirm_then_rollback() {
+    let node = Node::new();
+    let img = image(300 << 10);
+    let (url, digest) = bundle(node.dir.path(), "os-2", "2", &img, 128 << 10);
+    let out = os_agent(
+        &node,
+        Slot::A,
+        &[
+            "upgrade",
+            "--url",
+            &url,
+            "--digest",
+            &digest,
+            "--version",
+            "2",
+            "--no-reboot",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("slot B holds version 2"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(
+        text(&out.stderr).contains("not rebooting"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(node.ab().trial, Some(Slot::B));
+
+    // The trial boot of B: confirm by hand.
+    let out = os_agent(&node, Slot::B, &["confirm"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(node.record(Slot::B).state, SlotState::Good);
+    assert_eq!(node.ab().active, Slot::B);
+
+    // A booted and was confirmed before, so B can roll back to it.
+    let out = os_agent(&node, Slot::B, &["rollback", "--no-reboot"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("slot A is committed"));
+    assert_eq!(node.ab().active, Slot::A);
+}
+
+#[test]
+fn refusals_and_busy_have_their_exit_codes() {
+    let node = Node::new();
+    let out = os_agent(&node, Slot::A, &["rollback", "--no-reboot"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("slot B holds no image"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Another process holds the node's job lock until its stdin closes. (A
+    // lock taken in this process could leak into a child that a parallel
+    // test forks, for the moment before its exec.)
+    let dir = node.state.join("os-agent");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut holder = Command::new("flock")
+        .arg("--close")
+        .arg(dir.join("lock"))
+        .args(["-c", "echo locked; cat >/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(holder.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "locked\n");
+    let out = os_agent(&node, Slot::A, &["confirm"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("busy"), "{}", text(&out.stderr));
+    let out = os_agent(&node, Slot::A, &["status"]);
+    assert!(out.status.success(), "status never needs the lock");
+    drop(holder.stdin.take());
+    assert!(holder.wait().unwrap().success());
+    let out = os_agent(&node, Slot::A, &["confirm"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}

@@ -1,0 +1,209 @@
+//! A loopback HTTP/1.1 file server that honours `Range: bytes=N-` and
+//! injects faults: dropped connections, stalls, error statuses. One request
+//! per connection (`Connection: close`); every response is logged.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Close the connection after this many body bytes.
+    DropAfter(u64),
+    /// Send this many body bytes, then go silent for the duration.
+    StallAfter(u64, Duration),
+    /// Answer with this status instead of the file.
+    Status(u16),
+}
+
+/// One response: which path, from which offset, with which status, and how
+/// many body bytes actually went out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Served {
+    pub path: String,
+    pub start: u64,
+    pub status: u16,
+    pub sent: u64,
+}
+
+#[derive(Default)]
+struct State {
+    files: HashMap<String, Arc<Vec<u8>>>,
+    /// Faults for the next requests of a path, in order.
+    faults: HashMap<String, VecDeque<Fault>>,
+    /// A fault applied to every request of a path once the queue is empty.
+    always: HashMap<String, Fault>,
+    log: Vec<Served>,
+}
+
+pub struct Server {
+    port: u16,
+    state: Arc<Mutex<State>>,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(Mutex::new(State::default()));
+        let shared = state.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let state = shared.clone();
+                std::thread::spawn(move || handle(conn, &state));
+            }
+        });
+        Server { port, state }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn put(&self, path: &str, bytes: Vec<u8>) {
+        self.state
+            .lock()
+            .unwrap()
+            .files
+            .insert(path.into(), Arc::new(bytes));
+    }
+
+    /// Queues `fault` for the next request of `path` that has none queued.
+    pub fn fault(&self, path: &str, fault: Fault) {
+        self.state
+            .lock()
+            .unwrap()
+            .faults
+            .entry(path.into())
+            .or_default()
+            .push_back(fault);
+    }
+
+    pub fn fault_always(&self, path: &str, fault: Fault) {
+        self.state.lock().unwrap().always.insert(path.into(), fault);
+    }
+
+    pub fn served(&self, path: &str) -> Vec<Served> {
+        self.state
+            .lock()
+            .unwrap()
+            .log
+            .iter()
+            .filter(|s| s.path == path)
+            .cloned()
+            .collect()
+    }
+}
+
+fn handle(conn: TcpStream, state: &Mutex<State>) {
+    let Some((path, start)) = read_request(&conn) else {
+        return;
+    };
+    // Logged in arrival order (a stalled response finishes last).
+    let (file, fault, index) = {
+        let mut s = state.lock().unwrap();
+        let fault = s
+            .faults
+            .get_mut(&path)
+            .and_then(VecDeque::pop_front)
+            .or_else(|| s.always.get(&path).copied());
+        s.log.push(Served {
+            path: path.clone(),
+            start,
+            status: 0,
+            sent: 0,
+        });
+        (s.files.get(&path).cloned(), fault, s.log.len() - 1)
+    };
+    let (status, sent) = respond(conn, file.as_deref().map(Vec::as_slice), start, fault);
+    let entry = &mut state.lock().unwrap().log[index];
+    (entry.status, entry.sent) = (status, sent);
+}
+
+/// The path and the Range start of a GET.
+fn read_request(conn: &TcpStream) -> Option<(String, u64)> {
+    let mut reader = BufReader::new(conn);
+    let mut line = String::new();
+    reader.read_line(&mut line).ok()?;
+    let path = line.split_whitespace().nth(1)?.to_owned();
+    let mut start = 0;
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header).ok()? == 0 || header.trim().is_empty() {
+            break;
+        }
+        let lower = header.to_ascii_lowercase();
+        if let Some(range) = lower.strip_prefix("range:") {
+            start = range
+                .trim()
+                .strip_prefix("bytes=")?
+                .split('-')
+                .next()?
+                .parse()
+                .ok()?;
+        }
+    }
+    Some((path, start))
+}
+
+fn respond(
+    mut conn: TcpStream,
+    file: Option<&[u8]>,
+    start: u64,
+    fault: Option<Fault>,
+) -> (u16, u64) {
+    let status_page = |conn: &mut TcpStream, code: u16| {
+        let body =
+            format!("<html><head><title>{code} injected by the test server</title></head></html>");
+        let _ = write!(
+            conn,
+            "HTTP/1.1 {code} Test\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        (code, 0)
+    };
+    let Some(file) = file else {
+        return status_page(&mut conn, 404);
+    };
+    if let Some(Fault::Status(code)) = fault {
+        return status_page(&mut conn, code);
+    }
+    let len = file.len() as u64;
+    if start > len {
+        return status_page(&mut conn, 416);
+    }
+    let (status, range) = if start > 0 {
+        (
+            206,
+            format!("Content-Range: bytes {start}-{}/{len}\r\n", len - 1),
+        )
+    } else {
+        (200, String::new())
+    };
+    let head = format!(
+        "HTTP/1.1 {status} OK\r\nContent-Length: {}\r\n{range}Connection: close\r\n\r\n",
+        len - start
+    );
+    if conn.write_all(head.as_bytes()).is_err() {
+        return (status, 0);
+    }
+    let limit = match fault {
+        Some(Fault::DropAfter(n)) | Some(Fault::StallAfter(n, _)) => n.min(len - start),
+        _ => len - start,
+    };
+    let mut sent = 0;
+    for piece in file[start as usize..(start + limit) as usize].chunks(64 << 10) {
+        if conn.write_all(piece).is_err() {
+            return (status, sent);
+        }
+        sent += piece.len() as u64;
+    }
+    if let Some(Fault::StallAfter(_, pause)) = fault {
+        let _ = conn.flush();
+        std::thread::sleep(pause);
+    }
+    let _ = conn.shutdown(Shutdown::Both);
+    (status, sent)
+}

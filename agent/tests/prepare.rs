@@ -1,0 +1,494 @@
+//! The write path end to end against file-backed slots and a loopback HTTP
+//! server with fault injection (common/server.rs). After every failure the
+//! active slot is byte-for-byte unchanged, nothing is armed, slot B is not
+//! recorded as holding an image, and the error names the cause.
+
+mod common;
+
+use agent::prepare::{prepare_with, PrepareError, PrepareRequest, Prepared, Tls};
+use agent::progress::Progress;
+use bootctl::record::SlotState;
+use bootctl::Slot;
+use common::server::{Fault, Server};
+use common::{bundle, quick_retry, synthetic_image, Bundle, Node};
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+const CHUNK: usize = 64 << 10;
+const IMAGE: usize = 10 * CHUNK + 12_345;
+const SLOT: u64 = 1 << 20;
+const IMG: &str = "/os/os-2.img.zst";
+const MANIFEST: &str = "/os/os-2.manifest.json";
+
+fn serve(b: &Bundle, with_manifest: bool) -> Server {
+    let server = Server::start();
+    server.put(IMG, b.zst.clone());
+    if with_manifest {
+        server.put(MANIFEST, b.meta.manifest.clone().into_bytes());
+    }
+    server
+}
+
+fn request(url: String, digest: &str) -> PrepareRequest {
+    PrepareRequest {
+        url,
+        digest: digest.into(),
+        version: Some("2".into()),
+        tls: Tls::default(),
+        allow_http: true,
+    }
+}
+
+fn run(node: &Node, req: &PrepareRequest) -> (Result<Prepared, PrepareError>, Progress) {
+    let progress = Progress::default();
+    let result = prepare_with(
+        &node.cfg,
+        req,
+        &progress,
+        &AtomicBool::new(false),
+        &quick_retry(),
+    );
+    (result, progress)
+}
+
+/// Runs a prepare that must fail; checks nothing was harmed and returns the message.
+fn fails(node: &Node, req: &PrepareRequest) -> (PrepareError, String) {
+    let (result, _) = run(node, req);
+    let err = result.expect_err("prepare should fail");
+    node.assert_untouched();
+    let msg = err.to_string();
+    (err, msg)
+}
+
+fn assert_landed(node: &Node, b: &Bundle, done: Prepared) {
+    assert_eq!(
+        done,
+        Prepared {
+            slot: Slot::B,
+            version: "2".into(),
+            digest: b.meta.digest.clone(),
+            size: IMAGE as u64
+        }
+    );
+    let slot = node.slot_b();
+    assert!(slot[..IMAGE] == b.image[..], "slot B holds the image");
+    assert!(
+        slot[IMAGE..].iter().all(|&x| x == 0xEE),
+        "bytes past the image untouched"
+    );
+    let rec = node.record_b();
+    assert_eq!(
+        (
+            rec.state,
+            rec.version.as_str(),
+            rec.digest.as_str(),
+            rec.size
+        ),
+        (
+            SlotState::Written,
+            "2",
+            b.meta.digest.as_str(),
+            IMAGE as u64
+        )
+    );
+    assert!(rec.written_at > 1_600_000_000);
+    // Preparing never arms: the boot state and slot A are as before.
+    node.assert_not_armed();
+}
+
+fn image() -> Bundle {
+    bundle(synthetic_image(IMAGE, 7), CHUNK, "2")
+}
+
+#[test]
+fn a_good_image_lands_in_the_inactive_slot_with_its_manifest() {
+    let (b, node) = (image(), Node::new(SLOT));
+    let server = serve(&b, true);
+    let (result, progress) = run(&node, &request(server.url(IMG), &b.meta.digest));
+    assert_landed(&node, &b, result.unwrap());
+    let p = progress.snapshot();
+    assert_eq!(
+        (p.bytes, p.total, p.fetched, p.percent),
+        (
+            IMAGE as u64,
+            IMAGE as u64,
+            b.meta.compressed_size,
+            Some(100.0)
+        )
+    );
+    assert_eq!(server.served(IMG).len(), 1);
+}
+
+#[test]
+fn a_good_image_without_a_manifest_and_from_a_file_url() {
+    let (b, node) = (image(), Node::new(SLOT));
+    let server = serve(&b, false);
+    let (result, _) = run(&node, &request(server.url(IMG), &b.meta.digest));
+    assert_landed(&node, &b, result.unwrap());
+    assert_eq!(server.served(MANIFEST)[0].status, 404);
+
+    let node = Node::new(SLOT);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("os-2.img.zst"), &b.zst).unwrap();
+    std::fs::write(dir.path().join("os-2.manifest.json"), &b.meta.manifest).unwrap();
+    let url = format!("file://{}/os-2.img.zst", dir.path().display());
+    let (result, _) = run(
+        &node,
+        &PrepareRequest {
+            allow_http: false,
+            ..request(url, &b.meta.digest)
+        },
+    );
+    assert_landed(&node, &b, result.unwrap());
+}
+
+/// A dropped connection resumes with a Range request at the frame of the
+/// first chunk not yet verified: verified chunks are not fetched again.
+fn resumes_after_a_drop(with_manifest: bool) {
+    let (b, node) = (image(), Node::new(SLOT));
+    let server = serve(&b, with_manifest);
+    let cut = b.meta.frames[4].0 + b.meta.frames[4].1 / 2;
+    server.fault(IMG, Fault::DropAfter(cut));
+    let (result, progress) = run(&node, &request(server.url(IMG), &b.meta.digest));
+    assert_landed(&node, &b, result.unwrap());
+    let served = server.served(IMG);
+    let resume_at = b.meta.frame_start(cut);
+    assert_eq!(resume_at, b.meta.frames[4].0);
+    assert_eq!(
+        served
+            .iter()
+            .map(|s| (s.start, s.status, s.sent))
+            .collect::<Vec<_>>(),
+        vec![
+            (0, 200, cut),
+            (resume_at, 206, b.meta.compressed_size - resume_at)
+        ]
+    );
+    assert_eq!(
+        progress.snapshot().fetched,
+        b.meta.compressed_size + cut - resume_at
+    );
+}
+
+#[test]
+fn a_dropped_connection_resumes_at_the_last_verified_chunk() {
+    resumes_after_a_drop(true);
+}
+
+#[test]
+fn without_a_manifest_a_dropped_connection_resumes_at_the_current_frame() {
+    resumes_after_a_drop(false);
+}
+
+#[test]
+fn repeated_drops_still_finish_while_each_attempt_makes_progress() {
+    let (b, node) = (image(), Node::new(SLOT));
+    let server = serve(&b, true);
+    // More drops than retries, but every attempt verifies at least one chunk.
+    server.fault_always(IMG, Fault::DropAfter(2 * b.meta.frames[0].1 + 100));
+    let (result, _) = run(&node, &request(server.url(IMG), &b.meta.digest));
+    assert_landed(&node, &b, result.unwrap());
+    assert!(server.served(IMG).len() > 3);
+}
+
+#[test]
+fn a_server_that_stalls_once_is_resumed_and_one_that_keeps_stalling_is_reported() {
+    let (b, node) = (image(), Node::new(SLOT));
+    let server = serve(&b, true);
+    server.fault(
+        IMG,
+        Fault::StallAfter(b.meta.frames[2].0 + 10, Duration::from_secs(3)),
+    );
+    let (result, _) = run(&node, &request(server.url(IMG), &b.meta.digest));
+    assert_landed(&node, &b, result.unwrap());
+    assert_eq!(server.served(IMG)[1].start, b.meta.frames[2].0);
+
+    let node = Node::new(SLOT);
+    server.fault_always(IMG, Fault::StallAfter(100, Duration::from_secs(3)));
+    let (err, msg) = fails(&node, &request(server.url(IMG), &b.meta.digest));
+    assert!(
+        matches!(err, PrepareError::Stalled { attempts: 3, .. }),
+        "{err:?}"
+    );
+    assert!(msg.contains("stalled") && msg.contains(IMG), "{msg}");
+}
+
+#[test]
+fn http_404_and_500_are_named() {
+    let (b, node) = (image(), Node::new(SLOT));
+    let server = serve(&b, true);
+    let (err, msg) = fails(
+        &node,
+        &request(server.url("/os/missing.img.zst"), &b.meta.digest),
+    );
+    assert!(
+        matches!(err, PrepareError::NotFound { .. }) && msg.contains("missing.img.zst"),
+        "{msg}"
+    );
+
+    server.fault_always(IMG, Fault::Status(500));
+    let (err, msg) = fails(&node, &request(server.url(IMG), &b.meta.digest));
+    assert!(
+        matches!(err, PrepareError::Http { status: 500, .. }),
+        "{err:?}"
+    );
+    assert!(
+        msg.contains("HTTP 500") && msg.contains("injected"),
+        "{msg}"
+    );
+    assert_eq!(server.served(IMG).len(), 3, "first attempt and two retries");
+}
+
+#[test]
+fn a_wrong_digest_or_version_is_refused() {
+    let (b, node) = (image(), Node::new(SLOT));
+    let other = format!("blake3:{}", "0".repeat(64));
+    let server = serve(&b, true);
+    let (err, msg) = fails(&node, &request(server.url(IMG), &other));
+    assert!(
+        matches!(
+            err,
+            PrepareError::ManifestMismatch {
+                field: "image_digest",
+                ..
+            }
+        ),
+        "{msg}"
+    );
+    assert_eq!(server.served(IMG).len(), 0, "nothing downloaded");
+    let (err, _) = fails(
+        &node,
+        &PrepareRequest {
+            version: Some("3".into()),
+            ..request(server.url(IMG), &b.meta.digest)
+        },
+    );
+    assert!(
+        matches!(
+            err,
+            PrepareError::ManifestMismatch {
+                field: "os_version",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+
+    let server = serve(&b, false);
+    let (err, msg) = fails(&node, &request(server.url(IMG), &other));
+    assert!(
+        matches!(err, PrepareError::DigestMismatch { .. }),
+        "{err:?}"
+    );
+    assert!(
+        msg.contains(&b.meta.digest) && msg.contains(&other),
+        "{msg}"
+    );
+
+    // The manifest agrees with the request but the server has other bytes.
+    let evil = image_with_chunk_changed(&b, 3);
+    let server = serve(&b, true);
+    server.put(IMG, evil.zst);
+    let (err, msg) = fails(&node, &request(server.url(IMG), &b.meta.digest));
+    assert!(
+        matches!(err, PrepareError::ChunkMismatch { chunk: 3, .. }),
+        "{msg}"
+    );
+    let (err, _) = fails(&node, &request("http://x/a.img.zst".into(), "sha1:00"));
+    assert!(matches!(err, PrepareError::BadRequest { .. }));
+}
+
+/// The same image with one chunk's content changed; frame sizes may differ,
+/// so the manifest is not reusable, which is the point.
+fn image_with_chunk_changed(b: &Bundle, chunk: usize) -> Bundle {
+    let mut image = b.image.clone();
+    image[chunk * CHUNK + 100] ^= 0xFF;
+    let evil = bundle(image, CHUNK, "2");
+    assert_eq!(
+        evil.zst.len(),
+        b.zst.len(),
+        "the flipped byte must not change the frame size"
+    );
+    evil
+}
+
+#[test]
+fn a_truncated_stream_is_named() {
+    let (b, node) = (image(), Node::new(SLOT));
+    let cut = b.meta.frames[6].0 + 100;
+    let server = serve(&b, true);
+    server.put(IMG, b.zst[..cut as usize].to_vec());
+    let (err, msg) = fails(&node, &request(server.url(IMG), &b.meta.digest));
+    assert!(
+        matches!(err, PrepareError::BadManifest { .. }) && msg.contains("compressed_size"),
+        "{msg}"
+    );
+
+    let server = serve(&b, false);
+    server.put(IMG, b.zst[..cut as usize].to_vec());
+    let (err, msg) = fails(&node, &request(server.url(IMG), &b.meta.digest));
+    assert!(
+        matches!(err, PrepareError::Truncated { attempts: 3, .. }),
+        "{err:?}"
+    );
+    assert!(msg.contains("truncated"), "{msg}");
+    // Each retry resumed at the frame the stream broke in.
+    assert!(server.served(IMG)[1..]
+        .iter()
+        .all(|s| s.start == b.meta.frames[6].0));
+}
+
+#[test]
+fn an_image_larger_than_the_slot_is_refused() {
+    let b = image();
+    let node = Node::new(IMAGE as u64 - 1);
+    let server = serve(&b, true);
+    let (err, msg) = fails(&node, &request(server.url(IMG), &b.meta.digest));
+    assert!(
+        matches!(err, PrepareError::TooLarge { image: Some(_), .. }),
+        "{err:?}"
+    );
+    assert!(
+        msg.contains("does not fit slot B") && msg.contains("root-b"),
+        "{msg}"
+    );
+    assert!(
+        node.slot_b().iter().all(|&x| x == 0xEE),
+        "refused before writing"
+    );
+
+    let server = serve(&b, false);
+    let (err, msg) = fails(&node, &request(server.url(IMG), &b.meta.digest));
+    assert!(
+        matches!(err, PrepareError::TooLarge { image: None, .. }),
+        "{err:?}"
+    );
+    assert!(msg.contains("larger than slot B"), "{msg}");
+    assert_eq!(node.slot_b().len(), IMAGE - 1, "the slot file did not grow");
+}
+
+#[test]
+fn a_corrupt_zstd_frame_is_named() {
+    let b = image();
+    let mut zst = b.zst.clone();
+    let at = b.meta.frames[5].0 as usize;
+    zst[at..at + 4].copy_from_slice(b"JUNK"); // the frame's magic number
+    for with_manifest in [true, false] {
+        let node = Node::new(SLOT);
+        let server = serve(&b, with_manifest);
+        server.put(IMG, zst.clone());
+        let (err, msg) = fails(&node, &request(server.url(IMG), &b.meta.digest));
+        assert!(matches!(err, PrepareError::Corrupt { .. }), "{err:?}");
+        assert!(
+            msg.contains("corrupt zstd") && msg.contains(&at.to_string()),
+            "{msg}"
+        );
+        assert_eq!(server.served(IMG).len(), 1, "not retried");
+    }
+}
+
+#[test]
+fn a_full_disk_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let _mount = Tmpfs::mount(&mnt, "256k");
+    let root_b = mnt.join("root-b");
+    std::fs::File::create(&root_b)
+        .unwrap()
+        .set_len(SLOT)
+        .unwrap(); // sparse: larger than the tmpfs
+    let node = Node::with_slot_b(dir, root_b);
+    let b = image();
+    let server = serve(&b, true);
+    let (err, msg) = fails(&node, &request(server.url(IMG), &b.meta.digest));
+    assert!(
+        matches!(&err, PrepareError::Slot { op: "write", source, .. } if source.raw_os_error() == Some(libc::ENOSPC)),
+        "{err:?}"
+    );
+    assert!(
+        msg.contains("slot B") && msg.contains("No space left"),
+        "{msg}"
+    );
+}
+
+/// A tmpfs mounted for one test, unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &std::path::Path, size: &str) -> Tmpfs {
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mounting a tmpfs needs root");
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn cancel_stops_between_chunks_and_leaves_the_slot_empty() {
+    let (b, node) = (image(), Node::new(SLOT));
+    let server = serve(&b, true);
+    server.fault_always(
+        IMG,
+        Fault::StallAfter(b.meta.frames[3].0, Duration::from_millis(300)),
+    );
+    let cancel = AtomicBool::new(false);
+    let progress = Progress::default();
+    let req = request(server.url(IMG), &b.meta.digest);
+    let err = std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(150));
+            cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        prepare_with(&node.cfg, &req, &progress, &cancel, &quick_retry()).unwrap_err()
+    });
+    assert!(
+        matches!(err, PrepareError::Cancelled { slot: Slot::B }),
+        "{err:?}"
+    );
+    node.assert_untouched();
+}
+
+#[test]
+fn a_slot_that_grub_may_boot_is_not_written() {
+    let (b, node) = (image(), Node::new(SLOT));
+    let server = serve(&b, true);
+    let esp = bootctl::store::Esp::new(&node.cfg.esp);
+    esp.update(|s| s.arm_trial(Slot::B, 3)).unwrap();
+    let err = run(&node, &request(server.url(IMG), &b.meta.digest))
+        .0
+        .unwrap_err();
+    assert!(
+        matches!(err, PrepareError::SlotInUse { slot: Slot::B, .. })
+            && err.to_string().contains("trial"),
+        "{err}"
+    );
+    assert!(node.slot_b().iter().all(|&x| x == 0xEE));
+    assert!(server.served(IMG).is_empty());
+}
+
+#[test]
+fn plain_http_needs_allow_http() {
+    let (b, node) = (image(), Node::new(SLOT));
+    let server = serve(&b, true);
+    let (err, msg) = fails(
+        &node,
+        &PrepareRequest {
+            allow_http: false,
+            ..request(server.url(IMG), &b.meta.digest)
+        },
+    );
+    assert!(
+        matches!(err, PrepareError::PlainHttpRefused { .. }) && msg.contains("flag_safe"),
+        "{msg}"
+    );
+}

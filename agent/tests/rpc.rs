@@ -1,0 +1,305 @@
+//! The real `os-agent serve` on a temp socket with a file-backed node:
+//! KubeOS-shaped requests and answers, peer credentials, and garbage that must
+//! get an error without stopping the server. Reboots are disabled.
+
+mod node_fixture;
+
+use bootctl::record::SlotState;
+use bootctl::Slot;
+use node_fixture::{bundle, image, Node};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::Shutdown;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// An `os-agent serve` child, killed (by its pid) when dropped.
+struct Server {
+    child: Child,
+    node: Node,
+}
+
+impl Server {
+    fn start(node: Node, extra_config: &str) -> Server {
+        let conf = node.config_file(Slot::A, extra_config);
+        let log = std::fs::File::create(node.dir.path().join("agent.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_os-agent"))
+            .args(["--config", conf.to_str().unwrap(), "serve"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let server = Server { child, node };
+        let start = Instant::now();
+        while UnixStream::connect(&server.node.socket).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{}",
+                server.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Until the after-boot check ends, mutating requests get "busy".
+        server.wait_for_log("after boot: ");
+        server
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.node.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    fn wait_for_log(&self, needle: &str) {
+        let start = Instant::now();
+        while !self.log().contains(needle) {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{needle:?} not in {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn connect(&self) -> UnixStream {
+        let s = UnixStream::connect(&self.node.socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        s
+    }
+
+    /// Sends `request` as KubeOS's client does (no newline) and reads the one
+    /// answer (a fresh reader per call is fine only for a single answer).
+    fn call(&self, request: &str) -> String {
+        let mut s = self.connect();
+        s.write_all(request.as_bytes()).unwrap();
+        read_line(&mut s)
+    }
+
+    fn assert_serving(&self) {
+        let reply = self.call(r#"{"jsonrpc":"2.0","method":"status","id":99}"#);
+        assert!(reply.contains(r#""booted":"A""#), "{reply}\n{}", self.log());
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn read_line(s: &mut UnixStream) -> String {
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    assert!(
+        line.ends_with('\n'),
+        "responses end with a newline: {line:?}"
+    );
+    line.trim_end().to_owned()
+}
+
+fn error_code(reply: &str) -> i64 {
+    let at = reply
+        .find(r#""code":"#)
+        .unwrap_or_else(|| panic!("no error in {reply}"))
+        + 7;
+    let end = reply[at..].find(',').unwrap() + at;
+    reply[at..end].parse().unwrap()
+}
+
+fn upgrade_request(id: u32, url: &str, check_sum: &str, version: &str) -> String {
+    // Field for field what KubeOS's proxy sends (manager/src/api/types.rs).
+    format!(
+        r#"{{"method":"prepare_upgrade","params":[{{"version":"{version}","check_sum":"{check_sum}","image_type":"disk","container_image":"","image_url":"{url}","flag_safe":false,"mtls":false,"certs":{{"ca_cert":"","client_cert":"","client_key":""}}}}],"id":{id},"jsonrpc":"2.0"}}"#
+    )
+}
+
+#[test]
+fn kubeos_prepare_upgrade_then_upgrade() {
+    let server = Server::start(Node::new(), "");
+    let bundles = server.node.dir.path().join("bundles");
+    std::fs::create_dir_all(&bundles).unwrap();
+    let img = image(200 << 10);
+    let (url, digest) = bundle(&bundles, "os-2", "2", &img, 64 << 10);
+    let reply = server.call(&upgrade_request(1, &url, &digest, "2"));
+    assert_eq!(
+        reply,
+        r#"{"jsonrpc":"2.0","result":{"status":"UpgradeReady"},"id":1}"#,
+        "{}",
+        server.log()
+    );
+    assert_eq!(server.node.record(Slot::B).state, SlotState::Written);
+    let reply = server.call(r#"{"method":"upgrade","params":[],"id":2,"jsonrpc":"2.0"}"#);
+    assert_eq!(
+        reply,
+        r#"{"jsonrpc":"2.0","result":{"status":"Upgraded"},"id":2}"#
+    );
+    let ab = server.node.ab();
+    assert_eq!((ab.active, ab.trial, ab.tries), (Slot::A, Some(Slot::B), 3));
+    // The reboot step comes after the answer: wait for its log line.
+    server.wait_for_log("not rebooting (upgrade: trial boot of slot B armed)");
+    let status = server.call(r#"{"jsonrpc":"2.0","method":"status","id":3}"#);
+    assert!(status.contains(r#""trial":"B""#), "{status}");
+    assert!(
+        status.contains(r#""state":"written","version":"2""#),
+        "{status}"
+    );
+}
+
+#[test]
+fn refusals_and_unsupported_methods_are_errors() {
+    let server = Server::start(Node::new(), "");
+    let reply = server.call(r#"{"method":"rollback","params":[],"id":7,"jsonrpc":"2.0"}"#);
+    assert_eq!(error_code(&reply), -1);
+    assert!(reply.contains("slot B holds no image"), "{reply}");
+    assert!(reply.ends_with(r#""id":7}"#), "{reply}");
+    let reply = server.call(r#"{"method":"upgrade","params":[],"id":8,"jsonrpc":"2.0"}"#);
+    assert_eq!(error_code(&reply), -1);
+    assert!(reply.contains("send prepare_upgrade first"), "{reply}");
+    let configure = r#"{"method":"configure","params":[{"configs":[{"model":"kernel.sysctl","config_path":"","contents":{}}]}],"id":9,"jsonrpc":"2.0"}"#;
+    let reply = server.call(configure);
+    assert_eq!(error_code(&reply), -32001);
+    assert!(reply.contains("not supported"), "{reply}");
+    // A bare SHA-256 check_sum (KubeOS's form) maps to sha256:, which this
+    // write path refuses with a clear error; docker images are refused early.
+    let sha = "98ea7aff44631d183e6df3488f1107357d7503e11e5f146effdbfd11810cd4a2";
+    let reply = server.call(&upgrade_request(10, "file:///nope.img.zst", sha, "2"));
+    assert_eq!(error_code(&reply), -1);
+    assert!(reply.contains("sha256:98ea"), "{reply}");
+    let docker = upgrade_request(11, "x", sha, "2").replace(r#""disk""#, r#""docker""#);
+    assert_eq!(error_code(&server.call(&docker)), -32602);
+    let reply = server.call(r#"{"method":"frobnicate","id":12,"jsonrpc":"2.0"}"#);
+    assert_eq!(error_code(&reply), -32601);
+    assert!(reply.contains(r#""message":"Method not found""#), "{reply}");
+    server.assert_serving();
+}
+
+#[test]
+fn garbage_gets_errors_and_the_server_keeps_serving() {
+    let server = Server::start(Node::new(), "");
+    let mut s = server.connect();
+    // Several requests on one connection, with and without newlines.
+    s.write_all(b"this is not json\n{\"jsonrpc\":\"2.0\",\"method\":5,\"id\":1}")
+        .unwrap();
+    s.write_all(b"{\"jsonrpc\":\"2.0\",\"method\":\"prepare_upgrade\",\"params\":[{\"image_url\":1,\"check_sum\":\"x\"}],\"id\":2}\n")
+        .unwrap();
+    s.write_all(b"[1,2]\n{\"jsonrpc\":\"2.0\",\"method\":\"status\",\"params\":\"x\",\"id\":3}")
+        .unwrap();
+    s.write_all(b"{\"jsonrpc\":\"2.0\",\"method\":\"status\",\"params\":[1],\"id\":4}")
+        .unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut codes = vec![];
+    for _ in 0..6 {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        codes.push(error_code(&line));
+    }
+    assert_eq!(codes, [-32700, -32600, -32602, -32600, -32600, -32602]);
+    // A truncated request, then the client stops sending.
+    s.write_all(br#"{"jsonrpc":"2.0","method":"sta"#).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert_eq!(error_code(&line), -32700);
+    assert!(line.contains(r#""id":null"#), "{line}");
+    server.assert_serving();
+
+    // Oversized: an error, and the connection is closed.
+    let mut s = server.connect();
+    let mut huge = br#"{"jsonrpc":"2.0","method":"status","params":[""#.to_vec();
+    huge.resize(2 << 20, b'a');
+    // The server stops reading at its limit; the rest of the write may fail.
+    let _ = s.write_all(&huge);
+    let mut rest = String::new();
+    let _ = s.read_to_string(&mut rest);
+    assert_eq!(error_code(&rest), -32600, "{rest}");
+    assert!(rest.contains("larger than"), "{rest}");
+    server.assert_serving();
+
+    // Invalid UTF-8 and a notification (no id: no answer).
+    let mut s = server.connect();
+    s.write_all(b"{\"x\":\"\xff\"}\n{\"jsonrpc\":\"2.0\",\"method\":\"cancel\"}\n")
+        .unwrap();
+    s.write_all(br#"{"jsonrpc":"2.0","method":"cancel","id":"c"}"#)
+        .unwrap();
+    let mut r = BufReader::new(s);
+    let mut lines = [String::new(), String::new()];
+    for line in &mut lines {
+        r.read_line(line).unwrap();
+    }
+    assert_eq!(error_code(&lines[0]), -32700);
+    assert_eq!(
+        lines[1].trim_end(),
+        r#"{"jsonrpc":"2.0","result":{"cancelled":null},"id":"c"}"#
+    );
+    server.assert_serving();
+}
+
+#[test]
+fn socket_is_root_only_and_peers_are_checked() {
+    // With allow-uid the socket is open to all; credentials decide.
+    let server = Server::start(Node::new(), "allow-uid = 12345\n");
+    let mode = std::fs::metadata(&server.node.socket)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o666);
+    let refused = connect_as(65534, &server.node.socket);
+    assert!(
+        refused.contains("-32002") && refused.contains("uid 65534"),
+        "{refused}"
+    );
+    let allowed = connect_as(12345, &server.node.socket);
+    assert!(allowed.contains(r#""booted":"A""#), "{allowed}");
+    server.assert_serving();
+    drop(server);
+
+    let server = Server::start(Node::new(), "");
+    let mode = std::fs::metadata(&server.node.socket)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let refused = connect_as(65534, &server.node.socket);
+    assert!(refused.contains("CONNECT-ERROR"), "{refused}");
+    // Even with the file mode opened up, the credential check holds.
+    std::fs::set_permissions(&server.node.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let refused = connect_as(65534, &server.node.socket);
+    assert!(refused.contains("may not use os-agent"), "{refused}");
+    server.assert_serving();
+}
+
+/// Runs [`peer_helper`] in a copy of this test binary as `uid`; returns its
+/// stdout.
+fn connect_as(uid: u32, socket: &Path) -> String {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "peer_helper", "--nocapture", "--test-threads=1"])
+        .env("OS_AGENT_TEST_SOCKET", socket)
+        .uid(uid)
+        .gid(65534)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Not a test by itself: the body of the child [`connect_as`] starts under
+/// another uid. It sends `status` and prints the answer.
+#[test]
+fn peer_helper() {
+    let Some(socket) = std::env::var_os("OS_AGENT_TEST_SOCKET") else {
+        return;
+    };
+    match UnixStream::connect(&socket) {
+        Ok(mut s) => {
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let _ = s.write_all(br#"{"jsonrpc":"2.0","method":"status","id":1}"#);
+            let mut answer = String::new();
+            let _ = BufReader::new(s).read_line(&mut answer);
+            println!("REPLY: {answer}");
+        }
+        Err(e) => println!("CONNECT-ERROR: {e}"),
+    }
+}

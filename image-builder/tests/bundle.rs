@@ -1,0 +1,445 @@
+//! `os-image bundle` end to end on a small rootfs around the real Debian
+//! kernel (scripts/fetch-kernel.sh): outputs verify against their manifest,
+//! builds are byte-identical, the ext4 image is clean and holds the kernel and
+//! an initramfs whose module load order puts dependencies first; bad input
+//! fails with an error that says what to fix, and leaves no bundle behind.
+
+use image_builder::manifest::Manifest;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+const VERSION: &str = "7.1";
+const OLD_INITRAMFS: &str = "the rootfs's own initramfs";
+
+/// Module directories (relative to lib/modules/<release>/kernel) copied into
+/// the test rootfs: everything the wanted modules need, and more.
+const MODULE_DIRS: &[&str] = &[
+    "fs/ext4",
+    "fs/jbd2",
+    "fs/fat",
+    "fs/nls",
+    "fs/overlayfs",
+    "fs/mbcache.ko",
+    "drivers/virtio",
+    "drivers/block",
+    "drivers/ata",
+    "drivers/nvme",
+    "crypto",
+    "lib",
+    "block",
+];
+
+struct Kernel {
+    release: String,
+    vmlinuz: PathBuf,
+    modules: PathBuf,
+}
+
+fn kernel() -> &'static Kernel {
+    static K: OnceLock<Kernel> = OnceLock::new();
+    K.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/fetch-kernel.sh");
+        let out = run(&mut Command::new(script));
+        let cache = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        let release = std::fs::read_to_string(cache.join("release"))
+            .unwrap()
+            .trim()
+            .to_string();
+        Kernel {
+            vmlinuz: cache.join("vmlinuz").canonicalize().unwrap(),
+            modules: cache.join("modules"),
+            release,
+        }
+    })
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn cp(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+    run(Command::new("cp").arg("-a").arg(from).arg(to));
+}
+
+/// A rootfs with the kernel as /boot/vmlinuz-<release>, a subset of its
+/// modules, os-release behind a symlink, a hard link and a long symlink.
+fn make_rootfs(root: &Path) {
+    let k = kernel();
+    cp(
+        &k.vmlinuz,
+        &root.join(format!("boot/vmlinuz-{}", k.release)),
+    );
+    let modules = root.join("lib/modules").join(&k.release);
+    for dir in MODULE_DIRS {
+        cp(
+            &k.modules.join("kernel").join(dir),
+            &modules.join("kernel").join(dir),
+        );
+    }
+    for f in std::fs::read_dir(k.modules.join("kernel/drivers/scsi")).unwrap() {
+        let f = f.unwrap().path();
+        if f.extension().is_some_and(|e| e == "ko") {
+            cp(
+                &f,
+                &modules
+                    .join("kernel/drivers/scsi")
+                    .join(f.file_name().unwrap()),
+            );
+        }
+    }
+    for f in [
+        "modules.builtin",
+        "modules.builtin.modinfo",
+        "modules.order",
+    ] {
+        cp(&k.modules.join(f), &modules.join(f));
+    }
+    std::fs::create_dir_all(root.join("usr/lib")).unwrap();
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(
+        root.join("usr/lib/os-release"),
+        format!("NAME=Test\nVERSION_ID=\"{VERSION}\"\n"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("../usr/lib/os-release", root.join("etc/os-release")).unwrap();
+    // Replaced in the image; must stay as it is in the rootfs.
+    std::fs::write(root.join("boot/initramfs.img"), OLD_INITRAMFS).unwrap();
+    std::fs::write(root.join("usr/lib/data"), vec![7u8; 100_000]).unwrap();
+    std::fs::hard_link(root.join("usr/lib/data"), root.join("usr/lib/data-link")).unwrap();
+    std::os::unix::fs::symlink("x".repeat(200), root.join("usr/lib/long-link")).unwrap();
+}
+
+fn fake_os_init(dir: &Path) -> PathBuf {
+    let path = dir.join("os-init");
+    std::fs::copy("/bin/true", &path).unwrap();
+    path
+}
+
+/// Runs `os-image bundle`; `extra` may override `--version`.
+fn bundle(rootfs: &Path, out: &Path, os_init: &Path, extra: &[&str]) -> Output {
+    let version = if extra.contains(&"--version") {
+        &[][..]
+    } else {
+        &["--version", VERSION][..]
+    };
+    Command::new(env!("CARGO_BIN_EXE_os-image"))
+        .env("RUST_LOG", "info")
+        .env_remove("SOURCE_DATE_EPOCH")
+        .arg("bundle")
+        .args(version)
+        .arg("--rootfs")
+        .arg(rootfs)
+        .arg("--out")
+        .arg(out)
+        .arg("--os-init")
+        .arg(os_init)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+struct Reference {
+    dir: PathBuf,
+    rootfs: PathBuf,
+    os_init: PathBuf,
+    out: PathBuf,
+    log: String,
+}
+
+/// The rootfs and its bundle, built once for the tests that compare with it,
+/// under the target directory: a static is never dropped, a temp dir would leak.
+fn reference() -> &'static Reference {
+    static R: OnceLock<Reference> = OnceLock::new();
+    R.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bundle-reference");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let rootfs = dir.join("rootfs");
+        make_rootfs(&rootfs);
+        let os_init = fake_os_init(&dir);
+        let out = dir.join("out");
+        let o = bundle(&rootfs, &out, &os_init, &[]);
+        let log = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{log}");
+        Reference {
+            rootfs,
+            os_init,
+            out,
+            log,
+            dir,
+        }
+    })
+}
+
+fn manifest_path(out: &Path) -> PathBuf {
+    out.join(format!("os-{VERSION}.manifest.json"))
+}
+
+/// Decompresses the bundle frame by frame into `dest`, checking every digest.
+fn unpack(manifest: &Path, dest: &Path) -> Manifest {
+    let m = Manifest::load(manifest).unwrap();
+    let zst = std::fs::read(m.image_path(manifest)).unwrap();
+    assert_eq!(zst.len() as u64, m.compressed_size);
+    let mut whole = blake3::Hasher::new();
+    let mut image = Vec::new();
+    for (i, c) in m.chunks.iter().enumerate() {
+        let frame = &zst[c.zoffset as usize..(c.zoffset + c.zsize) as usize];
+        let data = zstd::bulk::decompress(frame, m.chunk_size as usize).unwrap();
+        let expected = (m.image_size - i as u64 * m.chunk_size).min(m.chunk_size);
+        assert_eq!(data.len() as u64, expected, "chunk {i}");
+        assert_eq!(blake3::hash(&data).to_hex().as_str(), c.digest, "chunk {i}");
+        whole.update(&data);
+        image.extend_from_slice(&data);
+    }
+    assert_eq!(
+        format!("blake3:{}", whole.finalize().to_hex()),
+        m.image_digest
+    );
+    std::fs::write(dest, image).unwrap();
+    m
+}
+
+fn debugfs(image: &Path, request: &str) -> Vec<u8> {
+    run(Command::new("debugfs").arg("-R").arg(request).arg(image)).stdout
+}
+
+/// A newc archive's entries: (name, mode, rdev major, data).
+fn read_cpio(bytes: &[u8]) -> Vec<(String, u32, u32, Vec<u8>)> {
+    let hex = |b: &[u8]| u32::from_str_radix(std::str::from_utf8(b).unwrap(), 16).unwrap();
+    let mut entries = Vec::new();
+    let mut at = 0;
+    loop {
+        let h = &bytes[at..at + 110];
+        assert_eq!(&h[..6], b"070701", "bad magic at {at}");
+        let field = |i: usize| hex(&h[6 + 8 * i..14 + 8 * i]);
+        let (mode, size, namesize) = (field(1), field(6) as usize, field(11) as usize);
+        let name = String::from_utf8(bytes[at + 110..at + 110 + namesize - 1].to_vec()).unwrap();
+        at = (at + 110 + namesize).next_multiple_of(4);
+        if name == "TRAILER!!!" {
+            return entries;
+        }
+        entries.push((name, mode, field(9), bytes[at..at + size].to_vec()));
+        at = (at + size).next_multiple_of(4);
+    }
+}
+
+fn position(order: &[&str], name: &str) -> usize {
+    order
+        .iter()
+        .position(|m| *m == name)
+        .unwrap_or_else(|| panic!("{name} not in {order:?}"))
+}
+
+fn check_initramfs(image: &Path, os_init: &Path) {
+    let gz = debugfs(image, "cat /boot/initramfs.img");
+    let mut cpio = Vec::new();
+    flate2::read::GzDecoder::new(&gz[..])
+        .read_to_end(&mut cpio)
+        .unwrap();
+    let entries = read_cpio(&cpio);
+    let get = |n: &str| {
+        entries
+            .iter()
+            .find(|e| e.0 == n)
+            .unwrap_or_else(|| panic!("no {n} in the initramfs"))
+    };
+    assert_eq!(get("init").3, std::fs::read(os_init).unwrap());
+    assert_eq!(get("init").1, 0o100755);
+    assert_eq!((get("dev/console").1, get("dev/console").2), (0o020600, 5));
+    for d in ["dev", "proc", "sys", "run", "sysroot", "tmp", "modules"] {
+        assert_eq!(get(d).1 & 0o170000, 0o040000, "{d}");
+    }
+    let text = String::from_utf8(get("modules/load-order").3.clone()).unwrap();
+    let order: Vec<&str> = text.lines().collect();
+    assert!(
+        position(&order, "jbd2.ko") < position(&order, "ext4.ko"),
+        "{order:?}"
+    );
+    assert!(
+        position(&order, "mbcache.ko") < position(&order, "ext4.ko"),
+        "{order:?}"
+    );
+    assert!(
+        position(&order, "crc32c_generic.ko") < position(&order, "jbd2.ko"),
+        "{order:?}"
+    );
+    assert!(
+        position(&order, "fat.ko") < position(&order, "vfat.ko"),
+        "{order:?}"
+    );
+    assert!(
+        position(&order, "virtio.ko") < position(&order, "virtio_blk.ko"),
+        "{order:?}"
+    );
+    assert!(
+        position(&order, "nvme-core.ko") < position(&order, "nvme.ko"),
+        "{order:?}"
+    );
+    for m in &order {
+        let data = &get(&format!("modules/{m}")).3;
+        assert_eq!(&data[..4], b"\x7fELF", "{m}");
+    }
+    let modules = entries.iter().filter(|e| e.0.ends_with(".ko")).count();
+    assert_eq!(modules, order.len(), "every module listed once");
+}
+
+fn entries_of(out: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn bundle_verifies_is_reproducible_and_holds_kernel_and_initramfs() {
+    let r = reference();
+    assert_eq!(
+        entries_of(&r.out),
+        [
+            format!("os-{VERSION}.img.zst"),
+            format!("os-{VERSION}.manifest.json")
+        ]
+    );
+    for step in ["staging", "initramfs: kernel", "mkfs.ext4", "compressed"] {
+        assert!(r.log.contains(step), "no {step:?} line in {}", r.log);
+    }
+    let image = r.dir.join("reference.ext4");
+    let m = unpack(&manifest_path(&r.out), &image);
+    assert_eq!(
+        (m.name.as_str(), m.os_version.as_str(), m.arch.as_str()),
+        ("os-7.1", VERSION, "x86_64")
+    );
+    assert_eq!(m.image, "os-7.1.img.zst");
+    assert_eq!(m.image_size % (16 << 20), 0);
+    run(Command::new("e2fsck").arg("-fn").arg(&image));
+
+    let boot = String::from_utf8_lossy(&debugfs(&image, "ls -l /boot")).into_owned();
+    assert!(
+        boot.contains(" vmlinuz\n") || boot.contains(" vmlinuz "),
+        "{boot}"
+    );
+    assert!(boot.contains("initramfs.img"), "{boot}");
+    assert_eq!(
+        debugfs(&image, "cat /boot/vmlinuz"),
+        std::fs::read(&kernel().vmlinuz).unwrap()
+    );
+    assert_eq!(
+        debugfs(&image, "cat /usr/lib/os-release"),
+        std::fs::read(r.rootfs.join("usr/lib/os-release")).unwrap()
+    );
+    let root = String::from_utf8_lossy(&debugfs(&image, "ls /")).into_owned();
+    for dir in ["persist", "var", "etc", "proc", "sys", "dev", "run", "tmp"] {
+        assert!(
+            root.split_whitespace().any(|w| w == dir),
+            "no /{dir} in {root}"
+        );
+    }
+    check_initramfs(&image, &r.os_init);
+    // The staging tree may be hard links to the rootfs: the rootfs is untouched.
+    let own = std::fs::read_to_string(r.rootfs.join("boot/initramfs.img")).unwrap();
+    assert_eq!(own, OLD_INITRAMFS);
+    assert!(!r.rootfs.join("boot/vmlinuz").exists() && !r.rootfs.join("persist").exists());
+
+    // Same input, another output directory: the same bytes.
+    let again = r.dir.join("again");
+    let o = bundle(&r.rootfs, &again, &r.os_init, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for f in entries_of(&r.out) {
+        assert!(
+            std::fs::read(r.out.join(&f)).unwrap() == std::fs::read(again.join(&f)).unwrap(),
+            "{f} differs"
+        );
+    }
+}
+
+#[test]
+fn tarball_input_gives_the_same_image_as_the_directory() {
+    let r = reference();
+    let tarball = r.dir.join("rootfs.tar.zst");
+    run(Command::new("tar")
+        .args(["--zstd", "--numeric-owner", "-cf"])
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&r.rootfs)
+        .arg("."));
+    let out = r.dir.join("from-tar");
+    let o = bundle(&tarball, &out, &r.os_init, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let from_dir = Manifest::load(&manifest_path(&r.out)).unwrap();
+    let from_tar = Manifest::load(&manifest_path(&out)).unwrap();
+    assert_eq!(from_tar.image_digest, from_dir.image_digest);
+}
+
+/// Runs a build expected to fail; returns its stderr.
+fn fails(rootfs: &Path, os_init: &Path, extra: &[&str]) -> String {
+    let out = tempfile::tempdir().unwrap();
+    let o = bundle(rootfs, out.path(), os_init, extra);
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        entries_of(out.path()).is_empty(),
+        "files left behind: {:?}",
+        entries_of(out.path())
+    );
+    stderr
+}
+
+#[test]
+fn bad_input_is_refused_with_a_clear_error() {
+    let r = reference();
+    let err = fails(&r.rootfs, Path::new("/nonexistent/os-init"), &[]);
+    assert!(
+        err.contains("os-init not found at /nonexistent/os-init"),
+        "{err}"
+    );
+    assert!(
+        err.contains("cargo build --release --target x86_64-unknown-linux-musl -p initramfs"),
+        "{err}"
+    );
+
+    let err = fails(&r.rootfs, &r.os_init, &["--version", "8"]);
+    assert!(
+        err.contains("VERSION_ID=7.1") && err.contains("--version is 8"),
+        "{err}"
+    );
+
+    let err = fails(&r.rootfs, &r.os_init, &["--root-size", "16M"]);
+    assert!(
+        err.contains("--root-size 16 MiB") && err.contains("needs at least"),
+        "{err}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let bare = dir.path().join("bare");
+    std::fs::create_dir_all(bare.join("etc")).unwrap();
+    std::fs::write(
+        bare.join("etc/os-release"),
+        format!("VERSION_ID={VERSION}\n"),
+    )
+    .unwrap();
+    let err = fails(&bare, &r.os_init, &[]);
+    assert!(
+        err.contains("no kernel in the rootfs") && err.contains("/boot/vmlinuz-*"),
+        "{err}"
+    );
+
+    std::fs::create_dir(bare.join("boot")).unwrap();
+    std::fs::write(bare.join("boot/vmlinuz"), "not really a kernel").unwrap();
+    let err = fails(&bare, &r.os_init, &[]);
+    assert!(
+        err.contains("no kernel modules") && err.contains("/lib/modules/<release>/"),
+        "{err}"
+    );
+}

@@ -1,0 +1,469 @@
+//! The boot sequence of `os-init` as PID 1: the I/O shell around
+//! [`classify`](crate::decide::classify) and [`decide`](crate::decide::decide).
+//!
+//! Order (DESIGN.md §4 step 4):
+//! 1. /proc, /sys, /dev, /run; kernel command line; modules; wait for the disk.
+//! 2. ESP read-only at /run/os-init/esp: the A/B state GRUB booted from.
+//!    PERSIST read-write at /run/os-init/persist: the slot records.
+//! 3. Classify the boot, mount the slot read-only at /sysroot and layer PERSIST,
+//!    /var and /etc on it, so a trial is judged on the root exactly as it will
+//!    run; then check init, os-release and the slot record.
+//! 4. Write the decided change. Crash-safe order: the env first (it is what
+//!    GRUB acts on), then the slot record, and the record only once the env
+//!    write succeeded. A power cut in between leaves a committed slot whose
+//!    record still says `written` (treated as fine), or a failed trial whose
+//!    record still says `written` (the env's `ab_fail` tells the agent).
+//! 5. Unmount the ESP; switch root, or unmount everything and reboot.
+
+use crate::checks::{self, CheckFailure};
+use crate::cmdline::{parse_cmdline, BootParams};
+use crate::decide::{self, choose_policy, Boot, Next, Write};
+use crate::disk;
+use crate::modules;
+use crate::mounts::{self, Mounts};
+use crate::switch_root::switch_root;
+use crate::sys;
+use bootctl::record::{self, ConfirmPolicy, SlotRecord, SlotState};
+use bootctl::store::Esp;
+use bootctl::{AbState, Slot};
+use std::ffi::OsString;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::thread::sleep;
+use std::time::Duration;
+
+/// Where things are; the defaults are the initramfs contract with `os-image`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Root of the initramfs, where /proc, /sys, /dev and /run are mounted.
+    pub root: PathBuf,
+    /// The `.ko` files and their `load-order` list.
+    pub modules: PathBuf,
+    /// Mount point of the new root.
+    pub sysroot: PathBuf,
+    pub esp_mount: PathBuf,
+    /// PERSIST before it moves to `<sysroot>/persist`.
+    pub persist_mount: PathBuf,
+    pub init: PathBuf,
+    pub disk_timeout: Duration,
+    /// Pause before rebooting on an unrecoverable error, so the console can be read.
+    pub give_up_pause: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            root: "/".into(),
+            modules: "/modules".into(),
+            sysroot: "/sysroot".into(),
+            esp_mount: "/run/os-init/esp".into(),
+            persist_mount: "/run/os-init/persist".into(),
+            init: "/sbin/init".into(),
+            disk_timeout: Duration::from_secs(30),
+            give_up_pause: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Turns a bug (a panic) into a logged reboot instead of a kernel panic: with
+/// panic=abort the hook still runs before the process dies.
+pub fn install_panic_hook(pause: Duration) {
+    std::panic::set_hook(Box::new(move |info| {
+        eprintln!(
+            "os-init: error: internal error: {info}; rebooting in {} s",
+            pause.as_secs()
+        );
+        sleep(pause);
+        reboot_now();
+    }));
+}
+
+/// Syncs and reboots. If the kernel refuses, exits: the kernel then panics
+/// and `panic=N` reboots, which beats hanging.
+fn reboot_now() -> ! {
+    sys::sync();
+    let e = sys::reboot();
+    eprintln!("os-init: error: reboot failed: {e}");
+    std::process::exit(1)
+}
+
+struct Shell<'a> {
+    cfg: &'a Config,
+    mounts: Mounts,
+    /// Where PERSIST is mounted right now.
+    persist: PathBuf,
+}
+
+/// Runs the whole boot; ends in the new root's init or in a reboot.
+pub fn run(cfg: &Config, init_args: &[OsString]) -> ! {
+    let mut sh = Shell {
+        cfg,
+        mounts: Mounts::default(),
+        persist: cfg.persist_mount.clone(),
+    };
+    if let Err(e) = mounts::mount_api_filesystems(&cfg.root) {
+        sh.give_up(&format!("cannot mount the kernel's filesystems: {e}"));
+    }
+    let params = read_params(&cfg.root.join("proc/cmdline"));
+    modules::load_all(&cfg.modules);
+    let (sys_dir, dev_dir) = (cfg.root.join("sys"), cfg.root.join("dev"));
+    log::info!(
+        "waiting up to {} s for the A/B disk",
+        cfg.disk_timeout.as_secs()
+    );
+    let parts = match disk::wait_for_partitions(&sys_dir, &dev_dir, cfg.disk_timeout) {
+        Ok(p) => p,
+        Err(e) => sh.give_up(&e.to_string()),
+    };
+    log::info!(
+        "A/B disk {}: ESP {}, ROOT-A {}, ROOT-B {}, PERSIST {}",
+        parts.disk,
+        parts.esp.display(),
+        parts.root_a.display(),
+        parts.root_b.display(),
+        parts.persist.display()
+    );
+    let env = sh.read_env(&parts.esp);
+    sh.mount_persist(&parts.persist);
+    let boot = match decide::classify(&params, env.as_ref()) {
+        Ok(b) => b,
+        Err(e) => sh.give_up(&e.to_string()),
+    };
+    log_boot(&boot);
+    let init = params.init.clone().unwrap_or_else(|| cfg.init.clone());
+    sh.finish(&boot, &params, parts.root(boot.slot()), &init, init_args)
+}
+
+fn read_params(path: &Path) -> BootParams {
+    let text = fs::read_to_string(path).unwrap_or_else(|e| {
+        log::warn!("cannot read {}: {e}", path.display());
+        String::new()
+    });
+    let params = parse_cmdline(&text);
+    for w in &params.warnings {
+        log::warn!("{w}");
+    }
+    let slot = params.slot.map_or("none", Slot::as_str);
+    log::info!(
+        "kernel command line: os.slot={slot} os.trial={}",
+        u8::from(params.trial)
+    );
+    params
+}
+
+fn log_boot(boot: &Boot) {
+    match *boot {
+        Boot::Normal { slot } => log::info!("normal boot of committed slot {slot}"),
+        Boot::Trial { slot, tries_left } => {
+            log::info!("trial boot of slot {slot} ({tries_left} more tries after this one)")
+        }
+        Boot::Fallback { slot, failed } => log::warn!(
+            "slot {failed} is on trial but GRUB booted the committed slot {slot} without \
+             os.trial=1: slot {failed}'s kernel could not be loaded; marking {failed} failed"
+        ),
+        Boot::Unmanaged { slot, why } => {
+            log::warn!("booting slot {slot} as GRUB chose, changing nothing: {why}")
+        }
+    }
+}
+
+/// A short description of an A/B state for the log.
+fn describe(s: &AbState) -> String {
+    let trial = match s.trial {
+        Some(t) => format!("slot {t} on trial with {} tries left", s.tries),
+        None => "nothing on trial".into(),
+    };
+    let fail = s.fail.map_or("none", Slot::as_str);
+    format!(
+        "committed slot {}, {trial}, last failed trial: {fail}",
+        s.active
+    )
+}
+
+impl Shell<'_> {
+    /// Mounts the ESP read-only and loads the state GRUB booted from.
+    fn read_env(&mut self, esp: &Path) -> Option<AbState> {
+        let at = &self.cfg.esp_mount;
+        let mounted = self.mounts.mount(
+            esp,
+            at,
+            "vfat",
+            mounts::ESP_RO_FLAGS,
+            Some(mounts::ESP_OPTIONS),
+        );
+        if let Err(e) = mounted {
+            log::error!(
+                "cannot mount the ESP {} at {}: {e}",
+                esp.display(),
+                at.display()
+            );
+            return None;
+        }
+        log::info!(
+            "mounted the ESP {} read-only at {}",
+            esp.display(),
+            at.display()
+        );
+        let snap = Esp::new(at).read();
+        match snap.chosen() {
+            Some((state, source)) => {
+                log::info!("A/B state (copy {}): {}", source.as_str(), describe(&state));
+                Some(state)
+            }
+            None => {
+                let why = |i: usize| match &snap.copies[i].grub {
+                    Err(e) => e.to_string(),
+                    Ok(_) => "valid".into(),
+                };
+                log::error!(
+                    "no usable A/B state on the ESP (copy 1: {}; copy 2: {})",
+                    why(0),
+                    why(1)
+                );
+                None
+            }
+        }
+    }
+
+    fn mount_persist(&mut self, device: &Path) {
+        let at = self.cfg.persist_mount.clone();
+        log::info!(
+            "mounting PERSIST {} read-write at {}",
+            device.display(),
+            at.display()
+        );
+        if let Err(e) = self.mounts.mount(device, &at, "ext4", 0, None) {
+            self.give_up(&format!(
+                "cannot mount PERSIST {} (ext4) at {}: {e}",
+                device.display(),
+                at.display()
+            ));
+        }
+    }
+
+    /// Mounts the slot read-only at the sysroot.
+    fn mount_slot(&mut self, device: &Path, slot: Slot) -> Result<(), CheckFailure> {
+        let at = self.cfg.sysroot.clone();
+        log::info!(
+            "mounting {} (slot {slot}) read-only at {}",
+            device.display(),
+            at.display()
+        );
+        self.mounts
+            .mount(device, &at, "ext4", sys::MS_RDONLY, None)
+            .map_err(|e| CheckFailure::Mount {
+                what: format!(
+                    "{} (slot {slot}, ext4) at {}",
+                    device.display(),
+                    at.display()
+                ),
+                error: e.to_string(),
+            })
+    }
+
+    /// Layers PERSIST on the mounted slot: PERSIST at /persist, its `var` bound
+    /// on /var, and /etc as an overlay with this slot's upper layer on PERSIST.
+    fn layer_persist(&mut self, slot: Slot) -> Result<(), CheckFailure> {
+        let root = self.cfg.sysroot.clone();
+        let fail = |what: String| {
+            move |e: std::io::Error| CheckFailure::Mount {
+                what,
+                error: e.to_string(),
+            }
+        };
+        let target = root.join("persist");
+        log::info!("moving PERSIST to {}", target.display());
+        self.mounts
+            .move_mount(&self.persist.clone(), &target)
+            .map_err(fail(format!("PERSIST at {}", target.display())))?;
+        self.persist = target.clone();
+
+        let (var, var_src) = (root.join("var"), target.join("var"));
+        log::info!("binding {} onto {}", var_src.display(), var.display());
+        fs::create_dir_all(&var_src)
+            .and_then(|()| self.mounts.bind(&var_src, &var))
+            .map_err(fail(format!("{} on {}", var_src.display(), var.display())))?;
+
+        let etc = root.join("etc");
+        let layer = target.join("etc-overlay").join(slot.as_str());
+        let (upper, work) = (layer.join("upper"), layer.join("work"));
+        log::info!("overlaying {} with {}", etc.display(), upper.display());
+        fs::create_dir_all(&upper)
+            .and_then(|()| fs::create_dir_all(&work))
+            .and_then(|()| self.mounts.overlay(&etc, &upper, &work, &etc))
+            .map_err(fail(format!("the /etc overlay on {}", etc.display())))
+    }
+
+    /// Everything after classification: mount, check, decide, write, leave.
+    fn finish(
+        &mut self,
+        boot: &Boot,
+        params: &BootParams,
+        device: &Path,
+        init: &Path,
+        init_args: &[OsString],
+    ) -> ! {
+        let slot = boot.slot();
+        let record = self.read_record(slot);
+        let sysroot = self.cfg.sysroot.clone();
+        let checks = self
+            .mount_slot(device, slot)
+            .and_then(|()| self.layer_persist(slot))
+            .and_then(|()| checks::check_slot(&sysroot, init, &record));
+        let policy = self.report_checks(boot, params, &record, &checks);
+        let plan = decide::decide(boot, &checks, policy);
+        if let Some(write) = plan.write {
+            self.apply(write);
+        }
+        let esp = self.cfg.esp_mount.clone();
+        self.mounts.unmount(&esp);
+        let reason = checks.err().map(|f| format!("slot {slot}: {f}"));
+        match plan.next {
+            Next::SwitchRoot => self.switch(slot, init, init_args),
+            Next::RebootToCommitted => {
+                log::info!("rebooting now; GRUB boots the committed slot");
+                self.mounts.unmount_all();
+                reboot_now()
+            }
+            Next::GiveUp => self.give_up(reason.as_deref().unwrap_or("cannot boot")),
+        }
+    }
+
+    fn read_record(&self, slot: Slot) -> Result<SlotRecord, String> {
+        let rec = record::read(&self.persist, slot).map_err(|e| e.to_string());
+        match &rec {
+            Ok(r) => log::info!(
+                "slot record {slot}: state {}, version {:?}",
+                r.state.as_str(),
+                r.version
+            ),
+            Err(e) => log::warn!("{e}"),
+        }
+        rec
+    }
+
+    /// Logs the checks' outcome and, for a trial, picks the confirm policy.
+    fn report_checks(
+        &self,
+        boot: &Boot,
+        params: &BootParams,
+        record: &Result<SlotRecord, String>,
+        checks: &Result<(), CheckFailure>,
+    ) -> ConfirmPolicy {
+        let slot = boot.slot();
+        let record_policy = record.as_ref().ok().and_then(|r| r.confirm);
+        let agent = checks.is_ok() && checks::agent_installed(&self.cfg.sysroot);
+        let (policy, source) = choose_policy(params.confirm, record_policy, agent);
+        match (boot, checks) {
+            (Boot::Trial { .. }, Ok(())) => {
+                log::info!("trial of slot {slot} passed the initramfs checks");
+                log::info!("confirm policy: {} ({})", policy.as_str(), source.as_str());
+                match policy {
+                    ConfirmPolicy::Initramfs => log::info!("confirming slot {slot} now"),
+                    ConfirmPolicy::Agent => log::info!(
+                        "leaving the trial of slot {slot} open for os-agent's health gate"
+                    ),
+                }
+            }
+            (Boot::Trial { .. }, Err(f)) => log::error!("trial of slot {slot} failed: {f}"),
+            (_, Err(f)) if !f.prevents_boot() => log::warn!("slot {slot}: {f}; booting it anyway"),
+            _ => {}
+        }
+        policy
+    }
+
+    /// Writes the env change, then the record (only if the env write worked).
+    fn apply(&mut self, write: Write) {
+        let (slot, new_state) = match write {
+            Write::Confirm(s) => (s, SlotState::Good),
+            Write::MarkFailed(s) => (s, SlotState::Failed),
+        };
+        let esp_dir = self.cfg.esp_mount.clone();
+        log::info!("remounting the ESP read-write at {}", esp_dir.display());
+        if let Err(e) = self.mounts.remount_esp_rw(&esp_dir) {
+            log::error!("cannot remount the ESP read-write: {e}");
+        }
+        let esp = Esp::new(&esp_dir);
+        let result = match write {
+            Write::Confirm(s) => esp.update(|st| st.confirm(s).map(drop)),
+            Write::MarkFailed(s) => esp.update(|st| st.mark_failed(s)),
+        };
+        match result {
+            Ok(((), state)) => log::info!("A/B state written: {}", describe(&state)),
+            Err(e) => {
+                log::error!("cannot write the A/B state: {e}; slot record {slot} left as it is");
+                return;
+            }
+        }
+        self.set_record_state(slot, new_state);
+    }
+
+    fn set_record_state(&self, slot: Slot, state: SlotState) {
+        let mut rec = match record::read(&self.persist, slot) {
+            Ok(r) if r.state != SlotState::Empty => r,
+            Ok(_) => {
+                log::warn!(
+                    "slot {slot} has no record; not recording it as {}",
+                    state.as_str()
+                );
+                return;
+            }
+            Err(e) => {
+                log::warn!("{e}; not recording slot {slot} as {}", state.as_str());
+                return;
+            }
+        };
+        let old = rec.state;
+        rec.state = state;
+        match record::write(&self.persist, &rec) {
+            Ok(()) => log::info!("slot record {slot}: {} -> {}", old.as_str(), state.as_str()),
+            Err(e) => log::error!("cannot update slot record {slot}: {e}"),
+        }
+    }
+
+    fn switch(&mut self, slot: Slot, init: &Path, init_args: &[OsString]) -> ! {
+        let root = self.cfg.sysroot.clone();
+        log::info!(
+            "switching root to {} (slot {slot}), init {}",
+            root.display(),
+            init.display()
+        );
+        // The mounts travel with the new root from here on.
+        self.mounts = Mounts::default();
+        let e = switch_root(&root, init, init_args);
+        self.give_up(&format!("switch root to {} failed: {e}", root.display()))
+    }
+
+    /// Reports an unrecoverable error, pauses, unmounts and reboots.
+    fn give_up(&mut self, reason: &str) -> ! {
+        log::error!("{reason}");
+        log::error!(
+            "cannot continue the boot; rebooting in {} s",
+            self.cfg.give_up_pause.as_secs()
+        );
+        sleep(self.cfg.give_up_pause);
+        self.mounts.unmount_all();
+        reboot_now()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_description() {
+        let mut s = AbState::new(Slot::A);
+        assert_eq!(
+            describe(&s),
+            "committed slot A, nothing on trial, last failed trial: none"
+        );
+        s.arm_trial(Slot::B, 2).unwrap();
+        assert_eq!(
+            describe(&s),
+            "committed slot A, slot B on trial with 2 tries left, last failed trial: none"
+        );
+        s.mark_failed(Slot::B).unwrap();
+        assert!(describe(&s).ends_with("last failed trial: B"));
+    }
+}

@@ -1,0 +1,219 @@
+//! `os-image` + `os-init` on real firmware, GRUB and kernel: disks built from
+//! demo bundles boot the right slot and version; a trial is confirmed in the
+//! initramfs or caught there when the root is broken; /var survives reboots.
+
+use bootctl::record::SlotState;
+use bootctl::state::AbState;
+use bootctl::Slot;
+use e2e::disk::{self, Disk};
+use e2e::qemu::{Console, Machine};
+use e2e::run;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+/// The demo powers off once it has printed its line, so each boot ends.
+const CMDLINE: &str = "console=ttyS0 panic=10 os.demo=poweroff";
+
+struct Fixture {
+    os_image: PathBuf,
+    v1: PathBuf,
+    v2: PathBuf,
+}
+
+/// Demo root filesystems and bundles for versions 1 and 2, built once.
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let os_image = e2e::host_binary("image-builder", "os-image");
+        let os_init = e2e::musl_binary("initramfs", "os-init");
+        let dir = e2e::fixture_dir().join("os-image");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for v in ["1", "2"] {
+            let rootfs = dir.join(format!("rootfs-v{v}"));
+            run(Command::new(&os_image)
+                .args(["demo-rootfs", "--version", v, "--kernel-deb"])
+                .arg(e2e::kernel_deb())
+                .arg("--out")
+                .arg(&rootfs));
+            run(Command::new(&os_image)
+                .args(["bundle", "--version", v, "--rootfs"])
+                .arg(&rootfs)
+                .arg("--out")
+                .arg(dir.join("bundles"))
+                .arg("--os-init")
+                .arg(&os_init));
+        }
+        let manifest = |v: &str| dir.join(format!("bundles/os-{v}.manifest.json"));
+        Fixture {
+            os_image,
+            v1: manifest("1"),
+            v2: manifest("2"),
+        }
+    })
+}
+
+fn build_disk(dir: &Path, args: &[&str]) -> PathBuf {
+    let f = fixture();
+    let out = dir.join("disk.img");
+    run(Command::new(&f.os_image)
+        .arg("disk")
+        .arg("--bundle")
+        .arg(&f.v1)
+        .args(["--cmdline", CMDLINE])
+        .args(args)
+        .arg("--out")
+        .arg(&out));
+    out
+}
+
+fn env_state(image: &Path) -> (AbState, AbState) {
+    let esp = Disk::open(image);
+    let decode = |p| AbState::decode_strict(&esp.read_esp(p)).expect("valid env copy");
+    (decode("ab1/env"), decode("ab2/env"))
+}
+
+fn record(image: &Path, slot: Slot) -> bootctl::record::SlotRecord {
+    let part = tempfile::NamedTempFile::new().unwrap();
+    disk::extract_partition(image, 4, part.path());
+    let text = run(Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("cat /ab/slot-{slot}"))
+        .arg(part.path()));
+    bootctl::record::SlotRecord::parse(&text).unwrap()
+}
+
+fn demo_line(c: &Console) -> &str {
+    c.line("OS-DEMO ")
+        .unwrap_or_else(|| panic!("no OS-DEMO line in {}", c.log.display()))
+}
+
+#[test]
+fn plain_disk_is_clean_and_boots_version_1_from_a() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = build_disk(dir.path(), &[]);
+    let verify = run(Command::new("sgdisk").arg("-v").arg(&image));
+    assert!(verify.contains("No problems found"), "{verify}");
+    let part = dir.path().join("part.img");
+    disk::extract_partition(&image, 1, &part);
+    run(Command::new("fsck.fat").arg("-n").arg(&part));
+    for n in [2, 4] {
+        disk::extract_partition(&image, n, &part);
+        run(Command::new("e2fsck").arg("-fn").arg(&part));
+    }
+    assert_eq!(record(&image, Slot::A).state, SlotState::Good);
+    assert_eq!(record(&image, Slot::B).state, SlotState::Empty);
+
+    let mut m = Machine::new(&image, "os_image-plain");
+    let c = m.boot_disk(BOOT_TIMEOUT);
+    assert!(
+        demo_line(&c).starts_with("OS-DEMO version=1 slot=A "),
+        "{}",
+        demo_line(&c)
+    );
+    assert_eq!(c.param("os.trial"), None);
+}
+
+#[test]
+fn trial_of_b_confirmed_in_initramfs_stays_committed_and_var_persists() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = fixture();
+    let image = build_disk(
+        dir.path(),
+        &[
+            "--bundle-b",
+            f.v2.to_str().unwrap(),
+            "--arm",
+            "B",
+            "--tries",
+            "3",
+            "--confirm",
+            "initramfs",
+        ],
+    );
+    let mut m = Machine::new(&image, "os_image-confirm");
+    let c = m.boot_disk(BOOT_TIMEOUT);
+    assert_eq!(
+        (c.param("os.slot"), c.param("os.trial")),
+        (Some("B"), Some("1"))
+    );
+    assert!(
+        demo_line(&c).starts_with("OS-DEMO version=2 slot=B boots=1 "),
+        "{}",
+        demo_line(&c)
+    );
+    let (c1, c2) = env_state(&image);
+    assert_eq!(c1, AbState::new(Slot::B), "os-init did not commit B");
+    assert_eq!(c2, c1);
+    assert_eq!(record(&image, Slot::B).state, SlotState::Good);
+
+    let c = m.boot_disk(BOOT_TIMEOUT);
+    assert_eq!((c.param("os.slot"), c.param("os.trial")), (Some("B"), None));
+    // /var is on PERSIST: the boot log written on the first boot is still there.
+    assert!(
+        demo_line(&c).starts_with("OS-DEMO version=2 slot=B boots=2 "),
+        "{}",
+        demo_line(&c)
+    );
+}
+
+#[test]
+fn broken_root_in_b_fails_its_first_trial_and_a_boots_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = fixture();
+    let image = build_disk(
+        dir.path(),
+        &[
+            "--bundle-b",
+            f.v2.to_str().unwrap(),
+            "--arm",
+            "B",
+            "--tries",
+            "3",
+            "--confirm",
+            "initramfs",
+        ],
+    );
+    // Damage the image in B after it was written and verified: its init is gone.
+    let part = dir.path().join("root-b.img");
+    disk::extract_partition(&image, 3, &part);
+    run(Command::new("debugfs")
+        .arg("-w")
+        .arg("-R")
+        .arg("rm /sbin/init")
+        .arg(&part));
+    disk::replace_partition(&image, 3, &part);
+
+    let mut m = Machine::new(&image, "os_image-broken");
+    let c = m.boot_disk(BOOT_TIMEOUT);
+    assert_eq!(
+        (c.param("os.slot"), c.param("os.trial")),
+        (Some("B"), Some("1"))
+    );
+    assert!(
+        c.line("OS-DEMO ").is_none(),
+        "the broken root got as far as its init"
+    );
+    let (c1, c2) = env_state(&image);
+    let failed = AbState {
+        active: Slot::A,
+        trial: None,
+        tries: 0,
+        fail: Some(Slot::B),
+    };
+    assert_eq!((c1, c2), (failed, failed), "os-init did not mark B failed");
+    assert_eq!(record(&image, Slot::B).state, SlotState::Failed);
+
+    // One trial boot, not three: the next boot is A, with the failure on record.
+    let c = m.boot_disk(BOOT_TIMEOUT);
+    assert_eq!((c.param("os.slot"), c.param("os.trial")), (Some("A"), None));
+    assert!(
+        demo_line(&c).starts_with("OS-DEMO version=1 slot=A "),
+        "{}",
+        demo_line(&c)
+    );
+    assert_eq!(env_state(&image).0, failed);
+}
