@@ -5,7 +5,7 @@ MUSL := x86_64-unknown-linux-musl
 
 .PHONY: test deps lint core-no-std unit bins
 
-test: deps lint core-no-std unit
+test: deps lint core-no-std bins unit
 
 deps:
 	./scripts/install-deps.sh
@@ -30,3 +30,11 @@ bins:
 	cp target/release/os-image target/$(MUSL)/release/os-init target/$(MUSL)/release/os-agent target/$(MUSL)/release/bootctl $(BIN)/
 	@for b in os-init os-agent bootctl; do file $(BIN)/$$b | grep -Eq 'statically linked|static-pie linked' || { echo "$$b is not static"; exit 1; }; \
 	  echo "$$b: static, $$(stat -c %s $(BIN)/$$b) bytes stripped"; done
+
+# The README's first command: builds demo bundles v1, v2 and a broken v3, boots a
+# QEMU node with v1 and drives it through upgrade, rollback and automatic
+# fallback; disk and logs stay in target/ab-demo (DEMO_DIR overrides).
+DEMO_DIR ?= target/ab-demo
+.PHONY: demo
+demo: deps
+	$(CARGO) run --release -p e2e --bin ab-demo -- --out $(DEMO_DIR)

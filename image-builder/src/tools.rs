@@ -56,3 +56,28 @@ pub fn run(cmd: &mut Command) -> Result<Output> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_tool_is_named_with_its_package() {
+        let err = find("no-such-tool-here").unwrap_err().to_string();
+        assert!(err.contains("`no-such-tool-here` not found"), "{err}");
+        assert_eq!(package_of("sgdisk"), "gdisk");
+        assert_eq!(package_of("mcopy"), "mtools");
+        assert!(find("mkfs.ext4").is_ok(), "e2fsprogs is a test dependency");
+    }
+
+    #[test]
+    fn a_failing_tool_reports_its_stderr() {
+        let err = run(Command::new("sh").args(["-c", "echo boom >&2; exit 3"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("boom") && err.contains("exit status: 3"),
+            "{err}"
+        );
+    }
+}

@@ -70,6 +70,19 @@ fn build_disk(dir: &Path, args: &[&str]) -> PathBuf {
     out
 }
 
+/// `sgdisk -v` and a read-only fsck of every partition that holds a filesystem.
+fn check_disk(image: &Path, ext4_parts: &[u32]) {
+    let verify = run(Command::new("sgdisk").arg("-v").arg(image));
+    assert!(verify.contains("No problems found"), "{verify}");
+    let part = tempfile::NamedTempFile::new().unwrap();
+    disk::extract_partition(image, 1, part.path());
+    run(Command::new("fsck.fat").arg("-n").arg(part.path()));
+    for &n in ext4_parts {
+        disk::extract_partition(image, n, part.path());
+        run(Command::new("e2fsck").arg("-fn").arg(part.path()));
+    }
+}
+
 fn env_state(image: &Path) -> (AbState, AbState) {
     let esp = Disk::open(image);
     let decode = |p| AbState::decode_strict(&esp.read_esp(p)).expect("valid env copy");
@@ -95,15 +108,7 @@ fn demo_line(c: &Console) -> &str {
 fn plain_disk_is_clean_and_boots_version_1_from_a() {
     let dir = tempfile::tempdir().unwrap();
     let image = build_disk(dir.path(), &[]);
-    let verify = run(Command::new("sgdisk").arg("-v").arg(&image));
-    assert!(verify.contains("No problems found"), "{verify}");
-    let part = dir.path().join("part.img");
-    disk::extract_partition(&image, 1, &part);
-    run(Command::new("fsck.fat").arg("-n").arg(&part));
-    for n in [2, 4] {
-        disk::extract_partition(&image, n, &part);
-        run(Command::new("e2fsck").arg("-fn").arg(&part));
-    }
+    check_disk(&image, &[2, 4]);
     assert_eq!(record(&image, Slot::A).state, SlotState::Good);
     assert_eq!(record(&image, Slot::B).state, SlotState::Empty);
 
@@ -134,6 +139,8 @@ fn trial_of_b_confirmed_in_initramfs_stays_committed_and_var_persists() {
             "initramfs",
         ],
     );
+    check_disk(&image, &[2, 3, 4]);
+    assert_eq!(record(&image, Slot::B).state, SlotState::Written);
     let mut m = Machine::new(&image, "os_image-confirm");
     let c = m.boot_disk(BOOT_TIMEOUT);
     assert_eq!(
@@ -216,4 +223,23 @@ fn broken_root_in_b_fails_its_first_trial_and_a_boots_next() {
         demo_line(&c)
     );
     assert_eq!(env_state(&image).0, failed);
+}
+
+#[test]
+fn disk_refuses_an_image_larger_than_the_slot_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = fixture();
+    let out = dir.path().join("disk.img");
+    let result = Command::new(&f.os_image)
+        .arg("disk")
+        .arg("--bundle")
+        .arg(&f.v1)
+        .args(["--slot-size", "1M", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(result.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&result.stderr);
+    assert!(err.contains("larger than the slot"), "{err}");
+    assert!(!out.exists(), "a refused build left {}", out.display());
 }
