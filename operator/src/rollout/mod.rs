@@ -1,0 +1,482 @@
+//! Rollout decisions: a pure function of the OS spec, the observed nodes and the clock.
+//!
+//! Rules (see `decide`):
+//! - The rollout's nodes are those `nodeselector` selects; control-plane nodes only with
+//!   `includeControlPlane` (KubeOS always skips them).
+//! - A node in an operation longer than `nodeTimeoutSeconds` is marked failed; so is a node
+//!   whose operation "succeeded" but does not run the target. Neither waits for any gate.
+//! - Once `failureBudget` nodes failed the current target, the rollout halts: nothing starts
+//!   until the spec changes (a new target starts a new count) or the budget is raised.
+//! - `paused`, a closed `timewindow` and `timeinterval` only hold back new starts; nodes
+//!   already started go on.
+//! - A node is unavailable when NotReady, cordoned (by anyone) or in an operation; starts are
+//!   capped so unavailable nodes never exceed `min(maxunavailable, selected nodes)`. Failed
+//!   nodes release their operation slot but still count while NotReady or cordoned.
+//! - `serial` runs one node at a time. At most one control-plane node is started, and only
+//!   while no control-plane node of the cluster is unavailable.
+//! - Only Ready, uncordoned nodes with an OSInstance (a proxy to act) are started, workers
+//!   before control-plane nodes, by name. A node at the target is never started; a node that
+//!   failed the current target is not retried.
+
+mod observe;
+mod plan;
+mod selector;
+mod status;
+#[cfg(test)]
+mod tests;
+mod window;
+
+pub use observe::{InstanceView, NodeView, Observed};
+pub use plan::{Plan, SpecError};
+pub use selector::{
+    is_control_plane, NodeSelection, CONTROL_PLANE_LABEL, LEGACY_MASTER_LABEL, NODE_SELECTOR_LABEL,
+};
+pub use status::os_status;
+pub use window::{Window, WindowError};
+
+use std::fmt;
+
+use jiff::{SignedDuration, Timestamp};
+
+use crate::crd::{ExecutionMode, NodePhase, OpsType, OsSpec, RolloutState};
+
+/// What to do now. The controller applies it and calls `decide` again on the next change or
+/// at `next_check`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    /// Nodes to start now, in order.
+    pub start: Vec<String>,
+    /// Nodes to record as failed now.
+    pub mark_failed: Vec<NodeFailure>,
+    pub counts: Counts,
+    pub state: RolloutState,
+    /// Why nodes still to do are not all starting now.
+    pub hold: Option<Hold>,
+    /// Nodes that failed the current target (including those marked now), sorted.
+    pub failed_nodes: Vec<String>,
+    pub paused: bool,
+    pub failure_budget: u32,
+    /// When the decision may change with no event: a timeout, the window, the interval.
+    pub next_check: Option<Timestamp>,
+}
+
+/// Selected nodes by where they are relative to the target.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub target: u32,
+    pub updated: u32,
+    pub in_progress: u32,
+    pub failed: u32,
+    pub pending: u32,
+    /// `config` only: nodes not at `osversion`, which KubeOS does not configure.
+    pub skipped: u32,
+    /// Selected nodes NotReady, cordoned or in an operation, after this decision's starts.
+    pub unavailable: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeFailure {
+    pub node: String,
+    pub reason: FailureReason,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FailureReason {
+    TimedOut {
+        phase: NodePhase,
+        seconds: u64,
+    },
+    /// The operation reported success but the node runs something else.
+    WrongVersion {
+        expected: String,
+        found: String,
+    },
+}
+
+impl fmt::Display for FailureReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FailureReason::TimedOut { phase, seconds } => {
+                write!(
+                    f,
+                    "still {phase:?} {seconds}s after start (nodeTimeoutSeconds)"
+                )
+            }
+            FailureReason::WrongVersion { expected, found } => {
+                write!(
+                    f,
+                    "operation succeeded but the node runs {found:?}, not {expected:?}"
+                )
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Hold {
+    Invalid(SpecError),
+    Halted {
+        failed: u32,
+        budget: u32,
+    },
+    Paused,
+    /// `None` when a one-off window has passed.
+    OutsideWindow {
+        opens_at: Option<Timestamp>,
+    },
+    Interval {
+        until: Timestamp,
+    },
+    NoCapacity {
+        unavailable: u32,
+        limit: u32,
+    },
+    Serial,
+    /// Pending nodes that cannot start: NotReady, cordoned, no OSInstance yet, or a
+    /// control-plane node while another one is unavailable.
+    NodesNotStartable {
+        nodes: u32,
+    },
+}
+
+impl fmt::Display for Hold {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Hold::Invalid(e) => write!(f, "invalid spec: {e}"),
+            Hold::Halted { failed, budget } => write!(
+                f,
+                "halted: {failed} nodes failed, failureBudget is {budget}; raise it or change \
+                 the target to go on"
+            ),
+            Hold::Paused => write!(f, "paused by spec.paused"),
+            Hold::OutsideWindow { opens_at: Some(t) } => {
+                write!(f, "outside the time window; it opens at {t}")
+            }
+            Hold::OutsideWindow { opens_at: None } => write!(f, "the time window has passed"),
+            Hold::Interval { until } => write!(f, "timeinterval: next start at {until}"),
+            Hold::NoCapacity { unavailable, limit } => {
+                write!(f, "{unavailable} of at most {limit} nodes unavailable")
+            }
+            Hold::Serial => write!(f, "serial: waiting for the node in progress"),
+            Hold::NodesNotStartable { nodes } => write!(
+                f,
+                "{nodes} pending nodes cannot start (NotReady, cordoned, no OSInstance yet, or \
+                 another control-plane node unavailable)"
+            ),
+        }
+    }
+}
+
+/// Where one selected node stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Class {
+    Updated,
+    InProgress,
+    Failed,
+    Pending { startable: bool },
+    Skipped,
+}
+
+struct Row<'a> {
+    node: &'a NodeView,
+    class: Class,
+    unavailable: bool,
+}
+
+pub fn decide(spec: &OsSpec, observed: &Observed, now: Timestamp) -> Decision {
+    let plan = Plan::from_spec(spec);
+    let ctx = match &plan {
+        Ok(p) => Ctx::new(spec, p.operation, &p.target, now),
+        Err(_) => Ctx::new(spec, spec.opstype, &spec.osversion, now),
+    };
+    let selection = NodeSelection::parse(&spec.nodeselector);
+    let mut mark_failed = Vec::new();
+    let rows: Vec<Row> = observed
+        .nodes
+        .iter()
+        .filter(|n| selection.matches(&n.labels))
+        .filter(|n| spec.include_control_plane || !n.control_plane)
+        .map(|node| classify(node, &ctx, &mut mark_failed))
+        .collect();
+
+    let mut counts = count(&rows);
+    let mut failed_nodes: Vec<String> = rows
+        .iter()
+        .filter(|r| r.class == Class::Failed)
+        .map(|r| r.node.name.clone())
+        .collect();
+    failed_nodes.sort();
+    let halted = counts.failed >= spec.failure_budget;
+    let gate = match &plan {
+        Err(e) => Some(Hold::Invalid(e.clone())),
+        Ok(_) if halted => Some(Hold::Halted {
+            failed: counts.failed,
+            budget: spec.failure_budget,
+        }),
+        Ok(_) if spec.paused => Some(Hold::Paused),
+        Ok(p) => time_gate(spec, p, &rows, now),
+    };
+    let (start, capacity_hold) = match gate {
+        Some(_) => (Vec::new(), None),
+        None => pick_starts(spec, observed, &rows, &mark_failed),
+    };
+    counts.unavailable += start.len() as u32;
+    let pending_left = counts.pending as usize > start.len();
+    let hold = match gate {
+        // Worth saying even with nothing left to start.
+        Some(h @ (Hold::Invalid(_) | Hold::Halted { .. })) => Some(h),
+        gate if pending_left => gate.or(capacity_hold),
+        _ => None,
+    };
+    Decision {
+        state: rollout_state(plan.is_ok(), halted, spec.paused, &counts),
+        next_check: next_check(&rows, &hold, ctx.timeout),
+        start,
+        mark_failed,
+        counts,
+        hold,
+        failed_nodes,
+        paused: spec.paused,
+        failure_budget: spec.failure_budget,
+    }
+}
+
+/// What every node's classification needs.
+struct Ctx<'a> {
+    spec: &'a OsSpec,
+    operation: OpsType,
+    target: &'a str,
+    now: Timestamp,
+    timeout: SignedDuration,
+}
+
+impl<'a> Ctx<'a> {
+    fn new(spec: &'a OsSpec, operation: OpsType, target: &'a str, now: Timestamp) -> Ctx<'a> {
+        let seconds = spec.node_timeout_seconds.min(i64::MAX as u64) as i64;
+        Ctx {
+            spec,
+            operation,
+            target,
+            now,
+            timeout: SignedDuration::from_secs(seconds),
+        }
+    }
+}
+
+fn rollout_state(valid: bool, halted: bool, paused: bool, counts: &Counts) -> RolloutState {
+    let finished = counts.pending == 0 && counts.in_progress == 0;
+    match () {
+        _ if !valid => RolloutState::Invalid,
+        _ if halted => RolloutState::Halted,
+        _ if finished && counts.failed == 0 => RolloutState::Complete,
+        _ if finished => RolloutState::Incomplete,
+        _ if paused => RolloutState::Paused,
+        _ => RolloutState::Progressing,
+    }
+}
+
+fn classify<'a>(node: &'a NodeView, ctx: &Ctx, mark_failed: &mut Vec<NodeFailure>) -> Row<'a> {
+    let (spec, operation, target) = (ctx.spec, ctx.operation, ctx.target);
+    let down = !node.ready || node.cordoned;
+    let inst = node.instance.as_ref();
+    let for_target = inst.is_some_and(|i| i.is_for(operation, target));
+    let row = |class: Class| Row {
+        node,
+        class,
+        unavailable: down || class == Class::InProgress,
+    };
+
+    if let Some(i) = inst.filter(|i| i.is_active()) {
+        let deadline = i
+            .started_at
+            .and_then(|s| s.saturating_add(ctx.timeout).ok());
+        if deadline.is_none_or(|d| d > ctx.now) {
+            return row(Class::InProgress);
+        }
+        mark_failed.push(NodeFailure {
+            node: node.name.clone(),
+            reason: FailureReason::TimedOut {
+                phase: i.phase.unwrap_or(NodePhase::Assigned),
+                seconds: spec.node_timeout_seconds,
+            },
+        });
+        // Its state is unknown until the failure is recorded: not retried in this decision.
+        return row(if for_target {
+            Class::Failed
+        } else {
+            Class::Pending { startable: false }
+        });
+    }
+    if reached_target(node, spec, operation, target) {
+        return row(Class::Updated);
+    }
+    let phase = inst.and_then(|i| i.phase);
+    if for_target && phase == Some(NodePhase::Succeeded) {
+        let found = match operation {
+            OpsType::Config => inst.and_then(|i| i.applied_config_version.clone()),
+            _ => inst.and_then(|i| i.current_version.clone()),
+        };
+        mark_failed.push(NodeFailure {
+            node: node.name.clone(),
+            reason: FailureReason::WrongVersion {
+                expected: target.to_string(),
+                found: found.unwrap_or_else(|| node.os_version.clone()),
+            },
+        });
+        return row(Class::Failed);
+    }
+    if for_target && phase == Some(NodePhase::Failed) {
+        return row(Class::Failed);
+    }
+    if operation == OpsType::Config && node.os_version != spec.osversion {
+        return row(Class::Skipped);
+    }
+    row(Class::Pending {
+        startable: !down && inst.is_some(),
+    })
+}
+
+/// Upgrade/rollback: the node runs `osversion` (by the kubelet's report, or by the agent's
+/// when the operation succeeded and the Node object lags). Config: the node runs `osversion`
+/// and has applied the settings version.
+fn reached_target(node: &NodeView, spec: &OsSpec, operation: OpsType, target: &str) -> bool {
+    let inst = node.instance.as_ref();
+    match operation {
+        OpsType::Upgrade | OpsType::Rollback => {
+            node.os_version == target
+                || inst.is_some_and(|i| {
+                    i.is_for(operation, target)
+                        && i.phase == Some(NodePhase::Succeeded)
+                        && i.current_version.as_deref() == Some(target)
+                })
+        }
+        OpsType::Config => {
+            node.os_version == spec.osversion
+                && inst
+                    .and_then(|i| i.applied_config_version.as_deref())
+                    .unwrap_or("")
+                    == target
+        }
+    }
+}
+
+fn count(rows: &[Row]) -> Counts {
+    let mut c = Counts {
+        target: rows.len() as u32,
+        ..Counts::default()
+    };
+    for r in rows {
+        match r.class {
+            Class::Updated => c.updated += 1,
+            Class::InProgress => c.in_progress += 1,
+            Class::Failed => c.failed += 1,
+            Class::Pending { .. } => c.pending += 1,
+            Class::Skipped => c.skipped += 1,
+        }
+        c.unavailable += r.unavailable as u32;
+    }
+    c
+}
+
+/// The window and the interval between batches.
+fn time_gate(spec: &OsSpec, plan: &Plan, rows: &[Row], now: Timestamp) -> Option<Hold> {
+    if !plan.window.is_open(now) {
+        return Some(Hold::OutsideWindow {
+            opens_at: plan.window.next_open(now),
+        });
+    }
+    let last_start = rows
+        .iter()
+        .filter_map(|r| r.node.instance.as_ref())
+        .filter(|i| i.is_for(plan.operation, &plan.target))
+        .filter_map(|i| i.started_at)
+        .max()?;
+    let until = last_start
+        .saturating_add(SignedDuration::from_secs(spec.timeinterval))
+        .ok()?;
+    (now < until).then_some(Hold::Interval { until })
+}
+
+fn pick_starts(
+    spec: &OsSpec,
+    observed: &Observed,
+    rows: &[Row],
+    mark_failed: &[NodeFailure],
+) -> (Vec<String>, Option<Hold>) {
+    let unavailable = rows.iter().filter(|r| r.unavailable).count() as u32;
+    let limit = (spec.maxunavailable.max(0) as u64).min(rows.len() as u64) as u32;
+    let mut free = limit.saturating_sub(unavailable);
+    let running = rows.iter().any(|r| r.class == Class::InProgress);
+    if spec.executionmode == ExecutionMode::Serial {
+        if running {
+            return (Vec::new(), Some(Hold::Serial));
+        }
+        free = free.min(1);
+    }
+    let timed_out = |name: &str| mark_failed.iter().any(|f| f.node == name);
+    // Control-plane nodes of the whole cluster, selected or not: etcd quorum does not care
+    // which OS resource took a member down.
+    let mut control_plane_free = !observed.nodes.iter().any(|n| {
+        n.control_plane
+            && (!n.ready
+                || n.cordoned
+                || (n.instance.as_ref().is_some_and(InstanceView::is_active)
+                    && !timed_out(&n.name)))
+    });
+    let mut candidates: Vec<&NodeView> = rows
+        .iter()
+        .filter(|r| r.class == (Class::Pending { startable: true }))
+        .map(|r| r.node)
+        .collect();
+    candidates.sort_by(|a, b| (a.control_plane, &a.name).cmp(&(b.control_plane, &b.name)));
+
+    let mut start = Vec::new();
+    for node in candidates {
+        if free == 0 {
+            break;
+        }
+        if node.control_plane {
+            if !control_plane_free {
+                continue;
+            }
+            control_plane_free = false;
+        }
+        start.push(node.name.clone());
+        free -= 1;
+    }
+    let hold = if free == 0 {
+        Some(Hold::NoCapacity {
+            unavailable: unavailable + start.len() as u32,
+            limit,
+        })
+    } else {
+        let pending = rows
+            .iter()
+            .filter(|r| matches!(r.class, Class::Pending { .. }))
+            .count();
+        Some(Hold::NodesNotStartable {
+            nodes: (pending - start.len()) as u32,
+        })
+    };
+    (start, hold)
+}
+
+fn next_check(rows: &[Row], hold: &Option<Hold>, timeout: SignedDuration) -> Option<Timestamp> {
+    let timeouts = rows
+        .iter()
+        .filter(|r| r.class == Class::InProgress)
+        .filter_map(|r| {
+            r.node
+                .instance
+                .as_ref()?
+                .started_at?
+                .saturating_add(timeout)
+                .ok()
+        });
+    let gate = match hold {
+        Some(Hold::OutsideWindow { opens_at }) => *opens_at,
+        Some(Hold::Interval { until }) => Some(*until),
+        _ => None,
+    };
+    timeouts.chain(gate).min()
+}

@@ -1,0 +1,236 @@
+//! What the rollout needs to know about the cluster, taken from Node and OSInstance objects.
+//! The views are plain values so decisions can be tested without building Kubernetes objects.
+
+use std::collections::{BTreeMap, HashMap};
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Node;
+
+use super::selector::is_control_plane;
+use crate::crd::{NodePhase, NodeStatus, OpsType, OsInstance};
+
+/// Every node of the cluster, each with its OSInstance if the proxy on it created one.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Observed {
+    pub nodes: Vec<NodeView>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeView {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// The `Ready` condition is `True`.
+    pub ready: bool,
+    /// `spec.unschedulable`, by us or anyone else.
+    pub cordoned: bool,
+    pub control_plane: bool,
+    /// `status.nodeInfo.osImage`, what KubeOS compares with `osversion`.
+    pub os_version: String,
+    pub instance: Option<InstanceView>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct InstanceView {
+    pub phase: Option<NodePhase>,
+    pub operation: Option<OpsType>,
+    pub target_version: Option<String>,
+    /// The OS version the node's agent reports.
+    pub current_version: Option<String>,
+    /// `status.sysconfigs.version`: the settings the node has applied.
+    pub applied_config_version: Option<String>,
+    pub started_at: Option<Timestamp>,
+}
+
+impl InstanceView {
+    pub fn from_instance(osi: &OsInstance) -> InstanceView {
+        let status = osi.status.clone().unwrap_or_default();
+        // A KubeOS-style start (only `spec.nodestatus` written, or the status write lost
+        // to a crash) is still an operation in flight and must hold its slot.
+        let phase = match status.phase {
+            None | Some(NodePhase::Idle) if osi.spec.nodestatus != NodeStatus::Idle => {
+                Some(NodePhase::Assigned)
+            }
+            phase => phase,
+        };
+        InstanceView {
+            phase,
+            operation: status.operation,
+            target_version: status.target_version,
+            current_version: status.current_version,
+            applied_config_version: status.sysconfigs.and_then(|c| c.version),
+            started_at: status.started_at.map(|t| t.0),
+        }
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.phase.is_some_and(NodePhase::is_active)
+    }
+
+    /// The last operation was `operation` towards `version`.
+    pub fn is_for(&self, operation: OpsType, version: &str) -> bool {
+        self.operation == Some(operation) && self.target_version.as_deref() == Some(version)
+    }
+}
+
+impl NodeView {
+    pub fn from_node(node: &Node, instance: Option<InstanceView>) -> NodeView {
+        let labels = node.metadata.labels.clone().unwrap_or_default();
+        let status = node.status.as_ref();
+        let ready = status
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+            .is_some_and(|c| c.status == "True");
+        NodeView {
+            name: node.metadata.name.clone().unwrap_or_default(),
+            control_plane: is_control_plane(&labels),
+            labels,
+            ready,
+            cordoned: node
+                .spec
+                .as_ref()
+                .and_then(|s| s.unschedulable)
+                .unwrap_or(false),
+            os_version: status
+                .and_then(|s| s.node_info.as_ref())
+                .map(|i| i.os_image.clone())
+                .unwrap_or_default(),
+            instance,
+        }
+    }
+}
+
+impl Observed {
+    /// Pairs each node with the OSInstance of the same name. `instances` are those of the OS
+    /// resource's namespace.
+    pub fn from_cluster(nodes: &[Node], instances: &[OsInstance]) -> Observed {
+        let by_name: HashMap<&str, &OsInstance> = instances
+            .iter()
+            .filter_map(|i| i.metadata.name.as_deref().map(|n| (n, i)))
+            .collect();
+        let nodes = nodes
+            .iter()
+            .map(|node| {
+                let name = node.metadata.name.as_deref().unwrap_or_default();
+                let instance = by_name.get(name).map(|i| InstanceView::from_instance(i));
+                NodeView::from_node(node, instance)
+            })
+            .collect();
+        Observed { nodes }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{OsInstanceSpec, OsInstanceStatus, SysConfigs};
+    use k8s_openapi::api::core::v1::{
+        NodeCondition, NodeSpec, NodeStatus as K8sNodeStatus, NodeSystemInfo,
+    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+
+    fn node(name: &str, ready: &str, unschedulable: Option<bool>) -> Node {
+        Node {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                labels: Some(
+                    [(
+                        "node-role.kubernetes.io/control-plane".to_string(),
+                        String::new(),
+                    )]
+                    .into(),
+                ),
+                ..Default::default()
+            },
+            spec: Some(NodeSpec {
+                unschedulable,
+                ..Default::default()
+            }),
+            status: Some(K8sNodeStatus {
+                conditions: Some(vec![NodeCondition {
+                    type_: "Ready".into(),
+                    status: ready.into(),
+                    ..Default::default()
+                }]),
+                node_info: Some(NodeSystemInfo {
+                    os_image: "KubeOS 1.0".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn instance(
+        name: &str,
+        nodestatus: NodeStatus,
+        status: Option<OsInstanceStatus>,
+    ) -> OsInstance {
+        let mut osi = OsInstance::new(
+            name,
+            OsInstanceSpec {
+                nodestatus,
+                ..Default::default()
+            },
+        );
+        osi.status = status;
+        osi
+    }
+
+    #[test]
+    fn node_fields_come_from_conditions_spec_and_node_info() {
+        let observed = Observed::from_cluster(
+            &[node("a", "True", None), node("b", "Unknown", Some(true))],
+            &[],
+        );
+        let a = &observed.nodes[0];
+        assert!(a.ready && !a.cordoned && a.control_plane && a.instance.is_none());
+        assert_eq!(a.os_version, "KubeOS 1.0");
+        let b = &observed.nodes[1];
+        assert!(!b.ready && b.cordoned);
+    }
+
+    #[test]
+    fn instances_pair_with_nodes_by_name() {
+        let started: Timestamp = "2024-05-01T00:00:00Z".parse().unwrap();
+        let status = OsInstanceStatus {
+            phase: Some(NodePhase::Draining),
+            operation: Some(OpsType::Upgrade),
+            target_version: Some("KubeOS 2.0".into()),
+            sysconfigs: Some(SysConfigs {
+                version: Some("c1".into()),
+                configs: None,
+            }),
+            started_at: Some(Time(started)),
+            ..Default::default()
+        };
+        let observed = Observed::from_cluster(
+            &[node("a", "True", None), node("b", "True", None)],
+            &[instance("b", NodeStatus::Upgrade, Some(status))],
+        );
+        assert!(observed.nodes[0].instance.is_none());
+        let b = observed.nodes[1].instance.as_ref().unwrap();
+        assert!(b.is_active() && b.is_for(OpsType::Upgrade, "KubeOS 2.0"));
+        assert_eq!(b.applied_config_version.as_deref(), Some("c1"));
+        assert_eq!(b.started_at, Some(started));
+    }
+
+    #[test]
+    fn kubeos_style_start_without_status_counts_as_assigned() {
+        let view = InstanceView::from_instance(&instance("a", NodeStatus::Upgrade, None));
+        assert_eq!(view.phase, Some(NodePhase::Assigned));
+        assert!(view.is_active());
+        let idle = InstanceView::from_instance(&instance("a", NodeStatus::Idle, None));
+        assert_eq!(idle.phase, None);
+        assert!(!idle.is_active());
+    }
+
+    #[test]
+    fn a_finished_phase_wins_over_a_stale_nodestatus() {
+        let status = OsInstanceStatus {
+            phase: Some(NodePhase::Failed),
+            ..Default::default()
+        };
+        let view = InstanceView::from_instance(&instance("a", NodeStatus::Upgrade, Some(status)));
+        assert_eq!(view.phase, Some(NodePhase::Failed));
+    }
+}

@@ -1,0 +1,358 @@
+//! The manifests under `deploy/`: generated CRDs are current, every object parses strictly into
+//! its Kubernetes type (an offline stand-in for `kubectl apply --dry-run`), and KubeOS-format OS
+//! manifests parse into the Rust types unchanged.
+
+use std::path::PathBuf;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use operator::crd::{
+    crds_yaml, ImageType, NodePhase, NodeStatus, OpsType, Os, OsInstance, REGENERATE_CRDS,
+};
+use operator::rollout::Plan;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+fn deploy(file: &str) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy")
+        .join(file);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+fn documents(yaml: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|doc| Value::deserialize(doc).expect("valid YAML"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// Parses `doc` as `T` and requires that nothing is lost on the way back: a misspelled or
+/// misplaced field would be dropped by the typed parse and show up here.
+fn strict<T: DeserializeOwned + Serialize>(doc: &Value) -> T {
+    let typed: T = serde_json::from_value(doc.clone())
+        .unwrap_or_else(|e| panic!("{} does not parse: {e}", doc["kind"]));
+    let back = serde_json::to_value(&typed).unwrap();
+    assert_eq!(
+        &back, doc,
+        "{} {} changed in a round trip",
+        doc["kind"], doc["metadata"]["name"]
+    );
+    typed
+}
+
+#[test]
+fn crds_yaml_is_current() {
+    let generated = crds_yaml().unwrap();
+    assert!(
+        deploy("crds.yaml") == generated,
+        "deploy/crds.yaml is stale; regenerate it from the workspace root with:\n    {REGENERATE_CRDS}"
+    );
+}
+
+#[test]
+fn crds_are_valid_custom_resource_definitions() {
+    let docs = documents(&deploy("crds.yaml"));
+    let crds: Vec<CustomResourceDefinition> = docs.iter().map(strict).collect();
+    let names: Vec<_> = crds
+        .iter()
+        .map(|c| c.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "os.upgrade.openeuler.org",
+            "osinstances.upgrade.openeuler.org"
+        ]
+    );
+    for crd in &crds {
+        assert_eq!(crd.spec.group, "upgrade.openeuler.org");
+        assert_eq!(crd.spec.scope, "Namespaced");
+        let version = &crd.spec.versions[0];
+        assert_eq!(version.name, "v1alpha1");
+        assert!(
+            version.subresources.as_ref().unwrap().status.is_some(),
+            "status subresource"
+        );
+        let columns = version.additional_printer_columns.as_ref().unwrap();
+        assert!(columns.iter().any(|c| c.json_path.starts_with(".status.")));
+    }
+}
+
+#[test]
+fn operator_manifests_parse_into_their_kubernetes_types() {
+    let docs = documents(&deploy("operator.yaml"));
+    let mut kinds = Vec::new();
+    for doc in &docs {
+        let kind = doc["kind"].as_str().unwrap().to_string();
+        match kind.as_str() {
+            "Namespace" => drop(strict::<Namespace>(doc)),
+            "ServiceAccount" => drop(strict::<ServiceAccount>(doc)),
+            "ClusterRole" => check_least_privilege(&strict::<ClusterRole>(doc)),
+            "ClusterRoleBinding" => drop(strict::<ClusterRoleBinding>(doc)),
+            "Role" => drop(strict::<Role>(doc)),
+            "RoleBinding" => drop(strict::<RoleBinding>(doc)),
+            "Deployment" => check_deployment(&strict::<Deployment>(doc)),
+            "PodDisruptionBudget" => drop(strict::<PodDisruptionBudget>(doc)),
+            other => panic!("unexpected kind {other}"),
+        }
+        kinds.push(kind);
+    }
+    assert_eq!(
+        kinds[0], "Namespace",
+        "the namespace comes first for kubectl apply"
+    );
+}
+
+fn check_least_privilege(role: &ClusterRole) {
+    for rule in role.rules.as_deref().unwrap_or_default() {
+        let resources = rule.resources.as_deref().unwrap_or_default();
+        assert!(
+            !rule.verbs.iter().any(|v| v == "*"),
+            "wildcard verb in {rule:?}"
+        );
+        assert!(
+            !resources.iter().any(|r| r == "*"),
+            "wildcard resource in {rule:?}"
+        );
+        let writes = rule
+            .verbs
+            .iter()
+            .any(|v| !["get", "list", "watch"].contains(&v.as_str()));
+        for read_only in ["nodes", "pods", "secrets", "os"] {
+            assert!(
+                !(writes && resources.iter().any(|r| r == read_only)),
+                "writes {read_only}"
+            );
+        }
+    }
+}
+
+fn check_deployment(deployment: &Deployment) {
+    let pod = deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap();
+    assert_eq!(pod.service_account_name.as_deref(), Some("os-operator"));
+    let container = &pod.containers[0].security_context.as_ref().unwrap();
+    assert_eq!(container.allow_privilege_escalation, Some(false));
+    assert_eq!(container.read_only_root_filesystem, Some(true));
+    assert_eq!(
+        pod.security_context.as_ref().unwrap().run_as_non_root,
+        Some(true)
+    );
+}
+
+/// Every key of `original` is in `parsed` with the same value: no KubeOS field was renamed,
+/// dropped or rewritten by the Rust types (defaults for absent fields may be added).
+fn assert_subset(original: &Value, parsed: &Value, path: &str) {
+    match (original, parsed) {
+        (Value::Object(o), Value::Object(p)) => {
+            for (k, v) in o {
+                let got = p.get(k).unwrap_or_else(|| panic!("{path}.{k} was dropped"));
+                assert_subset(v, got, &format!("{path}.{k}"));
+            }
+        }
+        (Value::Array(o), Value::Array(p)) if o.len() == p.len() => {
+            for (i, (a, b)) in o.iter().zip(p).enumerate() {
+                assert_subset(a, b, &format!("{path}[{i}]"));
+            }
+        }
+        _ => assert_eq!(original, parsed, "{path} changed"),
+    }
+}
+
+fn parse_os(yaml: &str) -> Os {
+    let doc = documents(yaml).remove(0);
+    let os: Os = serde_json::from_value(doc.clone()).expect("parses into Os");
+    assert_subset(&doc, &serde_json::to_value(&os).unwrap(), "");
+    os
+}
+
+#[test]
+fn the_sample_os_parses_unchanged_and_is_actionable() {
+    let os = parse_os(&deploy("samples/sample-os.yaml"));
+    assert_eq!(os.spec.opstype, OpsType::Upgrade);
+    assert_eq!(os.spec.imagetype, ImageType::Disk);
+    assert!(!os.spec.flag_safe && os.spec.mtls);
+    let sysconfigs = os
+        .spec
+        .sysconfigs
+        .as_ref()
+        .unwrap()
+        .configs
+        .as_ref()
+        .unwrap();
+    let first = &sysconfigs[0].contents.as_ref().unwrap()[0];
+    assert_eq!(first.value_text(), "16384");
+    let bare_key = sysconfigs[2].contents.as_ref().unwrap().last().unwrap();
+    assert_eq!(
+        (bare_key.key.as_deref(), bare_key.value_text().as_str()),
+        (Some("crash_kexec_post_notifiers"), "")
+    );
+    let plan = Plan::from_spec(&os.spec).expect("the sample is a valid rollout");
+    assert_eq!(plan.target, "KubeOS 1.0.1");
+}
+
+/// KubeOS's documented manifests as its docs write them (placeholders replaced by values),
+/// including the forms its own CRD was strict about: `imagetype: ""`, no imageurl/flagSafe/mtls
+/// for config, `mtls: true` with a container image.
+const KUBEOS_MANIFESTS: [&str; 4] = [
+    r#"
+apiVersion: upgrade.openeuler.org/v1alpha1
+kind: OS
+metadata:
+  name: os-sample
+spec:
+  imagetype: containerd
+  opstype: upgrade
+  osversion: KubeOS 1.0.1
+  maxunavailable: 2
+  containerimage: registry.local/kubeos:1.0.1
+  evictpodforce: true
+  imageurl: ""
+  checksum: sha256:6b2c1a5e
+  flagSafe: false
+  mtls: true
+  nodeselector: kubeos-v1
+"#,
+    r#"
+apiVersion: upgrade.openeuler.org/v1alpha1
+kind: OS
+metadata:
+  name: os-sample
+spec:
+  imagetype: ""
+  opstype: config
+  osversion: KubeOS 1.0.1
+  maxunavailable: 3
+  containerimage: ""
+  evictpodforce: false
+  checksum: ""
+  sysconfigs:
+    version: v2
+    configs:
+      - model: kernel.sysctl
+        contents:
+          - key: user.max_user_namespaces
+            value: 16384
+          - key: net.ipv4.tcp_tw_recycle
+            value: 0
+            operation: delete
+      - model: grub.cmdline.current
+        contents:
+          - key: selinux
+            value: "0"
+          - key: root
+            value: UUID=e4f1b0a0-590e-4c5f-9d8a-3a2c7b8e2d94
+          - key: crash_kexec_post_notifiers
+"#,
+    r#"
+apiVersion: upgrade.openeuler.org/v1alpha1
+kind: OS
+metadata:
+  name: os-sample
+spec:
+  imagetype: ""
+  opstype: rollback
+  osversion: KubeOS 1.0.0
+  maxunavailable: 2
+  containerimage: ""
+  evictpodforce: true
+  imageurl: ""
+  checksum: ""
+  flagSafe: false
+  mtls: true
+"#,
+    r#"
+apiVersion: upgrade.openeuler.org/v1alpha1
+kind: OS
+metadata:
+  name: os-sample
+spec:
+  imagetype: disk
+  opstype: upgrade
+  osversion: KubeOS 1.0.1
+  maxunavailable: 1
+  containerimage: ""
+  evictpodforce: false
+  imageurl: http://10.0.0.5/update.img
+  checksum: 9e7a2ef6
+  flagSafe: true
+  mtls: false
+  nodeselector: all-label
+  timewindow:
+    starttime: "2024-05-01 22:00:00"
+    endtime: "2024-05-02 04:00:00"
+  timeinterval: 60
+  executionmode: serial
+"#,
+];
+
+#[test]
+fn kubeos_documented_manifests_parse_unchanged_and_are_actionable() {
+    for yaml in KUBEOS_MANIFESTS {
+        let os = parse_os(yaml);
+        Plan::from_spec(&os.spec).unwrap_or_else(|e| panic!("{e}: {yaml}"));
+    }
+}
+
+#[test]
+fn absent_kubeos_defaults_are_kubeos_defaults() {
+    let os = parse_os(
+        "apiVersion: upgrade.openeuler.org/v1alpha1\nkind: OS\nmetadata: {name: x}\n\
+         spec: {osversion: v1, opstype: rollback, maxunavailable: 1}\n",
+    );
+    assert_eq!(os.spec.nodeselector, "no-label");
+    assert_eq!(os.spec.timeinterval, 15);
+    assert_eq!(
+        os.spec.executionmode,
+        operator::crd::ExecutionMode::Parallel
+    );
+    assert_eq!(
+        (os.spec.failure_budget, os.spec.node_timeout_seconds),
+        (1, 3600)
+    );
+    assert!(!os.spec.paused && !os.spec.include_control_plane);
+}
+
+#[test]
+fn a_kubeos_osinstance_parses_unchanged() {
+    let yaml = r#"
+apiVersion: upgrade.openeuler.org/v1alpha1
+kind: OSInstance
+metadata:
+  name: kubeos-node1
+  namespace: default
+  labels:
+    upgrade.openeuler.org/osinstance-node: kubeos-node1
+spec:
+  nodestatus: config
+  namespacedname: {name: os-sample, namespace: default}
+  sysconfigs:
+    version: v2
+    configs:
+      - model: grub.cmdline.next
+        contents:
+          - {key: selinux, value: "0"}
+  upgradeconfigs: {version: v1}
+status:
+  sysconfigs: {version: v1}
+  upgradeconfigs: {version: v1}
+"#;
+    let doc = documents(yaml).remove(0);
+    let osi: OsInstance = serde_json::from_value(doc.clone()).expect("parses into OsInstance");
+    assert_subset(&doc, &serde_json::to_value(&osi).unwrap(), "");
+    assert_eq!(osi.spec.nodestatus, NodeStatus::Config);
+    let view = operator::rollout::InstanceView::from_instance(&osi);
+    assert_eq!(view.phase, Some(NodePhase::Assigned));
+    assert_eq!(view.applied_config_version.as_deref(), Some("v1"));
+}
