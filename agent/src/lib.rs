@@ -7,6 +7,8 @@
 //!   pass, resumable, verified, recorded.
 //! - [`node`]: activate, confirm, roll back, and what to do after a boot, as
 //!   pure decisions over the A/B env and the slot records.
+//! - [`etc_overlay`]: /etc changes follow an upgrade (the trial slot's /etc
+//!   layer is seeded from the running slot's).
 //! - [`health`]: the health gate after a trial boot.
 //! - [`job`]: one mutating job at a time per node; [`status`] reports it.
 //! - [`rpc`]: the JSON-RPC server (KubeOS-compatible, [`kubeos`]); [`cli`]:
@@ -16,6 +18,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod etc_overlay;
 pub mod health;
 pub mod job;
 mod json;

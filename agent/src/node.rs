@@ -217,6 +217,7 @@ pub enum NodeError {
     Refused(Refusal),
     Boot(StoreError),
     Record(RecordError),
+    SeedEtc(crate::etc_overlay::SeedError),
     Io {
         op: &'static str,
         path: PathBuf,
@@ -231,6 +232,7 @@ impl fmt::Display for NodeError {
             NodeError::Refused(r) => write!(f, "refused: {r}"),
             NodeError::Boot(e) => write!(f, "A/B boot state: {e}"),
             NodeError::Record(e) => write!(f, "{e}"),
+            NodeError::SeedEtc(e) => write!(f, "{e}"),
             NodeError::Io { op, path, source } => write!(f, "{op} {}: {source}", path.display()),
             NodeError::Reboot(e) => write!(f, "reboot: {e}"),
         }
@@ -466,12 +468,17 @@ fn set_record_state(cfg: &Config, rec: &SlotRecord, state: SlotState) -> Result<
     Ok(())
 }
 
-/// Arms a trial of the prepared slot with `cfg.tries` boots. Returns the new
-/// boot state. Does not reboot.
+/// Seeds the prepared slot's /etc layer from the booted slot's, then arms a
+/// trial of it with `cfg.tries` boots. Returns the new boot state. Does not
+/// reboot.
 pub fn activate(cfg: &Config, prepared: &Prepared) -> Result<AbState, NodeError> {
     let view = load(cfg)?;
     let slot = prepared.slot;
     let arm = activation_check(&view, prepared)?;
+    if arm {
+        // Before arming: once armed, any reboot boots the slot with its layer.
+        crate::etc_overlay::seed(&cfg.state_dir, view.booted, slot).map_err(NodeError::SeedEtc)?;
+    }
     let (_, state) = Esp::new(&cfg.esp).update(|s| match s.trial {
         Some(t) if t == slot => Ok(()),
         _ => s.arm_trial(slot, cfg.tries),

@@ -1,7 +1,12 @@
 //! The write path (DESIGN.md §4 step 1, §5): stream an update bundle's image
 //! from HTTP(S) or `file://` through zstd and BLAKE3 into the inactive slot,
-//! in one pass, with no temp file and bounded memory (one 1 MiB buffer, one
-//! read-back buffer, a zstd window of at most 8 MiB).
+//! in one pass, with no temp file and bounded memory (three 4 MiB write
+//! buffers, one read-back buffer, a zstd window of at most 8 MiB).
+//!
+//! Three threads share the work: the download thread decompresses and hashes
+//! into a buffer while the writer thread writes the previous one (`writer`)
+//! and the read-back thread re-reads and hashes what is already final
+//! (`slot`).
 //!
 //! Crash-safe order (STYLE.md §4), each step only after the previous one:
 //! 1. refuse a slot that GRUB may boot (the committed slot, or one armed for
@@ -27,6 +32,7 @@ mod fetch;
 mod manifest;
 mod resume;
 mod slot;
+mod writer;
 
 pub use error::PrepareError;
 pub use resume::Retry;
@@ -43,6 +49,7 @@ use slot::{Flags, ReadBack, SlotDevice};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
+use writer::Writer;
 
 /// TLS material for HTTPS sources (KubeOS's `certs` / `mtls`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -268,7 +275,8 @@ fn write_and_verify(job: &Job, anchor: &[u8; 32]) -> Result<u64, PrepareError> {
     let device = job.device;
     let readback_hash = std::thread::scope(|s| {
         let readback = ReadBack::spawn(s, device, job.progress, &flags);
-        let streamed = match stream_and_sync(job, &readback, anchor) {
+        let writer = Writer::spawn(s, device, readback.commits());
+        let streamed = match stream_and_sync(job, writer, anchor) {
             Ok(streamed) => streamed,
             Err(e) => {
                 readback.abort();
@@ -297,10 +305,10 @@ fn write_and_verify(job: &Job, anchor: &[u8; 32]) -> Result<u64, PrepareError> {
 
 fn stream_and_sync(
     job: &Job,
-    readback: &ReadBack,
+    writer: Writer,
     anchor: &[u8; 32],
 ) -> Result<resume::Streamed, PrepareError> {
-    let streamed = resume::stream_image(job, readback)?;
+    let streamed = resume::stream_image(job, writer)?;
     if let Some(digest) = streamed.digest.filter(|d| d.as_bytes() != anchor) {
         let (actual, expected) = (format_blake3(digest.as_bytes()), format_blake3(anchor));
         return Err(PrepareError::DigestMismatch {

@@ -1,10 +1,13 @@
 //! The few syscalls std does not wrap, each a small function so `unsafe` stays
 //! in this file (STYLE.md §15).
 
+use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;
+use std::path::Path;
 
 /// Who is on the other end of a Unix socket, as the kernel saw it at connect
 /// time (`SO_PEERCRED`), so a peer cannot lie about it.
@@ -89,6 +92,118 @@ pub fn sync_and_reboot() -> io::Error {
         libc::reboot(libc::RB_AUTOBOOT);
     }
     io::Error::last_os_error()
+}
+
+fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Creates a device node, FIFO or socket (`mknod(2)`); overlayfs whiteouts are
+/// character devices 0:0.
+pub fn mknod(path: &Path, mode: u32, rdev: u64) -> io::Result<()> {
+    let p = c_path(path)?;
+    // SAFETY: `p` is a valid NUL-terminated string for the duration of the call.
+    check(unsafe { libc::mknod(p.as_ptr(), mode as libc::mode_t, rdev as libc::dev_t) })
+}
+
+/// The extended attributes of `path` itself (not a symlink's target), names
+/// and values: overlayfs keeps opaque directories and redirects in `trusted.*`.
+pub fn xattrs(path: &Path) -> io::Result<Vec<(CString, Vec<u8>)>> {
+    let p = c_path(path)?;
+    // SAFETY: a null buffer with size 0 asks for the size only.
+    let len = unsafe { libc::llistxattr(p.as_ptr(), std::ptr::null_mut(), 0) };
+    if len < 0 {
+        let err = io::Error::last_os_error();
+        return match err.raw_os_error() {
+            Some(libc::ENOTSUP) => Ok(vec![]),
+            _ => Err(err),
+        };
+    }
+    let mut names = vec![0u8; len as usize];
+    // SAFETY: `names` is writable for `names.len()` bytes.
+    let len = unsafe { libc::llistxattr(p.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    if len < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    names.truncate(len as usize);
+    let mut out = vec![];
+    for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let name = CString::new(name).expect("split at NUL");
+        // SAFETY: as above, size query with a null buffer.
+        let size = unsafe { libc::lgetxattr(p.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
+        if size < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut value = vec![0u8; size as usize];
+        // SAFETY: `value` is writable for `value.len()` bytes.
+        let size = unsafe {
+            libc::lgetxattr(
+                p.as_ptr(),
+                name.as_ptr(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
+        };
+        if size < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        value.truncate(size as usize);
+        out.push((name, value));
+    }
+    Ok(out)
+}
+
+pub fn set_xattr(path: &Path, name: &CStr, value: &[u8]) -> io::Result<()> {
+    let p = c_path(path)?;
+    // SAFETY: all pointers are valid for the lengths passed.
+    check(unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    })
+}
+
+/// Flushes the filesystem holding `file` (`syncfs(2)`): one call instead of an
+/// fsync per copied file.
+pub fn syncfs(file: &File) -> io::Result<()> {
+    // SAFETY: syncfs only reads the descriptor number, which `file` keeps open.
+    check(unsafe { libc::syncfs(file.as_raw_fd()) })
+}
+
+/// Swaps two paths atomically (`renameat2(RENAME_EXCHANGE)`): both exist
+/// before and after, whatever moment the power goes.
+pub fn rename_exchange(a: &Path, b: &Path) -> io::Result<()> {
+    let (a, b) = (c_path(a)?, c_path(b)?);
+    // SAFETY: both strings are valid and NUL-terminated; the raw syscall is used
+    // because not every libc (musl before 1.2.5) wraps renameat2.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 #[cfg(test)]

@@ -101,7 +101,7 @@ pub enum Command {
         /// os-agent binary to include [default: os-agent beside os-image, when present]
         #[arg(long)]
         agent: Option<PathBuf>,
-        /// Make /sbin/init fail before the health gate can pass (a deliberately broken release)
+        /// A deliberately broken release: its demo service never starts, so the health gate fails its trial
         #[arg(long)]
         broken: bool,
     },

@@ -36,27 +36,34 @@ const DEMO_MODULES: &[&str] = &[
     "virtio_net",
 ];
 
-/// The demo's PID 1. `@BROKEN@` is replaced by the line that makes a broken
-/// release fail before any health check could pass.
+/// The demo's PID 1. `@BROKEN@` is `1` for a broken release: its service
+/// never comes up, so the health gate fails the trial (and the agent falls back)
+/// before anything could confirm it.
 const INIT: &str = r#"#!/bin/sh
 # Demo OS init: a real distribution would start systemd here.
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+broken=@BROKEN@
 # os-init has moved /proc, /sys, /dev and /run here already; mount what is missing.
 [ -e /proc/self ] || mount -t proc proc /proc
 [ -d /sys/class ] || mount -t sysfs sysfs /sys
 [ -e /dev/null ] || mount -t devtmpfs devtmpfs /dev
-mountpoint -q /run || mount -t tmpfs -o mode=0755 tmpfs /run
+grep -q ' /run ' /proc/mounts || mount -t tmpfs -o mode=0755 tmpfs /run
 mount -t tmpfs tmpfs /tmp
 . /etc/os-release
 slot=$(sed -n 's/.*os\.slot=\([AB]\).*/\1/p' /proc/cmdline)
-@BROKEN@
 # /var and /etc live on PERSIST: a boot log there shows what survives reboots
 # and upgrades.
-mkdir -p /var/lib/demo
+mkdir -p /var/lib/demo /var/log
 echo "$VERSION_ID ${slot:-?}" >>/var/lib/demo/boots
 [ -s /etc/demo-first-version ] || echo "$VERSION_ID" >/etc/demo-first-version
 sync
 echo "OS-DEMO version=$VERSION_ID slot=${slot:-?} boots=$(wc -l </var/lib/demo/boots) etc-first=$(cat /etc/demo-first-version)"
+# The ESP (GPT name ESP; there is no udev) carries the A/B env the agent writes.
+esp=$(grep -l '^PARTNAME=ESP$' /sys/class/block/*/uevent 2>/dev/null | head -n 1)
+if [ -n "$esp" ]; then
+    mount -t vfat "/dev/$(sed -n 's/^DEVNAME=//p' "$esp")" /boot/efi ||
+        echo "OS-DEMO cannot mount the ESP at /boot/efi"
+fi
 # QEMU user networking: fixed address, the host's loopback is 10.0.2.2.
 modprobe virtio_net 2>/dev/null
 ip link set lo up
@@ -65,8 +72,16 @@ if ip link show eth0 >/dev/null 2>&1; then
     ip addr add 10.0.2.15/24 dev eth0
     ip route add default via 10.0.2.2
 fi
+# The demo's "service": the health gate checks that it came up.
+mkdir -p /run/demo
+if [ "$broken" = 1 ]; then
+    echo "OS-DEMO version=$VERSION_ID BROKEN: the demo service fails to start"
+else
+    echo "$VERSION_ID" >/run/demo/ready
+fi
 if [ -x /usr/bin/os-agent ]; then
-    /usr/bin/os-agent serve >/var/log/os-agent.log 2>&1 &
+    # Log to PERSIST and to the console, where the demo reads it.
+    (/usr/bin/os-agent serve 2>&1 | tee -a /var/log/os-agent.log) &
 fi
 if grep -q 'os\.demo=poweroff' /proc/cmdline; then
     sync
@@ -79,8 +94,26 @@ while true; do
 done
 "#;
 
-const BROKEN: &str = r#"echo "OS-DEMO version=$VERSION_ID slot=${slot:-?} BROKEN: init fails on purpose"
-exit 1"#;
+/// The agent's health gate on the demo node (`/etc/os-agent/health.d`).
+const HEALTH_CHECKS: &[(&str, &str)] = &[
+    (
+        "10-network",
+        "#!/bin/sh\n# The node reaches its image server's network: address and default route.\n\
+         ip -4 addr show dev eth0 | grep -q 'inet 10.0.2.15/' || { echo 'eth0 has no address' >&2; exit 1; }\n\
+         ip route | grep -q '^default via 10.0.2.2' || { echo 'no default route' >&2; exit 1; }\n",
+    ),
+    (
+        "20-var",
+        "#!/bin/sh\n# /var (PERSIST) is mounted and writable.\n\
+         f=/var/lib/demo/.health-probe\n\
+         echo ok >$f && sync && rm -f $f || { echo '/var is not writable' >&2; exit 1; }\n",
+    ),
+    (
+        "30-demo-service",
+        "#!/bin/sh\n# The demo's service came up.\n\
+         [ -s /run/demo/ready ] || { echo 'the demo service is not running' >&2; exit 1; }\n",
+    ),
+];
 
 pub fn run(opts: &DemoOptions) -> Result<()> {
     let out = &opts.out;
@@ -91,8 +124,20 @@ pub fn run(opts: &DemoOptions) -> Result<()> {
         );
     }
     for dir in [
-        "bin", "sbin", "etc", "proc", "sys", "dev", "run", "tmp", "var/log", "persist", "root",
-        "usr/bin", "boot",
+        "bin",
+        "sbin",
+        "etc",
+        "proc",
+        "sys",
+        "dev",
+        "run",
+        "tmp",
+        "var/log",
+        "persist",
+        "root",
+        "usr/bin",
+        "boot/efi",
+        "etc/os-agent/health.d",
     ] {
         std::fs::create_dir_all(out.join(dir))
             .with_context(|| format!("create {}", out.join(dir).display()))?;
@@ -100,8 +145,14 @@ pub fn run(opts: &DemoOptions) -> Result<()> {
     install_busybox(out)?;
     install_kernel(&opts.kernel_deb, out)?;
     write_etc(out, &opts.version)?;
-    let init = INIT.replace("@BROKEN@", if opts.broken { BROKEN } else { "" });
+    let init = INIT.replace("@BROKEN@", if opts.broken { "1" } else { "0" });
     write_exec(&out.join("sbin/init"), init.as_bytes())?;
+    for (name, script) in HEALTH_CHECKS {
+        write_exec(
+            &out.join("etc/os-agent/health.d").join(name),
+            script.as_bytes(),
+        )?;
+    }
     if let Some(agent) = agent_binary(opts)? {
         std::fs::copy(&agent, out.join("usr/bin/os-agent"))
             .with_context(|| format!("copy {}", agent.display()))?;

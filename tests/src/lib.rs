@@ -5,7 +5,11 @@
 //! Fixtures are produced by the committed scripts under `scripts/` and by
 //! building this workspace's own binaries; nothing is checked in.
 
+pub mod console;
+pub mod demo;
 pub mod disk;
+pub mod http;
+pub mod powercut;
 pub mod qemu;
 
 use std::path::{Path, PathBuf};

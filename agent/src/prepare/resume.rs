@@ -10,12 +10,14 @@
 //!
 //! A retry opens the source again with an HTTP Range request at the
 //! checkpoint's compressed offset and rewrites the slot from its uncompressed
-//! offset. Only checkpoints are handed to the read-back, so what it hashes is
-//! never rewritten.
+//! offset. Only checkpoints are handed to the read-back (by the writer thread,
+//! once the writes before them have returned), so what it hashes is never
+//! rewritten.
 
 use super::fetch::{classify_io, Body, FetchError, Fetcher};
 use super::manifest::Manifest;
-use super::slot::{ReadBack, SlotDevice};
+use super::slot::SlotDevice;
+use super::writer::Writer;
 use super::PrepareError;
 use crate::progress::Progress;
 use crate::stream::count::CountReader;
@@ -26,9 +28,6 @@ use crate::stream::limit::{LimitExceeded, LimitReader};
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-
-/// Decompressed bytes handed to the slot per write.
-const BUF: usize = 1 << 20;
 
 /// How often and how patiently to retry. Failures are counted while no new
 /// checkpoint is reached, so a download that keeps making progress through
@@ -214,18 +213,18 @@ pub fn fetch_failure(url: &str, e: FetchError, progressed: bool) -> Failure {
     }
 }
 
-/// Streams the whole image into the slot.
-pub fn stream_image(job: &Job, readback: &ReadBack) -> Result<Streamed, PrepareError> {
+/// Streams the whole image into the slot; every write has returned when
+/// this does.
+pub fn stream_image(job: &Job, mut writer: Writer) -> Result<Streamed, PrepareError> {
     let mut cp = Checkpoint {
         zpos: 0,
         pos: 0,
         chunk: 0,
         hasher: blake3::Hasher::new(),
     };
-    let mut buf = vec![0u8; BUF];
     with_retries(job, job.url, || {
         let start = cp.zpos;
-        let result = attempt(job, readback, &mut cp, &mut buf);
+        let result = attempt(job, &mut writer, &mut cp);
         result.map_err(|f| match f {
             Failure::Retry { cause, .. } => Failure::Retry {
                 cause,
@@ -234,6 +233,7 @@ pub fn stream_image(job: &Job, readback: &ReadBack) -> Result<Streamed, PrepareE
             fatal => fatal,
         })
     })?;
+    writer.finish()?;
     let digest = job.manifest.is_none().then(|| cp.hasher.finalize());
     Ok(Streamed {
         size: cp.pos,
@@ -242,12 +242,7 @@ pub fn stream_image(job: &Job, readback: &ReadBack) -> Result<Streamed, PrepareE
 }
 
 /// One connection's worth of the download, from checkpoint `cp` on.
-fn attempt(
-    job: &Job,
-    readback: &ReadBack,
-    cp: &mut Checkpoint,
-    buf: &mut [u8],
-) -> Result<(), Failure> {
+fn attempt(job: &Job, writer: &mut Writer, cp: &mut Checkpoint) -> Result<(), Failure> {
     cancelled(job).map_err(Failure::Fatal)?;
     if cp.zpos > 0 {
         log::info!(
@@ -273,23 +268,25 @@ fn attempt(
         cp.pos,
     );
     let mut pos = cp.pos;
+    writer.restart(pos);
     loop {
         cancelled(job).map_err(Failure::Fatal)?;
-        let n = match stream.read(buf) {
+        let n = match stream.read(writer.space()) {
             Ok(0) => return end_of_stream(job, cp, &stream),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(read_failure(job, e, pos)),
         };
-        job.device
-            .write_at(&buf[..n], pos)
-            .map_err(Failure::Fatal)?;
         pos += n as u64;
         job.progress.add_bytes(n as u64);
-        if let Some(zpos) = stream.get_ref().get_ref().boundary() {
+        writer.filled(n);
+        let sent = if let Some(zpos) = stream.get_ref().get_ref().boundary() {
             frame_end(job, cp, stream.get_mut(), zpos, pos)?;
-            readback.commit(pos);
-        }
+            writer.commit()
+        } else {
+            writer.send_if_full()
+        };
+        sent.map_err(Failure::Fatal)?;
     }
 }
 

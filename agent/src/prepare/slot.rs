@@ -1,11 +1,17 @@
 //! The target slot: opened in place (never created, never truncated), sized,
 //! written at offsets, and read back from the medium.
 //!
+//! Writes go to the device with `O_DIRECT` where the filesystem or device
+//! allows it (aligned parts only): no copy into the page cache, no dirty
+//! pages for the kernel to write back, and no cached copy of the image for a
+//! read to return instead of the device's. The unaligned edges, and
+//! everything on a filesystem without `O_DIRECT`, go through the page cache.
+//!
 //! The read-back runs on its own thread, trailing the download: every range
 //! the download commits (a verified chunk, or a complete zstd frame) is
 //! written back to the device (`sync_file_range`), dropped from the page
-//! cache and read again, so the hash covers what the device returns rather
-//! than what is still in memory. Committed ranges are never rewritten (a
+//! cache and read again (`O_DIRECT` where the writes were), so the hash
+//! covers what the device returns rather than what is still in memory. Committed ranges are never rewritten (a
 //! resumed download restarts at the last commit), so each byte is read back
 //! once, in order, after its final write. After the final fsync the tail is
 //! read back the same way. Hiding the read-back behind the download is what
@@ -25,8 +31,9 @@ use std::thread::{Scope, ScopedJoinHandle};
 
 /// Bytes written back and re-read per step.
 const WINDOW: u64 = 8 << 20;
-/// Read size of the read-back.
-const BLOCK: usize = 1 << 20;
+/// Read size of the read-back: each read waits for the device, so fewer,
+/// larger ones help it keep up with the writes.
+const BLOCK: usize = 4 << 20;
 
 #[derive(Debug)]
 pub struct SlotDevice {
@@ -35,6 +42,8 @@ pub struct SlotDevice {
     pub size: u64,
     block: bool,
     file: File,
+    /// An `O_DIRECT` descriptor for aligned writes, when the path allows one.
+    direct: Option<File>,
 }
 
 impl SlotDevice {
@@ -72,19 +81,53 @@ impl SlotDevice {
         } else {
             meta.len()
         };
+        // Without O_EXCL: `file` already holds the exclusive claim.
+        let direct = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+            .ok();
         Ok(SlotDevice {
             slot,
             path: path.to_path_buf(),
             size,
             block,
             file,
+            direct,
         })
     }
 
     pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), PrepareError> {
         self.file
             .write_all_at(buf, offset)
-            .map_err(|e| slot_io(self.slot, &self.path, "write", Some(offset), e))
+            .map_err(|e| self.io_error("write", Some(offset), e))
+    }
+
+    /// Writes `data` at `offset`, its aligned middle with `O_DIRECT` when
+    /// `data` sits at an address congruent to `offset` modulo [`ALIGN`] (as
+    /// the writer's buffers do). Falls back to the page cache where the
+    /// descriptor refuses the direct write (`EINVAL`: alignment the device
+    /// does not accept).
+    pub fn write_aligned(&self, data: &[u8], offset: u64) -> Result<(), PrepareError> {
+        let Some(direct) = &self.direct else {
+            return self.write_at(data, offset);
+        };
+        let end = offset + data.len() as u64;
+        let head = offset.next_multiple_of(ALIGN).min(end);
+        let tail = (end / ALIGN * ALIGN).max(head);
+        let (first, rest) = data.split_at((head - offset) as usize);
+        let (middle, last) = rest.split_at((tail - head) as usize);
+        self.write_at(first, offset)?;
+        if middle.as_ptr() as u64 % ALIGN == 0 {
+            match direct.write_all_at(middle, head) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.write_at(middle, head)?,
+                Err(e) => return Err(self.io_error("write", Some(head), e)),
+            }
+        } else {
+            self.write_at(middle, head)?;
+        }
+        self.write_at(last, tail)
     }
 
     /// fsync: the data on the medium, and for a block device the device's
@@ -92,7 +135,11 @@ impl SlotDevice {
     pub fn sync(&self) -> Result<(), PrepareError> {
         self.file
             .sync_all()
-            .map_err(|e| slot_io(self.slot, &self.path, "fsync", None, e))
+            .map_err(|e| self.io_error("fsync", None, e))
+    }
+
+    pub fn io_error(&self, op: &'static str, offset: Option<u64>, e: io::Error) -> PrepareError {
+        slot_io(self.slot, &self.path, op, offset, e)
     }
 }
 
@@ -123,9 +170,22 @@ pub struct Flags {
     done: AtomicU64,
 }
 
+/// Tells the read-back thread how far the slot is final; the writer thread
+/// holds one.
+pub struct Commits(Sender<u64>);
+
+impl Commits {
+    /// Everything before `pos` is final and may be read back.
+    pub fn commit(&self, pos: u64) {
+        // A send fails only when the thread has stopped on an error, which
+        // `ReadBack::finish` reports.
+        let _ = self.0.send(pos);
+    }
+}
+
 /// Handle of the read-back thread.
 pub struct ReadBack<'scope> {
-    commits: Sender<u64>,
+    commits: Commits,
     thread: ScopedJoinHandle<'scope, Result<blake3::Hasher, PrepareError>>,
     stop: &'scope AtomicBool,
     done: &'scope AtomicU64,
@@ -143,7 +203,7 @@ impl<'scope> ReadBack<'scope> {
         let (commits, rx) = mpsc::channel();
         let thread = scope.spawn(move || read_back(device, rx, progress, flags));
         ReadBack {
-            commits,
+            commits: Commits(commits),
             thread,
             stop: &flags.stop,
             done: &flags.done,
@@ -152,13 +212,16 @@ impl<'scope> ReadBack<'scope> {
 
     /// Everything before `pos` is final and may be read back.
     pub fn commit(&self, pos: u64) {
-        // A send fails only when the thread has stopped on an error, which
-        // `finish` reports.
-        let _ = self.commits.send(pos);
+        self.commits.commit(pos);
     }
 
-    /// Reads back up to `size` (call after the final fsync) and returns the
-    /// hash of everything read back.
+    /// Another handle for committing, for the thread that writes.
+    pub fn commits(&self) -> Commits {
+        Commits(self.commits.0.clone())
+    }
+
+    /// Reads back up to `size` (call after the final fsync, once every other
+    /// [`Commits`] is dropped) and returns the hash of everything read back.
     pub fn finish(self, size: u64) -> Result<blake3::Hash, PrepareError> {
         self.commit(size);
         drop(self.commits);
@@ -201,15 +264,16 @@ fn read_back(
 
 /// O_DIRECT alignment of offsets, lengths and the buffer; covers 512- and
 /// 4096-byte logical blocks.
-const ALIGN: u64 = 4096;
+pub const ALIGN: u64 = 4096;
 
 /// Reads the slot back in order, hashing.
 struct Reader<'a> {
     device: &'a SlotDevice,
-    /// For a block device, an `O_DIRECT` descriptor: the read goes to the
-    /// device without the copy through the page cache. Not for a regular file
-    /// (tests, benchmarks): there a direct read takes the inode lock that
-    /// every buffered write of the download needs, and stalls it.
+    /// For a block device, or a file written with `O_DIRECT`, an `O_DIRECT`
+    /// descriptor: the read goes to the device without the copy through the
+    /// page cache. Not for a regular file written through the page cache:
+    /// there a direct read takes the inode lock that every buffered write of
+    /// the download needs, and stalls it.
     direct: Option<File>,
     storage: Vec<u8>,
     done: u64,
@@ -218,8 +282,7 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn new(device: &'a SlotDevice) -> Reader<'a> {
-        let direct = device
-            .block
+        let direct = (device.block || device.direct.is_some())
             .then(|| {
                 OpenOptions::new()
                     .read(true)
@@ -308,6 +371,27 @@ mod tests {
         });
         assert_eq!(hash, blake3::hash(&data));
         assert_eq!(progress.snapshot().bytes, data.len() as u64);
+    }
+
+    #[test]
+    fn aligned_writes_put_every_byte_in_place_around_unaligned_edges() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("slot");
+        std::fs::write(&path, vec![0u8; 5 * ALIGN as usize]).unwrap();
+        let device = SlotDevice::open(Slot::B, &path).unwrap();
+        let mut storage = vec![0u8; 6 * ALIGN as usize];
+        let base = storage.as_ptr().align_offset(ALIGN as usize);
+        let (offset, len) = (1000u64, 3 * ALIGN as usize + 17);
+        let data = &mut storage[base + offset as usize..base + offset as usize + len];
+        data.iter_mut()
+            .enumerate()
+            .for_each(|(i, b)| *b = (i % 251) as u8 + 1);
+        device.write_aligned(data, offset).unwrap();
+        device.write_aligned(&data[..10], 1).unwrap();
+        let mut want = vec![0u8; 5 * ALIGN as usize];
+        want[offset as usize..offset as usize + len].copy_from_slice(data);
+        want[1..11].copy_from_slice(&data[..10]);
+        assert_eq!(std::fs::read(&path).unwrap(), want);
     }
 
     #[test]

@@ -1,0 +1,102 @@
+//! The demo's scenario as assertions (issue 5), on real OVMF, GRUB, kernel and
+//! os-agent in one QEMU machine: upgrade to v2, manual rollback, automatic
+//! fallback from the broken v3, a refused rollback; and data written under
+//! /etc and /var on v1 survives every one of those steps.
+
+use bootctl::record::{SlotRecord, SlotState};
+use bootctl::state::AbState;
+use bootctl::Slot;
+use e2e::demo::{self, Report, ETC_NOTE, VAR_NOTE};
+use e2e::disk::{self, Disk};
+use e2e::run;
+use std::path::Path;
+use std::process::Command;
+
+fn record(image: &Path, slot: Slot) -> SlotRecord {
+    let part = tempfile::NamedTempFile::new().unwrap();
+    disk::extract_partition(image, 4, part.path());
+    let text = run(Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("cat /ab/slot-{slot}"))
+        .arg(part.path()));
+    SlotRecord::parse(&text).unwrap()
+}
+
+fn status(r: &Report, step: usize) -> &str {
+    &r.statuses[step].1
+}
+
+#[test]
+fn upgrade_rollback_fallback_and_refusal_keep_etc_and_var() {
+    let dir = e2e::fixture_dir().join("demo");
+    let art = demo::build_bundles(&dir);
+    let image = dir.join("node.img");
+    let logs = e2e::repo_root().join("target/e2e-logs/demo");
+    let report = demo::run_scenario(&art, &image, &logs, &mut |l| eprintln!("{l}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("{}", demo::timeline(&report));
+
+    let running: Vec<(&str, &str)> = report
+        .steps
+        .iter()
+        .map(|s| (s.version.as_str(), s.slot.as_str()))
+        .collect();
+    assert_eq!(
+        running,
+        [("1", "A"), ("2", "B"), ("1", "A"), ("1", "A"), ("1", "A")]
+    );
+    let boots: Vec<usize> = report.steps.iter().map(|s| s.boots).collect();
+    // v3: one trial boot (the health gate fails it at once), then A.
+    assert_eq!(boots, [1, 1, 1, 2, 0]);
+    let s = &report.steps;
+    assert!(s[1].downloaded > 1 << 20, "v2 was not downloaded");
+    assert_eq!(s[2].downloaded, 0, "the rollback downloaded something");
+    assert!(s[3].downloaded > 1 << 20, "v3 was not downloaded");
+
+    assert!(
+        status(&report, 1).contains("committed:  B"),
+        "{}",
+        status(&report, 1)
+    );
+    assert!(
+        status(&report, 2).contains("committed:  A"),
+        "{}",
+        status(&report, 2)
+    );
+    let fallback = status(&report, 3);
+    assert!(fallback.contains("committed:  A"), "{fallback}");
+    assert!(
+        fallback.contains("last failure: slot B version 3: ")
+            && fallback.contains("30-demo-service"),
+        "{fallback}"
+    );
+    let v3_trial = s[3].shown.join("\n");
+    assert!(v3_trial.contains("OS-DEMO version=3 BROKEN"), "{v3_trial}");
+
+    let (out, rc) = &report.refused;
+    assert_eq!(*rc, 1, "{out}");
+    assert!(
+        out.contains("refused: slot B holds version 3, whose trial boot failed"),
+        "{out}"
+    );
+
+    for (step, notes) in &report.notes {
+        assert!(
+            notes.contains(ETC_NOTE) && notes.contains(VAR_NOTE),
+            "after {step:?}: {notes}"
+        );
+    }
+
+    // The disk agrees: A committed, B's failed trial on record.
+    let esp = Disk::open(&image);
+    for copy in ["ab1/env", "ab2/env"] {
+        let state = AbState::decode_strict(&esp.read_esp(copy)).expect("valid env copy");
+        assert_eq!(
+            (state.active, state.trial, state.fail),
+            (Slot::A, None, Some(Slot::B))
+        );
+    }
+    assert_eq!(record(&image, Slot::A).state, SlotState::Good);
+    let b = record(&image, Slot::B);
+    assert_eq!((b.state, b.version.as_str()), (SlotState::Failed, "3"));
+}
