@@ -21,8 +21,8 @@ use bootctl::store::{Esp, StoreError};
 use bootctl::{AbState, Slot};
 use log::{info, warn};
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -426,32 +426,10 @@ pub fn read_trial(cfg: &Config) -> Result<Option<TrialInfo>, NodeError> {
 }
 
 fn write_trial(cfg: &Config, info: &TrialInfo) -> Result<(), NodeError> {
-    write_atomic(&trial_path(cfg), info.to_text().as_bytes())
-}
-
-/// Replaces `path` atomically: temp file, fsync, rename, fsync the directory
-/// (PERSIST is a journaled ext4; STYLE.md §4).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), NodeError> {
-    let io = |op: &'static str, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| NodeError::Io { op, path, source }
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(io("create directory", dir))?;
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(io("create", &tmp))?;
-    f.write_all(bytes).map_err(io("write", &tmp))?;
-    f.sync_all().map_err(io("fsync", &tmp))?;
-    fs::rename(&tmp, path).map_err(io("rename to", path))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("fsync directory", dir))
+    Ok(record::write_atomic(
+        &trial_path(cfg),
+        info.to_text().as_bytes(),
+    )?)
 }
 
 fn set_record_state(cfg: &Config, rec: &SlotRecord, state: SlotState) -> Result<(), NodeError> {

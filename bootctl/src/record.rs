@@ -221,32 +221,35 @@ pub fn read(persist: &Path, slot: Slot) -> Result<SlotRecord, RecordError> {
     Ok(rec)
 }
 
-/// Replaces the record atomically: temp file, fsync, rename, fsync directory.
+/// Replaces the record atomically (see [`write_atomic`]).
 pub fn write(persist: &Path, rec: &SlotRecord) -> Result<(), RecordError> {
-    let path = record_path(persist, rec.slot);
-    let dir = path
-        .parent()
-        .expect("record path has a parent")
-        .to_path_buf();
+    write_atomic(&record_path(persist, rec.slot), rec.to_text().as_bytes())
+}
+
+/// Replaces `path` with `bytes` atomically on a journaled filesystem like
+/// PERSIST: write `.NAME.tmp` beside it, fsync, rename over, fsync the
+/// directory (STYLE.md §4). Parent directories are created.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RecordError> {
     let io = |op: &'static str, path: &Path| {
         let path = path.to_path_buf();
         move |source| RecordError::Io { op, path, source }
     };
-    fs::create_dir_all(&dir).map_err(io("create directory", &dir))?;
-    let tmp = dir.join(format!(".slot-{}.tmp", rec.slot));
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(io("create directory", dir))?;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{name}.tmp"));
     let mut f = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .open(&tmp)
         .map_err(io("create", &tmp))?;
-    f.write_all(rec.to_text().as_bytes())
-        .map_err(io("write", &tmp))?;
+    f.write_all(bytes).map_err(io("write", &tmp))?;
     f.sync_all().map_err(io("fsync", &tmp))?;
-    fs::rename(&tmp, &path).map_err(io("rename to", &path))?;
-    File::open(&dir)
+    fs::rename(&tmp, path).map_err(io("rename to", path))?;
+    File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(io("fsync directory", &dir))
+        .map_err(io("fsync directory", dir))
 }
 
 #[cfg(test)]

@@ -17,24 +17,10 @@ pub struct DemoOptions {
     pub broken: bool,
 }
 
-/// Modules the demo root carries: what os-init needs to find and mount the
-/// slots (the bundle copies them into the initramfs from here) plus virtio_net
-/// for the agent's downloads.
-const DEMO_MODULES: &[&str] = &[
-    "virtio_pci",
-    "virtio_blk",
-    "virtio_scsi",
-    "sd_mod",
-    "ahci",
-    "nvme",
-    "ext4",
-    "vfat",
-    "nls_cp437",
-    "nls_ascii",
-    "overlay",
-    "crc32c_generic",
-    "virtio_net",
-];
+/// Modules the demo root carries beyond what the bundle puts in the initramfs
+/// ([`kmod::WANTED`], copied from the rootfs): virtio_net for the agent's
+/// downloads.
+const DEMO_EXTRA_MODULES: &[&str] = &["virtio_net"];
 
 /// The demo's PID 1. `@BROKEN@` is `1` for a broken release: its service
 /// never comes up, so the health gate fails the trial (and the agent falls back)
@@ -220,7 +206,12 @@ fn install_kernel(deb: &Path, out: &Path) -> Result<()> {
     std::fs::copy(&vmlinuz, out.join(format!("boot/vmlinuz-{release}")))?;
     let src = modules_root.join(&release);
     let dst = out.join("lib/modules").join(&release);
-    let wanted = kmod::resolve(&src, DEMO_MODULES)?;
+    let names: Vec<&str> = kmod::WANTED
+        .iter()
+        .chain(DEMO_EXTRA_MODULES)
+        .copied()
+        .collect();
+    let wanted = kmod::resolve(&src, &names)?;
     for rel in wanted.iter().chain(&[
         PathBuf::from("modules.builtin"),
         PathBuf::from("modules.order"),

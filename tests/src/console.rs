@@ -16,9 +16,6 @@ use std::time::{Duration, Instant};
 /// OVMF prints this once per boot, when it hands over to the boot loader.
 pub const BOOT_MARKER: &str = "BdsDxe: loading ";
 
-const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
-const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
-
 #[derive(Default)]
 struct Shared {
     /// Everything the guest printed, `\r` removed.
@@ -42,32 +39,16 @@ pub struct Interactive {
 /// The QEMU command line of an interactive boot of `disk` (firmware variables
 /// in `vars`); `serial` is the `-serial` backend.
 pub fn qemu_command(disk: &Path, vars: &Path, serial: &str) -> Command {
-    let mut qemu = Command::new("qemu-system-x86_64");
-    qemu.args([
-        "-accel",
-        "tcg",
-        "-m",
-        "1024",
-        "-nodefaults",
-        "-vga",
-        "std",
-        "-display",
-        "none",
-    ])
-    .arg("-drive")
-    .arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"))
-    .arg("-drive")
-    .arg(format!("if=pflash,format=raw,file={}", vars.display()))
-    .arg("-drive")
-    .arg(format!("if=virtio,format=raw,file={}", disk.display()))
-    // No option ROM: the firmware must not try a network boot before the disk.
-    .args([
-        "-netdev",
-        "user,id=net0",
-        "-device",
-        "virtio-net-pci,netdev=net0,romfile=",
-    ])
-    .args(["-serial", serial]);
+    let mut qemu = crate::qemu::base_command(disk, vars);
+    qemu.args(["-display", "none"])
+        // No option ROM: the firmware must not try a network boot before the disk.
+        .args([
+            "-netdev",
+            "user,id=net0",
+            "-device",
+            "virtio-net-pci,netdev=net0,romfile=",
+        ])
+        .args(["-serial", serial]);
     qemu
 }
 
@@ -81,9 +62,7 @@ impl Interactive {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
-        let vars = dir.join("OVMF_VARS.fd");
-        std::fs::copy(OVMF_VARS, &vars)
-            .unwrap_or_else(|e| panic!("{OVMF_VARS}: {e} (install ovmf)"));
+        let vars = crate::qemu::fresh_vars(dir);
         let mut child = qemu_command(disk, &vars, "stdio")
             .args(["-monitor", "none"])
             .stdin(Stdio::piped())

@@ -145,3 +145,15 @@ impl Disk {
         }
     }
 }
+
+/// The slot record of `slot` on PERSIST (partition 4) of `image`, read with
+/// debugfs, without mounting.
+pub fn slot_record(image: &Path, slot: bootctl::Slot) -> bootctl::record::SlotRecord {
+    let part = tempfile::NamedTempFile::new().unwrap();
+    extract_partition(image, 4, part.path());
+    let text = run(Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("cat /ab/slot-{slot}"))
+        .arg(part.path()));
+    bootctl::record::SlotRecord::parse(&text).unwrap()
+}

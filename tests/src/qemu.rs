@@ -28,6 +28,28 @@ pub struct Console {
     pub elapsed: Duration,
 }
 
+/// A fresh copy of OVMF's variable store in `dir`, for one machine.
+pub fn fresh_vars(dir: &Path) -> PathBuf {
+    let vars = dir.join("OVMF_VARS.fd");
+    std::fs::copy(OVMF_VARS, &vars).unwrap_or_else(|e| panic!("{OVMF_VARS}: {e} (install ovmf)"));
+    vars
+}
+
+/// What every test boot shares: TCG, 1 GiB, OVMF with its own variable store
+/// `vars`, a VGA device (without one GRUB prints a video-mode error on every
+/// boot) and `disk` as the first virtio disk.
+pub fn base_command(disk: &Path, vars: &Path) -> Command {
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.args(["-accel", "tcg", "-m", "1024", "-nodefaults", "-vga", "std"])
+        .arg("-drive")
+        .arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"))
+        .arg("-drive")
+        .arg(format!("if=pflash,format=raw,file={}", vars.display()))
+        .arg("-drive")
+        .arg(format!("if=virtio,format=raw,file={}", disk.display()));
+    qemu
+}
+
 impl Machine {
     /// A machine booting `disk`. Its firmware variables and one console log per
     /// boot go to `target/e2e-logs/NAME/` (emptied first), which outlives the
@@ -36,9 +58,7 @@ impl Machine {
         let dir = crate::repo_root().join("target/e2e-logs").join(name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let vars = dir.join("OVMF_VARS.fd");
-        std::fs::copy(OVMF_VARS, &vars)
-            .unwrap_or_else(|e| panic!("{OVMF_VARS}: {e} (install ovmf)"));
+        let vars = fresh_vars(&dir);
         Machine {
             disk: disk.to_path_buf(),
             dir,
@@ -72,24 +92,8 @@ impl Machine {
         self.boots += 1;
         let log = self.dir.join(format!("boot-{}.log", self.boots));
         let started = Instant::now();
-        let mut qemu = Command::new("qemu-system-x86_64");
-        qemu.args([
-            "-accel",
-            "tcg",
-            "-m",
-            "1024",
-            "-nodefaults",
-            "-vga",
-            "std",
-            "-nographic",
-            "-no-reboot",
-        ])
-        .arg("-drive")
-        .arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"))
-        .arg("-drive")
-        .arg(format!("if=pflash,format=raw,file={}", self.vars.display()))
-        .arg("-drive")
-        .arg(format!("if=virtio,format=raw,file={}", self.disk.display()));
+        let mut qemu = base_command(&self.disk, &self.vars);
+        qemu.args(["-nographic", "-no-reboot"]);
         // After the boot disk, so the guest sees it as vdb.
         if let Some(disk) = second_disk {
             qemu.arg("-drive")

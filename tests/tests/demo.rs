@@ -3,24 +3,11 @@
 //! fallback from the broken v3, a refused rollback; and data written under
 //! /etc and /var on v1 survives every one of those steps.
 
-use bootctl::record::{SlotRecord, SlotState};
+use bootctl::record::SlotState;
 use bootctl::state::AbState;
 use bootctl::Slot;
 use e2e::demo::{self, Report, ETC_NOTE, VAR_NOTE};
 use e2e::disk::{self, Disk};
-use e2e::run;
-use std::path::Path;
-use std::process::Command;
-
-fn record(image: &Path, slot: Slot) -> SlotRecord {
-    let part = tempfile::NamedTempFile::new().unwrap();
-    disk::extract_partition(image, 4, part.path());
-    let text = run(Command::new("debugfs")
-        .arg("-R")
-        .arg(format!("cat /ab/slot-{slot}"))
-        .arg(part.path()));
-    SlotRecord::parse(&text).unwrap()
-}
 
 fn status(r: &Report, step: usize) -> &str {
     &r.statuses[step].1
@@ -96,7 +83,7 @@ fn upgrade_rollback_fallback_and_refusal_keep_etc_and_var() {
             (Slot::A, None, Some(Slot::B))
         );
     }
-    assert_eq!(record(&image, Slot::A).state, SlotState::Good);
-    let b = record(&image, Slot::B);
+    assert_eq!(disk::slot_record(&image, Slot::A).state, SlotState::Good);
+    let b = disk::slot_record(&image, Slot::B);
     assert_eq!((b.state, b.version.as_str()), (SlotState::Failed, "3"));
 }

@@ -83,20 +83,28 @@ fn check_disk(image: &Path, ext4_parts: &[u32]) {
     }
 }
 
+/// v1 in A, v2 in B armed for 3 trial boots that os-init confirms.
+fn armed_b_disk(dir: &Path) -> PathBuf {
+    let v2 = fixture().v2.to_str().unwrap();
+    build_disk(
+        dir,
+        &[
+            "--bundle-b",
+            v2,
+            "--arm",
+            "B",
+            "--tries",
+            "3",
+            "--confirm",
+            "initramfs",
+        ],
+    )
+}
+
 fn env_state(image: &Path) -> (AbState, AbState) {
     let esp = Disk::open(image);
     let decode = |p| AbState::decode_strict(&esp.read_esp(p)).expect("valid env copy");
     (decode("ab1/env"), decode("ab2/env"))
-}
-
-fn record(image: &Path, slot: Slot) -> bootctl::record::SlotRecord {
-    let part = tempfile::NamedTempFile::new().unwrap();
-    disk::extract_partition(image, 4, part.path());
-    let text = run(Command::new("debugfs")
-        .arg("-R")
-        .arg(format!("cat /ab/slot-{slot}"))
-        .arg(part.path()));
-    bootctl::record::SlotRecord::parse(&text).unwrap()
 }
 
 fn demo_line(c: &Console) -> &str {
@@ -109,8 +117,8 @@ fn plain_disk_is_clean_and_boots_version_1_from_a() {
     let dir = tempfile::tempdir().unwrap();
     let image = build_disk(dir.path(), &[]);
     check_disk(&image, &[2, 4]);
-    assert_eq!(record(&image, Slot::A).state, SlotState::Good);
-    assert_eq!(record(&image, Slot::B).state, SlotState::Empty);
+    assert_eq!(disk::slot_record(&image, Slot::A).state, SlotState::Good);
+    assert_eq!(disk::slot_record(&image, Slot::B).state, SlotState::Empty);
 
     let mut m = Machine::new(&image, "os_image-plain");
     let c = m.boot_disk(BOOT_TIMEOUT);
@@ -125,22 +133,9 @@ fn plain_disk_is_clean_and_boots_version_1_from_a() {
 #[test]
 fn trial_of_b_confirmed_in_initramfs_stays_committed_and_var_persists() {
     let dir = tempfile::tempdir().unwrap();
-    let f = fixture();
-    let image = build_disk(
-        dir.path(),
-        &[
-            "--bundle-b",
-            f.v2.to_str().unwrap(),
-            "--arm",
-            "B",
-            "--tries",
-            "3",
-            "--confirm",
-            "initramfs",
-        ],
-    );
+    let image = armed_b_disk(dir.path());
     check_disk(&image, &[2, 3, 4]);
-    assert_eq!(record(&image, Slot::B).state, SlotState::Written);
+    assert_eq!(disk::slot_record(&image, Slot::B).state, SlotState::Written);
     let mut m = Machine::new(&image, "os_image-confirm");
     let c = m.boot_disk(BOOT_TIMEOUT);
     assert_eq!(
@@ -155,7 +150,7 @@ fn trial_of_b_confirmed_in_initramfs_stays_committed_and_var_persists() {
     let (c1, c2) = env_state(&image);
     assert_eq!(c1, AbState::new(Slot::B), "os-init did not commit B");
     assert_eq!(c2, c1);
-    assert_eq!(record(&image, Slot::B).state, SlotState::Good);
+    assert_eq!(disk::slot_record(&image, Slot::B).state, SlotState::Good);
 
     let c = m.boot_disk(BOOT_TIMEOUT);
     assert_eq!((c.param("os.slot"), c.param("os.trial")), (Some("B"), None));
@@ -170,20 +165,7 @@ fn trial_of_b_confirmed_in_initramfs_stays_committed_and_var_persists() {
 #[test]
 fn broken_root_in_b_fails_its_first_trial_and_a_boots_next() {
     let dir = tempfile::tempdir().unwrap();
-    let f = fixture();
-    let image = build_disk(
-        dir.path(),
-        &[
-            "--bundle-b",
-            f.v2.to_str().unwrap(),
-            "--arm",
-            "B",
-            "--tries",
-            "3",
-            "--confirm",
-            "initramfs",
-        ],
-    );
+    let image = armed_b_disk(dir.path());
     // Damage the image in B after it was written and verified: its init is gone.
     let part = dir.path().join("root-b.img");
     disk::extract_partition(&image, 3, &part);
@@ -212,7 +194,7 @@ fn broken_root_in_b_fails_its_first_trial_and_a_boots_next() {
         fail: Some(Slot::B),
     };
     assert_eq!((c1, c2), (failed, failed), "os-init did not mark B failed");
-    assert_eq!(record(&image, Slot::B).state, SlotState::Failed);
+    assert_eq!(disk::slot_record(&image, Slot::B).state, SlotState::Failed);
 
     // One trial boot, not three: the next boot is A, with the failure on record.
     let c = m.boot_disk(BOOT_TIMEOUT);
