@@ -1,35 +1,69 @@
-//! os-operator. For now it only prints the CRDs; the controller comes with the rest of issue 6.
+//! os-operator: parses arguments and calls into the library.
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::Duration;
 
-const USAGE: &str = "\
-usage: os-operator <command>
+use clap::{Parser, Subcommand};
 
-commands:
-  crds      print the OS and OSInstance CustomResourceDefinitions as YAML
-            (the content of deploy/crds.yaml)
-  --help    print this help
+/// The cluster side of the A/B OS rollout: reads OS resources, starts nodes through their
+/// OSInstances a few at a time, and stops when nodes fail.
+#[derive(Parser)]
+#[command(name = "os-operator", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-The controller is not implemented yet: os-operator does not run a rollout.";
+#[derive(Subcommand)]
+enum Command {
+    /// Print the OS and OSInstance CustomResourceDefinitions as YAML (deploy/crds.yaml).
+    Crds,
+    /// Run the controller. Connects with the in-cluster service account, or $KUBECONFIG /
+    /// ~/.kube/config outside a cluster. Log level from RUST_LOG (default info).
+    Controller(ControllerArgs),
+}
+
+#[derive(clap::Args)]
+struct ControllerArgs {
+    /// Namespace of the OS and OSInstance resources (default: all namespaces).
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    namespace: Option<String>,
+    /// Namespace of the leader-election Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "os-upgrade-system")]
+    lease_namespace: String,
+    #[arg(long, default_value = "os-operator")]
+    lease_name: String,
+    /// This replica's identity in the Lease (default: the pod name, else host name and pid).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Seconds a leader's Lease stays valid without renewal; a standby replica takes over
+    /// after this long when the leader dies.
+    #[arg(long, default_value_t = 15)]
+    lease_duration: u64,
+    /// Seconds between renewals of a held Lease.
+    #[arg(long, default_value_t = 5)]
+    renew_every: u64,
+    /// Seconds between attempts of a standby replica to take the Lease.
+    #[arg(long, default_value_t = 2)]
+    retry_every: u64,
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// Seconds between full passes when nothing changes.
+    #[arg(long, default_value_t = 60)]
+    resync: u64,
+    /// Milliseconds to gather changes into one pass.
+    #[arg(long, default_value_t = 200)]
+    debounce_ms: u64,
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .as_slice()
-    {
-        ["crds"] => print_crds(),
-        ["--help" | "-h" | "help"] => {
-            println!("{USAGE}");
-            ExitCode::SUCCESS
-        }
-        _ => {
-            eprintln!("{USAGE}");
-            ExitCode::from(2)
-        }
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crds => print_crds(),
+        Command::Controller(args) => controller(args),
     }
 }
 
@@ -46,4 +80,59 @@ fn print_crds() -> ExitCode {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "os-operator".into());
+    format!("{host}-{}", std::process::id())
+}
+
+fn controller(args: ControllerArgs) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = operator::controller::Config {
+        namespace: args.namespace,
+        lease_namespace: args.lease_namespace,
+        lease_name: args.lease_name,
+        identity: args.identity.unwrap_or_else(default_identity),
+        lease_duration: Duration::from_secs(args.lease_duration),
+        renew_every: Duration::from_secs(args.renew_every),
+        retry_every: Duration::from_secs(args.retry_every),
+        listen: args.listen,
+        resync: Duration::from_secs(args.resync),
+        debounce: Duration::from_millis(args.debounce_ms),
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("os-operator: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let client = match kube::Client::try_default().await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!(
+                    "os-operator: cannot configure the Kubernetes client (no in-cluster service \
+                     account and no usable kubeconfig): {e}"
+                );
+                return ExitCode::FAILURE;
+            }
+        };
+        match operator::controller::run(client, config).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "os-operator stopped");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }

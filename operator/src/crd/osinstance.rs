@@ -37,6 +37,7 @@ use super::sysconfig::SysConfigs;
     ),
     printcolumn(name = "Target", type_ = "string", json_path = ".status.targetVersion"),
     printcolumn(name = "Progress", type_ = "integer", json_path = ".status.progress"),
+    printcolumn(name = "Step", type_ = "string", json_path = ".status.step"),
     printcolumn(name = "Error", type_ = "string", json_path = ".status.lastError"),
     printcolumn(
         name = "Sysconfig-Current",
@@ -126,6 +127,13 @@ pub struct OsInstanceStatus {
     pub progress: Option<u8>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// What the node is doing now, in words (`downloading 1.2 GiB of 2.0 GiB`, `evicting 3
+    /// pods`, `waiting for the health gate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// Since when the node is at `step`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_since: Option<Time>,
     /// When the operator started the operation; per-node timeouts count from here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Time>,
@@ -140,10 +148,10 @@ pub enum NodePhase {
     Idle,
     /// The operator started it; the proxy has not picked it up yet.
     Assigned,
+    /// The agent is writing and verifying the new image while workloads still run.
+    Preparing,
     /// Cordoned; pods are being evicted.
     Draining,
-    /// The agent is writing and verifying the new image.
-    Preparing,
     /// Rebooting into the new slot on trial.
     Rebooting,
     /// Up on the new slot; health checks before the slot is kept.

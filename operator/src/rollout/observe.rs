@@ -102,13 +102,16 @@ impl NodeView {
 impl Observed {
     /// Pairs each node with the OSInstance of the same name. `instances` are those of the OS
     /// resource's namespace.
-    pub fn from_cluster(nodes: &[Node], instances: &[OsInstance]) -> Observed {
+    pub fn from_cluster<'a>(
+        nodes: impl IntoIterator<Item = &'a Node>,
+        instances: impl IntoIterator<Item = &'a OsInstance>,
+    ) -> Observed {
         let by_name: HashMap<&str, &OsInstance> = instances
-            .iter()
+            .into_iter()
             .filter_map(|i| i.metadata.name.as_deref().map(|n| (n, i)))
             .collect();
         let nodes = nodes
-            .iter()
+            .into_iter()
             .map(|node| {
                 let name = node.metadata.name.as_deref().unwrap_or_default();
                 let instance = by_name.get(name).map(|i| InstanceView::from_instance(i));

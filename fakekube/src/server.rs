@@ -1,0 +1,281 @@
+//! The HTTP side: one hyper service that routes a request, counts it, applies injected faults
+//! and turns the store's answers into responses.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response};
+use serde_json::{json, Value};
+
+use crate::eviction;
+use crate::list;
+use crate::patch::{self, PatchType};
+use crate::registry;
+use crate::route::{self, Target};
+use crate::status::{success_status, ApiError};
+use crate::store::{Part, Store};
+use crate::watch::{self, WatchRequest};
+use crate::Shared;
+
+pub(crate) type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+/// Serves one request; every failure becomes a `Status` response.
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let response = match route_request(&shared, req).await {
+        Ok(response) => response,
+        Err(err) => json_response(err.code, &err.to_status()),
+    };
+    tracing::debug!(%method, %path, status = response.status().as_u16(), "fakekube request");
+    Ok(response)
+}
+
+async fn route_request(
+    shared: &Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let target = route::parse_path(req.uri().path())?;
+    let query = route::parse_query(req.uri().query());
+    let verb = route::verb(req.method(), &target, &query);
+    shared.count(verb);
+    if let Some(status) = shared.take_fault(verb, &target) {
+        return Err(ApiError::new(
+            status,
+            format!("injected fault for {verb} {}", target.rt.plural),
+        ));
+    }
+    let method = req.method().clone();
+    let request = Call::read(req, target, query).await?;
+    match verb {
+        "watch" => {
+            let watch = WatchRequest::parse(&request.target, &request.query)?;
+            Ok(stream_response(watch::stream(Arc::clone(shared), watch)))
+        }
+        "get" => {
+            let store = shared.lock_store();
+            let name = request.name()?;
+            let obj = store.get(request.target.rt, request.target.ns(), name);
+            Ok(json_response(
+                200,
+                obj.ok_or_else(|| ApiError::not_found(request.target.rt, name))?,
+            ))
+        }
+        "list" => Ok(json_response(
+            200,
+            &list::list(&shared.lock_store(), &request.target, &request.query)?,
+        )),
+        _ => {
+            let (code, value) = shared.mutate(|store| request.write(store, &method, verb))?;
+            Ok(json_response(code, &value))
+        }
+    }
+}
+
+/// A routed request with its body read.
+struct Call {
+    target: Target,
+    query: HashMap<String, String>,
+    body: Bytes,
+    content_type: String,
+}
+
+impl Call {
+    async fn read(
+        req: Request<Incoming>,
+        target: Target,
+        query: HashMap<String, String>,
+    ) -> Result<Self, ApiError> {
+        let content_type = req
+            .headers()
+            .get(hyper::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?
+            .to_bytes();
+        Ok(Call {
+            target,
+            query,
+            body,
+            content_type,
+        })
+    }
+
+    fn name(&self) -> Result<&str, ApiError> {
+        self.target.name.as_deref().ok_or_else(|| {
+            ApiError::new(
+                405,
+                "the server does not allow this method on the requested resource",
+            )
+        })
+    }
+
+    fn part(&self) -> Part {
+        match self.target.subresource.as_deref() {
+            Some("status") => Part::Status,
+            _ => Part::Main,
+        }
+    }
+
+    fn json_body(&self) -> Result<Value, ApiError> {
+        serde_json::from_slice(&self.body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding the request body: {e}")))
+    }
+
+    fn write(
+        &self,
+        store: &mut Store,
+        method: &Method,
+        verb: &str,
+    ) -> Result<(u16, Value), ApiError> {
+        let rt = self.target.rt;
+        match verb {
+            "create" => {
+                if self.target.name.is_some() || (rt.namespaced && self.target.namespace.is_none())
+                {
+                    return Err(ApiError::new(405, format!("{method} is not allowed here")));
+                }
+                Ok((201, store.create(rt, self.target.ns(), self.json_body()?)?))
+            }
+            "update" => {
+                let body = self.json_body()?;
+                let value = store.update(
+                    rt,
+                    self.target.ns(),
+                    self.name()?,
+                    self.part(),
+                    "update",
+                    |_| Ok(body),
+                )?;
+                Ok((200, value))
+            }
+            "patch" => self.patch(store),
+            "delete" => {
+                let options = if self.body.is_empty() {
+                    json!({})
+                } else {
+                    self.json_body()?
+                };
+                Ok((
+                    200,
+                    store.delete(
+                        rt,
+                        self.target.ns(),
+                        self.name()?,
+                        &options["preconditions"],
+                    )?,
+                ))
+            }
+            "evict" => self.evict(store),
+            _ => Err(ApiError::new(
+                405,
+                format!("{method} is not supported by fakekube"),
+            )),
+        }
+    }
+
+    fn patch(&self, store: &mut Store) -> Result<(u16, Value), ApiError> {
+        let (rt, ns, name) = (self.target.rt, self.target.ns(), self.name()?);
+        let pt = PatchType::from_content_type(&self.content_type)?;
+        let body = patch::decode(pt, &self.body)?;
+        if pt == PatchType::Apply {
+            if self.query.get("fieldManager").is_none_or(|m| m.is_empty()) {
+                return Err(ApiError::new(
+                    422,
+                    "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
+                ));
+            }
+            if store.get(rt, ns, name).is_none() && self.part() == Part::Main {
+                let mut obj = body;
+                if obj["metadata"]["name"].is_null() {
+                    obj["metadata"]["name"] = json!(name);
+                }
+                return Ok((201, store.create(rt, ns, obj)?));
+            }
+        }
+        let value = store.update(rt, ns, name, self.part(), "patch", |existing| {
+            patch::apply(rt, name, pt, existing, &body)
+        })?;
+        Ok((200, value))
+    }
+
+    fn evict(&self, store: &mut Store) -> Result<(u16, Value), ApiError> {
+        let (rt, ns, name) = (self.target.rt, self.target.ns(), self.name()?);
+        let eviction = self.json_body()?;
+        if let Some(body_name) = eviction["metadata"]["name"].as_str().filter(|n| *n != name) {
+            return Err(ApiError::bad_request(format!(
+                "name in URL does not match name in Eviction object: {body_name} != {name}"
+            )));
+        }
+        let pod = store
+            .get(rt, ns, name)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(rt, name))?;
+        if !eviction::ignores_budgets(&pod) {
+            check_budgets(store, ns, &pod)?;
+        }
+        store.delete(rt, ns, name, &eviction["deleteOptions"]["preconditions"])?;
+        store.log_eviction(rt, ns, &pod);
+        Ok((201, success_status(201)))
+    }
+}
+
+fn check_budgets(store: &Store, ns: &str, pod: &Value) -> Result<(), ApiError> {
+    let (Some(pdbs), Some(pods)) = (
+        registry::find("policy", "v1", "poddisruptionbudgets"),
+        registry::find("", "v1", "pods"),
+    ) else {
+        return Ok(());
+    };
+    let matching: Vec<&Value> = store
+        .list(pdbs, Some(ns))
+        .map(|(_, pdb)| pdb)
+        .filter(|pdb| eviction::selects(pdb, pod))
+        .collect();
+    if matching.len() > 1 {
+        return Err(eviction::too_many_budgets());
+    }
+    if let Some(pdb) = matching.first() {
+        let pods: Vec<&Value> = store.list(pods, Some(ns)).map(|(_, p)| p).collect();
+        let budget = eviction::budget(pdb, &pods)?;
+        if budget.disruptions_allowed() <= 0 {
+            return Err(eviction::refused(&budget));
+        }
+    }
+    Ok(())
+}
+
+fn json_response(code: u16, value: &Value) -> Response<Body> {
+    let body = Full::new(Bytes::from(serde_json::to_vec(value).unwrap_or_default()));
+    response(code, body.boxed_unsync())
+}
+
+fn stream_response(
+    events: impl futures::Stream<Item = Result<hyper::body::Frame<Bytes>, Infallible>> + Send + 'static,
+) -> Response<Body> {
+    response(200, StreamBody::new(events).boxed_unsync())
+}
+
+fn response(code: u16, body: Body) -> Response<Body> {
+    let mut response = Response::new(body);
+    *response.status_mut() =
+        hyper::StatusCode::from_u16(code).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
+}

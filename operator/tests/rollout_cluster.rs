@@ -1,0 +1,206 @@
+//! Issue 6 acceptance, against the fake API server with the real `os-operator` binary and
+//! simulated nodes: the unavailability budget holds at every logged instant, the failure
+//! budget halts, a standby replica waits for the lease, a restart repeats nothing.
+
+mod support;
+
+use std::time::Duration;
+
+use operator::crd::RolloutState;
+use support::*;
+
+const STEP: Duration = Duration::from_millis(150);
+
+fn state(os: &operator::crd::Os) -> Option<RolloutState> {
+    os.status.as_ref().and_then(|s| s.state)
+}
+
+fn condition(os: &operator::crd::Os, type_: &str) -> Option<String> {
+    let c = os
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)?;
+    Some(c.status.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_nodes_maxunavailable_three_never_exceeds_three_and_completes() {
+    let cluster = Cluster::start("twenty_nodes").await;
+    let nodes = cluster.add_nodes(20).await;
+    let _sim = cluster.simulate_nodes(&nodes, &[], STEP);
+    cluster.create_os(upgrade_spec(3, 1)).await;
+    let _op = cluster.operator("op-a");
+
+    let os = cluster
+        .wait_os(Duration::from_secs(120), "Complete", |os| {
+            state(os) == Some(RolloutState::Complete)
+        })
+        .await;
+    let status = os.status.unwrap();
+    assert_eq!((status.target, status.updated, status.failed), (20, 20, 0));
+    assert_eq!(
+        condition(&cluster.os().await, "Complete").as_deref(),
+        Some("True")
+    );
+
+    let log = cluster.log();
+    let (max, seq) = max_unavailable(&log);
+    assert!(max <= 3, "{max} nodes unavailable at log entry {seq}");
+    assert_eq!(max, 3, "the rollout should use its whole budget");
+    let starts = starts(&log);
+    assert_eq!(
+        starts.len(),
+        20,
+        "each node started exactly once: {starts:?}"
+    );
+    let events = events(&log);
+    let count = |reason: &str| events.iter().filter(|e| e.1 == reason).count();
+    assert_eq!(count("NodeStarted"), 20);
+    assert_eq!(count("NodeSucceeded"), 20);
+    assert_eq!(count("RolloutComplete"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_failures_with_budget_two_halt_the_rollout() {
+    let cluster = Cluster::start("failure_budget").await;
+    let nodes = cluster.add_nodes(20).await;
+    // node-00 and node-01 are in the first batch (workers start by name).
+    let _sim = cluster.simulate_nodes(&nodes, &["node-00", "node-01"], STEP);
+    cluster.create_os(upgrade_spec(3, 2)).await;
+    let op = cluster.operator("op-a");
+
+    let os = cluster
+        .wait_os(Duration::from_secs(60), "Halted", |os| {
+            state(os) == Some(RolloutState::Halted)
+        })
+        .await;
+    assert_eq!(os.status.as_ref().unwrap().failed, 2);
+    assert_eq!(condition(&os, "Halted").as_deref(), Some("True"));
+    // Nodes already started finish; then nothing moves for a while.
+    cluster
+        .wait_os(Duration::from_secs(30), "no node in progress", |os| {
+            os.status.as_ref().is_some_and(|s| s.in_progress == 0)
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let log = cluster.log();
+    let failures = phase_changes(&log, "Failed");
+    assert_eq!(failures.len(), 2, "{failures:?}");
+    let halted_at = failures[1].0;
+    let late: Vec<_> = starts(&log)
+        .into_iter()
+        .filter(|s| s.0 > halted_at)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "nodes started after the second failure: {late:?}"
+    );
+    let os = cluster.os().await;
+    assert_eq!(state(&os), Some(RolloutState::Halted));
+    let status = os.status.unwrap();
+    assert_eq!(status.failed_nodes, ["node-00", "node-01"]);
+    assert!(status.pending > 0, "the halt left nodes to do: {status:?}");
+    let events = events(&log);
+    assert_eq!(events.iter().filter(|e| e.1 == "NodeFailed").count(), 2);
+    assert_eq!(events.iter().filter(|e| e.1 == "RolloutHalted").count(), 1);
+    assert!(op
+        .metrics()
+        .contains("os_operator_nodes_failed_total{os=\"default/os\"} 2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_replica_waits_until_the_leaders_lease_expires() {
+    let cluster = Cluster::start("two_replicas").await;
+    let nodes = cluster.add_nodes(6).await;
+    let _sim = cluster.simulate_nodes(&nodes, &[], Duration::from_millis(400));
+    let mut a = cluster.operator("op-a");
+    wait_leader(&a).await;
+    let b = cluster.operator("op-b");
+    cluster.create_os(upgrade_spec(1, 1)).await;
+    cluster
+        .wait_os(Duration::from_secs(30), "two nodes updated", |os| {
+            os.status.as_ref().is_some_and(|s| s.updated >= 2)
+        })
+        .await;
+    assert!(
+        b.metrics().contains("os_operator_leader 0"),
+        "b must be passive"
+    );
+    let before_kill = cluster.log().last().unwrap().seq;
+    a.kill();
+
+    cluster
+        .wait_os(Duration::from_secs(60), "Complete", |os| {
+            state(os) == Some(RolloutState::Complete)
+        })
+        .await;
+    let log = cluster.log();
+    let reporters: Vec<_> = events(&log);
+    assert!(
+        reporters
+            .iter()
+            .filter(|e| e.0 <= before_kill)
+            .all(|e| e.2 == "op-a"),
+        "only the leader acts while it holds the lease: {reporters:?}"
+    );
+    assert!(reporters.iter().any(|e| e.2 == "op-b"), "b took over");
+    let (max, seq) = max_unavailable(&log);
+    assert!(max <= 1, "{max} nodes unavailable at log entry {seq}");
+    assert_eq!(starts(&log).len(), 6);
+    assert!(b.metrics().contains("os_operator_leader 1"));
+}
+
+async fn wait_leader(op: &Operator) {
+    for _ in 0..100 {
+        if op
+            .try_metrics()
+            .is_ok_and(|m| m.contains("os_operator_leader 1"))
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{} never became leader", op.identity);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_the_operator_mid_rollout_repeats_nothing() {
+    let cluster = Cluster::start("restart").await;
+    let nodes = cluster.add_nodes(12).await;
+    let _sim = cluster.simulate_nodes(&nodes, &[], STEP);
+    cluster.create_os(upgrade_spec(3, 1)).await;
+    let mut first = cluster.operator("op-a");
+    cluster
+        .wait_os(Duration::from_secs(60), "four nodes updated", |os| {
+            os.status.as_ref().is_some_and(|s| s.updated >= 4)
+        })
+        .await;
+    first.kill();
+    let _second = cluster.operator("op-a2");
+    cluster
+        .wait_os(Duration::from_secs(90), "Complete", |os| {
+            state(os) == Some(RolloutState::Complete)
+        })
+        .await;
+
+    let log = cluster.log();
+    let (max, seq) = max_unavailable(&log);
+    assert!(max <= 3, "{max} nodes unavailable at log entry {seq}");
+    let starts = starts(&log);
+    assert_eq!(
+        starts.len(),
+        12,
+        "a finished node was started again: {starts:?}"
+    );
+    let succeeded = events(&log)
+        .into_iter()
+        .filter(|e| e.1 == "NodeSucceeded")
+        .count();
+    assert_eq!(
+        succeeded, 12,
+        "each success announced once across the restart"
+    );
+}

@@ -1,0 +1,410 @@
+//! A simulated cluster for the operator's acceptance tests: the fake API server, Node objects,
+//! one OSInstance per node, and a node simulator that plays the proxy and the agent (cordon,
+//! reboot as NotReady, come back at the new version, report). The operator runs as its real
+//! binary, so it can be killed and restarted.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fakekube::{FakeApiServer, LogEntry};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::Client;
+use operator::crd::{Os, OsInstance, OsInstanceSpec};
+use serde_json::{json, Value};
+
+pub const NS: &str = "default";
+pub const OLD: &str = "KubeOS v1";
+pub const NEW: &str = "KubeOS v2";
+
+pub struct Cluster {
+    pub server: FakeApiServer,
+    pub client: Client,
+    kubeconfig: tempfile::NamedTempFile,
+    logs: PathBuf,
+}
+
+impl Cluster {
+    pub async fn start(test: &str) -> Cluster {
+        let server = FakeApiServer::start().await;
+        let client = server.client();
+        let mut kubeconfig = tempfile::NamedTempFile::new().unwrap();
+        let yaml = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n\
+             users:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    \
+             cluster: fake\n    user: fake\n    namespace: {NS}\ncurrent-context: fake\n",
+            server.url()
+        );
+        std::io::Write::write_all(&mut kubeconfig, yaml.as_bytes()).unwrap();
+        let logs = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(test);
+        let _ = std::fs::remove_dir_all(&logs);
+        std::fs::create_dir_all(&logs).unwrap();
+        Cluster {
+            server,
+            client,
+            kubeconfig,
+            logs,
+        }
+    }
+
+    /// Nodes `node-00`.. running `OLD`, Ready, each with an idle OSInstance.
+    pub async fn add_nodes(&self, count: usize) -> Vec<String> {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let instances: Api<OsInstance> = Api::namespaced(self.client.clone(), NS);
+        let mut names = Vec::new();
+        for i in 0..count {
+            let name = format!("node-{i:02}");
+            let node: Node = serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "Node",
+                "metadata": { "name": name, "labels": { "kubernetes.io/hostname": name } },
+                "spec": {},
+            }))
+            .unwrap();
+            nodes.create(&PostParams::default(), &node).await.unwrap();
+            set_node(&nodes, &name, true, OLD).await;
+            let osi = OsInstance::new(&name, OsInstanceSpec::default());
+            instances
+                .create(&PostParams::default(), &osi)
+                .await
+                .unwrap();
+            names.push(name);
+        }
+        names
+    }
+
+    pub async fn create_os(&self, spec: Value) -> Os {
+        let os: Os = serde_json::from_value(json!({
+            "apiVersion": "upgrade.openeuler.org/v1alpha1", "kind": "OS",
+            "metadata": { "name": "os", "namespace": NS },
+            "spec": spec,
+        }))
+        .unwrap();
+        let api: Api<Os> = Api::namespaced(self.client.clone(), NS);
+        api.create(&PostParams::default(), &os).await.unwrap()
+    }
+
+    pub async fn os(&self) -> Os {
+        let api: Api<Os> = Api::namespaced(self.client.clone(), NS);
+        api.get("os").await.unwrap()
+    }
+
+    /// Starts `os-operator controller` against the fake server.
+    pub fn operator(&self, identity: &str) -> Operator {
+        let port = free_port();
+        let log = std::fs::File::create(self.logs.join(format!("{identity}.log"))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_os-operator"))
+            .args([
+                "controller",
+                "--namespace",
+                NS,
+                "--lease-namespace",
+                NS,
+                "--identity",
+                identity,
+                "--lease-duration",
+                "3",
+                "--renew-every",
+                "1",
+                "--retry-every",
+                "1",
+                "--debounce-ms",
+                "20",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .env("KUBECONFIG", self.kubeconfig.path())
+            .env("RUST_LOG", "info,kube=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Operator {
+            child,
+            port,
+            identity: identity.to_string(),
+        }
+    }
+
+    /// Plays proxy and agent on every node until the returned handle is dropped: nodes in
+    /// `bad` fall back to the old version and report a failure.
+    pub fn simulate_nodes(&self, names: &[String], bad: &[&str], step: Duration) -> Simulation {
+        let mut tasks = Vec::new();
+        for name in names {
+            let client = self.client.clone();
+            let name = name.clone();
+            let bad = bad.contains(&name.as_str());
+            tasks.push(tokio::spawn(node_loop(client, name, bad, step)));
+        }
+        Simulation { tasks }
+    }
+
+    /// Waits until `done` holds for the OS, or panics after `timeout` with the last status.
+    pub async fn wait_os(&self, timeout: Duration, what: &str, done: impl Fn(&Os) -> bool) -> Os {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let os = self.os().await;
+            if done(&os) {
+                return os;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}; OS status: {:#?}", os.status);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn log(&self) -> Vec<LogEntry> {
+        self.server.log()
+    }
+}
+
+pub struct Operator {
+    child: Child,
+    pub port: u16,
+    pub identity: String,
+}
+
+impl Operator {
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM: the operator gives up its lease and exits.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        self.child.wait().unwrap()
+    }
+
+    pub fn metrics(&self) -> String {
+        self.try_metrics()
+            .unwrap_or_else(|e| panic!("GET /metrics from {}: {e}", self.identity))
+    }
+
+    pub fn try_metrics(&self) -> std::io::Result<String> {
+        http_get(self.port, "/metrics")
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub struct Simulation {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Simulation {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+async fn set_node(nodes: &Api<Node>, name: &str, ready: bool, os_image: &str) {
+    let status = json!({ "status": {
+        "conditions": [{ "type": "Ready", "status": if ready { "True" } else { "False" } }],
+        "nodeInfo": node_info(os_image),
+    }});
+    nodes
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
+}
+
+fn node_info(os_image: &str) -> Value {
+    json!({
+        "osImage": os_image, "architecture": "amd64", "bootID": "", "containerRuntimeVersion": "",
+        "kernelVersion": "", "kubeProxyVersion": "", "kubeletVersion": "", "machineID": "",
+        "operatingSystem": "linux", "systemUUID": "",
+    })
+}
+
+async fn cordon(nodes: &Api<Node>, name: &str, on: bool) {
+    let body = json!({ "spec": { "unschedulable": on } });
+    nodes
+        .patch(name, &PatchParams::default(), &Patch::Merge(&body))
+        .await
+        .unwrap();
+}
+
+async fn set_phase(api: &Api<OsInstance>, name: &str, status: Value) {
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(&json!({ "status": status })),
+    )
+    .await
+    .unwrap();
+}
+
+/// One node: waits for its OSInstance to ask for an upgrade, then walks the steps a real proxy
+/// and agent take, in the order that keeps the node counted unavailable throughout.
+async fn node_loop(client: Client, name: String, bad: bool, step: Duration) {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let instances: Api<OsInstance> = Api::namespaced(client, NS);
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let Ok(osi) = instances.get(&name).await else {
+            continue;
+        };
+        let status = osi.status.clone().unwrap_or_default();
+        let asked = serde_json::to_value(osi.spec.nodestatus).unwrap();
+        if asked != "upgrade" || status.phase != Some(operator::crd::NodePhase::Assigned) {
+            continue;
+        }
+        let target = status.target_version.clone().unwrap_or_default();
+        set_phase(&instances, &name, json!({ "phase": "Draining" })).await;
+        cordon(&nodes, &name, true).await;
+        tokio::time::sleep(step).await;
+        set_phase(
+            &instances,
+            &name,
+            json!({ "phase": "Preparing", "progress": 50 }),
+        )
+        .await;
+        tokio::time::sleep(step).await;
+        set_phase(&instances, &name, json!({ "phase": "Rebooting" })).await;
+        set_node(&nodes, &name, false, OLD).await;
+        tokio::time::sleep(step).await;
+        let now = jiff::Timestamp::now().to_string();
+        let running = if bad { OLD } else { target.as_str() };
+        set_node(&nodes, &name, true, running).await;
+        cordon(&nodes, &name, false).await;
+        let result = if bad {
+            json!({ "phase": "Failed", "currentVersion": OLD, "finishedAt": now,
+                    "lastError": format!("trial boot of {target} failed; fell back to {OLD}") })
+        } else {
+            json!({ "phase": "Succeeded", "currentVersion": target, "progress": 100, "finishedAt": now })
+        };
+        set_phase(&instances, &name, result).await;
+        let idle = json!({ "spec": { "nodestatus": "idle" } });
+        instances
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&idle))
+            .await
+            .unwrap();
+    }
+}
+
+/// Replays the server's log and returns the most nodes unavailable at once: NotReady,
+/// cordoned, or with an operation in flight (an OSInstance whose phase is active or whose
+/// spec asks for work).
+pub fn max_unavailable(log: &[LogEntry]) -> (usize, u64) {
+    let mut down: HashMap<String, bool> = HashMap::new();
+    let mut busy: HashMap<String, bool> = HashMap::new();
+    let (mut max, mut at) = (0, 0);
+    for e in log {
+        match e.resource.as_str() {
+            "nodes" => {
+                let ready = e.object["status"]["conditions"]
+                    .as_array()
+                    .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+                    .is_some_and(|c| c["status"] == "True");
+                let cordoned = e.object["spec"]["unschedulable"] == true;
+                down.insert(e.name.clone(), e.verb != "delete" && (!ready || cordoned));
+            }
+            "osinstances" => {
+                let phase = e.object["status"]["phase"].as_str().unwrap_or("Idle");
+                let active = !["Idle", "Succeeded", "Failed"].contains(&phase);
+                let asked = e.object["spec"]["nodestatus"].as_str().unwrap_or("idle") != "idle";
+                busy.insert(e.name.clone(), e.verb != "delete" && (active || asked));
+            }
+            _ => continue,
+        }
+        let names: BTreeSet<&String> = down.keys().chain(busy.keys()).collect();
+        let now = names
+            .iter()
+            .filter(|n| down.get(**n) == Some(&true) || busy.get(**n) == Some(&true))
+            .count();
+        if now > max {
+            (max, at) = (now, e.seq);
+        }
+    }
+    (max, at)
+}
+
+/// Each OSInstance write that assigned an operation (status phase turned `Assigned`), in log
+/// order: (seq, node, target).
+pub fn starts(log: &[LogEntry]) -> Vec<(u64, String, String)> {
+    let mut phase: BTreeMap<String, String> = BTreeMap::new();
+    let mut out = Vec::new();
+    for e in log.iter().filter(|e| e.resource == "osinstances") {
+        let now = e.object["status"]["phase"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let before = phase.insert(e.name.clone(), now.clone());
+        if now == "Assigned" && before.as_deref() != Some("Assigned") {
+            let target = e.object["status"]["targetVersion"].as_str().unwrap_or("");
+            out.push((e.seq, e.name.clone(), target.to_string()));
+        }
+    }
+    out
+}
+
+/// Log entries where an OSInstance's phase turned `phase`: (seq, node).
+pub fn phase_changes(log: &[LogEntry], want: &str) -> Vec<(u64, String)> {
+    let mut phase: BTreeMap<String, String> = BTreeMap::new();
+    let mut out = Vec::new();
+    for e in log.iter().filter(|e| e.resource == "osinstances") {
+        let now = e.object["status"]["phase"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let before = phase.insert(e.name.clone(), now.clone());
+        if now == want && before.as_deref() != Some(want) {
+            out.push((e.seq, e.name.clone()));
+        }
+    }
+    out
+}
+
+/// Events (events.k8s.io) in the log: (seq, reason, reporting instance, note).
+pub fn events(log: &[LogEntry]) -> Vec<(u64, String, String, String)> {
+    log.iter()
+        .filter(|e| e.resource == "events" && e.verb == "create")
+        .map(|e| {
+            let s = |k: &str| e.object[k].as_str().unwrap_or("").to_string();
+            (e.seq, s("reason"), s("reportingInstance"), s("note"))
+        })
+        .collect()
+}
+
+pub fn upgrade_spec(maxunavailable: i64, failure_budget: u32) -> Value {
+    json!({
+        "osversion": NEW, "opstype": "upgrade", "imagetype": "disk",
+        "imageurl": "http://127.0.0.1:1/update.img", "flagSafe": true,
+        "checksum": format!("blake3:{}", "ab".repeat(32)),
+        "maxunavailable": maxunavailable, "nodeselector": "all-label",
+        "timeinterval": 0, "failureBudget": failure_budget,
+    })
+}
