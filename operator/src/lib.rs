@@ -4,6 +4,8 @@
 //! `rollout` decides, as a pure function of the spec, the observed nodes and the clock, which
 //! nodes start, which have failed and whether the rollout halts.
 
+pub mod audit;
+pub mod cli;
 pub mod controller;
 pub mod crd;
 pub mod rollout;

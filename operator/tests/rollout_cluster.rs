@@ -6,6 +6,7 @@ mod support;
 
 use std::time::Duration;
 
+use operator::audit::{events, max_unavailable, phase_changes, starts};
 use operator::crd::RolloutState;
 use support::*;
 
@@ -46,17 +47,17 @@ async fn twenty_nodes_maxunavailable_three_never_exceeds_three_and_completes() {
     );
 
     let log = cluster.log();
-    let (max, seq) = max_unavailable(&log);
+    let (max, seq) = max_unavailable(mutations(&log));
     assert!(max <= 3, "{max} nodes unavailable at log entry {seq}");
     assert_eq!(max, 3, "the rollout should use its whole budget");
-    let starts = starts(&log);
+    let starts = starts(mutations(&log));
     assert_eq!(
         starts.len(),
         20,
         "each node started exactly once: {starts:?}"
     );
-    let events = events(&log);
-    let count = |reason: &str| events.iter().filter(|e| e.1 == reason).count();
+    let events = events(mutations(&log));
+    let count = |reason: &str| events.iter().filter(|e| e.reason == reason).count();
     assert_eq!(count("NodeStarted"), 20);
     assert_eq!(count("NodeSucceeded"), 20);
     assert_eq!(count("RolloutComplete"), 1);
@@ -87,10 +88,10 @@ async fn two_failures_with_budget_two_halt_the_rollout() {
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let log = cluster.log();
-    let failures = phase_changes(&log, "Failed");
+    let failures = phase_changes(mutations(&log), "Failed");
     assert_eq!(failures.len(), 2, "{failures:?}");
     let halted_at = failures[1].0;
-    let late: Vec<_> = starts(&log)
+    let late: Vec<_> = starts(mutations(&log))
         .into_iter()
         .filter(|s| s.0 > halted_at)
         .collect();
@@ -103,9 +104,18 @@ async fn two_failures_with_budget_two_halt_the_rollout() {
     let status = os.status.unwrap();
     assert_eq!(status.failed_nodes, ["node-00", "node-01"]);
     assert!(status.pending > 0, "the halt left nodes to do: {status:?}");
-    let events = events(&log);
-    assert_eq!(events.iter().filter(|e| e.1 == "NodeFailed").count(), 2);
-    assert_eq!(events.iter().filter(|e| e.1 == "RolloutHalted").count(), 1);
+    let events = events(mutations(&log));
+    assert_eq!(
+        events.iter().filter(|e| e.reason == "NodeFailed").count(),
+        2
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.reason == "RolloutHalted")
+            .count(),
+        1
+    );
     assert!(op
         .metrics()
         .contains("os_operator_nodes_failed_total{os=\"default/os\"} 2"));
@@ -138,18 +148,21 @@ async fn a_second_replica_waits_until_the_leaders_lease_expires() {
         })
         .await;
     let log = cluster.log();
-    let reporters: Vec<_> = events(&log);
+    let reporters: Vec<_> = events(mutations(&log));
     assert!(
         reporters
             .iter()
-            .filter(|e| e.0 <= before_kill)
-            .all(|e| e.2 == "op-a"),
+            .filter(|e| e.seq <= before_kill)
+            .all(|e| e.reporting_instance == "op-a"),
         "only the leader acts while it holds the lease: {reporters:?}"
     );
-    assert!(reporters.iter().any(|e| e.2 == "op-b"), "b took over");
-    let (max, seq) = max_unavailable(&log);
+    assert!(
+        reporters.iter().any(|e| e.reporting_instance == "op-b"),
+        "b took over"
+    );
+    let (max, seq) = max_unavailable(mutations(&log));
     assert!(max <= 1, "{max} nodes unavailable at log entry {seq}");
-    assert_eq!(starts(&log).len(), 6);
+    assert_eq!(starts(mutations(&log)).len(), 6);
     assert!(b.metrics().contains("os_operator_leader 1"));
 }
 
@@ -187,17 +200,17 @@ async fn restarting_the_operator_mid_rollout_repeats_nothing() {
         .await;
 
     let log = cluster.log();
-    let (max, seq) = max_unavailable(&log);
+    let (max, seq) = max_unavailable(mutations(&log));
     assert!(max <= 3, "{max} nodes unavailable at log entry {seq}");
-    let starts = starts(&log);
+    let starts = starts(mutations(&log));
     assert_eq!(
         starts.len(),
         12,
         "a finished node was started again: {starts:?}"
     );
-    let succeeded = events(&log)
+    let succeeded = events(mutations(&log))
         .into_iter()
-        .filter(|e| e.1 == "NodeSucceeded")
+        .filter(|e| e.reason == "NodeSucceeded")
         .count();
     assert_eq!(
         succeeded, 12,

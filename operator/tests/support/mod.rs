@@ -5,7 +5,6 @@
 
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -15,6 +14,7 @@ use fakekube::{FakeApiServer, LogEntry};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::Client;
+use operator::audit::Mutation;
 use operator::crd::{Os, OsInstance, OsInstanceSpec};
 use serde_json::{json, Value};
 
@@ -315,88 +315,15 @@ async fn node_loop(client: Client, name: String, bad: bool, step: Duration) {
     }
 }
 
-/// Replays the server's log and returns the most nodes unavailable at once: NotReady,
-/// cordoned, or with an operation in flight (an OSInstance whose phase is active or whose
-/// spec asks for work).
-pub fn max_unavailable(log: &[LogEntry]) -> (usize, u64) {
-    let mut down: HashMap<String, bool> = HashMap::new();
-    let mut busy: HashMap<String, bool> = HashMap::new();
-    let (mut max, mut at) = (0, 0);
-    for e in log {
-        match e.resource.as_str() {
-            "nodes" => {
-                let ready = e.object["status"]["conditions"]
-                    .as_array()
-                    .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
-                    .is_some_and(|c| c["status"] == "True");
-                let cordoned = e.object["spec"]["unschedulable"] == true;
-                down.insert(e.name.clone(), e.verb != "delete" && (!ready || cordoned));
-            }
-            "osinstances" => {
-                let phase = e.object["status"]["phase"].as_str().unwrap_or("Idle");
-                let active = !["Idle", "Succeeded", "Failed"].contains(&phase);
-                let asked = e.object["spec"]["nodestatus"].as_str().unwrap_or("idle") != "idle";
-                busy.insert(e.name.clone(), e.verb != "delete" && (active || asked));
-            }
-            _ => continue,
-        }
-        let names: BTreeSet<&String> = down.keys().chain(busy.keys()).collect();
-        let now = names
-            .iter()
-            .filter(|n| down.get(**n) == Some(&true) || busy.get(**n) == Some(&true))
-            .count();
-        if now > max {
-            (max, at) = (now, e.seq);
-        }
-    }
-    (max, at)
-}
-
-/// Each OSInstance write that assigned an operation (status phase turned `Assigned`), in log
-/// order: (seq, node, target).
-pub fn starts(log: &[LogEntry]) -> Vec<(u64, String, String)> {
-    let mut phase: BTreeMap<String, String> = BTreeMap::new();
-    let mut out = Vec::new();
-    for e in log.iter().filter(|e| e.resource == "osinstances") {
-        let now = e.object["status"]["phase"]
-            .as_str()
-            .unwrap_or("")
-            .to_string();
-        let before = phase.insert(e.name.clone(), now.clone());
-        if now == "Assigned" && before.as_deref() != Some("Assigned") {
-            let target = e.object["status"]["targetVersion"].as_str().unwrap_or("");
-            out.push((e.seq, e.name.clone(), target.to_string()));
-        }
-    }
-    out
-}
-
-/// Log entries where an OSInstance's phase turned `phase`: (seq, node).
-pub fn phase_changes(log: &[LogEntry], want: &str) -> Vec<(u64, String)> {
-    let mut phase: BTreeMap<String, String> = BTreeMap::new();
-    let mut out = Vec::new();
-    for e in log.iter().filter(|e| e.resource == "osinstances") {
-        let now = e.object["status"]["phase"]
-            .as_str()
-            .unwrap_or("")
-            .to_string();
-        let before = phase.insert(e.name.clone(), now.clone());
-        if now == want && before.as_deref() != Some(want) {
-            out.push((e.seq, e.name.clone()));
-        }
-    }
-    out
-}
-
-/// Events (events.k8s.io) in the log: (seq, reason, reporting instance, note).
-pub fn events(log: &[LogEntry]) -> Vec<(u64, String, String, String)> {
-    log.iter()
-        .filter(|e| e.resource == "events" && e.verb == "create")
-        .map(|e| {
-            let s = |k: &str| e.object[k].as_str().unwrap_or("").to_string();
-            (e.seq, s("reason"), s("reportingInstance"), s("note"))
-        })
-        .collect()
+/// The server's log as the audit functions read it.
+pub fn mutations(log: &[LogEntry]) -> impl Iterator<Item = Mutation<'_>> {
+    log.iter().map(|e| Mutation {
+        seq: e.seq,
+        resource: &e.resource,
+        name: &e.name,
+        verb: e.verb,
+        object: &e.object,
+    })
 }
 
 pub fn upgrade_spec(maxunavailable: i64, failure_budget: u32) -> Value {
