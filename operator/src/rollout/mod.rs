@@ -14,8 +14,9 @@
 //!   nodes release their operation slot but still count while NotReady or cordoned.
 //! - `serial` runs one node at a time. At most one control-plane node is started, and only
 //!   while no control-plane node of the cluster is unavailable.
-//! - Only Ready, uncordoned nodes with an OSInstance (a proxy to act) are started, workers
-//!   before control-plane nodes, by name. A node at the target is never started; a node that
+//! - Only Ready nodes with an OSInstance (a proxy to act) are started, workers before
+//!   control-plane nodes, by name. A node cordoned by someone else is already unavailable:
+//!   it is started first and costs no capacity; its proxy leaves it cordoned. A node at the target is never started; a node that
 //!   failed the current target is not retried.
 
 mod observe;
@@ -216,11 +217,11 @@ pub fn decide(spec: &OsSpec, observed: &Observed, now: Timestamp) -> Decision {
         Ok(_) if spec.paused => Some(Hold::Paused),
         Ok(p) => time_gate(spec, p, &rows, now),
     };
-    let (start, capacity_hold) = match gate {
-        Some(_) => (Vec::new(), None),
+    let (start, newly_unavailable, capacity_hold) = match gate {
+        Some(_) => (Vec::new(), 0, None),
         None => pick_starts(spec, observed, &rows, &mark_failed),
     };
-    counts.unavailable += start.len() as u32;
+    counts.unavailable += newly_unavailable;
     let pending_left = counts.pending as usize > start.len();
     let hold = match gate {
         // Worth saying even with nothing left to start.
@@ -331,8 +332,10 @@ fn classify<'a>(node: &'a NodeView, ctx: &Ctx, mark_failed: &mut Vec<NodeFailure
     if operation == OpsType::Config && node.os_version != spec.osversion {
         return row(Class::Skipped);
     }
+    // A cordoned node is already unavailable: starting it costs no capacity, and its proxy
+    // leaves it cordoned afterwards (it did not cordon it).
     row(Class::Pending {
-        startable: !down && inst.is_some(),
+        startable: node.ready && inst.is_some(),
     })
 }
 
@@ -397,21 +400,20 @@ fn time_gate(spec: &OsSpec, plan: &Plan, rows: &[Row], now: Timestamp) -> Option
     (now < until).then_some(Hold::Interval { until })
 }
 
+/// Returns the nodes to start, how many of them become unavailable by it (cordoned nodes
+/// already are), and why pending nodes are held back.
 fn pick_starts(
     spec: &OsSpec,
     observed: &Observed,
     rows: &[Row],
     mark_failed: &[NodeFailure],
-) -> (Vec<String>, Option<Hold>) {
+) -> (Vec<String>, u32, Option<Hold>) {
     let unavailable = rows.iter().filter(|r| r.unavailable).count() as u32;
     let limit = (spec.maxunavailable.max(0) as u64).min(rows.len() as u64) as u32;
     let mut free = limit.saturating_sub(unavailable);
-    let running = rows.iter().any(|r| r.class == Class::InProgress);
-    if spec.executionmode == ExecutionMode::Serial {
-        if running {
-            return (Vec::new(), Some(Hold::Serial));
-        }
-        free = free.min(1);
+    let serial = spec.executionmode == ExecutionMode::Serial;
+    if serial && rows.iter().any(|r| r.class == Class::InProgress) {
+        return (Vec::new(), 0, Some(Hold::Serial));
     }
     let timed_out = |name: &str| mark_failed.iter().any(|f| f.node == name);
     // Control-plane nodes of the whole cluster, selected or not: etcd quorum does not care
@@ -428,12 +430,20 @@ fn pick_starts(
         .filter(|r| r.class == (Class::Pending { startable: true }))
         .map(|r| r.node)
         .collect();
-    candidates.sort_by(|a, b| (a.control_plane, &a.name).cmp(&(b.control_plane, &b.name)));
+    // Workers first; among them cordoned nodes, which cost no capacity.
+    candidates.sort_by(|a, b| {
+        (a.control_plane, !a.cordoned, &a.name).cmp(&(b.control_plane, !b.cordoned, &b.name))
+    });
 
     let mut start = Vec::new();
+    let mut added = 0;
     for node in candidates {
-        if free == 0 {
+        if serial && !start.is_empty() {
             break;
+        }
+        let cost = u32::from(!node.cordoned);
+        if cost > free {
+            continue;
         }
         if node.control_plane {
             if !control_plane_free {
@@ -442,23 +452,26 @@ fn pick_starts(
             control_plane_free = false;
         }
         start.push(node.name.clone());
-        free -= 1;
+        free -= cost;
+        added += cost;
     }
-    let hold = if free == 0 {
+    let pending = rows
+        .iter()
+        .filter(|r| matches!(r.class, Class::Pending { .. }))
+        .count();
+    let hold = if serial && !start.is_empty() {
+        Some(Hold::Serial)
+    } else if free == 0 {
         Some(Hold::NoCapacity {
-            unavailable: unavailable + start.len() as u32,
+            unavailable: unavailable + added,
             limit,
         })
     } else {
-        let pending = rows
-            .iter()
-            .filter(|r| matches!(r.class, Class::Pending { .. }))
-            .count();
         Some(Hold::NodesNotStartable {
             nodes: (pending - start.len()) as u32,
         })
     };
-    (start, hold)
+    (start, added, hold)
 }
 
 fn next_check(rows: &[Row], hold: &Option<Hold>, timeout: SignedDuration) -> Option<Timestamp> {

@@ -464,8 +464,9 @@ fn nodes_without_a_proxy_or_not_ready_are_not_started() {
         &cluster(vec![no_proxy, not_ready, cordoned, node("d", V1)]),
         now(),
     );
-    assert_eq!(d.start, names(&["d"]));
-    assert_eq!(d.hold, Some(Hold::NodesNotStartable { nodes: 3 }));
+    // The cordoned node is already unavailable: it starts first, at no cost.
+    assert_eq!(d.start, names(&["c", "d"]));
+    assert_eq!(d.hold, Some(Hold::NodesNotStartable { nodes: 2 }));
 }
 
 #[test]
@@ -679,4 +680,37 @@ fn an_invalid_spec_says_why_even_when_nothing_is_pending() {
         status.message.as_deref(),
         Some("invalid spec: maxunavailable is 0; it must be at least 1")
     );
+}
+
+#[test]
+fn a_node_cordoned_by_someone_else_starts_at_no_cost() {
+    let admin_cordoned = NodeView {
+        cordoned: true,
+        ..node("z", V1)
+    };
+    // maxunavailable 1 is used up by the cordoned node itself; starting it adds nothing.
+    let observed = cluster(vec![node("a", V1), admin_cordoned]);
+    let d = decide(&spec(1), &observed, now());
+    assert_eq!(d.start, names(&["z"]));
+    assert_eq!(d.counts.unavailable, 1);
+    assert_eq!(
+        d.hold,
+        Some(Hold::NoCapacity {
+            unavailable: 1,
+            limit: 1
+        })
+    );
+}
+
+#[test]
+fn serial_mode_starts_one_node_even_when_it_costs_nothing() {
+    let mut serial = spec(5);
+    serial.executionmode = ExecutionMode::Serial;
+    let cordoned = |name| NodeView {
+        cordoned: true,
+        ..node(name, V1)
+    };
+    let d = decide(&serial, &cluster(vec![cordoned("a"), cordoned("b")]), now());
+    assert_eq!(d.start, names(&["a"]));
+    assert_eq!(d.hold, Some(Hold::Serial));
 }
