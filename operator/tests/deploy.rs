@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
@@ -105,6 +105,90 @@ fn operator_manifests_parse_into_their_kubernetes_types() {
     assert_eq!(
         kinds[0], "Namespace",
         "the namespace comes first for kubectl apply"
+    );
+}
+
+#[test]
+fn proxy_manifests_parse_and_grant_only_what_the_proxy_does() {
+    let docs = documents(&deploy("proxy.yaml"));
+    let mut kinds = Vec::new();
+    for doc in &docs {
+        let kind = doc["kind"].as_str().unwrap().to_string();
+        match kind.as_str() {
+            "ServiceAccount" => drop(strict::<ServiceAccount>(doc)),
+            "ClusterRole" => check_proxy_role(&strict::<ClusterRole>(doc)),
+            "ClusterRoleBinding" => drop(strict::<ClusterRoleBinding>(doc)),
+            "DaemonSet" => check_daemonset(&strict::<DaemonSet>(doc)),
+            other => panic!("unexpected kind {other}"),
+        }
+        kinds.push(kind);
+    }
+    assert!(kinds.iter().any(|k| k == "DaemonSet"));
+}
+
+fn check_proxy_role(role: &ClusterRole) {
+    let rules = role.rules.as_deref().unwrap_or_default();
+    let grants = |resource: &str, verb: &str| {
+        rules.iter().any(|r| {
+            r.resources
+                .as_deref()
+                .unwrap_or_default()
+                .iter()
+                .any(|x| x == resource)
+                && r.verbs.iter().any(|v| v == verb)
+        })
+    };
+    // Drains go through the Eviction API, which honours PodDisruptionBudgets.
+    assert!(grants("pods/eviction", "create"));
+    assert!(
+        !grants("pods", "delete"),
+        "the proxy must not delete pods directly"
+    );
+    assert!(grants("nodes", "patch") && !grants("nodes", "delete"));
+    assert!(!grants("secrets", "get"));
+    for rule in rules {
+        assert!(
+            !rule.verbs.iter().any(|v| v == "*"),
+            "wildcard verb in {rule:?}"
+        );
+    }
+}
+
+fn check_daemonset(ds: &DaemonSet) {
+    let pod = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    assert_eq!(pod.service_account_name.as_deref(), Some("os-proxy"));
+    let container = &pod.containers[0];
+    let env: Vec<_> = container
+        .env
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .collect();
+    let node_name = env
+        .iter()
+        .find(|e| e.name == "NODE_NAME")
+        .expect("NODE_NAME");
+    let field = node_name
+        .value_from
+        .as_ref()
+        .unwrap()
+        .field_ref
+        .as_ref()
+        .unwrap();
+    assert_eq!(field.field_path, "spec.nodeName");
+    let socket = env.iter().find(|e| e.name == "AGENT_SOCKET").unwrap();
+    let mount = &container.volume_mounts.as_deref().unwrap()[0];
+    assert!(socket
+        .value
+        .as_deref()
+        .unwrap()
+        .starts_with(&mount.mount_path));
+    let tolerations = pod.tolerations.as_deref().unwrap_or_default();
+    assert!(
+        tolerations
+            .iter()
+            .any(|t| t.operator.as_deref() == Some("Exists") && t.key.is_none()),
+        "the proxy must keep running on cordoned and tainted nodes"
     );
 }
 
