@@ -2,6 +2,7 @@
 //! need clap, DESIGN.md §2); [`USAGE`] documents it all.
 
 use crate::config::{Config, Overrides, DEFAULT_CONFIG_FILE};
+use crate::configure::ConfigureRequest;
 use crate::job::{self, Agent, AgentError, JobKind};
 use crate::prepare::{PrepareRequest, Tls};
 use crate::status::{self, JobReport};
@@ -42,6 +43,10 @@ COMMANDS:
   rollback [--no-reboot]     commit the other slot and reboot; only when its
                              record says it holds an image that booted before
   confirm                    commit the booted slot now, skipping the health gate
+  configure --file REQUEST.json
+                             apply a KubeOS ConfigureRequest ({\"configs\":[..]}
+                             or [{\"configs\":[..]}]) as one transaction: all of
+                             it or, on any error, none of it
 
 OPTIONS (also `key = value` lines, without the dashes, in the config file):
   --config FILE              config file (default /etc/os-agent/agent.conf,
@@ -64,6 +69,15 @@ OPTIONS (also `key = value` lines, without the dashes, in the config file):
   --connect-timeout SECS, --read-timeout SECS
                              download timeouts (default 10, 30)
   --no-reboot                never reboot (same as `reboot = no`)
+  --config-root DIR          prefix of the configured files (default /)
+  --proc-dir DIR             where kernel.sysctl writes sys/... (default /proc)
+  --config-allow MODEL:PATH[,PATH..]
+                             files a model may edit (repeatable; `*` within one
+                             path component; default: the model's default file)
+  --config-restart CMD       restarts a unit, name appended (default
+                             `systemctl restart`)
+  --config-restart-timeout SECS
+                             default 120
   -h, --help                 this text
 
 Logs go to stderr (RUST_LOG=debug for more).
@@ -122,10 +136,12 @@ struct Args {
     version: Option<String>,
     tls: Tls,
     allow_http: bool,
+    file: Option<PathBuf>,
 }
 
 /// Flags that belong to one command only.
-const COMMAND_FLAGS: [(&str, &str); 8] = [
+const COMMAND_FLAGS: [(&str, &str); 9] = [
+    ("file", "configure"),
     ("json", "status"),
     ("url", "upgrade"),
     ("digest", "upgrade"),
@@ -166,6 +182,7 @@ fn parse(args: &[String]) -> Result<Option<Args>, Failure> {
             "no-reboot" => a.overrides.reboot = Some(false),
             "config" => a.config_file = Some(value()?.into()),
             "url" => a.url = Some(value()?),
+            "file" => a.file = Some(value()?.into()),
             "digest" => a.digest = Some(value()?),
             "version" => a.version = Some(value()?),
             "ca-cert" => a.tls.ca_cert = Some(value()?.into()),
@@ -187,7 +204,7 @@ fn parse(args: &[String]) -> Result<Option<Args>, Failure> {
 fn check_flags(command: &str, used: &[String]) -> Result<(), Failure> {
     match command {
         "" => return Err(Failure::usage("no command given")),
-        "serve" | "status" | "upgrade" | "rollback" | "confirm" => {}
+        "serve" | "status" | "upgrade" | "rollback" | "confirm" | "configure" => {}
         other => return Err(Failure::usage(format!("unknown command `{other}`"))),
     }
     for flag in used {
@@ -266,6 +283,7 @@ fn run(a: Args) -> Result<(), Failure> {
             println!("slot {} confirmed ({outcome:?})", agent.config().booted);
             Ok(())
         }
+        "configure" => configure(&agent, a.file),
         _ => unreachable!("check_flags accepts known commands only"),
     }
 }
@@ -300,6 +318,25 @@ fn upgrade(agent: &Agent, a: Args) -> Result<(), Failure> {
         agent,
         &format!("upgrade: trial boot of slot {}", prepared.slot),
     )
+}
+
+fn configure(agent: &Agent, file: Option<PathBuf>) -> Result<(), Failure> {
+    let file = file.ok_or_else(|| Failure::usage("configure needs --file REQUEST.json"))?;
+    let text = fs::read_to_string(&file)
+        .map_err(|e| Failure::failed(format!("read {}: {e}", file.display())))?;
+    let req = ConfigureRequest::from_json(&text)
+        .map_err(|e| Failure::usage(format!("{}: {e}", file.display())))?;
+    let outcome = agent.configure(&req)?;
+    if outcome.changed.is_empty() {
+        println!("configured: nothing to change");
+    }
+    for path in &outcome.changed {
+        println!("changed {path}");
+    }
+    for unit in &outcome.restarted {
+        println!("restarted {unit}");
+    }
+    Ok(())
 }
 
 /// Prints the running job's progress once a second until `done`.
@@ -400,5 +437,8 @@ mod tests {
         assert_eq!(code("status --bogus 1"), 2);
         assert_eq!(code("upgrade --url"), 2);
         assert_eq!(code("status extra"), 2);
+        assert_eq!(code("status --file x"), 2);
+        let a = parse(&args("configure --file /r.json")).unwrap().unwrap();
+        assert_eq!(a.file, Some(PathBuf::from("/r.json")));
     }
 }

@@ -7,8 +7,12 @@
 //! `#` comments; keys are the long flag names without `--` (`root-a`, `esp`,
 //! `state-dir`, `booted`, `socket`, `health-dir`, `health-deadline`,
 //! `check-timeout`, `tries`, `allow-uid`, `connect-timeout`, `read-timeout`,
-//! `certs-dir`, `reboot`). Flags win over the file, the file over discovery.
+//! `certs-dir`, `reboot`, and for node configuration `config-root`, `proc-dir`,
+//! `config-allow` (repeatable), `config-restart`, `config-restart-timeout`).
+//! Flags win over the file, the file over discovery; `config-allow` lines
+//! from both add up.
 
+use crate::configure::{self, AllowList};
 use bootctl::partitions;
 use bootctl::state::DEFAULT_TRIES;
 use bootctl::Slot;
@@ -55,6 +59,8 @@ pub struct Config {
     /// Whether `activate`, `rollback` and a failed health gate restart the
     /// machine. Off for test rigs and for operators who reboot themselves.
     pub reboot: bool,
+    /// Node configuration (`configure`): root, allow-list, restarts.
+    pub configure: configure::Settings,
 }
 
 impl Config {
@@ -89,6 +95,11 @@ pub struct Overrides {
     pub read_timeout: Option<Duration>,
     pub certs_dir: Option<PathBuf>,
     pub reboot: Option<bool>,
+    pub config_root: Option<PathBuf>,
+    pub proc_dir: Option<PathBuf>,
+    pub config_allow: AllowList,
+    pub config_restart: Option<Vec<String>>,
+    pub config_restart_timeout: Option<Duration>,
 }
 
 impl Overrides {
@@ -110,6 +121,20 @@ impl Overrides {
             "socket" => self.socket = path(),
             "health-dir" => self.health_dir = path(),
             "certs-dir" => self.certs_dir = path(),
+            "config-root" => self.config_root = path(),
+            "proc-dir" => self.proc_dir = path(),
+            "config-allow" => self
+                .config_allow
+                .add(value)
+                .map_err(|e| format!("config-allow: {e}"))?,
+            "config-restart" => {
+                let words: Vec<String> = value.split_whitespace().map(str::to_owned).collect();
+                if words.is_empty() {
+                    return Err("config-restart: empty command".into());
+                }
+                self.config_restart = Some(words);
+            }
+            "config-restart-timeout" => self.config_restart_timeout = secs()?,
             "reboot" => {
                 self.reboot = Some(match value {
                     "yes" | "true" | "1" => true,
@@ -177,15 +202,21 @@ impl Overrides {
             connect_timeout,
             read_timeout,
             certs_dir,
-            reboot
+            reboot,
+            config_root,
+            proc_dir,
+            config_restart,
+            config_restart_timeout
         );
         self.allowed_uids.extend(from_file.allowed_uids);
+        self.config_allow.merge(from_file.config_allow);
         Ok(())
     }
 
     /// Fills what is not overridden: slot devices by GPT name under `sys`/`dev`,
     /// the booted slot from `os.slot=` in `cmdline`, the rest from defaults.
     pub fn resolve(self, sys: &Path, dev: &Path, cmdline: &str) -> Result<Config, String> {
+        let configure = self.configure_settings();
         let parts = if self.root_a.is_none() || self.root_b.is_none() {
             Some(partitions::discover(sys, dev).map_err(|e| {
                 format!("finding the slot partitions: {e}; set root-a/root-b to override")
@@ -218,7 +249,21 @@ impl Overrides {
             read_timeout: self.read_timeout.unwrap_or(Duration::from_secs(30)),
             certs_dir: self.certs_dir.unwrap_or_else(|| DEFAULT_CERTS_DIR.into()),
             reboot: self.reboot.unwrap_or(true),
+            configure,
         })
+    }
+}
+
+impl Overrides {
+    fn configure_settings(&self) -> configure::Settings {
+        let d = configure::Settings::default();
+        configure::Settings {
+            root: self.config_root.clone().unwrap_or(d.root),
+            proc_dir: self.proc_dir.clone().unwrap_or(d.proc_dir),
+            allow: self.config_allow.clone(),
+            restart: self.config_restart.clone().unwrap_or(d.restart),
+            restart_timeout: self.config_restart_timeout.unwrap_or(d.restart_timeout),
+        }
     }
 }
 
@@ -269,6 +314,40 @@ mod tests {
         let c = o.resolve(Path::new("/x"), Path::new("/dev"), "").unwrap();
         assert!(!c.reboot, "the flag wins over the file");
         assert_eq!(c.certs_dir, PathBuf::from("/etc/certs"));
+    }
+
+    #[test]
+    fn configure_settings() {
+        let mut o = Overrides::default();
+        o.set("config-allow", "pam.limits:/etc/security/limits.d/*.conf")
+            .unwrap();
+        o.merge_file(
+            "config-root = /tmp/root\nconfig-allow = kernel.sysctl.persist:/etc/sysctl.d/*.conf\n\
+             config-restart = /bin/echo restart\nconfig-restart-timeout = 7\n",
+        )
+        .unwrap();
+        assert!(o.set("config-allow", "kernel.sysctl:/x").is_err());
+        assert!(o.set("config-restart", " ").is_err());
+        o.set("booted", "A").unwrap();
+        o.set("root-a", "/a").unwrap();
+        o.set("root-b", "/b").unwrap();
+        let c = o.resolve(Path::new("/x"), Path::new("/dev"), "").unwrap();
+        let s = &c.configure;
+        assert_eq!(s.root, PathBuf::from("/tmp/root"));
+        assert_eq!(s.proc_dir, PathBuf::from("/proc"));
+        assert_eq!(s.restart, ["/bin/echo", "restart"]);
+        assert_eq!(s.restart_timeout, Duration::from_secs(7));
+        use crate::configure::Model;
+        assert!(s
+            .allow
+            .allows(Model::PamLimits, "/etc/security/limits.d/k8s.conf"));
+        assert!(s
+            .allow
+            .allows(Model::SysctlPersist, "/etc/sysctl.d/k8s.conf"));
+        assert!(!s.allow.allows(Model::SysctlPersist, "/etc/sysctl.conf"));
+        assert!(s
+            .allow
+            .allows(Model::Kubelet, "/var/lib/kubelet/config.yaml"));
     }
 
     #[test]

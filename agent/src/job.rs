@@ -11,6 +11,7 @@
 //! nothing else starts on a machine that is going down.
 
 use crate::config::Config;
+use crate::configure::{self, ConfigureError, ConfigureRequest, Outcome};
 use crate::health::{Gate, Verdict};
 use crate::node::{self, NodeError, Refusal};
 use crate::prepare::{self, PrepareRequest, Prepared};
@@ -54,6 +55,8 @@ pub enum JobKind {
     Confirm,
     /// Record fixes and the health gate after a boot.
     BootCheck,
+    /// Node configuration (`configure`).
+    Configure,
 }
 
 impl JobKind {
@@ -65,6 +68,7 @@ impl JobKind {
             JobKind::Rollback => "rollback",
             JobKind::Confirm => "confirm",
             JobKind::BootCheck => "boot-check",
+            JobKind::Configure => "configure",
         }
     }
 }
@@ -133,6 +137,7 @@ pub enum AgentError {
     /// The write path failed; its message.
     Prepare(String),
     Cancelled(JobKind),
+    Configure(ConfigureError),
     Lock {
         path: PathBuf,
         source: io::Error,
@@ -146,6 +151,7 @@ impl fmt::Display for AgentError {
             AgentError::Node(e) => write!(f, "{e}"),
             AgentError::Prepare(m) => write!(f, "prepare: {m}"),
             AgentError::Cancelled(k) => write!(f, "{} was cancelled", k.as_str()),
+            AgentError::Configure(e) => write!(f, "configure: {e}"),
             AgentError::Lock { path, source } => {
                 write!(f, "job lock {}: {source}", path.display())
             }
@@ -398,6 +404,18 @@ impl Agent {
     pub fn confirm(&self) -> Result<Confirmed, AgentError> {
         let _guard = self.begin(JobKind::Confirm, format!("slot {}", self.cfg.booted))?;
         Ok(node::confirm(&self.cfg)?)
+    }
+
+    /// Applies a node configuration request as one transaction (configure.rs).
+    pub fn configure(&self, req: &ConfigureRequest) -> Result<Outcome, AgentError> {
+        let models: Vec<&str> = req.configs.iter().map(|c| c.model.as_str()).collect();
+        let _guard = self.begin(JobKind::Configure, models.join(", "))?;
+        let node = configure::Node {
+            settings: &self.cfg.configure,
+            esp: &self.cfg.esp,
+            booted: self.cfg.booted,
+        };
+        configure::configure(&node, req).map_err(AgentError::Configure)
     }
 
     /// After a boot: completes records, reports a fallback, and gates a trial.

@@ -10,6 +10,8 @@
 //! - [`etc_overlay`]: /etc changes follow an upgrade (the trial slot's /etc
 //!   layer is seeded from the running slot's).
 //! - [`health`]: the health gate after a trial boot.
+//! - [`configure`]: node configuration (KubeOS's config models), one
+//!   transaction per request.
 //! - [`job`]: one mutating job at a time per node; [`status`] reports it.
 //! - [`rpc`]: the JSON-RPC server (KubeOS-compatible, [`kubeos`]); [`cli`]:
 //!   the command line.
@@ -18,6 +20,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod configure;
 pub mod etc_overlay;
 pub mod health;
 pub mod job;

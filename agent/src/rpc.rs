@@ -12,7 +12,10 @@
 //!   the image is written and verified (the call lasts as long as the write).
 //! - `upgrade` → `{"status":"Upgraded"}`, then the machine reboots into the trial.
 //! - `rollback` → `{"status":"Rollbacked"}`, then the machine reboots.
-//! - `configure` `[ConfigureRequest]` → error -32001: not supported yet.
+//! - `configure` `[ConfigureRequest]` → `{"status":"Configured"}` once every
+//!   change is written and the services it names restarted; error -1 naming
+//!   the model, key and path when it was refused or failed and rolled back
+//!   (configure/mod.rs).
 //! - `status` → the node report (status.rs): `booted`, `active`, `trial`,
 //!   `tries`, `fail`, `on_trial`, `source`, `slots.{A,B}.{state,version,digest,
 //!   size,written_at}`, `last_failure {slot,version,reason}`, `job {kind,detail,
@@ -30,6 +33,7 @@
 //! Access: the socket is 0600 (root only) unless `allow-uid` names other users,
 //! then 0666; either way the peer's uid is checked with `SO_PEERCRED`.
 
+use crate::configure::ConfigureRequest;
 use crate::job::{Agent, AgentError, JobGuard};
 use crate::json::{object, opt_string, string};
 use crate::kubeos::UpgradeRequest;
@@ -331,11 +335,11 @@ fn dispatch<'a>(
                 reboot: Some((guard, format!("rollback: slot {slot} committed"))),
             })
         }
-        "configure" => Err(RpcError::new(
-            NOT_SUPPORTED,
-            "configure (node configuration) is not supported by this os-agent yet; nothing \
-             was changed",
-        )),
+        "configure" => {
+            let req = ConfigureRequest::from_params(params).map_err(invalid)?;
+            agent.configure(&req)?;
+            Ok(Done::value(kubeos_status("Configured")))
+        }
         "status" => {
             no_params(method, params)?;
             Ok(Done::value(status::report(agent)?.to_json()))

@@ -159,10 +159,10 @@ fn refusals_and_unsupported_methods_are_errors() {
     let reply = server.call(r#"{"method":"upgrade","params":[],"id":8,"jsonrpc":"2.0"}"#);
     assert_eq!(error_code(&reply), -1);
     assert!(reply.contains("send prepare_upgrade first"), "{reply}");
-    let configure = r#"{"method":"configure","params":[{"configs":[{"model":"kernel.sysctl","config_path":"","contents":{}}]}],"id":9,"jsonrpc":"2.0"}"#;
+    let configure = r#"{"method":"configure","params":[{"configs":[{"model":"kernel.sysctl.nope","config_path":"","contents":{}}]}],"id":9,"jsonrpc":"2.0"}"#;
     let reply = server.call(configure);
-    assert_eq!(error_code(&reply), -32001);
-    assert!(reply.contains("not supported"), "{reply}");
+    assert_eq!(error_code(&reply), -1);
+    assert!(reply.contains("unknown model"), "{reply}");
     // A bare SHA-256 check_sum (KubeOS's form) maps to sha256:, which this
     // write path refuses with a clear error; docker images are refused early.
     let sha = "98ea7aff44631d183e6df3488f1107357d7503e11e5f146effdbfd11810cd4a2";

@@ -350,6 +350,7 @@ fn grub_cfg(args: Vec<OsString>, out: &mut dyn Write) -> CliResult {
         env2: text("--env2", d.env2),
         kernel: text("--kernel", d.kernel),
         initrd: text("--initrd", d.initrd),
+        args: d.args,
     };
     if cfg.part_a == cfg.part_b || cfg.part_a == 0 || cfg.part_b == 0 {
         return Err(Failure::usage(

@@ -14,6 +14,11 @@
 //! - Slots are found by partition number on the disk GRUB itself was loaded from
 //!   (`$root` is the ESP), never by filesystem UUID or label: both slots can hold
 //!   byte-identical images (DESIGN.md §3).
+//! - Per-slot extra kernel arguments (os-agent's `grub.cmdline.*` models) live in
+//!   their own env-block files ([`args_path`]) that only Linux writes, by atomic
+//!   replace, and GRUB only reads: the script stays fixed and the two A/B env
+//!   copies keep their four one-byte values. A missing or unreadable file means
+//!   no extra arguments.
 
 use crate::state::Slot;
 use std::fmt::Write;
@@ -36,6 +41,19 @@ pub struct GrubConfig {
     /// Kernel and initramfs paths inside each slot's root filesystem.
     pub kernel: String,
     pub initrd: String,
+    /// Paths on the ESP of the per-slot extra-argument files (A, then B).
+    pub args: [String; 2],
+}
+
+/// The variable an extra-arguments file sets (GRUB env-block format).
+pub const ARGS_VAR: &str = "os_args";
+
+/// Where `slot`'s extra kernel arguments live, relative to the ESP root.
+pub fn args_path(slot: Slot) -> &'static str {
+    match slot {
+        Slot::A => "ab/args-A",
+        Slot::B => "ab/args-B",
+    }
 }
 
 impl Default for GrubConfig {
@@ -50,6 +68,7 @@ impl Default for GrubConfig {
             env2: "/ab2/env".into(),
             kernel: "/boot/vmlinuz".into(),
             initrd: "/boot/initramfs.img".into(),
+            args: [Slot::A, Slot::B].map(|s| format!("/{}", args_path(s))),
         }
     }
 }
@@ -130,6 +149,21 @@ export ab_flag_A
 export ab_flag_B
 "#;
 
+/// Loads each slot's extra arguments into `ab_args_X`; never writes.
+fn load_args(s: &mut String, cfg: &GrubConfig) {
+    s.push_str("\n# Extra kernel arguments per slot: written by os-agent, only read here.\n");
+    for (slot, path) in [(Slot::A, &cfg.args[0]), (Slot::B, &cfg.args[1])] {
+        let _ = write!(
+            s,
+            "ab_args_{slot}=\nunset {ARGS_VAR}\nif [ -f {path} ]; then\n  \
+             if load_env --file {path} {ARGS_VAR}; then ab_args_{slot}=\"${ARGS_VAR}\"; fi\n\
+             fi\nexport ab_args_{slot}\n",
+            path = quote(path),
+        );
+    }
+    let _ = writeln!(s, "unset {ARGS_VAR}");
+}
+
 /// Renders the grub.cfg for `cfg`.
 pub fn render(cfg: &GrubConfig) -> String {
     let mut s = String::new();
@@ -149,6 +183,7 @@ pub fn render(cfg: &GrubConfig) -> String {
     s.push_str(LOAD_FUNCTION);
     s.push('\n');
     s.push_str(DECIDE);
+    load_args(&mut s, cfg);
     for (index, slot, part) in [(0, Slot::A, cfg.part_a), (1, Slot::B, cfg.part_b)] {
         let _ = write!(
             s,
@@ -160,6 +195,9 @@ pub fn render(cfg: &GrubConfig) -> String {
         if !cfg.cmdline.is_empty() {
             let _ = write!(s, " {}", cfg.cmdline);
         }
+        // Last, so an extra argument overrides a built-in one (the kernel
+        // takes the last occurrence).
+        let _ = write!(s, " $ab_args_{slot}");
         let _ = write!(s, "\n  initrd (${{ab_disk}},gpt{part}){}\n}}\n", cfg.initrd);
     }
     s
@@ -179,7 +217,8 @@ mod tests {
         };
         let out = render(&cfg);
         assert!(out.contains(
-            "linux (${ab_disk},gpt5)/boot/vmlinuz os.slot=A $ab_flag_A console=ttyS0 quiet\n"
+            "linux (${ab_disk},gpt5)/boot/vmlinuz os.slot=A $ab_flag_A console=ttyS0 quiet \
+             $ab_args_A\n"
         ));
         assert!(out.contains("initrd (${ab_disk},gpt6)/boot/initramfs.img\n"));
         assert!(out.contains("set ab_default=A\n"));
@@ -191,6 +230,24 @@ mod tests {
         for n in 1..=9 {
             assert!(out.contains(&format!("[ \"$ab_tries\" = {n} ]; then ab_tries={}", n - 1)));
         }
+    }
+
+    #[test]
+    fn extra_args_are_read_only_when_their_file_exists() {
+        let out = render(&GrubConfig::default());
+        for slot in ["A", "B"] {
+            let load = format!(
+                "if [ -f '/ab/args-{slot}' ]; then\n  if load_env --file '/ab/args-{slot}' \
+                 os_args; then ab_args_{slot}=\"$os_args\"; fi\nfi\nexport ab_args_{slot}\n"
+            );
+            assert!(out.contains(&load), "{out}");
+            assert!(out.contains(&format!("os.slot={slot} $ab_flag_{slot} $ab_args_{slot}\n")));
+        }
+        assert!(
+            !out.contains("save_env --file '/ab/args"),
+            "GRUB never writes them"
+        );
+        assert_eq!(out.matches("save_env").count(), 2);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fakekube::{FakeApiServer, LogEntry, RequestCounts};
@@ -639,6 +639,9 @@ async fn wait_complete(client: &Client, n: usize, timeout: Duration) -> bool {
     false
 }
 
+/// One verb's count in a `RequestCounts`.
+type Field = fn(&RequestCounts) -> u64;
+
 struct Rollout {
     n: usize,
     done: bool,
@@ -673,7 +676,7 @@ impl Rollout {
         print_reconciles(metrics);
         let during = |f: fn(&RequestCounts) -> u64| f(&self.server) - f(&self.setup);
         let operator = |f: fn(&RequestCounts) -> u64| during(f).saturating_sub(f(&self.bench));
-        let verbs: [(&str, fn(&RequestCounts) -> u64); 9] = [
+        let verbs: [(&str, Field); 9] = [
             ("get", |c| c.get),
             ("list", |c| c.list),
             ("watch", |c| c.watch),

@@ -31,6 +31,8 @@ pub struct Bundle {
     pub version: String,
     pub image: PathBuf,
     pub digest: String,
+    /// Uncompressed image size.
+    pub size: u64,
 }
 
 /// Everything the scenario needs, in one directory.
@@ -46,46 +48,62 @@ pub struct Artifacts {
 /// `dir/bundles`, with this workspace's os-image, os-init and os-agent.
 pub fn build_bundles(dir: &Path) -> Artifacts {
     let os_image = crate::host_binary("image-builder", "os-image");
-    let os_init = crate::musl_binary("initramfs", "os-init");
-    let os_agent = crate::musl_binary("agent", "os-agent");
-    let kernel = crate::kernel_deb();
     let out = dir.join("bundles");
     let _ = std::fs::remove_dir_all(&out);
-    let mut bundles = vec![];
-    for v in ["1", "2", "3"] {
-        let rootfs = dir.join(format!("rootfs-v{v}"));
-        let _ = std::fs::remove_dir_all(&rootfs);
-        let mut cmd = Command::new(&os_image);
-        cmd.args(["demo-rootfs", "--version", v, "--kernel-deb"])
-            .arg(&kernel)
-            .arg("--agent")
-            .arg(&os_agent)
-            .arg("--out")
-            .arg(&rootfs);
-        if v == "3" {
-            cmd.arg("--broken");
-        }
-        run(&mut cmd);
-        run(Command::new(&os_image)
-            .args(["bundle", "--version", v, "--rootfs"])
-            .arg(&rootfs)
-            .arg("--out")
-            .arg(&out)
-            .arg("--os-init")
-            .arg(&os_init));
-        let _ = std::fs::remove_dir_all(&rootfs);
-        let manifest = std::fs::read_to_string(out.join(format!("os-{v}.manifest.json"))).unwrap();
-        bundles.push(Bundle {
-            version: v.into(),
-            image: out.join(format!("os-{v}.img.zst")),
-            digest: json_string(&manifest, "image_digest").expect("manifest without image_digest"),
-        });
-    }
+    let bundles = ["1", "2", "3"]
+        .iter()
+        .map(|v| build_bundle(dir, &out, v, *v == "3"))
+        .collect();
     Artifacts {
         dir: dir.to_path_buf(),
         os_image,
         bundles,
     }
+}
+
+/// One demo bundle `out/os-VERSION.{img.zst,manifest.json}`, its root filesystem built under
+/// `dir` (and removed); `broken`: its demo service never starts, so its health gate fails.
+pub fn build_bundle(dir: &Path, out: &Path, version: &str, broken: bool) -> Bundle {
+    let os_image = crate::host_binary("image-builder", "os-image");
+    let os_init = crate::musl_binary("initramfs", "os-init");
+    let os_agent = crate::musl_binary("agent", "os-agent");
+    let kernel = crate::kernel_deb();
+    let rootfs = dir.join(format!("rootfs-v{version}"));
+    let _ = std::fs::remove_dir_all(&rootfs);
+    let mut cmd = Command::new(&os_image);
+    cmd.args(["demo-rootfs", "--version", version, "--kernel-deb"])
+        .arg(&kernel)
+        .arg("--agent")
+        .arg(&os_agent)
+        .arg("--out")
+        .arg(&rootfs);
+    if broken {
+        cmd.arg("--broken");
+    }
+    run(&mut cmd);
+    run(Command::new(&os_image)
+        .args(["bundle", "--version", version, "--rootfs"])
+        .arg(&rootfs)
+        .arg("--out")
+        .arg(out)
+        .arg("--os-init")
+        .arg(&os_init));
+    let _ = std::fs::remove_dir_all(&rootfs);
+    let manifest =
+        std::fs::read_to_string(out.join(format!("os-{version}.manifest.json"))).unwrap();
+    Bundle {
+        version: version.into(),
+        image: out.join(format!("os-{version}.img.zst")),
+        digest: json_string(&manifest, "image_digest").expect("manifest without image_digest"),
+        size: json_u64(&manifest, "image_size").expect("manifest without image_size"),
+    }
+}
+
+fn json_u64(json: &str, key: &str) -> Option<u64> {
+    let rest = &json[json.find(&format!("\"{key}\""))?..];
+    let value = rest.split_once(':')?.1.trim_start();
+    let end = value.find(|c: char| !c.is_ascii_digit())?;
+    value[..end].parse().ok()
 }
 
 fn json_string(json: &str, key: &str) -> Option<String> {

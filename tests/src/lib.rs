@@ -5,6 +5,7 @@
 //! Fixtures are produced by the committed scripts under `scripts/` and by
 //! building this workspace's own binaries; nothing is checked in.
 
+pub mod cluster;
 pub mod console;
 pub mod demo;
 pub mod disk;

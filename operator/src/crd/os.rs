@@ -95,7 +95,8 @@ pub struct OsSpec {
     #[serde(default)]
     pub containerimage: String,
     pub opstype: OpsType,
-    /// Evict pods even when eviction is refused (PodDisruptionBudget), when draining.
+    /// When draining, also evict pods no controller manages and pods with emptyDir volumes
+    /// (their data is lost). PodDisruptionBudgets are honoured either way.
     #[serde(default)]
     pub evictpodforce: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,0 +1,149 @@
+//! `grub.cmdline.current` / `grub.cmdline.next`: the extra kernel arguments
+//! of one slot, kept in that slot's own file on the ESP
+//! ([`bootctl::grubcfg::args_path`]), a GRUB env block holding one variable
+//! ([`bootctl::grubcfg::ARGS_VAR`]) that the generated grub.cfg loads and
+//! appends to the slot's `linux` line. Only Linux writes the file, by atomic
+//! replace; GRUB only reads it. grub.cfg and the A/B env copies are never
+//! touched.
+//!
+//! A key is an argument name; an empty value makes a bare flag (`debug`),
+//! any other `name=value`. The built-in arguments of grub.cfg cannot be
+//! removed from here, only overridden (the kernel takes the last occurrence),
+//! and the boot protocol's own (`os.*`) and the initramfs's cannot be set.
+
+use super::request::Operation;
+use bootctl::envblk;
+use bootctl::grubcfg::ARGS_VAR;
+use log::warn;
+
+/// Arguments this agent's boot depends on: `os.slot`, `os.trial` (GRUB sets
+/// them; a later copy would win), `os.init`, `os.confirm` (os-init's), and
+/// what would replace the initramfs or its init.
+fn reserved(key: &str) -> bool {
+    key.starts_with("os.") || ["rdinit", "initrd", "BOOT_IMAGE"].contains(&key)
+}
+
+/// Characters GRUB's script or the kernel's parser would read differently.
+fn plain(s: &str) -> bool {
+    !s.contains(|c: char| c.is_whitespace() || c.is_control() || "\"'\\$;{}#".contains(c))
+}
+
+pub fn check(key: &str, value: &str) -> Result<(), String> {
+    if key.is_empty() || !plain(key) || key.contains('=') {
+        return Err("is not a kernel argument name (no blanks, quotes, = \\ $ ; { } #)".into());
+    }
+    if reserved(key) {
+        return Err("is reserved for the A/B boot (os.*, rdinit, initrd, BOOT_IMAGE)".into());
+    }
+    if !plain(value) {
+        return Err(format!(
+            "value {value:?} has blanks, quotes or one of \\ $ ; {{ }} #"
+        ));
+    }
+    Ok(())
+}
+
+fn name(word: &str) -> &str {
+    word.split_once('=').map_or(word, |(k, _)| k)
+}
+
+fn value(word: &str) -> &str {
+    word.split_once('=').map_or("", |(_, v)| v)
+}
+
+/// Sets or deletes `key` in a space-separated argument list. Set replaces
+/// the first occurrence and drops later ones, or appends. Delete drops the
+/// key's occurrences, only those with `want` when a value is given.
+pub fn edit(args: &str, key: &str, op: Operation, want: &str) -> String {
+    let word = if want.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{key}={want}")
+    };
+    let mut out: Vec<String> = vec![];
+    let mut placed = false;
+    for w in args.split_whitespace() {
+        if name(w) != key {
+            out.push(w.to_owned());
+            continue;
+        }
+        match op {
+            Operation::Set if !placed => {
+                out.push(word.clone());
+                placed = true;
+            }
+            Operation::Set => {}
+            Operation::Delete if want.is_empty() || value(w) == want => {}
+            Operation::Delete => {
+                warn!("kernel argument {w:?}: not deleted, the request names value {want:?}");
+                out.push(w.to_owned());
+            }
+        }
+    }
+    if op == Operation::Set && !placed {
+        out.push(word);
+    }
+    out.join(" ")
+}
+
+/// The arguments held by an args file (empty when the variable is unset).
+pub fn decode(block: &[u8]) -> Result<String, String> {
+    let value = envblk::get(block, ARGS_VAR.as_bytes())
+        .map_err(|e| format!("not a GRUB environment block ({e})"))?;
+    let bytes: Vec<u8> = value.map(|v| v.bytes().collect()).unwrap_or_default();
+    String::from_utf8(bytes).map_err(|_| "the arguments are not UTF-8".into())
+}
+
+/// A fresh 1024-byte env block holding `args` (GRUB's own size; a kernel
+/// command line is at most 2048 bytes on x86, the extra part far less).
+pub fn encode(args: &str) -> Result<Vec<u8>, String> {
+    let mut block = envblk::create();
+    envblk::set(&mut block, ARGS_VAR.as_bytes(), args.as_bytes()).map_err(|_| {
+        format!(
+            "{} bytes of extra arguments do not fit in a {}-byte block",
+            args.len(),
+            envblk::DEFAULT_SIZE
+        )
+    })?;
+    Ok(block.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Operation::{Delete, Set};
+
+    #[test]
+    fn set_and_delete_words() {
+        let a = edit("", "panic", Set, "5");
+        assert_eq!(a, "panic=5");
+        let a = edit(&a, "debug", Set, "");
+        assert_eq!(a, "panic=5 debug");
+        assert_eq!(edit(&a, "panic", Set, "5"), a);
+        assert_eq!(edit("panic=1 x panic=2", "panic", Set, "3"), "panic=3 x");
+        assert_eq!(edit(&a, "panic", Delete, ""), "debug");
+        assert_eq!(edit(&a, "panic", Delete, "7"), a);
+        assert_eq!(edit(&a, "nope", Delete, ""), a);
+    }
+
+    #[test]
+    fn reserved_and_unsafe_arguments_are_refused() {
+        assert!(check("os.slot", "B").is_err());
+        assert!(check("rdinit", "/bin/sh").is_err());
+        assert!(check("a b", "").is_err());
+        assert!(check("x", "$(reboot)").is_err());
+        assert!(check("x", "a;b").is_err());
+        assert!(check("console", "ttyS0,115200n8").is_ok());
+        assert!(check("dyndbg", "").is_ok());
+    }
+
+    #[test]
+    fn env_block_round_trip() {
+        let block = encode("panic=5 debug").unwrap();
+        assert_eq!(block.len(), 1024);
+        assert_eq!(decode(&block).unwrap(), "panic=5 debug");
+        assert_eq!(decode(&envblk::create()).unwrap(), "");
+        assert!(decode(b"garbage").is_err());
+        assert!(encode(&"x".repeat(2000)).is_err());
+    }
+}

@@ -1,0 +1,256 @@
+//! A whole upgrade and a rollback through the proxy's loop, with a scripted agent whose node
+//! the test "reboots", and a proxy restarted between every step.
+
+mod common;
+
+use common::*;
+use fakekube::FakeApiServer;
+use operator::crd::NodeStatus;
+use proxy::Proxy;
+use std::time::Duration;
+
+fn phase_is(want: &'static str) -> impl Fn(&operator::crd::OsInstance) -> bool {
+    move |o| phase(o).as_deref() == Some(want)
+}
+
+#[tokio::test]
+async fn upgrade_runs_through_every_phase_and_survives_restarts() {
+    let server = FakeApiServer::start().await;
+    let client = client(&server);
+    create_node(&client, NODE, false).await;
+    web_pod(&client, "web-0").await;
+    start_operation(&client, "upgrade", "Assigned", NEW).await;
+    let agent = FakeAgent::start("empty", "");
+    // A new proxy for every stretch: nothing is remembered between them.
+    let proxy = || {
+        Proxy::new(
+            client.clone(),
+            proxy_config(&agent.socket, Duration::from_secs(10)),
+        )
+    };
+
+    tick_until(&proxy(), &client, 5, phase_is("Draining")).await;
+    assert_eq!(agent.calls(), ["prepare_upgrade"]);
+    tick_until(&proxy(), &client, 5, phase_is("Rebooting")).await;
+    assert_eq!(agent.calls(), ["prepare_upgrade", "upgrade"]);
+    let n = node(&client, NODE).await;
+    assert_eq!(n.spec.unwrap().unschedulable, Some(true));
+    assert!(
+        Api::<k8s_openapi::api::core::v1::Pod>::default_namespaced(client.clone())
+            .get_opt("web-0")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Waiting for the reboot: nothing more is asked of the agent.
+    for _ in 0..3 {
+        proxy().tick().await.unwrap();
+    }
+    assert_eq!(
+        instance(&client).await.status.unwrap().step.as_deref(),
+        Some("waiting for the reboot into slot B")
+    );
+
+    agent.set(|s| {
+        s["booted"] = "B".into();
+        s["on_trial"] = true.into();
+    });
+    tick_until(&proxy(), &client, 5, phase_is("Confirming")).await;
+    agent.set(|s| {
+        s["active"] = "B".into();
+        s["trial"] = serde_json::Value::Null;
+        s["on_trial"] = false.into();
+        s["slots"]["B"]["state"] = "good".into();
+    });
+    tick_until(&proxy(), &client, 5, phase_is("Succeeded")).await;
+    assert_succeeded(&client).await;
+    assert_eq!(
+        agent.calls(),
+        ["prepare_upgrade", "upgrade"],
+        "nothing done twice"
+    );
+}
+
+async fn assert_succeeded(client: &kube::Client) {
+    let osi = instance(client).await;
+    let status = osi.status.unwrap();
+    assert_eq!(status.current_version.as_deref(), Some(NEW));
+    assert_eq!(status.progress, Some(100));
+    assert_eq!(status.last_error, None);
+    assert_eq!(osi.spec.nodestatus, NodeStatus::Idle);
+    let n = node(client, NODE).await;
+    assert_ne!(n.spec.unwrap().unschedulable, Some(true), "uncordoned");
+}
+
+#[tokio::test]
+async fn a_fallback_fails_with_the_version_and_uncordons() {
+    let server = FakeApiServer::start().await;
+    let client = client(&server);
+    create_node(&client, NODE, false).await;
+    start_operation(&client, "upgrade", "Assigned", NEW).await;
+    let agent = FakeAgent::start("empty", "");
+    let p = Proxy::new(
+        client.clone(),
+        proxy_config(&agent.socket, Duration::from_secs(10)),
+    );
+    tick_until(&p, &client, 10, phase_is("Rebooting")).await;
+    // GRUB used up the tries and booted A; the agent marked B failed.
+    agent.set(|s| {
+        s["trial"] = serde_json::Value::Null;
+        s["fail"] = "B".into();
+        s["slots"]["B"]["state"] = "failed".into();
+        s["last_failure"] =
+            serde_json::json!({"slot": "B", "version": NEW, "reason": "kernel panic"});
+    });
+    tick_until(&p, &client, 5, phase_is("Failed")).await;
+    let status = instance(&client).await.status.unwrap();
+    assert_eq!(
+        status.last_error.as_deref(),
+        Some("trial boot of v2 failed: kernel panic; the node runs slot A (v1)")
+    );
+    assert_eq!(status.current_version.as_deref(), Some("v1"));
+    assert_ne!(
+        node(&client, NODE).await.spec.unwrap().unschedulable,
+        Some(true)
+    );
+}
+
+#[tokio::test]
+async fn config_reports_the_agents_refusal_honestly() {
+    let server = FakeApiServer::start().await;
+    let client = client(&server);
+    create_node(&client, NODE, false).await;
+    start_operation(&client, "config", "Assigned", "v1").await;
+    let api = Api::<operator::crd::OsInstance>::default_namespaced(client.clone());
+    let sys = serde_json::json!({"spec": {"sysconfigs": {"version": "s1", "configs": [
+        {"model": "kernel.sysctl", "contents": [{"key": "vm.swappiness", "value": 10}]}]}}});
+    api.patch(
+        NODE,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(sys),
+    )
+    .await
+    .unwrap();
+    let agent = FakeAgent::start("empty", "");
+    let p = Proxy::new(
+        client.clone(),
+        proxy_config(&agent.socket, Duration::from_secs(10)),
+    );
+    let steps = tick_until(&p, &client, 5, phase_is("Failed")).await;
+    assert!(!steps.iter().any(|s| s == "Cordon"), "{steps:?}");
+    let error = instance(&client).await.status.unwrap().last_error.unwrap();
+    assert!(error.contains("not supported"), "{error}");
+    assert_eq!(agent.calls(), ["configure"]);
+}
+
+#[tokio::test]
+async fn operator_timeout_mid_operation_makes_the_proxy_stand_down() {
+    let server = FakeApiServer::start().await;
+    let client = client(&server);
+    create_node(&client, NODE, false).await;
+    start_operation(&client, "upgrade", "Draining", NEW).await;
+    let agent = FakeAgent::start("written", NEW);
+    let p = Proxy::new(
+        client.clone(),
+        proxy_config(&agent.socket, Duration::from_secs(10)),
+    );
+    assert_eq!(p.tick().await.unwrap(), proxy::lifecycle::Step::Cordon);
+    assert_eq!(
+        node(&client, NODE).await.spec.unwrap().unschedulable,
+        Some(true)
+    );
+    // The operator gives up on the node.
+    let api = Api::<operator::crd::OsInstance>::default_namespaced(client.clone());
+    let pp = kube::api::PatchParams::default();
+    api.patch_status(
+        NODE,
+        &pp,
+        &kube::api::Patch::Merge(
+            serde_json::json!({"status": {"phase": "Failed", "lastError": "timed out"}}),
+        ),
+    )
+    .await
+    .unwrap();
+    api.patch(
+        NODE,
+        &pp,
+        &kube::api::Patch::Merge(serde_json::json!({"spec": {"nodestatus": "idle"}})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(p.tick().await.unwrap(), proxy::lifecycle::Step::Uncordon);
+    assert_ne!(
+        node(&client, NODE).await.spec.unwrap().unschedulable,
+        Some(true)
+    );
+    assert_eq!(p.tick().await.unwrap(), proxy::lifecycle::Step::Idle);
+    assert!(agent.calls().is_empty());
+    assert_eq!(
+        instance(&client)
+            .await
+            .status
+            .unwrap()
+            .last_error
+            .as_deref(),
+        Some("timed out"),
+        "the operator's verdict stands"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_osinstance_is_created_idle() {
+    let server = FakeApiServer::start().await;
+    let client = client(&server);
+    create_node(&client, NODE, false).await;
+    let agent = FakeAgent::start("empty", "");
+    let p = Proxy::new(
+        client.clone(),
+        proxy_config(&agent.socket, Duration::from_secs(10)),
+    );
+    p.tick().await.unwrap();
+    assert_eq!(instance(&client).await.spec.nodestatus, NodeStatus::Idle);
+    assert_eq!(p.tick().await.unwrap(), proxy::lifecycle::Step::Idle);
+}
+
+#[tokio::test]
+async fn an_idle_proxy_wakes_when_its_osinstance_changes() {
+    let server = FakeApiServer::start().await;
+    let client = client(&server);
+    create_node(&client, NODE, false).await;
+    let agent = FakeAgent::start("written", NEW);
+    let p = Proxy::new(
+        client.clone(),
+        proxy_config(&agent.socket, Duration::from_secs(10)),
+    );
+    let running = tokio::spawn(async move { p.run().await });
+    let api = Api::<operator::crd::OsInstance>::default_namespaced(client.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while api.get_opt(NODE).await.unwrap().is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "OSInstance not created"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Idle now: without the watch the next look would be 30 s away.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    start_operation(&client, "upgrade", "Assigned", NEW).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while phase(&instance(&client).await).as_deref() != Some("Rebooting") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            instance(&client).await.status
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    running.abort();
+    assert_eq!(
+        agent.calls(),
+        ["upgrade"],
+        "the verified slot was not written again"
+    );
+}
+
+use kube::api::Api;

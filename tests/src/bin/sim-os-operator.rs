@@ -1,0 +1,5 @@
+//! `os-operator` linked into this crate so the cluster simulation builds it with the tests.
+
+fn main() -> std::process::ExitCode {
+    operator::cli::main()
+}

@@ -1,0 +1,248 @@
+//! Issue 7 acceptance: the cluster simulation. The fake API server, the real os-operator, and
+//! per node the real os-proxy and os-agent on file-backed slots; a node reboots when its agent
+//! asks to, into the slot GRUB's model picks (see `e2e::cluster`). Bundles are real os-image
+//! bundles served over HTTP on loopback.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use e2e::cluster::{mutations, Binaries, SimCluster, SimNode};
+use e2e::demo::{build_bundle, Bundle};
+use e2e::http::FileServer;
+use operator::audit::{events, max_unavailable, starts};
+use operator::crd::{NodePhase, RolloutState};
+use serde_json::json;
+
+struct Fixture {
+    v1: Bundle,
+    v2: Bundle,
+    dir: std::path::PathBuf,
+}
+
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let dir = e2e::fixture_dir().join("cluster");
+        let out = dir.join("bundles");
+        let _ = std::fs::remove_dir_all(&out);
+        let v1 = build_bundle(&dir, &out, "1", false);
+        let v2 = build_bundle(&dir, &out, "2", false);
+        Fixture { v1, v2, dir: out }
+    })
+}
+
+fn binaries() -> Binaries {
+    Binaries {
+        agent: e2e::musl_binary("agent", "os-agent"),
+        operator: env!("CARGO_BIN_EXE_sim-os-operator").into(),
+        proxy: env!("CARGO_BIN_EXE_sim-os-proxy").into(),
+    }
+}
+
+/// An upgrade to v2, served by `server` (each test has its own, to count its downloads).
+fn upgrade_spec(server: &FileServer, max: i64, budget: u32) -> serde_json::Value {
+    let f = fixture();
+    let url = format!(
+        "http://127.0.0.1:{}/{}",
+        server.port,
+        f.v2.image.file_name().unwrap().to_str().unwrap()
+    );
+    json!({
+        "osversion": f.v2.version, "opstype": "upgrade", "imagetype": "disk",
+        "imageurl": url, "flagSafe": true, "checksum": f.v2.digest,
+        "maxunavailable": max, "nodeselector": "all-label", "timeinterval": 0,
+        "failureBudget": budget, "nodeTimeoutSeconds": 600,
+    })
+}
+
+async fn cluster(test: &str, nodes: usize, setup: impl Fn(&SimNode)) -> (SimCluster, FileServer) {
+    let f = tokio::task::spawn_blocking(fixture).await.unwrap();
+    let bins = tokio::task::spawn_blocking(binaries).await.unwrap();
+    let slot_size = f.v1.size.max(f.v2.size);
+    let mut c = SimCluster::start(test, bins).await;
+    c.add_nodes(nodes, &f.v1, slot_size, setup).await;
+    (c, FileServer::start(&f.dir).unwrap())
+}
+
+fn state(os: &operator::crd::Os) -> Option<RolloutState> {
+    os.status.as_ref().and_then(|s| s.state)
+}
+
+async fn cordoned(c: &SimCluster, node: &str) -> bool {
+    let n = c.node_object(node).await;
+    n.spec.and_then(|s| s.unschedulable).unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn six_nodes_reach_the_new_version_two_at_a_time() {
+    let (mut c, files) = cluster("cluster_six_nodes", 6, |_| {}).await;
+    // An admin cordoned node-5 before the rollout: it is upgraded and stays cordoned.
+    c.cordon("node-5").await;
+    c.create_os(upgrade_spec(&files, 2, 1)).await;
+    c.start_operator();
+    let os = c
+        .wait_os(Duration::from_secs(300), "Complete", |os| {
+            state(os) == Some(RolloutState::Complete)
+        })
+        .await;
+    assert_eq!(os.status.unwrap().updated, 6);
+    let v2 = &fixture().v2.version;
+    for node in &c.nodes {
+        assert_eq!(
+            &node.running_version(),
+            v2,
+            "{} runs the old version",
+            node.name
+        );
+        let osi = c.instance(&node.name).await;
+        let status = osi.status.unwrap();
+        assert_eq!(status.phase, Some(NodePhase::Succeeded), "{}", node.name);
+        assert_eq!(status.current_version.as_ref(), Some(v2));
+        let want_cordoned = node.name == "node-5";
+        assert_eq!(
+            cordoned(&c, &node.name).await,
+            want_cordoned,
+            "{}",
+            node.name
+        );
+    }
+    let log = c.log();
+    let (max, seq) = max_unavailable(mutations(&log));
+    assert!(max <= 2, "{max} nodes unavailable at log entry {seq}");
+    assert_eq!(starts(mutations(&log)).len(), 6, "each node started once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_image_falls_back_reports_the_version_and_halts_the_rollout() {
+    // node-0's new slot fails its health gate: the agent ends the trial, GRUB boots slot A.
+    let (mut c, files) = cluster("cluster_bad_image", 4, |n| {
+        if n.name == "node-0" {
+            n.add_check("app", "echo 'demo service does not answer' >&2; exit 1");
+        }
+    })
+    .await;
+    c.create_os(upgrade_spec(&files, 1, 1)).await;
+    c.start_operator();
+    c.wait_os(Duration::from_secs(240), "Halted", |os| {
+        state(os) == Some(RolloutState::Halted)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let bad = c.node("node-0");
+    assert_eq!(
+        bad.running_version(),
+        fixture().v1.version,
+        "node-0 runs the old slot"
+    );
+    assert_eq!(bad.booted(), bootctl::Slot::A);
+    let status = c.instance("node-0").await.status.unwrap();
+    assert_eq!(status.phase, Some(NodePhase::Failed));
+    let error = status.last_error.unwrap_or_default();
+    assert!(
+        error.contains(&fixture().v2.version),
+        "the failed version is named: {error}"
+    );
+    assert!(
+        !cordoned(&c, "node-0").await,
+        "the failed node is uncordoned"
+    );
+    let log = c.log();
+    let started = starts(mutations(&log));
+    assert_eq!(
+        started.len(),
+        1,
+        "nothing starts after the halt: {started:?}"
+    );
+    for other in &c.nodes[1..] {
+        assert_eq!(other.boots(), 0, "{} was rebooted", other.name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pdb_that_never_allows_eviction_times_out_the_drain_without_a_reboot() {
+    let (mut c, files) = cluster("cluster_pdb", 2, |_| {}).await;
+    c.add_pod("node-0", "db-0", "db").await;
+    c.add_blocking_pdb("db").await;
+    c.create_os(upgrade_spec(&files, 1, 1)).await;
+    c.start_operator();
+    c.wait_os(Duration::from_secs(180), "Halted", |os| {
+        state(os) == Some(RolloutState::Halted)
+    })
+    .await;
+
+    let node = c.node("node-0");
+    assert_eq!(node.boots(), 0, "the node was rebooted");
+    assert_eq!(node.running_version(), fixture().v1.version);
+    assert!(
+        !cordoned(&c, "node-0").await,
+        "the proxy uncordons after a failed drain"
+    );
+    let status = c.instance("node-0").await.status.unwrap();
+    assert_eq!(status.phase, Some(NodePhase::Failed));
+    let error = status.last_error.unwrap_or_default();
+    assert!(error.contains("db-0"), "the blocking pod is named: {error}");
+    let log = c.log();
+    let named = events(mutations(&log))
+        .into_iter()
+        .any(|e| e.note.contains("db-0"));
+    assert!(named, "an Event names the blocking pod");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_proxy_at_every_step_repeats_nothing() {
+    let (mut c, files) = cluster("cluster_proxy_kills", 3, |_| {}).await;
+    c.create_os(upgrade_spec(&files, 1, 1)).await;
+    c.start_operator();
+
+    // Kill each node's proxy once in every phase it is seen in, and start it again.
+    let mut seen: Vec<(String, NodePhase)> = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        if state(&c.os().await) == Some(RolloutState::Complete) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rollout did not complete"
+        );
+        for node in &c.nodes {
+            let Some(osi) = c.try_instance(&node.name).await else {
+                continue;
+            };
+            let phase = osi.status.and_then(|s| s.phase);
+            let Some(phase) = phase.filter(|p| p.is_active()) else {
+                continue;
+            };
+            if !seen.contains(&(node.name.clone(), phase)) && node.kill_proxy() {
+                seen.push((node.name.clone(), phase));
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                node.start_proxy();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(seen.len() >= 6, "proxies killed in too few steps: {seen:?}");
+    let (_, bytes) = files.served();
+    let image = std::fs::metadata(&fixture().v2.image).unwrap().len();
+    let manifest = std::fs::metadata(fixture().dir.join("os-2.manifest.json"))
+        .unwrap()
+        .len();
+    assert_eq!(
+        bytes,
+        3 * (image + manifest),
+        "each node downloaded the bundle exactly once"
+    );
+    for node in &c.nodes {
+        assert_eq!(
+            node.boots(),
+            1,
+            "{} rebooted {} times",
+            node.name,
+            node.boots()
+        );
+        assert_eq!(node.running_version(), fixture().v2.version);
+    }
+    let log = c.log();
+    assert_eq!(starts(mutations(&log)).len(), 3);
+}
