@@ -246,3 +246,32 @@ async fn killing_the_proxy_at_every_step_repeats_nothing() {
     let log = c.log();
     assert_eq!(starts(mutations(&log)).len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_reaches_every_node_and_each_reports_the_applied_version() {
+    let (mut c, _files) = cluster("cluster_config", 3, |_| {}).await;
+    c.create_os(json!({
+        "osversion": fixture().v1.version, "opstype": "config", "imagetype": "",
+        "maxunavailable": 3, "nodeselector": "all-label", "timeinterval": 0,
+        "sysconfigs": { "version": "c1", "configs": [{
+            "model": "kernel.sysctl.persist",
+            "contents": [{ "key": "vm.swappiness", "value": 10 }],
+        }]},
+    }))
+    .await;
+    c.start_operator();
+    c.wait_os(Duration::from_secs(120), "Complete", |os| {
+        state(os) == Some(RolloutState::Complete)
+    })
+    .await;
+    for node in &c.nodes {
+        let status = c.instance(&node.name).await.status.unwrap();
+        let applied = status.sysconfigs.and_then(|s| s.version);
+        assert_eq!(applied.as_deref(), Some("c1"), "{}", node.name);
+        let conf = std::fs::read_to_string(node.dir.join("root/etc/sysctl.conf")).unwrap();
+        assert!(conf.contains("vm.swappiness"), "{}: {conf}", node.name);
+        assert!(conf.contains("10"), "{}: {conf}", node.name);
+        assert_eq!(node.boots(), 0, "{} was rebooted for a config", node.name);
+        assert!(!cordoned(&c, &node.name).await, "{}", node.name);
+    }
+}

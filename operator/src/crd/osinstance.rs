@@ -42,8 +42,7 @@ use super::sysconfig::SysConfigs;
     printcolumn(
         name = "Sysconfig-Current",
         type_ = "string",
-        json_path = ".status.sysconfigs.version",
-        priority = "1"
+        json_path = ".status.sysconfigs.version"
     ),
     printcolumn(
         name = "Sysconfig-Desired",

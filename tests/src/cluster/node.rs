@@ -79,7 +79,14 @@ impl SimNode {
                 log_mark: 0,
             }),
         };
-        for d in [&node.esp, &node.state, &node.health, &p("run"), &p("certs")] {
+        for d in [
+            &node.esp,
+            &node.state,
+            &node.health,
+            &p("run"),
+            &p("certs"),
+            &p("root/etc"),
+        ] {
             fs::create_dir_all(d).unwrap();
         }
         for slot in [&node.root_a, &node.root_b] {
@@ -140,8 +147,11 @@ impl SimNode {
             ("check-timeout", "5".into()),
             ("tries", "1".into()),
             ("certs-dir", s(&self.dir.join("certs"))),
-            // The simulation reboots the node itself when GRUB would boot something else.
+            // The simulation reboots the node itself when the agent asks for it.
             ("reboot", "no".into()),
+            // Node configuration edits this node's files, never the host's.
+            ("config-root", s(&self.dir.join("root"))),
+            ("proc-dir", s(&self.dir.join("proc"))),
         ]
         .iter()
         .map(|(k, v)| format!("{k} = {v}\n"))
