@@ -214,6 +214,17 @@ impl FakeApiServer {
         kube::Client::try_from(self.config()).expect("building a kube client for the fake server")
     }
 
+    /// A kubeconfig file's text that points a separate process (`KUBECONFIG=...`) at this
+    /// server, with `namespace` as its default namespace.
+    pub fn kubeconfig(&self, namespace: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n\
+             users:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    \
+             cluster: fake\n    user: fake\n    namespace: {namespace}\ncurrent-context: fake\n",
+            self.url()
+        )
+    }
+
     /// Every successful mutation, in order.
     pub fn log(&self) -> Vec<LogEntry> {
         self.shared.lock_store().log().to_vec()

@@ -352,7 +352,7 @@ async fn end_to_end(n: usize) {
     let bench_counts = Arc::new(ClientCounts::default());
     let client = counting_client(&server, Arc::clone(&bench_counts));
     let simulator = tokio::spawn(simulate(client.clone()));
-    let kubeconfig = kubeconfig(&server.url());
+    let kubeconfig = kubeconfig(&server);
     let run = Instant::now();
     let mut op = spawn_operator(kubeconfig.path());
     let rss = spawn_rss_sampler(op.child.id());
@@ -536,14 +536,10 @@ fn logs_dir() -> PathBuf {
     dir
 }
 
-fn kubeconfig(url: &str) -> tempfile::NamedTempFile {
+fn kubeconfig(server: &FakeApiServer) -> tempfile::NamedTempFile {
     let mut file = tempfile::NamedTempFile::new().expect("creating a kubeconfig file");
-    let yaml = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {url}\n\
-         users:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    \
-         cluster: fake\n    user: fake\n    namespace: {NS}\ncurrent-context: fake\n"
-    );
-    std::io::Write::write_all(&mut file, yaml.as_bytes()).expect("writing the kubeconfig");
+    std::io::Write::write_all(&mut file, server.kubeconfig(NS).as_bytes())
+        .expect("writing the kubeconfig");
     file
 }
 

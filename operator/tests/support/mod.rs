@@ -34,12 +34,7 @@ impl Cluster {
         let server = FakeApiServer::start().await;
         let client = server.client();
         let mut kubeconfig = tempfile::NamedTempFile::new().unwrap();
-        let yaml = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n\
-             users:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    \
-             cluster: fake\n    user: fake\n    namespace: {NS}\ncurrent-context: fake\n",
-            server.url()
-        );
+        let yaml = server.kubeconfig(NS);
         std::io::Write::write_all(&mut kubeconfig, yaml.as_bytes()).unwrap();
         let logs = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(test);
         let _ = std::fs::remove_dir_all(&logs);

@@ -54,7 +54,7 @@ impl SimCluster {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let kubeconfig = dir.join("kubeconfig");
-        std::fs::write(&kubeconfig, kubeconfig_yaml(&server.url())).unwrap();
+        std::fs::write(&kubeconfig, server.kubeconfig(NS)).unwrap();
         SimCluster {
             server,
             client,
@@ -260,14 +260,6 @@ impl Drop for SimCluster {
             n.kill_all();
         }
     }
-}
-
-fn kubeconfig_yaml(url: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: sim\n  cluster:\n    server: {url}\n\
-         users:\n- name: sim\n  user: {{}}\ncontexts:\n- name: sim\n  context:\n    \
-         cluster: sim\n    user: sim\n    namespace: {NS}\ncurrent-context: sim\n"
-    )
 }
 
 /// The node comes up: the agent on the running slot (it runs its health gate on a trial
