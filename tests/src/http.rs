@@ -14,6 +14,9 @@ use std::sync::Arc;
 pub struct Counters {
     pub requests: AtomicU64,
     pub bytes: AtomicU64,
+    /// Microseconds to wait after each 64 KiB of a body (0: full speed), so a
+    /// test can make a download last long enough to act during it.
+    pub pace_us: AtomicU64,
 }
 
 pub struct FileServer {
@@ -38,6 +41,16 @@ impl FileServer {
             }
         });
         Ok(FileServer { port, counters })
+    }
+
+    /// Slows every later body down to about `bytes_per_sec` (0: full speed).
+    pub fn set_rate(&self, bytes_per_sec: u64) {
+        let pace = if bytes_per_sec == 0 {
+            0
+        } else {
+            (CHUNK as u64 * 1_000_000) / bytes_per_sec
+        };
+        self.counters.pace_us.store(pace, Ordering::Relaxed);
     }
 
     /// Requests and bytes of file content served so far.
@@ -99,6 +112,26 @@ fn file_for(dir: &Path, path: &str) -> Option<PathBuf> {
     Some(dir.join(name)).filter(|p| p.is_file())
 }
 
+const CHUNK: usize = 64 * 1024;
+
+/// Copies a body, counting each chunk as it goes out (so a dropped
+/// connection still counts what was sent) and pacing it when asked.
+fn send_body(body: &mut impl Read, out: &mut impl Write, c: &Counters) -> std::io::Result<()> {
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = body.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        out.write_all(&buf[..n])?;
+        c.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        let pace = c.pace_us.load(Ordering::Relaxed);
+        if pace > 0 {
+            std::thread::sleep(std::time::Duration::from_micros(pace));
+        }
+    }
+}
+
 fn serve(stream: TcpStream, dir: &Path, c: &Counters) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut out = stream;
@@ -138,8 +171,7 @@ fn serve(stream: TcpStream, dir: &Path, c: &Counters) -> std::io::Result<()> {
         out.write_all(head.as_bytes())?;
         if req.method == "GET" {
             file.seek(SeekFrom::Start(start))?;
-            let n = std::io::copy(&mut file.take(len), &mut out)?;
-            c.bytes.fetch_add(n, Ordering::Relaxed);
+            send_body(&mut file.take(len), &mut out, c)?;
         }
         out.flush()?;
     }

@@ -191,7 +191,15 @@ async fn a_pdb_that_never_allows_eviction_times_out_the_drain_without_a_reboot()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_proxy_at_every_step_repeats_nothing() {
-    let (mut c, files) = cluster("cluster_proxy_kills", 3, |_| {}).await;
+    // Downloads and health gates take ~2 s each, so every node is seen (and its
+    // proxy killed) at least while it prepares and while it confirms, however
+    // slow the machine running the test.
+    let (mut c, files) = cluster("cluster_proxy_kills", 3, |n| {
+        n.add_check("slow", "sleep 2");
+    })
+    .await;
+    let image = std::fs::metadata(&fixture().v2.image).unwrap().len();
+    files.set_rate(image / 2);
     c.create_os(upgrade_spec(&files, 1, 1)).await;
     c.start_operator();
 
@@ -222,9 +230,16 @@ async fn killing_the_proxy_at_every_step_repeats_nothing() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(seen.len() >= 6, "proxies killed in too few steps: {seen:?}");
+    for node in &c.nodes {
+        for phase in [NodePhase::Preparing, NodePhase::Confirming] {
+            assert!(
+                seen.contains(&(node.name.clone(), phase)),
+                "{}'s proxy was not killed while {phase:?}: {seen:?}",
+                node.name
+            );
+        }
+    }
     let (_, bytes) = files.served();
-    let image = std::fs::metadata(&fixture().v2.image).unwrap().len();
     let manifest = std::fs::metadata(fixture().dir.join("os-2.manifest.json"))
         .unwrap()
         .len();
