@@ -37,9 +37,16 @@ COMMANDS:
                              write the image into the inactive slot, verify it,
                              arm a trial boot of it and reboot. URL: https://,
                              http:// (only with --allow-http) or file://;
-                             --digest also takes sha256:HEX; --ca-cert alone
-                             replaces the built-in roots, with the client pair
-                             it is mutual TLS. Prints progress while it runs
+                             --ca-cert alone replaces the built-in roots, with
+                             the client pair it is mutual TLS. Prints progress
+                             while it runs
+  upgrade --image REGISTRY/REPO[:TAG][@sha256:HEX] [--digest D] [...]
+                             the same from an OCI registry (an artifact made by
+                             `os-image oci`); something must pin the content:
+                             @sha256: in the reference, or --digest sha256:HEX
+                             (the OCI manifest) or blake3:HEX (the root image).
+                             Registry credentials, CA, mirrors and plain-HTTP
+                             hosts are node settings (registry-*, below)
   rollback [--no-reboot]     commit the other slot and reboot; only when its
                              record says it holds an image that booted before
   confirm                    commit the booted slot now, skipping the health gate
@@ -78,6 +85,15 @@ OPTIONS (also `key = value` lines, without the dashes, in the config file):
                              `systemctl restart`)
   --config-restart-timeout SECS
                              default 120
+  --registry-auth FILE       registry credentials, docker's format
+                             ({\"auths\":{\"HOST\":{\"auth\":\"base64(user:pw)\"}}});
+                             default /etc/os-agent/registry-auth.json, if present
+  --registry-ca FILE         CA (PEM) for registries (default: the request's CA,
+                             else the built-in roots)
+  --registry-mirror REGISTRY=MIRROR[,MIRROR..]
+                             mirrors tried in order before REGISTRY (repeatable)
+  --registry-plain-http HOST[:PORT]
+                             speak plain HTTP to this registry (repeatable)
   -h, --help                 this text
 
 Logs go to stderr (RUST_LOG=debug for more).
@@ -132,6 +148,7 @@ struct Args {
     config_file: Option<PathBuf>,
     json: bool,
     url: Option<String>,
+    image: Option<String>,
     digest: Option<String>,
     version: Option<String>,
     tls: Tls,
@@ -140,10 +157,11 @@ struct Args {
 }
 
 /// Flags that belong to one command only.
-const COMMAND_FLAGS: [(&str, &str); 9] = [
+const COMMAND_FLAGS: [(&str, &str); 10] = [
     ("file", "configure"),
     ("json", "status"),
     ("url", "upgrade"),
+    ("image", "upgrade"),
     ("digest", "upgrade"),
     ("version", "upgrade"),
     ("ca-cert", "upgrade"),
@@ -182,6 +200,7 @@ fn parse(args: &[String]) -> Result<Option<Args>, Failure> {
             "no-reboot" => a.overrides.reboot = Some(false),
             "config" => a.config_file = Some(value()?.into()),
             "url" => a.url = Some(value()?),
+            "image" => a.image = Some(value()?),
             "file" => a.file = Some(value()?.into()),
             "digest" => a.digest = Some(value()?),
             "version" => a.version = Some(value()?),
@@ -293,11 +312,20 @@ fn reboot(agent: &Agent, why: &str) -> Result<(), Failure> {
 }
 
 fn upgrade(agent: &Agent, a: Args) -> Result<(), Failure> {
+    let (url, digest) = match (a.url, a.image) {
+        (Some(_), Some(_)) => return Err(Failure::usage("give --url or --image, not both")),
+        (Some(url), None) => (
+            url,
+            a.digest
+                .ok_or_else(|| Failure::usage("upgrade --url needs --digest"))?,
+        ),
+        // A digest inside the reference (@sha256:) may stand alone.
+        (None, Some(image)) => (format!("oci://{image}"), a.digest.unwrap_or_default()),
+        (None, None) => return Err(Failure::usage("upgrade needs --url or --image")),
+    };
     let req = PrepareRequest {
-        url: a.url.ok_or_else(|| Failure::usage("upgrade needs --url"))?,
-        digest: a
-            .digest
-            .ok_or_else(|| Failure::usage("upgrade needs --digest"))?,
+        url,
+        digest,
         version: a.version,
         tls: a.tls,
         allow_http: a.allow_http,

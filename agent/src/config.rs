@@ -8,9 +8,11 @@
 //! `state-dir`, `booted`, `socket`, `health-dir`, `health-deadline`,
 //! `check-timeout`, `tries`, `allow-uid`, `connect-timeout`, `read-timeout`,
 //! `certs-dir`, `reboot`, and for node configuration `config-root`, `proc-dir`,
-//! `config-allow` (repeatable), `config-restart`, `config-restart-timeout`).
-//! Flags win over the file, the file over discovery; `config-allow` lines
-//! from both add up.
+//! `config-allow` (repeatable), `config-restart`, `config-restart-timeout`,
+//! and for OCI registries `registry-auth`, `registry-ca`, `registry-mirror`
+//! and `registry-plain-http` (both repeatable)).
+//! Flags win over the file, the file over discovery; `config-allow`,
+//! `registry-mirror` and `registry-plain-http` lines from both add up.
 
 use crate::configure::{self, AllowList};
 use bootctl::partitions;
@@ -27,6 +29,53 @@ pub const DEFAULT_HEALTH_DIR: &str = "/etc/os-agent/health.d";
 /// Where KubeOS keeps the certificates its `certs` fields name (its `CERTS_PATH`),
 /// so an unchanged KubeOS node setup keeps working.
 pub const DEFAULT_CERTS_DIR: &str = "/etc/KubeOS/certs";
+/// Docker-style registry credentials (`{"auths": {HOST: {"auth": …}}}`), read
+/// when it exists.
+pub const DEFAULT_REGISTRY_AUTH: &str = "/etc/os-agent/registry-auth.json";
+
+/// How this node reaches OCI registries (docs/oci.md). Node settings, never
+/// from the custom resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrySettings {
+    /// Docker-style auth file; a missing file means anonymous access.
+    pub auth_file: PathBuf,
+    /// CA (PEM) for registries' certificates, else the request's CA or the
+    /// built-in web roots.
+    pub ca_cert: Option<PathBuf>,
+    /// Per registry host, mirrors tried in order before it.
+    pub mirrors: Vec<(String, Vec<String>)>,
+    /// Registry hosts spoken to over plain HTTP.
+    pub plain_http: Vec<String>,
+}
+
+impl Default for RegistrySettings {
+    fn default() -> Self {
+        RegistrySettings {
+            auth_file: DEFAULT_REGISTRY_AUTH.into(),
+            ca_cert: None,
+            mirrors: Vec::new(),
+            plain_http: Vec::new(),
+        }
+    }
+}
+
+impl RegistrySettings {
+    /// Mirrors of `registry` then `registry` itself: where to look, in order.
+    pub fn endpoints(&self, registry: &str) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .mirrors
+            .iter()
+            .filter(|(r, _)| r == registry)
+            .flat_map(|(_, m)| m.iter().cloned())
+            .collect();
+        out.push(registry.to_owned());
+        out
+    }
+
+    pub fn is_plain_http(&self, host: &str) -> bool {
+        self.plain_http.iter().any(|h| h == host)
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -61,6 +110,8 @@ pub struct Config {
     pub reboot: bool,
     /// Node configuration (`configure`): root, allow-list, restarts.
     pub configure: configure::Settings,
+    /// OCI registries: credentials, CA, mirrors.
+    pub registry: RegistrySettings,
 }
 
 impl Config {
@@ -100,6 +151,10 @@ pub struct Overrides {
     pub config_allow: AllowList,
     pub config_restart: Option<Vec<String>>,
     pub config_restart_timeout: Option<Duration>,
+    pub registry_auth: Option<PathBuf>,
+    pub registry_ca: Option<PathBuf>,
+    pub registry_mirrors: Vec<(String, Vec<String>)>,
+    pub registry_plain_http: Vec<String>,
 }
 
 impl Overrides {
@@ -135,6 +190,31 @@ impl Overrides {
                 self.config_restart = Some(words);
             }
             "config-restart-timeout" => self.config_restart_timeout = secs()?,
+            "registry-auth" => self.registry_auth = path(),
+            "registry-ca" => self.registry_ca = path(),
+            "registry-mirror" => {
+                let bad =
+                    || format!("registry-mirror: `{value}` is not REGISTRY=MIRROR[,MIRROR..]");
+                let (registry, mirrors) = value.split_once('=').ok_or_else(bad)?;
+                let mirrors: Vec<String> = mirrors
+                    .split(',')
+                    .map(|m| m.trim().to_owned())
+                    .filter(|m| !m.is_empty())
+                    .collect();
+                if registry.trim().is_empty() || mirrors.is_empty() {
+                    return Err(bad());
+                }
+                self.registry_mirrors
+                    .push((registry.trim().to_owned(), mirrors));
+            }
+            "registry-plain-http" => {
+                if value.is_empty() || value.contains(['/', ' ']) {
+                    return Err(format!(
+                        "registry-plain-http: `{value}` is not a host[:port]"
+                    ));
+                }
+                self.registry_plain_http.push(value.to_owned());
+            }
             "reboot" => {
                 self.reboot = Some(match value {
                     "yes" | "true" | "1" => true,
@@ -206,8 +286,13 @@ impl Overrides {
             config_root,
             proc_dir,
             config_restart,
-            config_restart_timeout
+            config_restart_timeout,
+            registry_auth,
+            registry_ca
         );
+        self.registry_mirrors.extend(from_file.registry_mirrors);
+        self.registry_plain_http
+            .extend(from_file.registry_plain_http);
         self.allowed_uids.extend(from_file.allowed_uids);
         self.config_allow.merge(from_file.config_allow);
         Ok(())
@@ -250,6 +335,14 @@ impl Overrides {
             certs_dir: self.certs_dir.unwrap_or_else(|| DEFAULT_CERTS_DIR.into()),
             reboot: self.reboot.unwrap_or(true),
             configure,
+            registry: RegistrySettings {
+                auth_file: self
+                    .registry_auth
+                    .unwrap_or_else(|| DEFAULT_REGISTRY_AUTH.into()),
+                ca_cert: self.registry_ca,
+                mirrors: self.registry_mirrors,
+                plain_http: self.registry_plain_http,
+            },
         })
     }
 }
@@ -348,6 +441,47 @@ mod tests {
         assert!(s
             .allow
             .allows(Model::Kubelet, "/var/lib/kubelet/config.yaml"));
+    }
+
+    #[test]
+    fn registry_settings() {
+        let mut o = Overrides::default();
+        o.set("registry-mirror", "r.example=m1.local:5000, m2.local")
+            .unwrap();
+        o.merge_file(
+            "registry-auth = /etc/auth.json\nregistry-plain-http = m1.local:5000\n\
+             registry-mirror = other.example=m3\nregistry-ca = /etc/ca.pem\n",
+        )
+        .unwrap();
+        assert!(o.set("registry-mirror", "r.example").is_err());
+        assert!(o.set("registry-mirror", "r.example=").is_err());
+        assert!(o.set("registry-plain-http", "http://x").is_err());
+        o.set("booted", "A").unwrap();
+        o.set("root-a", "/a").unwrap();
+        o.set("root-b", "/b").unwrap();
+        let r = o
+            .resolve(Path::new("/x"), Path::new("/dev"), "")
+            .unwrap()
+            .registry;
+        assert_eq!(r.auth_file, PathBuf::from("/etc/auth.json"));
+        assert_eq!(r.ca_cert, Some(PathBuf::from("/etc/ca.pem")));
+        assert_eq!(
+            r.endpoints("r.example"),
+            ["m1.local:5000", "m2.local", "r.example"]
+        );
+        assert_eq!(r.endpoints("x.example"), ["x.example"]);
+        assert!(r.is_plain_http("m1.local:5000"));
+        assert!(!r.is_plain_http("r.example"));
+        let d = Overrides::default();
+        let mut d2 = d.clone();
+        d2.set("booted", "A").unwrap();
+        d2.set("root-a", "/a").unwrap();
+        d2.set("root-b", "/b").unwrap();
+        let r = d2
+            .resolve(Path::new("/x"), Path::new("/dev"), "")
+            .unwrap()
+            .registry;
+        assert_eq!(r, RegistrySettings::default());
     }
 
     #[test]

@@ -7,8 +7,14 @@
 //! - `check_sum` is the bare lowercase hex SHA-256 of the image (`sha256sum`),
 //!   so a bare 64-hex value maps to `sha256:<hex>`; `blake3:`/`sha256:`
 //!   prefixed values pass through.
-//! - `image_type` `disk` is the image-from-URL case, the only one here;
-//!   `docker`/`containerd` (an image in a container registry) are refused.
+//! - `image_type` `disk` is the image-from-URL case; `docker` and
+//!   `containerd` (KubeOS: pull `container_image` with that runtime) both
+//!   mean this agent's own OCI client (docs/oci.md): `container_image` is
+//!   pulled from its registry as an ab-os bundle artifact, no container
+//!   runtime involved. `check_sum` then pins the OCI manifest (`sha256`, the
+//!   image digest) or the root image (`blake3:`), and may be empty when the
+//!   reference carries `@sha256:`; `flag_safe` allows a plain-HTTP registry
+//!   and `certs.ca_cert` names its CA.
 //! - A URL that is not `https://` needs `flag_safe` (KubeOS: "The upgrade image
 //!   url is not safe"): it maps to `allow_http`.
 //! - `certs` holds file names relative to KubeOS's `/etc/KubeOS/certs/`
@@ -88,14 +94,12 @@ impl UpgradeRequest {
     pub fn to_prepare(&self, certs_dir: &Path) -> Result<PrepareRequest, String> {
         match self.image_type.as_str() {
             "" | "disk" => {}
-            t @ ("docker" | "containerd") => {
+            "docker" | "containerd" => return self.to_prepare_oci(certs_dir),
+            t => {
                 return Err(format!(
-                    "image_type {t} (container image {:?}) is not supported: this agent \
-                     installs disk bundles from image_url; set imagetype to disk",
-                    self.container_image
+                    "unknown image_type {t:?} (expected disk, docker or containerd)"
                 ))
             }
-            t => return Err(format!("unknown image_type {t:?} (expected disk)")),
         }
         let url = self.image_url.trim();
         if url.is_empty() {
@@ -120,6 +124,36 @@ impl UpgradeRequest {
             digest: digest_from_check_sum(&self.check_sum)?,
             version: (!version.is_empty()).then(|| version.to_owned()),
             tls,
+            allow_http: self.flag_safe,
+        })
+    }
+}
+
+impl UpgradeRequest {
+    /// `imagetype` docker/containerd: the bundle artifact in a registry.
+    fn to_prepare_oci(&self, certs_dir: &Path) -> Result<PrepareRequest, String> {
+        let image = self.container_image.trim();
+        if image.is_empty() {
+            return Err(format!(
+                "image_type {} needs container_image (REGISTRY/REPO:TAG or @sha256:…)",
+                self.image_type
+            ));
+        }
+        let image = image.strip_prefix("docker://").unwrap_or(image);
+        let digest = match self.check_sum.trim() {
+            "" => String::new(),
+            sum => digest_from_check_sum(sum)?,
+        };
+        let ca = cert_path(certs_dir, "ca_cert", &self.certs.ca_cert, false)?;
+        let version = self.version.trim();
+        Ok(PrepareRequest {
+            url: format!("oci://{image}"),
+            digest,
+            version: (!version.is_empty()).then(|| version.to_owned()),
+            tls: Tls {
+                ca_cert: ca,
+                ..Tls::default()
+            },
             allow_http: self.flag_safe,
         })
     }
@@ -235,13 +269,39 @@ mod tests {
     }
 
     #[test]
+    fn docker_and_containerd_mean_the_registry() {
+        for t in ["docker", "containerd"] {
+            let mut req = parse(&kubeos_json("", false)).unwrap();
+            req.image_type = t.into();
+            req.container_image = "127.0.0.1:5000/os:2".into();
+            let p = req.to_prepare(Path::new("/c")).unwrap();
+            assert_eq!(p.url, "oci://127.0.0.1:5000/os:2");
+            assert_eq!(p.digest, format!("sha256:{HEX}"));
+            assert_eq!(p.tls.ca_cert, Some(PathBuf::from("/c/ca.pem")));
+            assert_eq!(p.tls.client_cert, None);
+            req.check_sum = String::new();
+            req.container_image = format!("r.io/os@sha256:{HEX}");
+            let p = req.to_prepare(Path::new("/c")).unwrap();
+            assert_eq!(
+                (p.url, p.digest),
+                (format!("oci://r.io/os@sha256:{HEX}"), String::new())
+            );
+            req.container_image = " ".into();
+            assert!(req
+                .to_prepare(Path::new("/c"))
+                .unwrap_err()
+                .contains("needs container_image"));
+        }
+    }
+
+    #[test]
     fn refusals_and_bad_params() {
         let mut req = parse(&kubeos_json("https://r/x", true)).unwrap();
-        req.image_type = "docker".into();
+        req.image_type = "podman".into();
         assert!(req
             .to_prepare(Path::new("/c"))
             .unwrap_err()
-            .contains("not supported"));
+            .contains("unknown image_type"));
         let mut req = parse(&kubeos_json("https://r/x", true)).unwrap();
         req.certs.client_key = "../../root/key".into();
         assert!(req.to_prepare(Path::new("/c")).is_err());

@@ -1,5 +1,6 @@
 //! The write path (DESIGN.md §4 step 1, §5): stream an update bundle's image
-//! from HTTP(S) or `file://` through zstd and BLAKE3 into the inactive slot,
+//! from HTTP(S), `file://` or an OCI registry (`oci://`, see `registry`)
+//! through zstd and BLAKE3 into the inactive slot,
 //! in one pass, with no temp file and bounded memory (three 4 MiB write
 //! buffers, one read-back buffer, a zstd window of at most 8 MiB).
 //!
@@ -30,6 +31,7 @@ mod blockdev;
 mod error;
 mod fetch;
 mod manifest;
+mod registry;
 mod resume;
 mod slot;
 mod writer;
@@ -65,15 +67,30 @@ pub struct Tls {
 /// What to write into the inactive slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PrepareRequest {
-    /// `https://…/NAME.img.zst`, `http://…` (only with `allow_http`), or `file:///…`.
+    /// `https://…/NAME.img.zst`, `http://…` (only with `allow_http`),
+    /// `file:///…`, or `oci://REGISTRY/REPO[:TAG][@sha256:…]`.
     pub url: String,
-    /// `blake3:<hex>` of the uncompressed image: the trust anchor.
+    /// `blake3:<hex>` of the uncompressed image: the trust anchor. For an
+    /// `oci://` image also `sha256:<hex>` of its OCI manifest, or empty when
+    /// the reference carries `@sha256:`.
     pub digest: String,
     /// Expected OS version; checked against the manifest when both are known.
     pub version: Option<String>,
     pub tls: Tls,
     /// Plain HTTP allowed (KubeOS `flag_safe`).
     pub allow_http: bool,
+}
+
+/// Where the image streams from, once resolved and checked.
+pub(crate) struct Source {
+    fetcher: Fetcher,
+    /// The image (or layer blob) URL, for messages.
+    url: String,
+    manifest: Option<Manifest>,
+    /// BLAKE3 of the uncompressed image.
+    anchor: [u8; 32],
+    /// For an OCI layer: the sha256 and size it is addressed by.
+    layer: Option<resume::Layer>,
 }
 
 /// A slot written and verified, recorded on PERSIST as `written`.
@@ -103,46 +120,82 @@ pub fn prepare_with(
     cancel: &AtomicBool,
     retry: &Retry,
 ) -> Result<Prepared, PrepareError> {
-    let anchor = parse_blake3(&req.digest).ok_or_else(|| PrepareError::BadRequest {
-        reason: format!("digest {:?} is not blake3:<64 hex digits>", req.digest),
-    })?;
+    let oci = registry::reference(&req.url)?;
+    let http = match oci {
+        Some(_) => None,
+        None => {
+            let anchor = parse_blake3(&req.digest).ok_or_else(|| PrepareError::BadRequest {
+                reason: format!("digest {:?} is not blake3:<64 hex digits>", req.digest),
+            })?;
+            let fetcher = Fetcher::new(
+                &req.url,
+                &req.tls,
+                req.allow_http,
+                cfg.connect_timeout,
+                cfg.read_timeout,
+            )?;
+            Some((anchor, fetcher))
+        }
+    };
     let slot = cfg.inactive();
     check_not_bootable(&Esp::new(&cfg.esp), slot)?;
-    let fetcher = Fetcher::new(
-        &req.url,
-        &req.tls,
-        req.allow_http,
-        cfg.connect_timeout,
-        cfg.read_timeout,
-    )?;
     let device = SlotDevice::open(slot, cfg.slot_device(slot))?;
     progress.start_phase(Phase::Connecting, 0);
-    let job = Job {
-        fetcher: &fetcher,
-        url: &req.url,
-        manifest: None,
-        device: &device,
-        progress,
-        cancel,
-        retry,
-        read_timeout: cfg.read_timeout,
+    let source = match (oci, http) {
+        (Some(reference), _) => {
+            registry::resolve(cfg, req, &reference, &device, progress, cancel, retry)?
+        }
+        (None, Some((anchor, fetcher))) => {
+            let job = Job {
+                fetcher: &fetcher,
+                url: &req.url,
+                manifest: None,
+                device: &device,
+                progress,
+                cancel,
+                retry,
+                read_timeout: cfg.read_timeout,
+                layer: None,
+            };
+            let manifest = load_manifest(&job, req, &anchor)?;
+            Source {
+                fetcher,
+                url: req.url.clone(),
+                manifest,
+                anchor,
+                layer: None,
+            }
+        }
+        (None, None) => unreachable!("a URL is either oci:// or not"),
     };
-    let manifest = load_manifest(&job, req, &anchor)?;
+    let Source {
+        fetcher,
+        url,
+        manifest,
+        anchor,
+        layer,
+    } = source;
     let image_size = manifest.as_ref().map(|m| m.image_size);
     check_fits(&device, image_size)?;
     log::info!(
-        "slot {slot} ({}, {} bytes): writing {} ({image_size:?} bytes per the manifest)",
+        "slot {slot} ({}, {} bytes): writing {url} ({image_size:?} bytes per the manifest)",
         device.path.display(),
         device.size,
-        req.url
     );
     record::write(&cfg.state_dir, &SlotRecord::empty(slot))
         .map_err(|source| PrepareError::Record { slot, source })?;
     progress.start_phase(Phase::Downloading, image_size.unwrap_or(0));
     let size = write_and_verify(
         &Job {
+            fetcher: &fetcher,
+            url: &url,
             manifest: manifest.as_ref(),
-            ..job
+            device: &device,
+            progress,
+            cancel,
+            retry,
+            read_timeout: cfg.read_timeout,
+            layer: layer.as_ref(),
         },
         &anchor,
     )?;

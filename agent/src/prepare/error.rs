@@ -109,6 +109,12 @@ pub enum PrepareError {
         actual: String,
         expected: String,
     },
+    /// The compressed stream is not the OCI layer blob its manifest names.
+    LayerMismatch {
+        url: String,
+        actual: String,
+        expected: String,
+    },
     /// What the slot reads back is not the requested image.
     VerifyFailed {
         slot: Slot,
@@ -118,6 +124,13 @@ pub enum PrepareError {
     },
     Cancelled {
         slot: Slot,
+    },
+    /// An OCI registry refused or could not serve the image: unknown tag or
+    /// repository, rejected credentials, a manifest or config whose digest
+    /// is wrong, a media type that is not an ab-os bundle.
+    Registry {
+        image: String,
+        reason: String,
     },
 }
 
@@ -263,6 +276,15 @@ impl PrepareError {
             } => write!(
                 f,
                 "{url}: image digest is {actual}, the request says {expected}"
+            ),
+            E::Registry { image, reason } => write!(f, "image {image}: {reason}"),
+            E::LayerMismatch {
+                url,
+                actual,
+                expected,
+            } => write!(
+                f,
+                "{url}: layer blob digest is {actual}, its OCI manifest says {expected}"
             ),
             local => unreachable!("{local:?} is formatted by Display"),
         }

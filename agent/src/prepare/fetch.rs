@@ -27,6 +27,8 @@ pub enum FetchError {
     BadRange(String),
     /// Reading a `file://` source failed.
     File(io::Error),
+    /// A registry refused the request (credentials, access); retrying cannot help.
+    Registry(String),
 }
 
 impl FetchError {
@@ -37,7 +39,8 @@ impl FetchError {
             FetchError::NotFound
             | FetchError::Tls(_)
             | FetchError::BadRange(_)
-            | FetchError::File(_) => false,
+            | FetchError::File(_)
+            | FetchError::Registry(_) => false,
         }
     }
 }
@@ -55,6 +58,7 @@ impl std::fmt::Display for FetchError {
             FetchError::Tls(e) => write!(f, "TLS: {e}"),
             FetchError::BadRange(e) => write!(f, "{e}"),
             FetchError::File(e) => write!(f, "{e}"),
+            FetchError::Registry(e) => write!(f, "{e}"),
         }
     }
 }
@@ -70,6 +74,26 @@ pub struct Body {
 pub enum Fetcher {
     Http(ureq::Agent),
     File,
+    /// One blob of an OCI registry (the URL only names it in messages).
+    Registry(RegistryBlob),
+}
+
+/// Where a layer blob is: the registry endpoint (origin or mirror) that
+/// served the manifest, the repository, the blob's digest.
+pub struct RegistryBlob {
+    pub client: oci::Client,
+    pub repo: String,
+    pub digest: String,
+}
+
+/// Sorts a registry client's error for the retry loop.
+pub fn from_oci(e: oci::Error) -> FetchError {
+    match e {
+        oci::Error::Transport(t) => classify(t),
+        oci::Error::NotFound { .. } => FetchError::NotFound,
+        oci::Error::Status { code, detail } => FetchError::Status { code, detail },
+        other => FetchError::Registry(other.to_string()),
+    }
 }
 
 impl Fetcher {
@@ -120,6 +144,16 @@ impl Fetcher {
                 offset,
             ),
             Fetcher::Http(agent) => open_http(agent, url, offset),
+            Fetcher::Registry(b) => {
+                let blob = b
+                    .client
+                    .open_blob(&b.repo, &b.digest, offset)
+                    .map_err(from_oci)?;
+                Ok(Body {
+                    reader: blob.reader,
+                    total: blob.total,
+                })
+            }
         }
     }
 

@@ -25,6 +25,7 @@ use crate::stream::decode::{Corrupt, FrameDecoder, Truncated};
 use crate::stream::hash::HashReader;
 use crate::stream::inner_error;
 use crate::stream::limit::{LimitExceeded, LimitReader};
+use sha2::{Digest as _, Sha256};
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -88,6 +89,16 @@ pub struct Job<'a> {
     pub cancel: &'a AtomicBool,
     pub retry: &'a Retry,
     pub read_timeout: Duration,
+    /// The compressed stream is an OCI layer: its SHA-256 and size, checked
+    /// over the whole stream (the hash state travels with the checkpoints).
+    pub layer: Option<&'a Layer>,
+}
+
+/// The digest and size an OCI layer blob is addressed by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layer {
+    pub digest: String,
+    pub size: u64,
 }
 
 /// A complete stream: `size` bytes written; without a manifest, the BLAKE3
@@ -105,6 +116,8 @@ struct Checkpoint {
     chunk: usize,
     /// Whole-image hash so far (no manifest), or a fresh one (next chunk).
     hasher: blake3::Hasher,
+    /// SHA-256 of the compressed bytes before `zpos` (OCI layers only).
+    zhash: Option<Sha256>,
 }
 
 /// Runs `op` until it succeeds, fails fatally, or fails `retry.attempts + 1`
@@ -205,6 +218,10 @@ pub fn fetch_failure(url: &str, e: FetchError, progressed: bool) -> Failure {
             url: url.to_owned(),
             reason,
         }),
+        FetchError::Registry(reason) => Failure::Fatal(PrepareError::Registry {
+            image: url.to_owned(),
+            reason,
+        }),
         e => Failure::Fatal(PrepareError::Network {
             url: url.to_owned(),
             attempts: 1,
@@ -221,6 +238,7 @@ pub fn stream_image(job: &Job, mut writer: Writer) -> Result<Streamed, PrepareEr
         pos: 0,
         chunk: 0,
         hasher: blake3::Hasher::new(),
+        zhash: job.layer.map(|_| Sha256::new()),
     };
     with_retries(job, job.url, || {
         let start = cp.zpos;
@@ -234,6 +252,9 @@ pub fn stream_image(job: &Job, mut writer: Writer) -> Result<Streamed, PrepareEr
         })
     })?;
     writer.finish()?;
+    if let Some(layer) = job.layer {
+        check_layer(job, layer, &cp)?;
+    }
     let digest = job.manifest.is_none().then(|| cp.hasher.finalize());
     Ok(Streamed {
         size: cp.pos,
@@ -260,7 +281,8 @@ fn attempt(job: &Job, writer: &mut Writer, cp: &mut Checkpoint) -> Result<(), Fa
     job.progress.set_bytes(cp.pos);
     let counted = CountReader::new(body.reader, |n| job.progress.add_fetched(n));
     let decoder = FrameDecoder::new(counted, cp.zpos)
-        .map_err(|e| Failure::Fatal(corrupt(job, cp.zpos, e.to_string())))?;
+        .map_err(|e| Failure::Fatal(corrupt(job, cp.zpos, e.to_string())))?
+        .hash_input(cp.zhash.clone());
     let limit = job.manifest.map_or(job.device.size, |m| m.image_size);
     let mut stream = LimitReader::new(
         HashReader::with_hasher(decoder, cp.hasher.clone()),
@@ -310,7 +332,7 @@ fn check_length(job: &Job, body: &Body) -> Result<(), Failure> {
 fn frame_end<R: Read>(
     job: &Job,
     cp: &mut Checkpoint,
-    hashed: &mut HashReader<R>,
+    hashed: &mut HashReader<FrameDecoder<R>>,
     zpos: u64,
     pos: u64,
 ) -> Result<(), Failure> {
@@ -320,6 +342,7 @@ fn frame_end<R: Read>(
             pos,
             chunk: 0,
             hasher: hashed.hasher().clone(),
+            zhash: hashed.get_ref().input_hash().cloned(),
         };
         return Ok(());
     };
@@ -351,7 +374,34 @@ fn frame_end<R: Read>(
         pos,
         chunk: k + 1,
         hasher: blake3::Hasher::new(),
+        zhash: hashed.get_ref().input_hash().cloned(),
     };
+    Ok(())
+}
+
+/// The whole compressed stream must be the layer its manifest names.
+fn check_layer(job: &Job, layer: &Layer, cp: &Checkpoint) -> Result<(), PrepareError> {
+    if cp.zpos != layer.size {
+        return Err(PrepareError::BadManifest {
+            url: job.url.to_owned(),
+            reason: format!(
+                "the layer is {} bytes, its OCI manifest says {}",
+                cp.zpos, layer.size
+            ),
+        });
+    }
+    let actual = cp
+        .zhash
+        .clone()
+        .map(|h| oci::digest::format(&h.finalize().into()))
+        .unwrap_or_default();
+    if actual != layer.digest {
+        return Err(PrepareError::LayerMismatch {
+            url: job.url.to_owned(),
+            actual,
+            expected: layer.digest.clone(),
+        });
+    }
     Ok(())
 }
 

@@ -7,6 +7,7 @@
 //! once, and [`FrameDecoder::boundary`] says whether the output so far ends
 //! exactly at a frame end, and where that is in the compressed stream.
 
+use sha2::{Digest as _, Sha256};
 use std::io::{self, Read};
 use zstd::zstd_safe::{self, DCtx, DParameter, InBuffer, OutBuffer};
 
@@ -63,6 +64,9 @@ pub struct FrameDecoder<R> {
     /// whole compressed stream (the decoder may start at an offset).
     zpos: u64,
     in_frame: bool,
+    /// SHA-256 of the compressed bytes the decoder has consumed (not merely
+    /// read ahead), so at a frame boundary it covers exactly `..zpos`.
+    zhash: Option<Sha256>,
 }
 
 impl<R: Read> FrameDecoder<R> {
@@ -80,7 +84,20 @@ impl<R: Read> FrameDecoder<R> {
             end: 0,
             zpos,
             in_frame: false,
+            zhash: None,
         })
+    }
+
+    /// Also hashes the compressed stream (an OCI layer is addressed by its
+    /// SHA-256), continuing `state`: the hash of everything before `zpos`.
+    pub fn hash_input(mut self, state: Option<Sha256>) -> Self {
+        self.zhash = state;
+        self
+    }
+
+    /// The compressed-stream hash so far (see [`FrameDecoder::hash_input`]).
+    pub fn input_hash(&self) -> Option<&Sha256> {
+        self.zhash.as_ref()
     }
 
     /// `Some(compressed offset)` when everything returned so far ends at a
@@ -128,6 +145,9 @@ impl<R: Read> Read for FrameDecoder<R> {
                     )
                 })?;
             let (consumed, produced) = (input.pos(), output.pos());
+            if let Some(h) = &mut self.zhash {
+                h.update(&self.input[self.start..self.start + consumed]);
+            }
             self.start += consumed;
             self.zpos += consumed as u64;
             // zstd stops at the end of each frame and returns 0 once the frame
@@ -182,6 +202,40 @@ mod tests {
             let want = vec![(300_000, ends[0]), (370_000, ends[1]), (370_004, ends[2])];
             assert_eq!(seen, want, "buffer {buf_size}");
         }
+    }
+
+    #[test]
+    fn hashes_exactly_the_consumed_input_up_to_each_boundary() {
+        let a: Vec<u8> = (0..200_000u32).map(|i| (i % 13) as u8).collect();
+        let (z, ends) = frames(&[&a, b"second", b"third"]);
+        let mut d = FrameDecoder::new(&z[..], 0)
+            .unwrap()
+            .hash_input(Some(Sha256::new()));
+        let mut buf = vec![0; 4096];
+        let mut at_first = None;
+        while d.read(&mut buf).unwrap() > 0 {
+            if d.boundary() == Some(ends[0]) && at_first.is_none() {
+                at_first = d.input_hash().cloned();
+            }
+        }
+        let first = at_first.expect("saw the first boundary");
+        assert_eq!(
+            first.clone().finalize(),
+            Sha256::digest(&z[..ends[0] as usize])
+        );
+        assert_eq!(
+            d.input_hash().unwrap().clone().finalize(),
+            Sha256::digest(&z)
+        );
+        // Resuming at the first boundary with the saved state gives the same hash.
+        let mut r = FrameDecoder::new(&z[ends[0] as usize..], ends[0])
+            .unwrap()
+            .hash_input(Some(first));
+        io::copy(&mut r, &mut io::sink()).unwrap();
+        assert_eq!(
+            r.input_hash().unwrap().clone().finalize(),
+            Sha256::digest(&z)
+        );
     }
 
     #[test]
