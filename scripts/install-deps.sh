@@ -5,7 +5,8 @@
 set -eu
 
 packages="qemu-system-x86 ovmf grub-efi-amd64-bin grub2-common mtools dosfstools
-e2fsprogs gdisk busybox-static kmod zstd file openssl nginx musl-tools"
+e2fsprogs gdisk busybox-static kmod zstd file openssl nginx musl-tools
+docker-registry skopeo"
 
 missing=""
 for p in $packages; do

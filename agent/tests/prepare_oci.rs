@@ -104,15 +104,25 @@ fn a_dropped_layer_download_resumes_and_the_layer_digest_still_verifies() {
     let p = publish();
     let cut = p.b.meta.frames[3].0 + 1000;
     p.server.fault(&p.layer_path, Fault::DropAfter(cut));
-    p.server.fault(&p.layer_path, Fault::DropAfter(CHUNK as u64 / 3));
+    p.server
+        .fault(&p.layer_path, Fault::DropAfter(CHUNK as u64 / 3));
     let node = Node::new(SLOT);
     let done = run(&node, &request(&p, "os:2", &p.digest)).unwrap();
     assert_eq!(done.digest, p.b.meta.digest);
     assert_written(&node, &p);
-    let starts: Vec<u64> = p.server.served(&p.layer_path).iter().map(|s| s.start).collect();
+    let starts: Vec<u64> = p
+        .server
+        .served(&p.layer_path)
+        .iter()
+        .map(|s| s.start)
+        .collect();
     assert_eq!(starts.len(), 3, "two drops, three requests: {starts:?}");
     assert_eq!(starts[0], 0);
-    assert_eq!(starts[1], p.b.meta.frame_start(cut), "resumed at the last verified chunk");
+    assert_eq!(
+        starts[1],
+        p.b.meta.frame_start(cut),
+        "resumed at the last verified chunk"
+    );
     assert!(starts[2] >= starts[1], "{starts:?}");
 }
 
@@ -146,7 +156,8 @@ fn a_layer_whose_bytes_are_not_its_digest_is_refused_after_streaming() {
     let wrong = sha256(b"not the layer");
     let manifest = artifact(&b, &wrong);
     let p = publish_with(b, manifest);
-    p.server.put(&format!("/v2/os/blobs/{wrong}"), p.b.zst.clone());
+    p.server
+        .put(&format!("/v2/os/blobs/{wrong}"), p.b.zst.clone());
     let node = Node::new(SLOT);
     let e = run(&node, &request(&p, "os:2", &p.digest)).unwrap_err();
     assert!(matches!(e, PrepareError::LayerMismatch { .. }), "{e}");
@@ -177,7 +188,10 @@ fn a_config_blob_with_the_wrong_bytes_is_refused() {
     let tampered = String::from_utf8(config.clone())
         .unwrap()
         .replace("\"os_version\": \"2\"", "\"os_version\": \"3\"");
-    p.server.put(&format!("/v2/os/blobs/{}", sha256(&config)), tampered.into_bytes());
+    p.server.put(
+        &format!("/v2/os/blobs/{}", sha256(&config)),
+        tampered.into_bytes(),
+    );
     let node = Node::new(SLOT);
     let e = run(&node, &request(&p, "os:2", &p.digest)).unwrap_err();
     assert!(matches!(e, PrepareError::Registry { .. }), "{e}");
@@ -191,7 +205,16 @@ fn a_blake3_pin_that_is_not_the_bundle_is_refused() {
     let node = Node::new(SLOT);
     let other = format!("blake3:{}", blake3::hash(b"other").to_hex());
     let e = run(&node, &request(&p, "os:2", &other)).unwrap_err();
-    assert!(matches!(e, PrepareError::ManifestMismatch { field: "image_digest", .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            PrepareError::ManifestMismatch {
+                field: "image_digest",
+                ..
+            }
+        ),
+        "{e}"
+    );
     node.assert_untouched();
 }
 
@@ -200,7 +223,10 @@ fn a_container_image_is_not_a_bundle() {
     let b = bundle(synthetic_image(IMAGE, 7), CHUNK, "2");
     let manifest = String::from_utf8(artifact(&b, &sha256(&b.zst)))
         .unwrap()
-        .replace(CONFIG_MEDIA_TYPE, "application/vnd.oci.image.config.v1+json")
+        .replace(
+            CONFIG_MEDIA_TYPE,
+            "application/vnd.oci.image.config.v1+json",
+        )
         .into_bytes();
     let p = publish_with(b, manifest);
     let node = Node::new(SLOT);
@@ -217,9 +243,14 @@ fn an_unknown_tag_and_a_registry_error_fail_cleanly() {
     assert!(matches!(e, PrepareError::Registry { .. }), "{e}");
     assert!(e.to_string().contains("not found"), "{e}");
     node.assert_untouched();
-    p.server.fault_always("/v2/os/manifests/2", Fault::Status(503));
+    p.server
+        .fault_always("/v2/os/manifests/2", Fault::Status(503));
     let e = run(&node, &request(&p, "os:2", &p.b.meta.digest)).unwrap_err();
     assert!(matches!(e, PrepareError::Http { status: 503, .. }), "{e}");
-    assert_eq!(p.server.served("/v2/os/manifests/2").len(), 3, "retried 5xx");
+    assert_eq!(
+        p.server.served("/v2/os/manifests/2").len(),
+        3,
+        "retried 5xx"
+    );
     node.assert_untouched();
 }

@@ -1,6 +1,7 @@
 //! `os-image` command line.
 
-use crate::{bundle, demo, disk};
+use crate::oci::push::{Auth, PushOptions};
+use crate::{bundle, demo, disk, oci};
 use bootctl::record::ConfirmPolicy;
 use bootctl::Slot;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -17,7 +18,8 @@ use std::path::PathBuf;
                   Example:\n  \
                   os-image demo-rootfs --version 1 --kernel-deb linux-image-6.1.0-56-amd64.deb --out rootfs-v1\n  \
                   os-image bundle --rootfs rootfs-v1 --version 1 --out bundles\n  \
-                  os-image disk --bundle bundles/os-1.manifest.json --out node.img"
+                  os-image disk --bundle bundles/os-1.manifest.json --out node.img\n  \
+                  os-image oci --manifest bundles/os-1.manifest.json --layout oci-layout --push registry.example.com/os"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -86,6 +88,41 @@ pub enum Command {
         /// Output disk image
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Write a bundle as an OCI artifact into an OCI image layout, and optionally push it to a registry
+    ///
+    /// The artifact is an OCI image manifest whose config blob is NAME.manifest.json and whose one
+    /// layer is NAME.img.zst, both byte for byte (docs/oci.md). The layer blob is hard-linked from
+    /// the bundle when both are on one filesystem. An existing layout keeps its other tags.
+    ///
+    /// The last line on stdout is the manifest digest (sha256:...): pin the release as
+    /// REGISTRY/REPO@sha256:....
+    #[command(verbatim_doc_comment)]
+    Oci {
+        /// The bundle's NAME.manifest.json (NAME.img.zst beside it)
+        #[arg(long)]
+        manifest: PathBuf,
+        /// OCI image layout directory (created if missing)
+        #[arg(long)]
+        layout: PathBuf,
+        /// Tag in the layout [default: the manifest's os_version]
+        #[arg(long)]
+        tag: Option<String>,
+        /// Also push to this registry repository [default tag: the layout tag]
+        #[arg(long, value_name = "REGISTRY/REPO[:TAG]")]
+        push: Option<String>,
+        /// Speak plain HTTP to the registry (no TLS)
+        #[arg(long, requires = "push", conflicts_with = "ca_cert")]
+        plain_http: bool,
+        /// PEM file of the CA that signs the registry's certificate [default: the web roots]
+        #[arg(long, value_name = "PEM", requires = "push")]
+        ca_cert: Option<PathBuf>,
+        /// Docker-style auth file (~/.docker/config.json, containers' auth.json) to take the registry's credentials from
+        #[arg(long, value_name = "FILE", requires = "push", conflicts_with = "creds")]
+        auth_file: Option<PathBuf>,
+        /// Registry credentials
+        #[arg(long, value_name = "USER:PASS", requires = "push")]
+        creds: Option<String>,
     },
     /// Build the minimal demo root filesystem (busybox + a Debian kernel package)
     DemoRootfs {
@@ -191,6 +228,30 @@ pub fn main() -> i32 {
             cmdline,
             confirm,
             out,
+        }),
+        Command::Oci {
+            manifest,
+            layout,
+            tag,
+            push,
+            plain_http,
+            ca_cert,
+            auth_file,
+            creds,
+        } => oci::run(&oci::OciOptions {
+            manifest,
+            layout,
+            tag,
+            push: push.map(|target| PushOptions {
+                target,
+                plain_http,
+                ca_cert,
+                auth: match (auth_file, creds) {
+                    (Some(file), _) => Auth::File(file),
+                    (None, Some(creds)) => Auth::Creds(creds),
+                    (None, None) => Auth::Anonymous,
+                },
+            }),
         }),
         Command::DemoRootfs {
             version,

@@ -17,6 +17,8 @@ pub mod initramfs;
 pub mod kmod;
 pub mod layout;
 pub mod manifest;
+pub mod oci;
+pub mod progress;
 pub mod rootfs;
 pub mod tools;
 pub mod unpack;

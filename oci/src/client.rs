@@ -67,6 +67,7 @@ pub struct Client {
     agent: ureq::Agent,
     registry: String,
     base: String,
+    plain_http: bool,
     credentials: Option<Credentials>,
     /// The `Authorization` value that worked last (Bearer token or Basic).
     authorization: Mutex<Option<String>>,
@@ -92,6 +93,7 @@ impl Client {
             agent: config.into(),
             registry: registry.to_owned(),
             base: format!("{scheme}://{}", Reference::api_host(registry)),
+            plain_http: opts.plain_http,
             credentials: opts.credentials,
             authorization: Mutex::new(None),
         })
@@ -358,6 +360,12 @@ impl Client {
 
     /// A token from the registry's token endpoint, for `scope`.
     fn token(&self, realm: &str, service: Option<&str>, scope: &str) -> Result<String, Error> {
+        if !self.plain_http && !realm.to_ascii_lowercase().starts_with("https://") {
+            return Err(self.unauthorized(format!(
+                "its token endpoint {realm} is not HTTPS; refusing to send credentials \
+                 or trust a token over it (allow plain HTTP for this registry to accept)"
+            )));
+        }
         let mut url = realm.to_owned();
         let mut sep = if url.contains('?') { '&' } else { '?' };
         for (k, v) in [("service", service), ("scope", Some(scope))] {

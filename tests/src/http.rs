@@ -45,11 +45,9 @@ impl FileServer {
 
     /// Slows every later body down to about `bytes_per_sec` (0: full speed).
     pub fn set_rate(&self, bytes_per_sec: u64) {
-        let pace = if bytes_per_sec == 0 {
-            0
-        } else {
-            (CHUNK as u64 * 1_000_000) / bytes_per_sec
-        };
+        let pace = (CHUNK as u64 * 1_000_000)
+            .checked_div(bytes_per_sec)
+            .unwrap_or(0);
         self.counters.pace_us.store(pace, Ordering::Relaxed);
     }
 

@@ -12,6 +12,7 @@ pub mod disk;
 pub mod http;
 pub mod powercut;
 pub mod qemu;
+pub mod registry;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -18,7 +18,7 @@
 
 use super::fetch::{from_oci, Fetcher, RegistryBlob};
 use super::manifest::{format_blake3, parse_blake3, Manifest, MAX_MANIFEST_BYTES};
-use super::resume::{with_retries, Cause, Failure, Job, Layer, Retry};
+use super::resume::{fetch_failure, with_retries, Failure, Job, Layer, Retry};
 use super::slot::SlotDevice;
 use super::{PrepareError, PrepareRequest, Source};
 use crate::config::Config;
@@ -246,17 +246,19 @@ fn resolve_at(
     Ok((artifact, m, fetched.digest))
 }
 
+/// Transport failures and statuses are sorted as for any download (a TLS
+/// failure is final, a reset connection or a 503 is retried); what the
+/// registry says about the content (unknown, refused, wrong) is final.
 fn oci_failure(image: &str, e: oci::Error) -> Failure {
-    if e.retryable() {
-        return Failure::Retry {
-            cause: Cause::Fetch(from_oci(e)),
-            progressed: false,
-        };
+    match e {
+        e @ (oci::Error::Transport(_) | oci::Error::Status { .. }) => {
+            fetch_failure(image, from_oci(e), false)
+        }
+        other => Failure::Fatal(PrepareError::Registry {
+            image: image.to_owned(),
+            reason: other.to_string(),
+        }),
     }
-    Failure::Fatal(PrepareError::Registry {
-        image: image.to_owned(),
-        reason: e.to_string(),
-    })
 }
 
 #[cfg(test)]

@@ -36,6 +36,8 @@ pub struct SimNode {
     pub socket: PathBuf,
     programs: Programs,
     procs: Mutex<Procs>,
+    /// More `key = value` lines for the agent's config (registries, say).
+    agent_extra: Mutex<String>,
 }
 
 struct Procs {
@@ -71,6 +73,7 @@ impl SimNode {
             socket: p("run/os-agent.sock"),
             dir: dir.clone(),
             programs,
+            agent_extra: Mutex::new(String::new()),
             procs: Mutex::new(Procs {
                 agent: None,
                 proxy: None,
@@ -133,6 +136,21 @@ impl SimNode {
         record::read(&self.state, slot).ok()
     }
 
+    /// Adds `key = value` lines to the agent's config (from its next start on).
+    pub fn add_agent_settings(&self, lines: &str) {
+        let mut extra = self.agent_extra.lock().unwrap();
+        extra.push_str(lines);
+        if !extra.ends_with('\n') {
+            extra.push('\n');
+        }
+    }
+
+    /// Writes the agent's config for the running slot; returns its path (for
+    /// running `os-agent --config PATH COMMAND` by hand).
+    pub fn write_agent_config(&self) -> PathBuf {
+        self.agent_config(self.booted())
+    }
+
     fn agent_config(&self, booted: Slot) -> PathBuf {
         let s = |p: &Path| p.display().to_string();
         let text = [
@@ -155,7 +173,8 @@ impl SimNode {
         ]
         .iter()
         .map(|(k, v)| format!("{k} = {v}\n"))
-        .collect::<String>();
+        .collect::<String>()
+            + self.agent_extra.lock().unwrap().as_str();
         let path = self.dir.join("agent.conf");
         fs::write(&path, text).unwrap();
         path
