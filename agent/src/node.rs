@@ -581,6 +581,7 @@ mod tests {
             size: 1,
             written_at: 100,
             confirm: None,
+            source: String::new(),
         }
     }
 
@@ -605,6 +606,7 @@ mod tests {
             version: "3".into(),
             digest: digest.into(),
             size: 1,
+            source: String::new(),
         }
     }
 

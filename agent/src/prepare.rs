@@ -91,6 +91,8 @@ pub(crate) struct Source {
     anchor: [u8; 32],
     /// For an OCI layer: the sha256 and size it is addressed by.
     layer: Option<resume::Layer>,
+    /// What the record keeps as the slot's source (see [`Prepared::source`]).
+    pinned: String,
 }
 
 /// A slot written and verified, recorded on PERSIST as `written`.
@@ -100,6 +102,9 @@ pub struct Prepared {
     pub version: String,
     pub digest: String,
     pub size: u64,
+    /// For an image from a registry, `oci://REGISTRY/REPO@sha256:<manifest>`
+    /// (recorded with the slot); empty for URL bundles.
+    pub source: String,
 }
 
 /// Writes, verifies and records `req`'s image in the inactive slot.
@@ -164,6 +169,7 @@ pub fn prepare_with(
                 manifest,
                 anchor,
                 layer: None,
+                pinned: String::new(),
             }
         }
         (None, None) => unreachable!("a URL is either oci:// or not"),
@@ -174,6 +180,7 @@ pub fn prepare_with(
         manifest,
         anchor,
         layer,
+        pinned,
     } = source;
     let image_size = manifest.as_ref().map(|m| m.image_size);
     check_fits(&device, image_size)?;
@@ -209,6 +216,7 @@ pub fn prepare_with(
         version: version.unwrap_or_default(),
         digest: format_blake3(&anchor),
         size,
+        source: pinned,
     };
     record_written(cfg, &done)?;
     log::info!(
@@ -233,6 +241,7 @@ fn record_written(cfg: &Config, done: &Prepared) -> Result<(), PrepareError> {
         size: done.size,
         written_at,
         confirm: None,
+        source: done.source.clone(),
     };
     record::write(&cfg.state_dir, &rec).map_err(|source| PrepareError::Record {
         slot: done.slot,

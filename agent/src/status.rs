@@ -73,6 +73,7 @@ fn record_json(r: &SlotRecord) -> Value {
         ("digest", string(&r.digest)),
         ("size", uint(r.size)),
         ("written_at", uint(r.written_at)),
+        ("source", string(&r.source)),
     ])
 }
 

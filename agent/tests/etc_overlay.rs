@@ -145,6 +145,7 @@ fn upgrade_seeds_the_trial_slot_before_arming_it() {
                     size: 4096,
                     written_at: 1,
                     confirm: None,
+                    source: String::new(),
                 };
                 bootctl::record::write(&cfg.state_dir, &rec).map_err(|e| e.to_string())?;
                 Ok(agent::prepare::Prepared {
@@ -152,6 +153,7 @@ fn upgrade_seeds_the_trial_slot_before_arming_it() {
                     version: rec.version,
                     digest: rec.digest,
                     size: rec.size,
+                    source: String::new(),
                 })
             },
         ),

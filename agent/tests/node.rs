@@ -33,6 +33,7 @@ fn fake_prepare() -> PrepareFn {
                     .unwrap()
                     .as_nanos() as u64,
                 confirm: None,
+                source: String::new(),
             };
             record::write(&cfg.state_dir, &rec).map_err(|e| e.to_string())?;
             Ok(Prepared {
@@ -40,6 +41,7 @@ fn fake_prepare() -> PrepareFn {
                 version: rec.version,
                 digest: rec.digest,
                 size: rec.size,
+                source: String::new(),
             })
         },
     )

@@ -67,7 +67,8 @@ fn assert_landed(node: &Node, b: &Bundle, done: Prepared) {
             slot: Slot::B,
             version: "2".into(),
             digest: b.meta.digest.clone(),
-            size: IMAGE as u64
+            size: IMAGE as u64,
+            source: String::new(),
         }
     );
     let slot = node.slot_b();

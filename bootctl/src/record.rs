@@ -89,6 +89,11 @@ pub struct SlotRecord {
     pub written_at: u64,
     /// Confirmation policy for trial boots of this slot; `None`: the default.
     pub confirm: Option<ConfirmPolicy>,
+    /// Where the image came from, pinned, when that is not `digest` itself:
+    /// `oci://REGISTRY/REPO@sha256:<manifest>` for an image from a registry
+    /// (so a request pinned by the manifest digest recognises it); empty
+    /// otherwise.
+    pub source: String,
 }
 
 impl SlotRecord {
@@ -102,6 +107,7 @@ impl SlotRecord {
             size: 0,
             written_at: 0,
             confirm: None,
+            source: String::new(),
         }
     }
 
@@ -117,6 +123,9 @@ impl SlotRecord {
         );
         if let Some(c) = self.confirm {
             s.push_str(&format!("confirm={}\n", c.as_str()));
+        }
+        if !self.source.is_empty() {
+            s.push_str(&format!("source={}\n", self.source));
         }
         s
     }
@@ -139,6 +148,7 @@ impl SlotRecord {
                 "size" => rec.size = value.parse().map_err(|_| bad())?,
                 "written_at" => rec.written_at = value.parse().map_err(|_| bad())?,
                 "confirm" => rec.confirm = Some(ConfirmPolicy::parse(value).ok_or_else(bad)?),
+                "source" => rec.source = value.to_owned(),
                 _ => {}
             }
         }
@@ -271,9 +281,21 @@ mod tests {
             size: 4096,
             written_at: 1_700_000_000,
             confirm: Some(ConfirmPolicy::Initramfs),
+            source: String::new(),
         };
         write(dir.path(), &rec).unwrap();
         assert_eq!(read(dir.path(), Slot::B).unwrap(), rec);
+        let text = fs::read_to_string(record_path(dir.path(), Slot::B)).unwrap();
+        assert!(
+            !text.contains("source="),
+            "no source line when there is none"
+        );
+        let oci = SlotRecord {
+            source: "oci://r.example/os@sha256:00".into(),
+            ..rec
+        };
+        write(dir.path(), &oci).unwrap();
+        assert_eq!(read(dir.path(), Slot::B).unwrap(), oci);
         assert!(!dir.path().join("ab/.slot-B.tmp").exists());
     }
 

@@ -133,6 +133,7 @@ pub fn run(opts: &DiskOptions) -> Result<()> {
             size: m.image_size,
             written_at: now,
             confirm: opts.confirm,
+            source: String::new(),
         },
     };
     // The installer vouches for the committed slot; slot B has yet to boot.

@@ -127,6 +127,9 @@ pub struct SlotRecord {
     pub size: u64,
     #[serde(default)]
     pub written_at: u64,
+    /// `oci://REGISTRY/REPO@sha256:<manifest>` for an image from a registry.
+    #[serde(default)]
+    pub source: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

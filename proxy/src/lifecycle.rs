@@ -158,8 +158,14 @@ impl Target {
         }
     }
 
+    /// The record holds the target: same version, and the digest is the image's
+    /// (`blake3:`) or, for an image from a registry, its OCI manifest's.
     fn held_by(&self, rec: &SlotRecord) -> bool {
-        rec.version == self.version && self.digest.as_ref().is_none_or(|d| *d == rec.digest)
+        rec.version == self.version
+            && self.digest.as_ref().is_none_or(|d| {
+                *d == rec.digest
+                    || (d.starts_with("sha256:") && rec.source.ends_with(&format!("@{d}")))
+            })
     }
 }
 

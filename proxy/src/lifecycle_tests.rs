@@ -18,6 +18,7 @@ fn rec(state: SlotState, version: &str, d: char) -> SlotRecord {
         digest: digest(d),
         size: 4096,
         written_at: 1,
+        source: String::new(),
     }
 }
 
@@ -243,6 +244,34 @@ fn preparing_downloads_only_what_is_not_verified_yet() {
         NodePhase::Preparing,
         agent(rec(SlotState::Written, NEW, 'b')),
     );
+    assert!(entered(NodePhase::Draining)(&next_step(&s)));
+}
+
+#[test]
+fn an_image_from_a_registry_is_recognised_by_its_manifest_digest() {
+    let manifest = format!("sha256:{}", "d".repeat(64));
+    let mut s = upgrade(
+        NodePhase::Preparing,
+        agent(rec(SlotState::Written, NEW, 'b')),
+    );
+    s.os.as_mut().unwrap().imagetype = operator::crd::ImageType::Docker;
+    s.os.as_mut().unwrap().containerimage = "r.example/os:v2".into();
+    s.os.as_mut().unwrap().checksum = manifest.clone();
+    // Written from another manifest (or from a URL): write again.
+    let mut other = rec(SlotState::Written, NEW, 'b');
+    other.source = format!("oci://r.example/os@sha256:{}", "e".repeat(64));
+    s.agent = Some(agent(other));
+    let Step::Prepare(req) = next_step(&s) else {
+        panic!("expected Prepare, got {:?}", next_step(&s))
+    };
+    assert_eq!(
+        (req.image_type.as_str(), req.container_image.as_str()),
+        ("docker", "r.example/os:v2")
+    );
+    // The slot records the manifest it came from: straight to the drain.
+    let mut held = rec(SlotState::Written, NEW, 'b');
+    held.source = format!("oci://r.example/os@{manifest}");
+    s.agent = Some(agent(held));
     assert!(entered(NodePhase::Draining)(&next_step(&s)));
 }
 

@@ -51,6 +51,7 @@ impl FileNode {
             size: 4096,
             written_at: 1_700_000_000,
             confirm: None,
+            source: String::new(),
         };
         record::write(&node.path("persist"), &rec).unwrap();
         node

@@ -9,6 +9,7 @@ use std::time::Duration;
 use e2e::cluster::{mutations, Binaries, SimCluster, SimNode};
 use e2e::demo::{build_bundle, Bundle};
 use e2e::http::FileServer;
+use e2e::registry::{Auth, Registry, RegistryOptions};
 use operator::audit::{events, max_unavailable, starts};
 use operator::crd::{NodePhase, RolloutState};
 use serde_json::json;
@@ -289,4 +290,63 @@ async fn a_config_reaches_every_node_and_each_reports_the_applied_version() {
         assert_eq!(node.boots(), 0, "{} was rebooted for a config", node.name);
         assert!(!cordoned(&c, &node.name).await, "{}", node.name);
     }
+}
+
+/// A KubeOS manifest with `imagetype: docker`: every node's own os-agent pulls the bundle
+/// from the registry (Debian's docker-registry on loopback, v2 pushed by `os-image oci
+/// --push`), pinned by the manifest digest in `checksum`; no container runtime anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubeos_docker_imagetype_upgrades_every_node_from_a_registry() {
+    let f = tokio::task::spawn_blocking(fixture).await.unwrap();
+    let dir = e2e::fixture_dir().join("cluster-registry");
+    let _ = std::fs::remove_dir_all(&dir);
+    let registry = Registry::start(
+        &dir,
+        RegistryOptions {
+            tls: false,
+            auth: Auth::None,
+        },
+    );
+    let host = registry.host();
+    let os_image = e2e::host_binary("image-builder", "os-image");
+    let out = e2e::run(
+        std::process::Command::new(os_image)
+            .arg("oci")
+            .arg("--manifest")
+            .arg(f.dir.join(format!("os-{}.manifest.json", f.v2.version)))
+            .arg("--layout")
+            .arg(dir.join("layout"))
+            .args([
+                "--push",
+                &format!("{host}/os:{}", f.v2.version),
+                "--plain-http",
+            ]),
+    );
+    let digest = out.lines().last().unwrap().trim().to_owned();
+    // Plain HTTP to this registry is a node setting (the CR's flagSafe stays false).
+    let plain = format!("registry-plain-http = {host}\n");
+    let (mut c, _files) = cluster("cluster_registry", 2, |n| n.add_agent_settings(&plain)).await;
+    c.create_os(json!({
+        "osversion": f.v2.version, "opstype": "upgrade", "imagetype": "docker",
+        "containerimage": format!("{host}/os:{}", f.v2.version), "checksum": digest,
+        "flagSafe": false, "imageurl": "",
+        "maxunavailable": 2, "nodeselector": "all-label", "timeinterval": 0,
+    }))
+    .await;
+    c.start_operator();
+    c.wait_os(Duration::from_secs(240), "Complete", |os| {
+        state(os) == Some(RolloutState::Complete)
+    })
+    .await;
+    for node in &c.nodes {
+        assert_eq!(node.running_version(), f.v2.version, "{}", node.name);
+        assert_eq!(node.boots(), 1, "{}", node.name);
+    }
+    let layer_gets = registry
+        .log()
+        .lines()
+        .filter(|l| l.contains("\"GET /v2/os/blobs/sha256:") && l.contains(" 200 "))
+        .count();
+    // Each node fetched the config blob and the layer blob.
+    assert_eq!(layer_gets, 4, "registry log:\n{}", registry.log());
 }

@@ -161,6 +161,10 @@ pub fn resolve(
                         digest: artifact.layer.digest,
                         size: artifact.layer.size,
                     }),
+                    pinned: format!(
+                        "{SCHEME}{}/{}@{manifest_digest}",
+                        reference.registry, reference.repository
+                    ),
                 });
             }
             Err(e @ PrepareError::Cancelled { .. }) => return Err(e),

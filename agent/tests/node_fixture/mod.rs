@@ -112,6 +112,7 @@ impl Node {
             size: 4096,
             written_at: 1_700_000_000,
             confirm: None,
+            source: String::new(),
         };
         record::write(&self.state, &rec).unwrap();
     }

@@ -104,6 +104,7 @@ impl SimNode {
             size: slot_size,
             written_at: 1_700_000_000,
             confirm: None,
+            source: String::new(),
         };
         record::write(&node.state, &rec).unwrap();
         node
