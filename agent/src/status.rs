@@ -156,6 +156,9 @@ impl Report {
                 r.size,
                 r.written_at
             );
+            if !r.source.is_empty() {
+                let _ = writeln!(s, "            from {}", r.source);
+            }
         }
         let _ = match &self.last_failure {
             Some(f) => writeln!(

@@ -63,7 +63,7 @@ fn status_text_and_json() {
     let s = text(&out.stdout);
     assert!(s.starts_with('{') && s.contains(r#""booted":"A""#), "{s}");
     assert!(
-        s.contains(r#""B":{"digest":"","size":0,"state":"empty""#),
+        s.contains(r#""B":{"digest":"","size":0,"source":"","state":"empty""#),
         "{s}"
     );
 }

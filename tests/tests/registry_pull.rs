@@ -120,6 +120,12 @@ impl Node {
         assert_eq!(rec.state, SlotState::Written, "{}", text(out));
         assert_eq!(rec.digest, f.v2.digest, "slot B holds v2 (by its BLAKE3)");
         assert_eq!(rec.version, f.v2.version);
+        assert!(
+            rec.source.starts_with("oci://")
+                && rec.source.ends_with(&format!("/os@{}", f.manifest_digest)),
+            "the record keeps the pinned source: {:?}",
+            rec.source
+        );
         let image = std::fs::read(&self.sim.root_b).unwrap();
         let want = zstd::decode_all(std::fs::File::open(&f.v2.image).unwrap()).unwrap();
         assert!(image[..want.len()] == want[..], "slot B is v2's root image");
