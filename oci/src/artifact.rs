@@ -85,22 +85,26 @@ impl Descriptor {
             Some(Value::Number(Number::U64(n))) => *n,
             _ => return Err(bad("`size` missing or not a non-negative integer")),
         };
-        let annotations = match o.get("annotations") {
-            Some(Value::Object(a)) => a
-                .iter()
-                .filter_map(|(k, v)| match v {
-                    Value::String(s) => Some((k.clone(), s.clone())),
-                    _ => None,
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
         Ok(Descriptor {
             media_type: text("mediaType")?,
             digest,
             size,
-            annotations,
+            annotations: read_annotations(o),
         })
+    }
+}
+
+/// The string values of an object's `annotations` (others are skipped).
+fn read_annotations(o: &Object) -> Vec<(String, String)> {
+    match o.get("annotations") {
+        Some(Value::Object(a)) => a
+            .iter()
+            .filter_map(|(k, v)| match v {
+                Value::String(s) => Some((k.clone(), s.clone())),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
     }
 }
 
@@ -195,20 +199,10 @@ impl BundleArtifact {
         if layer.media_type != LAYER_MEDIA_TYPE {
             return Err(unsupported("the layer", &layer.media_type));
         }
-        let annotations = match o.get("annotations") {
-            Some(Value::Object(a)) => a
-                .iter()
-                .filter_map(|(k, v)| match v {
-                    Value::String(s) => Some((k.clone(), s.clone())),
-                    _ => None,
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
         Ok(BundleArtifact {
             config,
             layer,
-            annotations,
+            annotations: read_annotations(&o),
         })
     }
 }

@@ -118,7 +118,7 @@ impl Client {
         let resp = expect(resp, &[200], &what)?;
         let media_type = header(&resp, "content-type").unwrap_or_default();
         let served_digest = header(&resp, "docker-content-digest");
-        let bytes = read_limited(resp.into_body(), MAX_MANIFEST_BYTES, &what())?;
+        let bytes = read_limited(resp.into_body().into_reader(), MAX_MANIFEST_BYTES, &what())?;
         let actual = digest::sha256(&bytes);
         let expected = digest::parse(reference).or(served_digest.and_then(|d| digest::parse(&d)));
         if let Some(expected) = expected.filter(|e| *e != actual) {
@@ -144,16 +144,7 @@ impl Client {
                 "{what} is larger than {max} bytes"
             )));
         }
-        let mut bytes = Vec::new();
-        blob.reader
-            .take(max + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| Error::Transport(ureq::Error::from(e)))?;
-        if bytes.len() as u64 > max {
-            return Err(Error::BadManifest(format!(
-                "{what} is larger than {max} bytes"
-            )));
-        }
+        let bytes = read_limited(blob.reader, max, &what)?;
         let actual = digest::sha256(&bytes);
         if actual != digest {
             return Err(Error::DigestMismatch {
@@ -191,7 +182,8 @@ impl Client {
                     .map_err(|e| Error::Transport(ureq::Error::from(e)))?;
                 length
             }
-            _ => check_content_range(content_range.as_deref(), offset)?,
+            _ => check_content_range(content_range.as_deref(), offset)
+                .map_err(|detail| Error::Status { code: 206, detail })?,
         };
         Ok(Blob { reader, total })
     }
@@ -497,10 +489,9 @@ fn first_line(text: &str) -> String {
         .to_owned()
 }
 
-fn read_limited(body: Body, max: u64, what: &str) -> Result<Vec<u8>, Error> {
+fn read_limited(body: impl Read, max: u64, what: &str) -> Result<Vec<u8>, Error> {
     let mut bytes = Vec::new();
-    body.into_reader()
-        .take(max + 1)
+    body.take(max + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| Error::Transport(ureq::Error::from(e)))?;
     if bytes.len() as u64 > max {
@@ -511,12 +502,11 @@ fn read_limited(body: Body, max: u64, what: &str) -> Result<Vec<u8>, Error> {
     Ok(bytes)
 }
 
-/// `Content-Range: bytes START-END/TOTAL` must start at `offset`.
-fn check_content_range(value: Option<&str>, offset: u64) -> Result<Option<u64>, Error> {
-    let bad = || Error::Status {
-        code: 206,
-        detail: format!("asked for bytes from {offset}, registry sent Content-Range {value:?}"),
-    };
+/// Checks `Content-Range: bytes START-END/TOTAL` against the offset asked
+/// for; returns TOTAL when the server knows it. Shared with the agent's
+/// plain-HTTP source.
+pub fn check_content_range(value: Option<&str>, offset: u64) -> Result<Option<u64>, String> {
+    let bad = || format!("asked for bytes from {offset}, server sent Content-Range {value:?}");
     let spec = value
         .and_then(|v| v.trim().strip_prefix("bytes "))
         .ok_or_else(bad)?;

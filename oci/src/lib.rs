@@ -19,6 +19,6 @@ pub mod digest;
 mod error;
 pub mod reference;
 
-pub use client::{Blob, Client, ClientOptions, Fetched};
+pub use client::{check_content_range, Blob, Client, ClientOptions, Fetched};
 pub use error::Error;
 pub use reference::Reference;

@@ -100,6 +100,12 @@ impl Node {
         Node { sim, slot_a, env }
     }
 
+    /// `os-agent upgrade --image HOST/os:2 --digest <v2's manifest digest>`.
+    fn pull(&self, host: &str) -> Output {
+        let image = format!("{host}/os:2");
+        self.upgrade(&["--image", &image, "--digest", &fixture().manifest_digest])
+    }
+
     /// `os-agent upgrade ARGS` (the agent never reboots here: `reboot = no`).
     fn upgrade(&self, args: &[&str]) -> Output {
         let conf = self.sim.write_agent_config();
@@ -180,12 +186,7 @@ fn pulls_by_tag_and_by_digest_from_a_plain_registry() {
     let plain = format!("registry-plain-http = {host}\n");
 
     let by_tag = Node::new(&dir, "by-tag", &plain);
-    let out = by_tag.upgrade(&[
-        "--image",
-        &format!("{host}/os:2"),
-        "--digest",
-        &f.manifest_digest,
-    ]);
+    let out = by_tag.pull(&host);
     by_tag.assert_holds_v2(&out);
 
     let by_digest = Node::new(&dir, "by-digest", &plain);
@@ -207,7 +208,6 @@ fn pulls_by_tag_and_by_digest_from_a_plain_registry() {
 
 #[test]
 fn token_auth_with_the_nodes_credentials() {
-    let f = fixture();
     let dir = test_dir("token");
     // The harness's token endpoint is plain HTTP, so the registry is too: an
     // HTTPS registry whose token endpoint is not HTTPS is refused (below).
@@ -222,12 +222,7 @@ fn token_auth_with_the_nodes_credentials() {
         "good",
         &format!("{plain}registry-auth = {}\n", good.display()),
     );
-    let out = node.upgrade(&[
-        "--image",
-        &format!("{host}/os:2"),
-        "--digest",
-        &f.manifest_digest,
-    ]);
+    let out = node.pull(&host);
     node.assert_holds_v2(&out);
     assert!(reg.token_requests() > tokens, "the agent got a token");
 
@@ -239,46 +234,26 @@ fn token_auth_with_the_nodes_credentials() {
         "bad-credentials",
         &format!("{plain}registry-auth = {}\n", bad.display()),
     );
-    let out = node.upgrade(&[
-        "--image",
-        &format!("{host}/os:2"),
-        "--digest",
-        &f.manifest_digest,
-    ]);
+    let out = node.pull(&host);
     node.assert_refused(&out, "refused the credentials of user \"node\"");
 
     let node = Node::new(&dir, "no-credentials", &plain);
-    let out = node.upgrade(&[
-        "--image",
-        &format!("{host}/os:2"),
-        "--digest",
-        &f.manifest_digest,
-    ]);
+    let out = node.pull(&host);
     node.assert_refused(&out, "refused anonymous access");
 }
 
 #[test]
-fn tls_with_the_nodes_ca_and_no_credentials_over_plain_http() {
+fn tls_needs_the_nodes_ca_and_an_https_token_realm() {
     let f = fixture();
     let dir = test_dir("tls");
     let reg = registry(&dir, true, Auth::None);
     let (host, ca) = (reg.host(), reg.ca_pem().unwrap().display().to_string());
     let node = Node::new(&dir, "with-ca", &format!("registry-ca = {ca}\n"));
-    let out = node.upgrade(&[
-        "--image",
-        &format!("{host}/os:2"),
-        "--digest",
-        &f.manifest_digest,
-    ]);
+    let out = node.pull(&host);
     node.assert_holds_v2(&out);
 
     let node = Node::new(&dir, "no-ca", "");
-    let out = node.upgrade(&[
-        "--image",
-        &format!("{host}/os:2"),
-        "--digest",
-        &f.manifest_digest,
-    ]);
+    let out = node.pull(&host);
     node.assert_refused(&out, "TLS failed");
 
     // HTTPS registry, plain-HTTP token endpoint: no credentials go out in clear.
@@ -307,7 +282,6 @@ fn tls_with_the_nodes_ca_and_no_credentials_over_plain_http() {
 
 #[test]
 fn htpasswd_basic_auth() {
-    let f = fixture();
     let dir = test_dir("htpasswd");
     let reg = registry(&dir, true, Auth::htpasswd("node", "pw"));
     let (host, ca) = (reg.host(), reg.ca_pem().unwrap().display().to_string());
@@ -317,12 +291,7 @@ fn htpasswd_basic_auth() {
         "good",
         &format!("registry-ca = {ca}\nregistry-auth = {}\n", good.display()),
     );
-    let out = node.upgrade(&[
-        "--image",
-        &format!("{host}/os:2"),
-        "--digest",
-        &f.manifest_digest,
-    ]);
+    let out = node.pull(&host);
     node.assert_holds_v2(&out);
 
     let bad = dir.join("bad-auth");
@@ -333,12 +302,7 @@ fn htpasswd_basic_auth() {
         "bad",
         &format!("registry-ca = {ca}\nregistry-auth = {}\n", bad.display()),
     );
-    let out = node.upgrade(&[
-        "--image",
-        &format!("{host}/os:2"),
-        "--digest",
-        &f.manifest_digest,
-    ]);
+    let out = node.pull(&host);
     node.assert_refused(&out, "credentials rejected");
 }
 

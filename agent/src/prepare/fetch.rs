@@ -253,26 +253,9 @@ fn open_http(agent: &ureq::Agent, url: &str, offset: u64) -> Result<Body, FetchE
     }
 }
 
-/// Checks `Content-Range: bytes START-END/TOTAL` against the offset asked
-/// for; returns TOTAL when the server knows it.
+/// Checks `Content-Range` against the offset asked for; returns the total size.
 fn check_content_range(value: Option<&str>, offset: u64) -> Result<Option<u64>, FetchError> {
-    let bad = || {
-        FetchError::BadRange(format!(
-            "asked for bytes from {offset}, server sent Content-Range {value:?}"
-        ))
-    };
-    let spec = value
-        .and_then(|v| v.trim().strip_prefix("bytes "))
-        .ok_or_else(bad)?;
-    let (range, total) = spec.split_once('/').ok_or_else(bad)?;
-    let start = range
-        .split_once('-')
-        .and_then(|(s, _)| s.parse::<u64>().ok())
-        .ok_or_else(bad)?;
-    if start != offset {
-        return Err(bad());
-    }
-    Ok(total.parse().ok())
+    oci::check_content_range(value, offset).map_err(FetchError::BadRange)
 }
 
 /// A short, printable reason from an error response: the HTML title if
