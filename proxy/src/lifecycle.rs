@@ -8,7 +8,9 @@
 //! download of a verified slot, a second trial of a failed image).
 
 use crate::agent_client::{AgentStatus, Certs, SlotRecord, SlotState, UpgradeRequest};
-use operator::crd::{NodePhase, NodeStatus, OpsType, OsInstanceSpec, OsInstanceStatus, OsSpec};
+use operator::crd::{
+    ImageType, NodePhase, NodeStatus, OpsType, OsInstanceSpec, OsInstanceStatus, OsSpec,
+};
 
 /// The Node as far as the lifecycle cares.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -145,9 +147,19 @@ struct Target {
 
 impl Target {
     fn upgrade(os: &OsSpec, status: &OsInstanceStatus) -> Result<Target, String> {
+        // A container image pinned by digest needs no checksum: the reference carries it.
+        let pinned = os
+            .containerimage
+            .split_once("@sha256:")
+            .filter(|_| os.checksum.trim().is_empty() && os.imagetype != ImageType::Disk)
+            .map(|(_, hex)| format!("sha256:{hex}"));
+        let digest = match pinned {
+            Some(d) => normalize_digest(&d)?,
+            None => normalize_digest(&os.checksum)?,
+        };
         Ok(Target {
             version: target_version(os, status),
-            digest: Some(normalize_digest(&os.checksum)?),
+            digest: Some(digest),
         })
     }
 

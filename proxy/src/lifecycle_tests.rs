@@ -276,6 +276,24 @@ fn an_image_from_a_registry_is_recognised_by_its_manifest_digest() {
 }
 
 #[test]
+fn a_container_image_pinned_by_digest_needs_no_checksum() {
+    let manifest = format!("sha256:{}", "d".repeat(64));
+    let mut s = upgrade(NodePhase::Preparing, agent(rec(SlotState::Empty, "", 'x')));
+    let os = s.os.as_mut().unwrap();
+    os.imagetype = operator::crd::ImageType::Containerd;
+    os.containerimage = format!("r.example/os@{manifest}");
+    os.checksum = String::new();
+    let Step::Prepare(req) = next_step(&s) else {
+        panic!("expected Prepare, got {:?}", next_step(&s))
+    };
+    assert_eq!(req.check_sum, "");
+    let mut held = rec(SlotState::Written, NEW, 'b');
+    held.source = format!("oci://r.example/os@{manifest}");
+    s.agent = Some(agent(held));
+    assert!(entered(NodePhase::Draining)(&next_step(&s)));
+}
+
+#[test]
 fn preparing_follows_a_running_write_and_waits_for_other_jobs() {
     let mut a = agent(rec(SlotState::Empty, "", 'x'));
     a.job = Some(Job {

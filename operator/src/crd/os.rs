@@ -79,8 +79,9 @@ pub struct OsSpec {
     /// Most nodes of the selected set that may be unavailable at once: NotReady, cordoned, or
     /// in an operation. Capped at the number of selected nodes.
     pub maxunavailable: i64,
-    /// Digest of the disk image (`sha256:`/`blake3:` or bare SHA-256 hex) or of the container
-    /// image.
+    /// Digest of the disk image (`sha256:`/`blake3:` or bare SHA-256 hex), or for
+    /// docker/containerd the OCI manifest's `sha256:` (the image digest) or the root image's
+    /// `blake3:`; may be empty when `containerimage` is pinned with `@sha256:`.
     #[serde(default)]
     pub checksum: String,
     /// An `http://` imageurl is only used when this is true.
@@ -91,7 +92,8 @@ pub struct OsSpec {
     pub mtls: bool,
     #[serde(default)]
     pub imagetype: ImageType,
-    /// Container image (`repository/name`, `:tag` or `@sha256:`) for docker/containerd.
+    /// OCI reference (`registry/repository:tag` or `@sha256:`) of an ab-os bundle artifact,
+    /// for imagetype docker/containerd: both mean os-agent's own registry client (docs/oci.md).
     #[serde(default)]
     pub containerimage: String,
     pub opstype: OpsType,

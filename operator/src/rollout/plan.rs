@@ -54,7 +54,10 @@ impl fmt::Display for SpecError {
             SpecError::NoContainerImage => {
                 write!(f, "imagetype docker/containerd needs containerimage")
             }
-            SpecError::NoChecksum => write!(f, "opstype upgrade needs checksum"),
+            SpecError::NoChecksum => write!(
+                f,
+                "opstype upgrade needs checksum (or a containerimage pinned with @sha256:)"
+            ),
             SpecError::MtlsWithoutClientCert => write!(f, "mtls needs clientcert and clientkey"),
             SpecError::ConfigWithoutSysconfigs => write!(f, "opstype config needs sysconfigs"),
         }
@@ -113,7 +116,10 @@ fn check_image_source(spec: &OsSpec) -> Result<(), SpecError> {
         }
         _ => {}
     }
-    if spec.checksum.is_empty() {
+    // A container image pinned by digest carries its own checksum.
+    let pinned_image = matches!(spec.imagetype, ImageType::Docker | ImageType::Containerd)
+        && spec.containerimage.contains("@sha256:");
+    if spec.checksum.is_empty() && !pinned_image {
         return Err(SpecError::NoChecksum);
     }
     // KubeOS's container-image samples set `mtls: true`; it only means something for a disk

@@ -554,6 +554,24 @@ fn spec_checks() {
         check(&|s| s.imagetype = ImageType::Docker),
         Some(SpecError::NoContainerImage)
     );
+    let docker = |image: &'static str| {
+        move |s: &mut OsSpec| {
+            s.imagetype = ImageType::Docker;
+            s.containerimage = image.into();
+            s.checksum.clear();
+        }
+    };
+    assert_eq!(
+        check(&docker("r.example/os:2")),
+        Some(SpecError::NoChecksum)
+    );
+    let pinned =
+        "r.example/os@sha256:0000000000000000000000000000000000000000000000000000000000000000";
+    assert_eq!(
+        check(&docker(pinned)),
+        None,
+        "the digest in the reference pins it"
+    );
     assert_eq!(
         check(&|s| s.mtls = true),
         Some(SpecError::MtlsWithoutClientCert)
