@@ -286,6 +286,16 @@ fn the_sample_os_parses_unchanged_and_is_actionable() {
     assert_eq!(plan.target, "KubeOS 1.0.1");
 }
 
+#[test]
+fn the_registry_sample_is_a_valid_rollout_without_a_checksum() {
+    let os = parse_os(&deploy("samples/sample-os-registry.yaml"));
+    assert_eq!(os.spec.imagetype, ImageType::Docker);
+    assert!(os.spec.checksum.is_empty());
+    assert!(os.spec.containerimage.contains("@sha256:"));
+    let plan = Plan::from_spec(&os.spec).expect("a pinned containerimage needs no checksum");
+    assert_eq!(plan.target, "2");
+}
+
 /// KubeOS's documented manifests as its docs write them (placeholders replaced by values),
 /// including the forms its own CRD was strict about: `imagetype: ""`, no imageurl/flagSafe/mtls
 /// for config, `mtls: true` with a container image.
