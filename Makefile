@@ -38,3 +38,11 @@ DEMO_DIR ?= target/ab-demo
 .PHONY: demo
 demo: deps
 	$(CARGO) run --release -p e2e --bin ab-demo -- --out $(DEMO_DIR)
+
+# The same scenario with the upgrades pulled from a loopback OCI registry
+# (Debian's docker-registry) that `os-image oci --push` published v2 and v3 to;
+# disk, registry and logs stay in target/ab-demo-registry (DEMO_REGISTRY_DIR overrides).
+DEMO_REGISTRY_DIR ?= target/ab-demo-registry
+.PHONY: demo-registry
+demo-registry: deps
+	$(CARGO) run --release -p e2e --bin ab-demo -- --from-registry --out $(DEMO_REGISTRY_DIR)

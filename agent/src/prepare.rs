@@ -184,8 +184,11 @@ pub fn prepare_with(
     } = source;
     let image_size = manifest.as_ref().map(|m| m.image_size);
     check_fits(&device, image_size)?;
+    let size = image_size.map_or("size unknown: no manifest".into(), |n| {
+        format!("{n} bytes per the manifest")
+    });
     log::info!(
-        "slot {slot} ({}, {} bytes): writing {url} ({image_size:?} bytes per the manifest)",
+        "slot {slot} ({}, {} bytes): writing {url} ({size})",
         device.path.display(),
         device.size,
     );

@@ -1,7 +1,8 @@
 //! The demo scenario (issue 5), as a library the `ab-demo` binary and the
 //! end-to-end tests share: demo bundles v1, v2 and a broken v3, a disk with v1,
-//! one QEMU machine driven over its serial console, and a loopback HTTP server
-//! the guest reaches as 10.0.2.2.
+//! one QEMU machine driven over its serial console, and the upgrades' source on
+//! loopback, which the guest reaches as 10.0.2.2 ([`Source`]): an HTTP file
+//! server, or an OCI registry that `os-image oci --push` published v2 and v3 to.
 //!
 //! Steps: boot v1 from A; upgrade to v2 (download, verify, trial boot, health
 //! gate, confirm); manual rollback to v1; upgrade to the broken v3, whose trial
@@ -11,6 +12,7 @@
 
 use crate::console::Interactive;
 use crate::http::FileServer;
+use crate::registry::{Auth, Registry, RegistryOptions};
 use crate::run;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -47,10 +49,16 @@ pub struct Artifacts {
 /// Builds the demo root filesystems and bundles (v3 with `--broken`) under
 /// `dir/bundles`, with this workspace's os-image, os-init and os-agent.
 pub fn build_bundles(dir: &Path) -> Artifacts {
+    build_versions(dir, &["1", "2", "3"])
+}
+
+/// [`build_bundles`] for some of the versions only (v3 is the broken one):
+/// the scenario's first steps need no more than v1 and v2.
+pub fn build_versions(dir: &Path, versions: &[&str]) -> Artifacts {
     let os_image = crate::host_binary("image-builder", "os-image");
     let out = dir.join("bundles");
     let _ = std::fs::remove_dir_all(&out);
-    let bundles = ["1", "2", "3"]
+    let bundles = versions
         .iter()
         .map(|v| build_bundle(dir, &out, v, *v == "3"))
         .collect();
@@ -112,6 +120,15 @@ fn json_string(json: &str, key: &str) -> Option<String> {
     Some(value[..value.find('"')?].to_owned())
 }
 
+impl Bundle {
+    /// `os-VERSION.manifest.json` beside the image.
+    pub fn manifest(&self) -> PathBuf {
+        self.image
+            .with_extension("")
+            .with_extension("manifest.json")
+    }
+}
+
 impl Artifacts {
     /// A fresh disk with v1 committed in slot A and B empty.
     pub fn build_disk(&self, out: &Path) {
@@ -119,14 +136,16 @@ impl Artifacts {
         run(Command::new(&self.os_image)
             .arg("disk")
             .arg("--bundle")
-            .arg(
-                self.bundles[0]
-                    .image
-                    .with_extension("")
-                    .with_extension("manifest.json"),
-            )
+            .arg(self.bundles[0].manifest())
             .arg("--out")
             .arg(out));
+    }
+
+    fn bundle(&self, version: &str) -> Result<&Bundle, String> {
+        self.bundles
+            .iter()
+            .find(|b| b.version == version)
+            .ok_or_else(|| format!("no bundle v{version} in {}", self.dir.display()))
     }
 }
 
@@ -140,7 +159,8 @@ pub struct Step {
     /// Slot and version running at the end of the step.
     pub slot: String,
     pub version: String,
-    /// Bytes the HTTP server sent during the step.
+    /// Bytes the guest downloaded during the step: what the HTTP server sent,
+    /// or the blobs the registry served.
     pub downloaded: u64,
     /// What the step showed: console lines and command output.
     pub shown: Vec<String>,
@@ -156,6 +176,8 @@ pub struct Report {
     pub refused: (String, i32),
     /// `cat` of the /etc and /var notes after each step, by step name.
     pub notes: Vec<(String, String)>,
+    /// The registry's log at the end ([`Source::Registry`] only).
+    pub registry_log: Option<String>,
 }
 
 /// Console lines worth showing: the demo's own line, os-init's decisions and
@@ -172,7 +194,7 @@ pub fn interesting(line: &str) -> bool {
 
 struct Driver<'a> {
     m: Interactive,
-    server: FileServer,
+    origin: Origin,
     report: Report,
     narrate: &'a mut dyn FnMut(&str),
 }
@@ -217,7 +239,7 @@ impl Driver<'_> {
         body: impl FnOnce(&mut Self) -> Result<(String, String, String), String>,
     ) -> Result<(), String> {
         (self.narrate)(&format!("\n=== {name} ==="));
-        let (start, boots, (_, bytes)) = (Instant::now(), self.m.boots(), self.server.served());
+        let (start, boots, bytes) = (Instant::now(), self.m.boots(), self.origin.served());
         let (version, slot, text) = body(self)?;
         let shown: Vec<String> = text
             .lines()
@@ -246,19 +268,169 @@ impl Driver<'_> {
             boots: self.m.boots() - boots,
             slot,
             version,
-            downloaded: self.server.served().1 - bytes,
+            downloaded: self.origin.served() - bytes,
             shown,
         });
         Ok(())
     }
+}
 
-    fn upgrade_cmd(&self, b: &Bundle) -> String {
-        let name = b.image.file_name().unwrap().to_string_lossy();
-        format!(
-            "os-agent upgrade --url http://10.0.2.2:{}/{name} --digest {} --version {} --allow-http",
-            self.server.port, b.digest, b.version
-        )
+/// Where the node takes its upgrades from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Source {
+    /// `os-agent upgrade --url`: the bundles' images from a loopback HTTP
+    /// file server.
+    #[default]
+    Http,
+    /// `os-agent upgrade --image`: OCI artifacts that `os-image oci --push`
+    /// published to a plain, anonymous registry on loopback.
+    Registry,
+}
+
+/// The scenario's steps, in order (see the module documentation).
+pub const STEPS: usize = 5;
+
+/// The running source of the upgrades.
+enum Origin {
+    Http(FileServer),
+    /// With the manifest digest `os-image oci` printed, by version.
+    Registry(Registry, Vec<(String, String)>),
+}
+
+impl Origin {
+    fn start(
+        art: &Artifacts,
+        source: Source,
+        narrate: &mut dyn FnMut(&str),
+    ) -> Result<Self, String> {
+        let bundles = art.dir.join("bundles");
+        match source {
+            Source::Http => {
+                let server = FileServer::start(&bundles)
+                    .map_err(|e| format!("start the HTTP server on 127.0.0.1: {e}"))?;
+                narrate(&format!(
+                    "serving {} on http://127.0.0.1:{} (the guest's http://10.0.2.2:{})",
+                    bundles.display(),
+                    server.port,
+                    server.port
+                ));
+                Ok(Origin::Http(server))
+            }
+            Source::Registry => Origin::publish_to_registry(art, narrate),
+        }
     }
+
+    /// Starts the registry under `art.dir/registry` and publishes every
+    /// bundle after v1 to it as `os:VERSION`.
+    fn publish_to_registry(art: &Artifacts, narrate: &mut dyn FnMut(&str)) -> Result<Self, String> {
+        let dir = art.dir.join("registry");
+        let _ = std::fs::remove_dir_all(&dir);
+        let opts = RegistryOptions {
+            tls: false,
+            auth: Auth::None,
+        };
+        let registry = Registry::start(&dir, opts);
+        narrate(&format!(
+            "OCI registry (docker-registry, plain HTTP, anonymous) on {} (the guest's 10.0.2.2:{})",
+            registry.host(),
+            registry.port()
+        ));
+        let layout = art.dir.join("oci-layout");
+        let _ = std::fs::remove_dir_all(&layout);
+        let mut digests = Vec::new();
+        for b in art.bundles.iter().skip(1) {
+            let digest = publish(art, &registry, &layout, b)?;
+            narrate(&format!(
+                "  os-image oci --push {}/os:{} -> {digest}",
+                registry.host(),
+                b.version
+            ));
+            digests.push((b.version.clone(), digest));
+        }
+        Ok(Origin::Registry(registry, digests))
+    }
+
+    /// Bytes sent to the guest so far: everything the HTTP server sent, or the
+    /// blobs the registry served (pushes and manifests do not count).
+    fn served(&self) -> u64 {
+        match self {
+            Origin::Http(server) => server.served().1,
+            Origin::Registry(registry, _) => blob_bytes_served(&registry.log()),
+        }
+    }
+
+    fn upgrade_cmd(&self, b: &Bundle) -> Result<String, String> {
+        match self {
+            Origin::Http(server) => {
+                let name = b.image.file_name().unwrap().to_string_lossy();
+                Ok(format!(
+                    "os-agent upgrade --url http://10.0.2.2:{}/{name} --digest {} --version {} --allow-http",
+                    server.port, b.digest, b.version
+                ))
+            }
+            Origin::Registry(registry, digests) => {
+                let (_, digest) = digests
+                    .iter()
+                    .find(|(v, _)| *v == b.version)
+                    .ok_or_else(|| format!("v{} was not published", b.version))?;
+                Ok(format!(
+                    "os-agent upgrade --image 10.0.2.2:{}/os:{} --digest {digest} --version {} --allow-http",
+                    registry.port(),
+                    b.version,
+                    b.version
+                ))
+            }
+        }
+    }
+}
+
+/// `os-image oci --push` of bundle `b` to `registry` as `os:VERSION` (the
+/// product's path, not skopeo); returns the manifest digest it printed last.
+fn publish(
+    art: &Artifacts,
+    registry: &Registry,
+    layout: &Path,
+    b: &Bundle,
+) -> Result<String, String> {
+    let target = format!("{}/os:{}", registry.host(), b.version);
+    let out = Command::new(&art.os_image)
+        .arg("oci")
+        .arg("--manifest")
+        .arg(b.manifest())
+        .arg("--layout")
+        .arg(layout)
+        .args(["--push", &target, "--plain-http"])
+        .output()
+        .map_err(|e| format!("run {}: {e}", art.os_image.display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let digest = stdout.lines().last().unwrap_or("").trim();
+    if !out.status.success() || !digest.starts_with("sha256:") {
+        return Err(format!(
+            "os-image oci --push {target} failed ({}):\n{stdout}{}\nregistry log:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            registry.log()
+        ));
+    }
+    Ok(digest.to_owned())
+}
+
+/// Bytes of the blobs a registry served, from its access log's
+/// `"GET /v2/REPO/blobs/DIGEST HTTP/1.1" STATUS BYTES` lines with a 2xx status.
+pub fn blob_bytes_served(log: &str) -> u64 {
+    log.lines()
+        .filter_map(|l| {
+            let (request, rest) = l.split_once("\"GET /v2/")?.1.split_once('"')?;
+            if !request.contains("/blobs/") {
+                return None;
+            }
+            let mut fields = rest.split_whitespace();
+            let status = fields.next()?;
+            status
+                .starts_with('2')
+                .then(|| fields.next()?.parse::<u64>().ok())?
+        })
+        .sum()
 }
 
 /// Runs the scenario on a fresh disk at `disk`, logging each boot's console
@@ -269,31 +441,50 @@ pub fn run_scenario(
     logs: &Path,
     narrate: &mut dyn FnMut(&str),
 ) -> Result<Report, String> {
+    run_scenario_with(art, disk, logs, narrate, Source::Http, STEPS)
+}
+
+/// [`run_scenario`] with the upgrades from `source`, and only the first
+/// `steps` steps (at most [`STEPS`]; `art` needs the bundles those use).
+pub fn run_scenario_with(
+    art: &Artifacts,
+    disk: &Path,
+    logs: &Path,
+    narrate: &mut dyn FnMut(&str),
+    source: Source,
+    steps: usize,
+) -> Result<Report, String> {
     art.build_disk(disk);
-    let server = FileServer::start(&art.dir.join("bundles"))
-        .map_err(|e| format!("start the HTTP server on 127.0.0.1: {e}"))?;
-    narrate(&format!(
-        "serving {} on http://127.0.0.1:{} (the guest's http://10.0.2.2:{})",
-        art.dir.join("bundles").display(),
-        server.port,
-        server.port
-    ));
+    let origin = Origin::start(art, source, narrate)?;
     let m = Interactive::start(disk, logs);
     let mut d = Driver {
         m,
-        server,
+        origin,
         report: Report::default(),
         narrate,
     };
-    let result = scenario(&mut d, art);
+    let result = PLAN
+        .iter()
+        .take(steps)
+        .try_for_each(|step| step(&mut d, art));
     d.m.close();
+    if let Origin::Registry(registry, _) = &d.origin {
+        d.report.registry_log = Some(registry.log());
+    }
     result.map(|()| d.report)
 }
 
-fn scenario(d: &mut Driver, art: &Artifacts) -> Result<(), String> {
-    let [_, v2, v3] = &art.bundles[..] else {
-        return Err("expected bundles v1, v2 and v3".into());
-    };
+type StepFn = fn(&mut Driver, &Artifacts) -> Result<(), String>;
+
+const PLAN: [StepFn; STEPS] = [
+    boot_v1,
+    upgrade_to_v2,
+    roll_back_to_v1,
+    fall_back_from_v3,
+    refuse_rollback,
+];
+
+fn boot_v1(d: &mut Driver, _: &Artifacts) -> Result<(), String> {
     d.step("boot v1 (slot A)", |d| {
         let (v, s, t) = d.wait_boot(Some("after boot: "))?;
         d.shell(&format!(
@@ -301,29 +492,44 @@ fn scenario(d: &mut Driver, art: &Artifacts) -> Result<(), String> {
              echo {VAR_NOTE} >/var/lib/demo/note; sync"
         ))?;
         Ok((v, s, t))
-    })?;
+    })
+}
+
+/// Sends the upgrade command for `b` and waits for the agent's reboot.
+fn start_upgrade(d: &mut Driver, b: &Bundle) -> Result<String, String> {
+    let cmd = d.origin.upgrade_cmd(b)?;
+    (d.narrate)(&format!("  $ {cmd}"));
+    d.m.send_line(&cmd)?;
+    d.m.wait_for("rebooting", UPGRADE_TIMEOUT)
+}
+
+fn upgrade_to_v2(d: &mut Driver, art: &Artifacts) -> Result<(), String> {
+    let v2 = art.bundle("2")?;
     d.step(
         "upgrade to v2: download, verify, trial boot, health gate, confirm",
         |d| {
-            let cmd = d.upgrade_cmd(v2);
-            d.m.send_line(&cmd)?;
-            let mut text = d.m.wait_for("rebooting", UPGRADE_TIMEOUT)?;
+            let mut text = start_upgrade(d, v2)?;
             let (v, s, t) = d.wait_boot(Some("after boot: "))?;
             text += &t;
             Ok((v, s, text))
         },
-    )?;
+    )
+}
+
+fn roll_back_to_v1(d: &mut Driver, _: &Artifacts) -> Result<(), String> {
     d.step("manual rollback to v1 (no download)", |d| {
         d.m.send_line("os-agent rollback")?;
         let (v, s, t) = d.wait_boot(Some("after boot: "))?;
         Ok((v, s, t))
-    })?;
+    })
+}
+
+fn fall_back_from_v3(d: &mut Driver, art: &Artifacts) -> Result<(), String> {
+    let v3 = art.bundle("3")?;
     d.step(
         "upgrade to broken v3: trial fails, node falls back by itself",
         |d| {
-            let cmd = d.upgrade_cmd(v3);
-            d.m.send_line(&cmd)?;
-            let mut text = d.m.wait_for("rebooting", UPGRADE_TIMEOUT)?;
+            let mut text = start_upgrade(d, v3)?;
             // The trial boot of v3: its health gate fails and the agent reboots.
             let (_, _, t) = d.wait_boot(Some("rebooting"))?;
             text += &t;
@@ -331,7 +537,10 @@ fn scenario(d: &mut Driver, art: &Artifacts) -> Result<(), String> {
             text += &t;
             Ok((v, s, text))
         },
-    )?;
+    )
+}
+
+fn refuse_rollback(d: &mut Driver, _: &Artifacts) -> Result<(), String> {
     d.step(
         "manual rollback refused: B holds v3, whose trial failed",
         |d| {
@@ -345,8 +554,7 @@ fn scenario(d: &mut Driver, art: &Artifacts) -> Result<(), String> {
             let (v, s) = booted(&d.m.tail(400)).unwrap_or_default();
             Ok((v, s, String::new()))
         },
-    )?;
-    Ok(())
+    )
 }
 
 /// The timeline as a table.
@@ -366,4 +574,22 @@ pub fn timeline(report: &Report) -> String {
     let total: Duration = report.steps.iter().map(|s| s.duration).sum();
     out += &format!("total {:.1}s\n", total.as_secs_f64());
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::blob_bytes_served;
+
+    #[test]
+    fn blob_bytes_count_successful_blob_gets_only() {
+        let log = r#"127.0.0.1 - - [27/Nov/2026:03:44:21 +0000] "GET /v2/ HTTP/1.1" 200 2 "" "os-agent/0.1.0"
+127.0.0.1 - - [27/Nov/2026:03:44:21 +0000] "GET /v2/os/manifests/2 HTTP/1.1" 200 900 "" "os-agent/0.1.0"
+127.0.0.1 - - [27/Nov/2026:03:44:21 +0000] "GET /v2/os/blobs/sha256:e69a HTTP/1.1" 200 2027 "" "os-agent/0.1.0"
+127.0.0.1 - - [27/Nov/2026:03:44:21 +0000] "GET /v2/os/blobs/sha256:fadd HTTP/1.1" 206 14407237 "" "os-agent/0.1.0"
+127.0.0.1 - - [27/Nov/2026:03:44:21 +0000] "GET /v2/os/blobs/sha256:0000 HTTP/1.1" 404 157 "" "os-agent/0.1.0"
+127.0.0.1 - - [27/Nov/2026:03:44:21 +0000] "HEAD /v2/os/blobs/sha256:e69a HTTP/1.1" 200 2027 "" "ab-os-oci/0.1.0"
+127.0.0.1 - - [27/Nov/2026:03:44:21 +0000] "PUT /v2/os/blobs/uploads/x HTTP/1.1" 201 0 "" "ab-os-oci/0.1.0"
+time="2026-11-27T03:44:21Z" level=info msg="response completed" http.request.method=GET http.request.uri="/v2/os/blobs/sha256:e69a" http.response.status=200 http.response.written=2027"#;
+        assert_eq!(blob_bytes_served(log), 2027 + 14407237);
+    }
 }

@@ -1,13 +1,16 @@
 //! The demo's scenario as assertions (issue 5), on real OVMF, GRUB, kernel and
 //! os-agent in one QEMU machine: upgrade to v2, manual rollback, automatic
 //! fallback from the broken v3, a refused rollback; and data written under
-//! /etc and /var on v1 survives every one of those steps.
+//! /etc and /var on v1 survives every one of those steps. And the upgrade to
+//! v2 once more, pulled from an OCI registry that `os-image oci --push`
+//! published it to.
 
 use bootctl::record::SlotState;
 use bootctl::state::AbState;
 use bootctl::Slot;
-use e2e::demo::{self, Report, ETC_NOTE, VAR_NOTE};
+use e2e::demo::{self, Report, Source, ETC_NOTE, VAR_NOTE};
 use e2e::disk::{self, Disk};
+use sha2::{Digest as _, Sha256};
 
 fn status(r: &Report, step: usize) -> &str {
     &r.statuses[step].1
@@ -86,4 +89,71 @@ fn upgrade_rollback_fallback_and_refusal_keep_etc_and_var() {
     assert_eq!(disk::slot_record(&image, Slot::A).state, SlotState::Good);
     let b = disk::slot_record(&image, Slot::B);
     assert_eq!((b.state, b.version.as_str()), (SlotState::Failed, "3"));
+}
+
+/// Boot v1, then `os-agent upgrade --image 10.0.2.2:PORT/os:2` from a plain,
+/// anonymous docker-registry on loopback: the node reboots into v2 on B and
+/// its health gate commits it; the bytes came from the registry's layer blob.
+#[test]
+fn upgrade_from_an_oci_registry() {
+    let dir = e2e::fixture_dir().join("demo-registry");
+    let art = demo::build_versions(&dir, &["1", "2"]);
+    let image = dir.join("node.img");
+    let logs = e2e::repo_root().join("target/e2e-logs/demo-registry");
+    let report = demo::run_scenario_with(
+        &art,
+        &image,
+        &logs,
+        &mut |l| eprintln!("{l}"),
+        Source::Registry,
+        2,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("{}", demo::timeline(&report));
+
+    let running: Vec<(&str, &str)> = report
+        .steps
+        .iter()
+        .map(|s| (s.version.as_str(), s.slot.as_str()))
+        .collect();
+    assert_eq!(running, [("1", "A"), ("2", "B")]);
+    let boots: Vec<usize> = report.steps.iter().map(|s| s.boots).collect();
+    assert_eq!(boots, [1, 1]);
+    assert!(
+        status(&report, 1).contains("committed:  B"),
+        "{}",
+        status(&report, 1)
+    );
+    assert_eq!(
+        report.steps[0].downloaded, 0,
+        "booting v1 downloaded something"
+    );
+    let downloaded = report.steps[1].downloaded;
+    assert!(
+        downloaded > 1 << 20,
+        "v2 was not downloaded: {downloaded} bytes"
+    );
+
+    // The layer is the bundle's compressed image, and the guest (through
+    // QEMU's user-mode network, from 127.0.0.1) fetched all of it.
+    let layer = std::fs::read(&art.bundles[1].image).unwrap();
+    let layer_digest: String = Sha256::digest(&layer)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let log = report.registry_log.as_deref().expect("no registry log");
+    let get = format!(
+        "\"GET /v2/os/blobs/sha256:{layer_digest} HTTP/1.1\" 200 {}",
+        layer.len()
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&get) && l.contains("os-agent/")),
+        "no {get} by os-agent in the registry log:\n{log}"
+    );
+    assert!(
+        downloaded >= layer.len() as u64,
+        "{downloaded} < {}",
+        layer.len()
+    );
 }

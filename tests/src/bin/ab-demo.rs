@@ -1,24 +1,26 @@
 //! `make demo`: builds demo bundles v1, v2 and a broken v3, boots a disk with
 //! v1 in QEMU and drives it through upgrade, rollback and automatic fallback
-//! (see `e2e::demo`). Usage: `ab-demo [--out DIR]` (default target/ab-demo).
+//! (see `e2e::demo`). Usage: `ab-demo [--out DIR] [--from-registry]` (default
+//! target/ab-demo); `--from-registry`: the upgrades come from a loopback OCI
+//! registry that `os-image oci --push` published v2 and v3 to, instead of
+//! plain HTTP.
 
-use e2e::demo;
+use e2e::demo::{self, Source};
 use std::path::PathBuf;
 use std::time::Instant;
 
 fn main() {
     let mut args = std::env::args().skip(1);
     let mut out = e2e::repo_root().join("target/ab-demo");
+    let mut source = Source::Http;
     while let Some(a) = args.next() {
-        match (a.as_str(), args.next()) {
-            ("--out", Some(dir)) => out = PathBuf::from(dir),
-            _ => {
-                eprintln!("usage: ab-demo [--out DIR]");
-                std::process::exit(2);
-            }
+        match a.as_str() {
+            "--out" => out = args.next().map(PathBuf::from).unwrap_or_else(|| usage()),
+            "--from-registry" => source = Source::Registry,
+            _ => usage(),
         }
     }
-    std::process::exit(match run(&out) {
+    std::process::exit(match run(&out, source) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("\nab-demo failed: {e}");
@@ -27,7 +29,17 @@ fn main() {
     });
 }
 
-fn run(out: &std::path::Path) -> Result<(), String> {
+fn usage() -> ! {
+    eprintln!(
+        "usage: ab-demo [--out DIR] [--from-registry]\n  \
+         --out DIR        disk, bundles and logs (default target/ab-demo)\n  \
+         --from-registry  take the upgrades from a loopback OCI registry that\n                   \
+         os-image oci --push published them to, instead of plain HTTP"
+    );
+    std::process::exit(2);
+}
+
+fn run(out: &std::path::Path, source: Source) -> Result<(), String> {
     let started = Instant::now();
     std::fs::create_dir_all(out).map_err(|e| format!("create {}: {e}", out.display()))?;
     // Absolute, so the paths printed at the end work from anywhere.
@@ -40,7 +52,14 @@ fn run(out: &std::path::Path) -> Result<(), String> {
     let built = started.elapsed();
     let disk = out.join("node.img");
     let logs = out.join("logs");
-    let report = demo::run_scenario(&art, &disk, &logs, &mut |l| println!("{l}"))?;
+    let report = demo::run_scenario_with(
+        &art,
+        &disk,
+        &logs,
+        &mut |l| println!("{l}"),
+        source,
+        demo::STEPS,
+    )?;
     println!(
         "\n=== timeline (builds took {:.0}s) ===",
         built.as_secs_f64()
