@@ -37,7 +37,10 @@ COMMANDS:
                              write the image into the inactive slot, verify it,
                              arm a trial boot of it and reboot. URL: https://,
                              http:// (only with --allow-http) or file://;
-                             --ca-cert alone replaces the built-in roots, with
+                             --digest also takes sha256:HEX, the file's own
+                             digest (KubeOS's check_sum), checked over the
+                             whole download; --ca-cert alone replaces the
+                             built-in roots, with
                              the client pair it is mutual TLS. Prints progress
                              while it runs
   upgrade --image REGISTRY/REPO[:TAG][@sha256:HEX] [--digest D] [...]

@@ -70,9 +70,10 @@ pub struct PrepareRequest {
     /// `https://…/NAME.img.zst`, `http://…` (only with `allow_http`),
     /// `file:///…`, or `oci://REGISTRY/REPO[:TAG][@sha256:…]`.
     pub url: String,
-    /// `blake3:<hex>` of the uncompressed image: the trust anchor. For an
-    /// `oci://` image also `sha256:<hex>` of its OCI manifest, or empty when
-    /// the reference carries `@sha256:`.
+    /// The trust anchor: `blake3:<hex>` of the uncompressed image, or
+    /// `sha256:<hex>` of the file at the URL (KubeOS's `check_sum`, as
+    /// `sha256sum` prints it). For an `oci://` image: `blake3:`, or `sha256:`
+    /// of its OCI manifest, or empty when the reference carries `@sha256:`.
     pub digest: String,
     /// Expected OS version; checked against the manifest when both are known.
     pub version: Option<String>,
@@ -87,8 +88,9 @@ pub(crate) struct Source {
     /// The image (or layer blob) URL, for messages.
     url: String,
     manifest: Option<Manifest>,
-    /// BLAKE3 of the uncompressed image.
-    anchor: [u8; 32],
+    /// BLAKE3 of the uncompressed image; `None` until the stream gives it
+    /// (a file pinned by its sha256, without a manifest).
+    anchor: Option<[u8; 32]>,
     /// For an OCI layer: the sha256 and size it is addressed by.
     layer: Option<resume::Layer>,
     /// What the record keeps as the slot's source (see [`Prepared::source`]).
@@ -129,9 +131,7 @@ pub fn prepare_with(
     let http = match oci {
         Some(_) => None,
         None => {
-            let anchor = parse_blake3(&req.digest).ok_or_else(|| PrepareError::BadRequest {
-                reason: format!("digest {:?} is not blake3:<64 hex digits>", req.digest),
-            })?;
+            let pin = url_pin(&req.digest)?;
             let fetcher = Fetcher::new(
                 &req.url,
                 &req.tls,
@@ -139,7 +139,7 @@ pub fn prepare_with(
                 cfg.connect_timeout,
                 cfg.read_timeout,
             )?;
-            Some((anchor, fetcher))
+            Some((pin, fetcher))
         }
     };
     let slot = cfg.inactive();
@@ -150,7 +150,7 @@ pub fn prepare_with(
         (Some(reference), _) => {
             registry::resolve(cfg, req, &reference, &device, progress, cancel, retry)?
         }
-        (None, Some((anchor, fetcher))) => {
+        (None, Some((pin, fetcher))) => {
             let job = Job {
                 fetcher: &fetcher,
                 url: &req.url,
@@ -162,14 +162,25 @@ pub fn prepare_with(
                 read_timeout: cfg.read_timeout,
                 layer: None,
             };
-            let manifest = load_manifest(&job, req, &anchor)?;
+            let manifest = load_manifest(&job, req, pin.blake3())?;
+            let (anchor, layer, pinned) = match pin {
+                UrlPin::Blake3(b) => (Some(b), None, String::new()),
+                UrlPin::Sha256(d) => (
+                    manifest.as_ref().map(|m| m.image_digest),
+                    Some(resume::Layer {
+                        digest: d.clone(),
+                        size: manifest.as_ref().map(|m| m.compressed_size),
+                    }),
+                    format!("{}@{d}", req.url),
+                ),
+            };
             Source {
                 fetcher,
                 url: req.url.clone(),
                 manifest,
                 anchor,
-                layer: None,
-                pinned: String::new(),
+                layer,
+                pinned,
             }
         }
         (None, None) => unreachable!("a URL is either oci:// or not"),
@@ -195,7 +206,7 @@ pub fn prepare_with(
     record::write(&cfg.state_dir, &SlotRecord::empty(slot))
         .map_err(|source| PrepareError::Record { slot, source })?;
     progress.start_phase(Phase::Downloading, image_size.unwrap_or(0));
-    let size = write_and_verify(
+    let (size, anchor) = write_and_verify(
         &Job {
             fetcher: &fetcher,
             url: &url,
@@ -207,7 +218,7 @@ pub fn prepare_with(
             read_timeout: cfg.read_timeout,
             layer: layer.as_ref(),
         },
-        &anchor,
+        anchor,
     )?;
     progress.set_phase(Phase::Recording);
     let version = req
@@ -291,11 +302,45 @@ fn check_not_bootable(esp: &Esp, slot: Slot) -> Result<(), PrepareError> {
     Ok(())
 }
 
+/// What pins an image fetched from a URL.
+enum UrlPin {
+    /// The uncompressed image's BLAKE3 (the bundle's `image_digest`).
+    Blake3([u8; 32]),
+    /// The file's sha256 (`sha256:<hex>`): checked over the whole compressed
+    /// stream; the manifest, when there is one, is then only a guide (chunk
+    /// digests, sizes) that the stream's sha256 confirms or refutes.
+    Sha256(String),
+}
+
+impl UrlPin {
+    fn blake3(&self) -> Option<&[u8; 32]> {
+        match self {
+            UrlPin::Blake3(b) => Some(b),
+            UrlPin::Sha256(_) => None,
+        }
+    }
+}
+
+fn url_pin(digest: &str) -> Result<UrlPin, PrepareError> {
+    if let Some(b) = parse_blake3(digest) {
+        return Ok(UrlPin::Blake3(b));
+    }
+    oci::digest::parse(digest)
+        .map(UrlPin::Sha256)
+        .ok_or_else(|| PrepareError::BadRequest {
+            reason: format!(
+                "digest {digest:?} is neither blake3:<64 hex digits> (the image) nor \
+                 sha256:<64 hex digits> (the file)"
+            ),
+        })
+}
+
 /// Fetches and checks the manifest beside the image; `None` if there is none.
+/// `anchor`: the BLAKE3 the manifest's `image_digest` must be, when known.
 fn load_manifest(
     job: &Job,
     req: &PrepareRequest,
-    anchor: &[u8; 32],
+    anchor: Option<&[u8; 32]>,
 ) -> Result<Option<Manifest>, PrepareError> {
     let Some(url) = manifest_url(&req.url) else {
         log::info!("{}: not a .img.zst URL, no manifest to look for", req.url);
@@ -320,7 +365,7 @@ fn load_manifest(
         manifest,
         requested,
     };
-    if &m.image_digest != anchor {
+    if anchor.is_some_and(|a| *a != m.image_digest) {
         return Err(mismatch(
             "image_digest",
             format_blake3(&m.image_digest),
@@ -334,14 +379,15 @@ fn load_manifest(
 }
 
 /// Steps 3 and 4: stream into the slot, fsync, finish the read-back, compare.
-/// Returns the image size.
-fn write_and_verify(job: &Job, anchor: &[u8; 32]) -> Result<u64, PrepareError> {
+/// Returns the image size and its BLAKE3 (`anchor`, or when that is not
+/// known up front, what the verified stream decompressed to).
+fn write_and_verify(job: &Job, anchor: Option<[u8; 32]>) -> Result<(u64, [u8; 32]), PrepareError> {
     let flags = Flags::default();
     let device = job.device;
     let readback_hash = std::thread::scope(|s| {
         let readback = ReadBack::spawn(s, device, job.progress, &flags);
         let writer = Writer::spawn(s, device, readback.commits());
-        let streamed = match stream_and_sync(job, writer, anchor) {
+        let (streamed, anchor) = match stream_and_sync(job, writer, anchor) {
             Ok(streamed) => streamed,
             Err(e) => {
                 readback.abort();
@@ -353,11 +399,11 @@ fn write_and_verify(job: &Job, anchor: &[u8; 32]) -> Result<u64, PrepareError> {
         job.progress.set_bytes(readback.position());
         let hash = readback.finish(streamed.size)?;
         job.progress.set_bytes(streamed.size);
-        Ok((streamed.size, hash))
+        Ok((streamed.size, hash, anchor))
     });
-    let (size, hash) = readback_hash?;
-    if hash.as_bytes() != anchor {
-        let (actual, expected) = (format_blake3(hash.as_bytes()), format_blake3(anchor));
+    let (size, hash, anchor) = readback_hash?;
+    if *hash.as_bytes() != anchor {
+        let (actual, expected) = (format_blake3(hash.as_bytes()), format_blake3(&anchor));
         return Err(PrepareError::VerifyFailed {
             slot: device.slot,
             path: device.path.clone(),
@@ -365,23 +411,31 @@ fn write_and_verify(job: &Job, anchor: &[u8; 32]) -> Result<u64, PrepareError> {
             expected,
         });
     }
-    Ok(size)
+    Ok((size, anchor))
 }
 
+/// Streams (a pinned sha256 is checked at the end of the stream), compares
+/// the decompressed image's BLAKE3 with `anchor` when both are known, syncs.
+/// Returns the stream and the image's BLAKE3.
 fn stream_and_sync(
     job: &Job,
     writer: Writer,
-    anchor: &[u8; 32],
-) -> Result<resume::Streamed, PrepareError> {
+    anchor: Option<[u8; 32]>,
+) -> Result<(resume::Streamed, [u8; 32]), PrepareError> {
     let streamed = resume::stream_image(job, writer)?;
-    if let Some(digest) = streamed.digest.filter(|d| d.as_bytes() != anchor) {
-        let (actual, expected) = (format_blake3(digest.as_bytes()), format_blake3(anchor));
-        return Err(PrepareError::DigestMismatch {
-            url: job.url.to_owned(),
-            actual,
-            expected,
-        });
-    }
+    let computed = streamed.digest.map(|d| *d.as_bytes());
+    let anchor = match (anchor, computed) {
+        (Some(a), Some(c)) if a != c => {
+            return Err(PrepareError::DigestMismatch {
+                url: job.url.to_owned(),
+                actual: format_blake3(&c),
+                expected: format_blake3(&a),
+            })
+        }
+        (Some(a), _) => a,
+        (None, Some(c)) => c,
+        (None, None) => unreachable!("without a manifest the stream's BLAKE3 is computed"),
+    };
     job.device.sync()?;
-    Ok(streamed)
+    Ok((streamed, anchor))
 }

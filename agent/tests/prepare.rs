@@ -301,6 +301,45 @@ fn a_wrong_digest_or_version_is_refused() {
 
 /// The same image with one chunk's content changed; frame sizes may differ,
 /// so the manifest is not reusable, which is the point.
+/// KubeOS's `check_sum` is the sha256 of the file at the URL: it pins the
+/// compressed stream, checked over all of it (across a resume), and the
+/// record keeps `URL@sha256:…` so the proxy recognises the slot.
+#[test]
+fn a_sha256_of_the_file_pins_it_with_or_without_a_manifest() {
+    for with_manifest in [true, false] {
+        let (b, node) = (image(), Node::new(SLOT));
+        let server = serve(&b, with_manifest);
+        let sha = oci::digest::sha256(&b.zst);
+        server.fault(IMG, Fault::DropAfter(b.meta.frames[3].0 + 10));
+        let (result, _) = run(&node, &request(server.url(IMG), &sha));
+        let done = result.unwrap();
+        let source = format!("{}@{sha}", server.url(IMG));
+        assert_eq!(done.source, source);
+        assert_eq!(node.record_b().source, source);
+        assert_landed(
+            &node,
+            &b,
+            Prepared {
+                source: String::new(),
+                ..done
+            },
+        );
+        assert_eq!(server.served(IMG).len(), 2, "one drop, one resume");
+    }
+}
+
+#[test]
+fn a_wrong_sha256_is_refused_at_the_end_of_the_stream() {
+    for with_manifest in [true, false] {
+        let (b, node) = (image(), Node::new(SLOT));
+        let server = serve(&b, with_manifest);
+        let wrong = oci::digest::sha256(b"another file");
+        let (err, msg) = fails(&node, &request(server.url(IMG), &wrong));
+        assert!(matches!(err, PrepareError::LayerMismatch { .. }), "{msg}");
+        assert!(msg.contains(&wrong), "{msg}");
+    }
+}
+
 fn image_with_chunk_changed(b: &Bundle, chunk: usize) -> Bundle {
     let mut image = b.image.clone();
     image[chunk * CHUNK + 100] ^= 0xFF;

@@ -163,14 +163,16 @@ fn refusals_and_unsupported_methods_are_errors() {
     let reply = server.call(configure);
     assert_eq!(error_code(&reply), -1);
     assert!(reply.contains("unknown model"), "{reply}");
-    // A bare SHA-256 check_sum (KubeOS's form) maps to sha256:, which this
-    // write path refuses with a clear error; docker images are refused early.
+    // A bare SHA-256 check_sum (KubeOS's form) is accepted; the missing file
+    // is the error. A docker image without container_image is a bad request.
     let sha = "98ea7aff44631d183e6df3488f1107357d7503e11e5f146effdbfd11810cd4a2";
     let reply = server.call(&upgrade_request(10, "file:///nope.img.zst", sha, "2"));
     assert_eq!(error_code(&reply), -1);
-    assert!(reply.contains("sha256:98ea"), "{reply}");
+    assert!(reply.contains("not found"), "{reply}");
     let docker = upgrade_request(11, "x", sha, "2").replace(r#""disk""#, r#""docker""#);
-    assert_eq!(error_code(&server.call(&docker)), -32602);
+    let reply = server.call(&docker);
+    assert_eq!(error_code(&reply), -32602);
+    assert!(reply.contains("needs container_image"), "{reply}");
     let reply = server.call(r#"{"method":"frobnicate","id":12,"jsonrpc":"2.0"}"#);
     assert_eq!(error_code(&reply), -32601);
     assert!(reply.contains(r#""message":"Method not found""#), "{reply}");

@@ -109,7 +109,8 @@ pub enum PrepareError {
         actual: String,
         expected: String,
     },
-    /// The compressed stream is not the OCI layer blob its manifest names.
+    /// The compressed stream's sha256 is not the one it is pinned by (an OCI
+    /// layer's digest, or a sha256 checksum of the image file).
     LayerMismatch {
         url: String,
         actual: String,
@@ -284,7 +285,7 @@ impl PrepareError {
                 expected,
             } => write!(
                 f,
-                "{url}: layer blob digest is {actual}, its OCI manifest says {expected}"
+                "{url}: the compressed stream's digest is {actual}, expected {expected}"
             ),
             local => unreachable!("{local:?} is formatted by Display"),
         }

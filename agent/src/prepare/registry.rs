@@ -155,11 +155,11 @@ pub fn resolve(
                 return Ok(Source {
                     fetcher: Fetcher::Registry(blob),
                     url,
-                    anchor: manifest.image_digest,
+                    anchor: Some(manifest.image_digest),
                     manifest: Some(manifest),
                     layer: Some(Layer {
                         digest: artifact.layer.digest,
-                        size: artifact.layer.size,
+                        size: Some(artifact.layer.size),
                     }),
                     pinned: format!(
                         "{SCHEME}{}/{}@{manifest_digest}",

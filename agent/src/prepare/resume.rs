@@ -89,16 +89,19 @@ pub struct Job<'a> {
     pub cancel: &'a AtomicBool,
     pub retry: &'a Retry,
     pub read_timeout: Duration,
-    /// The compressed stream is an OCI layer: its SHA-256 and size, checked
-    /// over the whole stream (the hash state travels with the checkpoints).
+    /// The compressed stream's SHA-256 (an OCI layer's digest, or a KubeOS
+    /// `sha256` checksum of the image file) and size, checked over the whole
+    /// stream (the hash state travels with the checkpoints).
     pub layer: Option<&'a Layer>,
 }
 
-/// The digest and size an OCI layer blob is addressed by.
+/// The SHA-256 (and size, when known) the compressed stream must have: an
+/// OCI layer blob's descriptor, or the checksum of an image file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layer {
+    /// `sha256:<hex>`.
     pub digest: String,
-    pub size: u64,
+    pub size: Option<u64>,
 }
 
 /// A complete stream: `size` bytes written; without a manifest, the BLAKE3
@@ -381,13 +384,10 @@ fn frame_end<R: Read>(
 
 /// The whole compressed stream must be the layer its manifest names.
 fn check_layer(job: &Job, layer: &Layer, cp: &Checkpoint) -> Result<(), PrepareError> {
-    if cp.zpos != layer.size {
+    if let Some(size) = layer.size.filter(|s| *s != cp.zpos) {
         return Err(PrepareError::BadManifest {
             url: job.url.to_owned(),
-            reason: format!(
-                "the layer is {} bytes, its OCI manifest says {}",
-                cp.zpos, layer.size
-            ),
+            reason: format!("the stream is {} bytes, its manifest says {size}", cp.zpos),
         });
     }
     let actual = cp
