@@ -415,21 +415,13 @@ fn publish(
     Ok(digest.to_owned())
 }
 
-/// Bytes of the blobs a registry served, from its access log's
-/// `"GET /v2/REPO/blobs/DIGEST HTTP/1.1" STATUS BYTES` lines with a 2xx status.
+/// Bytes of the blobs a registry served, from its access log's blob GETs
+/// with a 2xx status.
 pub fn blob_bytes_served(log: &str) -> u64 {
-    log.lines()
-        .filter_map(|l| {
-            let (request, rest) = l.split_once("\"GET /v2/")?.1.split_once('"')?;
-            if !request.contains("/blobs/") {
-                return None;
-            }
-            let mut fields = rest.split_whitespace();
-            let status = fields.next()?;
-            status
-                .starts_with('2')
-                .then(|| fields.next()?.parse::<u64>().ok())?
-        })
+    crate::registry::blob_gets(log)
+        .iter()
+        .filter(|g| (200..300).contains(&g.status))
+        .map(|g| g.bytes)
         .sum()
 }
 

@@ -275,6 +275,11 @@ impl Registry {
         std::fs::read_to_string(self.dir.join("registry.log")).unwrap_or_default()
     }
 
+    /// The blob GETs the registry answered so far (see [`blob_gets`]).
+    pub fn blob_gets(&self) -> Vec<BlobGet> {
+        blob_gets(&self.log())
+    }
+
     /// A ureq agent that trusts the registry's CA (when TLS) and returns
     /// error statuses as responses instead of errors.
     pub fn agent(&self) -> ureq::Agent {
@@ -365,6 +370,35 @@ impl Drop for Registry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// One `GET /v2/REPO/blobs/DIGEST` a registry answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobGet {
+    pub repo: String,
+    pub digest: String,
+    pub status: u16,
+    /// Body bytes sent.
+    pub bytes: u64,
+}
+
+/// The blob GETs in a registry's access log: its
+/// `"GET /v2/REPO/blobs/DIGEST HTTP/1.1" STATUS BYTES` lines.
+pub fn blob_gets(log: &str) -> Vec<BlobGet> {
+    log.lines()
+        .filter_map(|l| {
+            let (request, rest) = l.split_once("\"GET /v2/")?.1.split_once('"')?;
+            let path = request.split_whitespace().next()?;
+            let (repo, digest) = path.split_once("/blobs/")?;
+            let mut fields = rest.split_whitespace();
+            Some(BlobGet {
+                repo: repo.to_owned(),
+                digest: digest.to_owned(),
+                status: fields.next()?.parse().ok()?,
+                bytes: fields.next()?.parse().ok()?,
+            })
+        })
+        .collect()
 }
 
 fn free_port() -> u16 {

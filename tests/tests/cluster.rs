@@ -343,9 +343,9 @@ async fn a_kubeos_docker_imagetype_upgrades_every_node_from_a_registry() {
         assert_eq!(node.boots(), 1, "{}", node.name);
     }
     let layer_gets = registry
-        .log()
-        .lines()
-        .filter(|l| l.contains("\"GET /v2/os/blobs/sha256:") && l.contains(" 200 "))
+        .blob_gets()
+        .iter()
+        .filter(|g| g.repo == "os" && g.status == 200)
         .count();
     // Each node fetched the config blob and the layer blob.
     assert_eq!(layer_gets, 4, "registry log:\n{}", registry.log());
