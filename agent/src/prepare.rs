@@ -127,30 +127,29 @@ pub fn prepare_with(
     cancel: &AtomicBool,
     retry: &Retry,
 ) -> Result<Prepared, PrepareError> {
-    let oci = registry::reference(&req.url)?;
-    let http = match oci {
-        Some(_) => None,
-        None => {
-            let pin = url_pin(&req.digest)?;
-            let fetcher = Fetcher::new(
+    // Everything about the request is checked before the slot is touched.
+    let origin = match registry::reference(&req.url)? {
+        Some(reference) => Origin::Registry(reference),
+        None => Origin::Url(
+            Pin::parse(&req.digest, "the file")?,
+            Fetcher::new(
                 &req.url,
                 &req.tls,
                 req.allow_http,
                 cfg.connect_timeout,
                 cfg.read_timeout,
-            )?;
-            Some((pin, fetcher))
-        }
+            )?,
+        ),
     };
     let slot = cfg.inactive();
     check_not_bootable(&Esp::new(&cfg.esp), slot)?;
     let device = SlotDevice::open(slot, cfg.slot_device(slot))?;
     progress.start_phase(Phase::Connecting, 0);
-    let source = match (oci, http) {
-        (Some(reference), _) => {
+    let source = match origin {
+        Origin::Registry(reference) => {
             registry::resolve(cfg, req, &reference, &device, progress, cancel, retry)?
         }
-        (None, Some((pin, fetcher))) => {
+        Origin::Url(pin, fetcher) => {
             let job = Job {
                 fetcher: &fetcher,
                 url: &req.url,
@@ -164,8 +163,8 @@ pub fn prepare_with(
             };
             let manifest = load_manifest(&job, req, pin.blake3())?;
             let (anchor, layer, pinned) = match pin {
-                UrlPin::Blake3(b) => (Some(b), None, String::new()),
-                UrlPin::Sha256(d) => (
+                Pin::Blake3(b) => (Some(b), None, String::new()),
+                Pin::Sha256(d) => (
                     manifest.as_ref().map(|m| m.image_digest),
                     Some(resume::Layer {
                         digest: d.clone(),
@@ -183,7 +182,6 @@ pub fn prepare_with(
                 pinned,
             }
         }
-        (None, None) => unreachable!("a URL is either oci:// or not"),
     };
     let Source {
         fetcher,
@@ -302,37 +300,45 @@ fn check_not_bootable(esp: &Esp, slot: Slot) -> Result<(), PrepareError> {
     Ok(())
 }
 
-/// What pins an image fetched from a URL.
-enum UrlPin {
+/// Where the image comes from, with what pins it.
+enum Origin {
+    Registry(oci::Reference),
+    Url(Pin, Fetcher),
+}
+
+/// The digest in a request.
+enum Pin {
     /// The uncompressed image's BLAKE3 (the bundle's `image_digest`).
     Blake3([u8; 32]),
-    /// The file's sha256 (`sha256:<hex>`): checked over the whole compressed
-    /// stream; the manifest, when there is one, is then only a guide (chunk
-    /// digests, sizes) that the stream's sha256 confirms or refutes.
+    /// `sha256:<hex>`: of the file at a URL, checked over the whole
+    /// compressed stream (the manifest, when there is one, is then only a
+    /// guide that the stream's sha256 confirms or refutes); of the OCI
+    /// manifest for an image from a registry.
     Sha256(String),
 }
 
-impl UrlPin {
+impl Pin {
+    /// `sha256_of` names what a `sha256:` digest is of, for the error.
+    fn parse(digest: &str, sha256_of: &str) -> Result<Pin, PrepareError> {
+        if let Some(b) = parse_blake3(digest) {
+            return Ok(Pin::Blake3(b));
+        }
+        oci::digest::parse(digest)
+            .map(Pin::Sha256)
+            .ok_or_else(|| PrepareError::BadRequest {
+                reason: format!(
+                    "digest {digest:?} is neither blake3:<64 hex digits> (the root image) nor \
+                     sha256:<64 hex digits> ({sha256_of})"
+                ),
+            })
+    }
+
     fn blake3(&self) -> Option<&[u8; 32]> {
         match self {
-            UrlPin::Blake3(b) => Some(b),
-            UrlPin::Sha256(_) => None,
+            Pin::Blake3(b) => Some(b),
+            Pin::Sha256(_) => None,
         }
     }
-}
-
-fn url_pin(digest: &str) -> Result<UrlPin, PrepareError> {
-    if let Some(b) = parse_blake3(digest) {
-        return Ok(UrlPin::Blake3(b));
-    }
-    oci::digest::parse(digest)
-        .map(UrlPin::Sha256)
-        .ok_or_else(|| PrepareError::BadRequest {
-            reason: format!(
-                "digest {digest:?} is neither blake3:<64 hex digits> (the image) nor \
-                 sha256:<64 hex digits> (the file)"
-            ),
-        })
 }
 
 /// Fetches and checks the manifest beside the image; `None` if there is none.

@@ -31,24 +31,6 @@ pub enum Error {
     File(String),
 }
 
-impl Error {
-    /// Worth another attempt later: the network, a stalled read, a 5xx or 429.
-    pub fn retryable(&self) -> bool {
-        match self {
-            Error::Transport(e) => !matches!(
-                e,
-                ureq::Error::Tls(_)
-                    | ureq::Error::Rustls(_)
-                    | ureq::Error::Pem(_)
-                    | ureq::Error::TlsRequired
-                    | ureq::Error::BadUri(_)
-            ),
-            Error::Status { code, .. } => *code == 429 || *code >= 500,
-            _ => false,
-        }
-    }
-}
-
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -17,10 +17,10 @@
 //! auth file, per endpoint host.
 
 use super::fetch::{from_oci, Fetcher, RegistryBlob};
-use super::manifest::{format_blake3, parse_blake3, Manifest, MAX_MANIFEST_BYTES};
+use super::manifest::{format_blake3, Manifest, MAX_MANIFEST_BYTES};
 use super::resume::{fetch_failure, with_retries, Failure, Job, Layer, Retry};
 use super::slot::SlotDevice;
-use super::{PrepareError, PrepareRequest, Source};
+use super::{Pin, PrepareError, PrepareRequest, Source};
 use crate::config::Config;
 use crate::progress::Progress;
 use oci::artifact::BundleArtifact;
@@ -51,17 +51,12 @@ struct Pins {
 fn pins(req: &PrepareRequest, reference: &Reference) -> Result<Pins, PrepareError> {
     let digest = req.digest.trim();
     let bad = |reason: String| PrepareError::BadRequest { reason };
-    let (manifest, image) = if digest.is_empty() {
-        (None, None)
-    } else if let Some(b) = parse_blake3(digest) {
-        (None, Some(b))
-    } else if let Some(d) = oci::digest::parse(digest) {
-        (Some(d), None)
-    } else {
-        return Err(bad(format!(
-            "digest {digest:?} is neither sha256:<64 hex digits> (the OCI manifest) nor \
-             blake3:<64 hex digits> (the root image)"
-        )));
+    let (manifest, image) = match digest {
+        "" => (None, None),
+        d => match Pin::parse(d, "the OCI manifest")? {
+            Pin::Blake3(b) => (None, Some(b)),
+            Pin::Sha256(d) => (Some(d), None),
+        },
     };
     if let (Some(a), Some(b)) = (&manifest, &reference.digest) {
         if a != b {
