@@ -16,6 +16,19 @@ fn status(r: &Report, step: usize) -> &str {
     &r.statuses[step].1
 }
 
+/// (version, slot) the node ran after each step.
+fn running(r: &Report) -> Vec<(&str, &str)> {
+    r.steps
+        .iter()
+        .map(|s| (s.version.as_str(), s.slot.as_str()))
+        .collect()
+}
+
+/// Boots each step took.
+fn boots(r: &Report) -> Vec<usize> {
+    r.steps.iter().map(|s| s.boots).collect()
+}
+
 #[test]
 fn upgrade_rollback_fallback_and_refusal_keep_etc_and_var() {
     let dir = e2e::fixture_dir().join("demo");
@@ -26,16 +39,12 @@ fn upgrade_rollback_fallback_and_refusal_keep_etc_and_var() {
         .unwrap_or_else(|e| panic!("{e}"));
     eprintln!("{}", demo::timeline(&report));
 
-    let running: Vec<(&str, &str)> = report
-        .steps
-        .iter()
-        .map(|s| (s.version.as_str(), s.slot.as_str()))
-        .collect();
+    let running = running(&report);
     assert_eq!(
         running,
         [("1", "A"), ("2", "B"), ("1", "A"), ("1", "A"), ("1", "A")]
     );
-    let boots: Vec<usize> = report.steps.iter().map(|s| s.boots).collect();
+    let boots = boots(&report);
     // v3: one trial boot (the health gate fails it at once), then A.
     assert_eq!(boots, [1, 1, 1, 2, 0]);
     let s = &report.steps;
@@ -111,13 +120,9 @@ fn upgrade_from_an_oci_registry() {
     .unwrap_or_else(|e| panic!("{e}"));
     eprintln!("{}", demo::timeline(&report));
 
-    let running: Vec<(&str, &str)> = report
-        .steps
-        .iter()
-        .map(|s| (s.version.as_str(), s.slot.as_str()))
-        .collect();
+    let running = running(&report);
     assert_eq!(running, [("1", "A"), ("2", "B")]);
-    let boots: Vec<usize> = report.steps.iter().map(|s| s.boots).collect();
+    let boots = boots(&report);
     assert_eq!(boots, [1, 1]);
     assert!(
         status(&report, 1).contains("committed:  B"),
