@@ -84,6 +84,10 @@ OPTIONS (also `key = value` lines, without the dashes, in the config file):
   --config-allow MODEL:PATH[,PATH..]
                              files a model may edit (repeatable; `*` within one
                              path component; default: the model's default file)
+  --cmdline-allow NAME[,NAME..]
+                             kernel arguments grub.cmdline.* may set although
+                             denied by default (init, shells, systemd.*, rd.*,
+                             security switches; `PREFIX*` allowed; repeatable)
   --config-restart CMD       restarts a unit, name appended (default
                              `systemctl restart`)
   --config-restart-timeout SECS

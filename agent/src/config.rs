@@ -9,9 +9,11 @@
 //! `check-timeout`, `tries`, `allow-uid`, `connect-timeout`, `read-timeout`,
 //! `certs-dir`, `reboot`, and for node configuration `config-root`, `proc-dir`,
 //! `config-allow` (repeatable), `config-restart`, `config-restart-timeout`,
+//! `cmdline-allow` (repeatable: kernel arguments denied by default that
+//! `grub.cmdline.*` may set here),
 //! and for OCI registries `registry-auth`, `registry-ca`, `registry-mirror`
 //! and `registry-plain-http` (both repeatable)).
-//! Flags win over the file, the file over discovery; `config-allow`,
+//! Flags win over the file, the file over discovery; `config-allow`, `cmdline-allow`,
 //! `registry-mirror` and `registry-plain-http` lines from both add up.
 
 use crate::configure::{self, AllowList};
@@ -155,6 +157,7 @@ pub struct Overrides {
     pub registry_ca: Option<PathBuf>,
     pub registry_mirrors: Vec<(String, Vec<String>)>,
     pub registry_plain_http: Vec<String>,
+    pub cmdline_allow: Vec<String>,
 }
 
 impl Overrides {
@@ -214,6 +217,13 @@ impl Overrides {
                     ));
                 }
                 self.registry_plain_http.push(value.to_owned());
+            }
+            "cmdline-allow" => {
+                for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                    configure::check_cmdline_allow(name)
+                        .map_err(|e| format!("cmdline-allow: `{name}` {e}"))?;
+                    self.cmdline_allow.push(name.to_owned());
+                }
             }
             "reboot" => {
                 self.reboot = Some(match value {
@@ -294,6 +304,7 @@ impl Overrides {
         self.registry_plain_http
             .extend(from_file.registry_plain_http);
         self.allowed_uids.extend(from_file.allowed_uids);
+        self.cmdline_allow.extend(from_file.cmdline_allow);
         self.config_allow.merge(from_file.config_allow);
         Ok(())
     }
@@ -356,6 +367,7 @@ impl Overrides {
             allow: self.config_allow.clone(),
             restart: self.config_restart.clone().unwrap_or(d.restart),
             restart_timeout: self.config_restart_timeout.unwrap_or(d.restart_timeout),
+            cmdline_allow: self.cmdline_allow.clone(),
         }
     }
 }

@@ -328,8 +328,19 @@ fn snapshot(rig: &Rig) -> Vec<(String, Vec<u8>)> {
 #[test]
 fn a_third_model_failing_to_write_leaves_the_first_two_unchanged() {
     let rig = Rig::new();
-    // A sysctl whose write fails (ENOSPC) after the two files were replaced.
-    std::os::unix::fs::symlink("/dev/full", rig.path("proc/sys/vm/overcommit_memory")).unwrap();
+    // A sysctl whose write fails (ENOSPC) after the two files were replaced:
+    // a /dev/full node of its own (a symlink to /dev/full would be refused).
+    let full = rig.path("proc/sys/vm/overcommit_memory");
+    let made = std::process::Command::new("mknod")
+        .arg(&full)
+        .args(["c", "1", "7"])
+        .status()
+        .unwrap();
+    assert!(
+        made.success(),
+        "mknod {} (tests run as root)",
+        full.display()
+    );
     let before = snapshot(&rig);
     let req = request(&[
         (
@@ -493,4 +504,194 @@ fn replaced_files_keep_their_mode_and_symlinks_are_refused() {
         .unwrap_err()
         .to_string();
     assert!(msg.contains("is a symlink"), "{msg}");
+}
+
+// ---- Hostile requests (issue 13) ----
+
+#[test]
+fn a_sysctl_key_cannot_climb_out_of_proc_sys() {
+    let rig = Rig::new();
+    // `net.//.//.//.etc.passwd` maps to `net/../../../etc/passwd` under
+    // proc/sys: two levels above the rig's proc/sys is the rig's own dir.
+    fs::create_dir_all(rig.path("proc/sys/net")).unwrap();
+    fs::create_dir_all(rig.path("etc")).unwrap();
+    fs::write(rig.path("etc/passwd"), "root:x:0:0::/root:/bin/sh\n").unwrap();
+    for key in [
+        "net.//.//.//.etc.passwd",
+        "net.//.//.//.etc/passwd",
+        "vm..swappiness",
+        "vm./.swappiness",
+        "vm.swappiness.",
+    ] {
+        let req = request(&[(
+            "kernel.sysctl",
+            "",
+            &format!(r#"{{"{key}":{{"value":"owned"}}}}"#),
+        )]);
+        let err = rig.run(&req).unwrap_err().to_string();
+        assert!(err.contains(&format!("key {key:?}")), "{key}: {err}");
+        assert_eq!(
+            rig.read("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\n",
+            "{key} wrote outside proc/sys"
+        );
+    }
+    assert_eq!(rig.read("proc/sys/vm/swappiness"), "60\n");
+}
+
+#[test]
+fn a_symlink_under_proc_sys_is_not_followed() {
+    let rig = Rig::new();
+    fs::write(rig.path("victim"), "keep\n").unwrap();
+    std::os::unix::fs::symlink(rig.path("victim"), rig.path("proc/sys/vm/evil")).unwrap();
+    std::os::unix::fs::symlink(rig.path("root/etc"), rig.path("proc/sys/etcdir")).unwrap();
+    for key in ["vm.evil", "etcdir.sysctl/conf"] {
+        let req = request(&[(
+            "kernel.sysctl",
+            "",
+            &format!(r#"{{"{key}":{{"value":"owned"}}}}"#),
+        )]);
+        let err = rig.run(&req).unwrap_err().to_string();
+        assert!(err.contains("symlink"), "{key}: {err}");
+    }
+    assert_eq!(rig.read("victim"), "keep\n");
+    assert_eq!(rig.read("root/etc/sysctl.conf"), SYSCTL_CONF);
+}
+
+#[test]
+fn kernel_arguments_that_open_a_shell_or_bypass_the_boot_are_refused() {
+    let rig = Rig::new();
+    for (key, value) in [
+        ("init", "/bin/sh"),
+        ("systemd.debug_shell", ""),
+        ("systemd.unit", "emergency.target"),
+        ("systemd.unit", "rescue.target"),
+        ("emergency", ""),
+        ("rescue", ""),
+        ("single", ""),
+        ("S", ""),
+        ("s", ""),
+        ("1", ""),
+        ("-s", ""),
+        ("-b", ""),
+        ("rd.break", ""),
+        ("rd.shell", ""),
+        ("rd.emergency", "bash"),
+        ("break", "pre-mount"),
+        ("kgdboc", "ttyS0"),
+        ("kgdbwait", ""),
+        ("selinux", "0"),
+        ("enforcing", "0"),
+        ("apparmor", "0"),
+        ("security", "none"),
+        ("lsm", ""),
+        ("lockdown", "none"),
+        ("module.sig_enforce", "0"),
+        ("SYSTEMD.DEBUG_SHELL", ""),
+    ] {
+        let req = request(&[(
+            "grub.cmdline.next",
+            "",
+            &format!(r#"{{"{key}":{{"value":"{value}"}}}}"#),
+        )]);
+        let err = rig
+            .run(&req)
+            .err()
+            .unwrap_or_else(|| panic!("{key}={value} was accepted"))
+            .to_string();
+        assert!(err.contains("cmdline-allow"), "{key}: {err}");
+        assert!(!rig.path("esp/ab/args-B").exists(), "{key} was written");
+    }
+    // Ordinary arguments still work.
+    let ok = request(&[(
+        "grub.cmdline.next",
+        "",
+        r#"{"quiet":{"value":""},"console":{"value":"ttyS0,115200"},"panic":{"value":"10"}}"#,
+    )]);
+    rig.run(&ok).unwrap();
+    assert_eq!(args_of(&rig, "B"), "console=ttyS0,115200 panic=10 quiet");
+}
+
+#[test]
+fn a_node_setting_allows_a_denied_kernel_argument() {
+    let mut rig = Rig::new();
+    rig.settings.cmdline_allow = vec!["systemd.unit".into(), "rd.*".into()];
+    let req = request(&[(
+        "grub.cmdline.next",
+        "",
+        r#"{"systemd.unit":{"value":"multi-user.target"},"rd.luks":{"value":"0"}}"#,
+    )]);
+    rig.run(&req).unwrap();
+    assert_eq!(
+        args_of(&rig, "B"),
+        "rd.luks=0 systemd.unit=multi-user.target"
+    );
+    let still = request(&[("grub.cmdline.next", "", r#"{"init":{"value":"/bin/sh"}}"#)]);
+    assert!(rig.run(&still).is_err(), "init stays denied");
+    let boot = request(&[("grub.cmdline.next", "", r#"{"os.slot":{"value":"A"}}"#)]);
+    let mut all = Rig::new();
+    all.settings.cmdline_allow = vec!["*".into()];
+    assert!(
+        all.run(&boot).is_err(),
+        "the boot protocol's own stay refused"
+    );
+    assert!(rig.run(&boot).is_err());
+}
+
+#[test]
+fn a_symlinked_parent_directory_is_refused_not_followed() {
+    let rig = Rig::new();
+    // /etc is a symlink to a directory outside the config root.
+    fs::create_dir_all(rig.path("elsewhere")).unwrap();
+    fs::write(rig.path("elsewhere/sysctl.conf"), "x=1\n").unwrap();
+    fs::rename(rig.path("root/etc"), rig.path("root/etc.real")).unwrap();
+    std::os::unix::fs::symlink(rig.path("elsewhere"), rig.path("root/etc")).unwrap();
+    let err = rig
+        .run(&request(&[(
+            "kernel.sysctl.persist",
+            "",
+            r#"{"a.b":{"value":"1"}}"#,
+        )]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("symlink"), "{err}");
+    assert_eq!(rig.read("elsewhere/sysctl.conf"), "x=1\n");
+}
+
+#[test]
+fn a_file_swapped_between_plan_and_apply_is_not_written() {
+    let rig = Rig::new();
+    let req = ConfigureRequest::from_json(&request(&[
+        ("pam.limits", "", r#"{"*":{"value":"soft.nofile.7"}}"#),
+        (
+            "kernel.sysctl.persist",
+            "",
+            r#"{"vm.swappiness":{"value":"1"}}"#,
+        ),
+    ]))
+    .unwrap();
+    let esp = rig.path("esp");
+    let node = Node {
+        settings: &rig.settings,
+        esp: &esp,
+        booted: Slot::A,
+    };
+    let plan = configure::plan(&node, &req).unwrap();
+    // After the plan, sysctl.conf (the second change) becomes a symlink to
+    // a file the request never named.
+    fs::write(rig.path("victim"), "keep\n").unwrap();
+    let conf = rig.path("root/etc/sysctl.conf");
+    fs::remove_file(&conf).unwrap();
+    std::os::unix::fs::symlink(rig.path("victim"), &conf).unwrap();
+    let err = configure::apply(&rig.settings, &plan)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("changed since"), "{err}");
+    assert_eq!(rig.read("victim"), "keep\n");
+    assert!(fs::symlink_metadata(&conf).unwrap().is_symlink());
+    assert_eq!(
+        rig.read("root/etc/security/limits.conf"),
+        LIMITS_CONF,
+        "the first change was restored"
+    );
 }

@@ -12,6 +12,7 @@
 //! file and restarts the services again, so the service runs on the
 //! configuration it had; the error says both.
 
+use super::paths::{check_below, file_id};
 use super::plan::{Change, Plan, Target};
 use super::{ConfigureError, Model, Restored, Settings};
 use log::{error, info, warn};
@@ -47,7 +48,7 @@ pub fn apply(settings: &Settings, plan: &Plan) -> Result<Outcome, ConfigureError
             c.path.display(),
             c.keys.join(", ")
         );
-        if let Err(source) = write(c, &c.after) {
+        if let Err(source) = recheck(c).and_then(|()| write(c, &c.after)) {
             error!(
                 "configure: {} write {}: {source}",
                 c.model,
@@ -95,6 +96,29 @@ pub fn apply(settings: &Settings, plan: &Plan) -> Result<Outcome, ConfigureError
             .collect(),
         restarted,
     })
+}
+
+/// The target is still the file the plan read: same path through no
+/// symlink, same inode (or still missing). Between plan and write a file can
+/// be swapped for a symlink or another file; writing then would change
+/// something the request was never checked against.
+fn recheck(c: &Change) -> io::Result<()> {
+    let changed = |why: String| {
+        io::Error::other(format!(
+            "{} changed since the request was checked ({why}); nothing written to it",
+            c.path.display()
+        ))
+    };
+    check_below(&c.base, &c.path).map_err(changed)?;
+    let now = file_id(&c.path)?;
+    if now != c.id {
+        return Err(changed(match now {
+            None => "it was removed".into(),
+            Some(_) if c.id.is_none() => "it was created".into(),
+            Some(_) => "it is another file now".into(),
+        }));
+    }
+    Ok(())
 }
 
 /// Puts back the `before` of each change, last first.

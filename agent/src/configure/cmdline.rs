@@ -20,7 +20,8 @@ use log::warn;
 /// them; a later copy would win), `os.init`, `os.confirm` (os-init's), and
 /// what would replace the initramfs or its init.
 fn reserved(key: &str) -> bool {
-    key.starts_with("os.") || ["rdinit", "initrd", "BOOT_IMAGE"].contains(&key)
+    let key = folded(key);
+    key.starts_with("os.") || ["rdinit", "initrd", "boot_image"].contains(&key.as_str())
 }
 
 /// Characters GRUB's script or the kernel's parser would read differently.
@@ -28,12 +29,109 @@ fn plain(s: &str) -> bool {
     !s.contains(|c: char| c.is_whitespace() || c.is_control() || "\"'\\$;{}#".contains(c))
 }
 
-pub fn check(key: &str, value: &str) -> Result<(), String> {
+/// Arguments denied unless the node's `cmdline-allow` names them: whoever
+/// may edit an `OS` resource must not get a root shell on the console, a
+/// different init, or a kernel with its protections switched off. Families,
+/// compared after the kernel's own folding (`-` and `_` are the same in a
+/// parameter name) and case-insensitively:
+/// - init and what replaces it: `init`, and words the kernel hands to init
+///   as arguments (runlevels `0`-`6`, `s`, `single`, `-s`, `-b`, `emergency`,
+///   `rescue`) or as environment (`LD_*`, `SYSTEMD_*`);
+/// - `systemd.*` (units, debug shell, `run=`, masks), `rd.*` and dracut's
+///   `break`, which stop in a shell or change the initramfs's job;
+/// - the root the boot protocol chooses: `root`, `rootfstype`, `rootflags`,
+///   `ro`, `rw`, and device-mapper tables made at boot (`dm_mod.*`,
+///   `dm_verity.*`);
+/// - debuggers that take the kernel: `kgdb*`, `ekgdboc`;
+/// - security switches: `selinux`, `enforcing`, `apparmor`, `security`, `lsm`,
+///   `lockdown`, `module.sig_enforce`, `ima*`, `sysrq_always_enabled`.
+const DENIED: &[&str] = &[
+    "init",
+    "single",
+    "s",
+    "-s",
+    "-b",
+    "0",
+    "1",
+    "2",
+    "3",
+    "4",
+    "5",
+    "6",
+    "emergency",
+    "rescue",
+    "ld_*",
+    "systemd_*",
+    "systemd.*",
+    "rd.*",
+    "break",
+    "root",
+    "rootfstype",
+    "rootflags",
+    "ro",
+    "rw",
+    "dm_mod.*",
+    "dm_verity.*",
+    "kgdb*",
+    "ekgdboc",
+    "selinux",
+    "enforcing",
+    "apparmor",
+    "security",
+    "lsm",
+    "lockdown",
+    "module.sig_enforce",
+    "ima*",
+    "sysrq_always_enabled",
+];
+
+/// A parameter name as the kernel compares it (`-` = `_`), lower case; a
+/// leading `-` (init's `-s`, `-b`) is kept.
+fn folded(key: &str) -> String {
+    let (dash, rest) = match key.strip_prefix('-') {
+        Some(r) => ("-", r),
+        None => ("", key),
+    };
+    format!("{dash}{}", rest.to_ascii_lowercase().replace('-', "_"))
+}
+
+/// Whether `pattern` (`NAME` or `PREFIX*`, folded) covers folded `name`.
+fn covers(pattern: &str, name: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => name == pattern,
+    }
+}
+
+/// Checks one `cmdline-allow` entry: a name or `PREFIX*` (`*` alone allows
+/// every denied family); the boot protocol's own can never be allowed.
+pub fn check_allow(entry: &str) -> Result<(), String> {
+    let name = entry.strip_suffix('*').unwrap_or(entry);
+    if !plain(entry) || entry.contains('=') || name.contains('*') {
+        return Err("is not a kernel argument name or PREFIX*".into());
+    }
+    if !name.is_empty() && reserved(name) {
+        return Err("is reserved for the A/B boot and cannot be allowed".into());
+    }
+    Ok(())
+}
+
+pub fn check(key: &str, value: &str, allow: &[String]) -> Result<(), String> {
     if key.is_empty() || !plain(key) || key.contains('=') {
         return Err("is not a kernel argument name (no blanks, quotes, = \\ $ ; { } #)".into());
     }
     if reserved(key) {
         return Err("is reserved for the A/B boot (os.*, rdinit, initrd, BOOT_IMAGE)".into());
+    }
+    let name = folded(key);
+    if let Some(family) = DENIED.iter().find(|d| covers(d, &name)) {
+        if !allow.iter().any(|a| covers(&folded(a), &name)) {
+            return Err(format!(
+                "is denied by default ({family}: it can change init, open a shell, bypass the \
+                 A/B boot or weaken the kernel's protections); a node may allow it with \
+                 cmdline-allow"
+            ));
+        }
     }
     if !plain(value) {
         return Err(format!(
@@ -128,13 +226,39 @@ mod tests {
 
     #[test]
     fn reserved_and_unsafe_arguments_are_refused() {
-        assert!(check("os.slot", "B").is_err());
-        assert!(check("rdinit", "/bin/sh").is_err());
-        assert!(check("a b", "").is_err());
-        assert!(check("x", "$(reboot)").is_err());
-        assert!(check("x", "a;b").is_err());
-        assert!(check("console", "ttyS0,115200n8").is_ok());
-        assert!(check("dyndbg", "").is_ok());
+        let none: &[String] = &[];
+        assert!(check("os.slot", "B", none).is_err());
+        assert!(check("OS.slot", "B", none).is_err());
+        assert!(check("rdinit", "/bin/sh", none).is_err());
+        assert!(check("a b", "", none).is_err());
+        assert!(check("x", "$(reboot)", none).is_err());
+        assert!(check("x", "a;b", none).is_err());
+        assert!(check("console", "ttyS0,115200n8", none).is_ok());
+        assert!(check("dyndbg", "", none).is_ok());
+    }
+
+    #[test]
+    fn denied_families_fold_like_the_kernel_and_the_allow_list_opens_them() {
+        let none: &[String] = &[];
+        for key in [
+            "module.sig-enforce",
+            "Systemd.Unit",
+            "LD_PRELOAD",
+            "kgdboc",
+            "rd.break",
+        ] {
+            assert!(check(key, "0", none).is_err(), "{key}");
+        }
+        let allow = ["systemd.unit".to_owned(), "rd.*".to_owned()];
+        assert!(check("systemd.unit", "multi-user.target", &allow).is_ok());
+        assert!(check("rd.luks", "0", &allow).is_ok());
+        assert!(check("systemd.debug_shell", "", &allow).is_err());
+        assert!(check("init", "/bin/sh", &["*".to_owned()]).is_ok());
+        assert!(check("os.slot", "A", &["*".to_owned()]).is_err());
+        assert!(check_allow("os.slot").is_err());
+        assert!(check_allow("os.*").is_err());
+        assert!(check_allow("a*b").is_err());
+        assert!(check_allow("rd.*").is_ok());
     }
 
     #[test]

@@ -22,12 +22,14 @@ mod apply;
 mod cmdline;
 mod lines;
 mod model;
+mod paths;
 mod plan;
 mod request;
 mod toml;
 mod yaml;
 
 pub use apply::{apply, Outcome};
+pub use cmdline::check_allow as check_cmdline_allow;
 pub use model::{AllowList, Model};
 pub use plan::{plan, Change, Plan, Target};
 pub use request::{ConfigureRequest, Entry, Operation, Sysconfig};
@@ -50,6 +52,9 @@ pub struct Settings {
     /// Command restarting a unit, the unit's name appended.
     pub restart: Vec<String>,
     pub restart_timeout: Duration,
+    /// Kernel-argument names (`NAME`, or `PREFIX*`) that `grub.cmdline.*`
+    /// may set although they are denied by default (`cmdline-allow`).
+    pub cmdline_allow: Vec<String>,
 }
 
 impl Default for Settings {
@@ -60,6 +65,7 @@ impl Default for Settings {
             allow: AllowList::default(),
             restart: vec!["systemctl".into(), "restart".into()],
             restart_timeout: Duration::from_secs(120),
+            cmdline_allow: Vec::new(),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! every change in memory, reading (never writing) the targets.
 
 use super::model::{normalize, Model};
+use super::paths::{check_below, file_id, FileId};
 use super::request::{ConfigureRequest, Entry, Operation, Sysconfig};
 use super::{cmdline, key_path, lines, toml, yaml, ConfigureError, Node};
 use bootctl::grubcfg::args_path;
@@ -32,6 +33,11 @@ pub struct Change {
     pub after: Vec<u8>,
     /// The request's keys that touch this target.
     pub keys: Vec<String>,
+    /// The directory the path must stay under, through no symlink.
+    pub base: PathBuf,
+    /// The file the plan read (`None`: it did not exist); apply replaces
+    /// only that very file.
+    pub id: Option<FileId>,
 }
 
 /// The changes a request makes, in request order; targets it leaves as they
@@ -59,16 +65,16 @@ pub fn plan(node: &Node<'_>, req: &ConfigureRequest) -> Result<Plan, ConfigureEr
         match model {
             Model::Sysctl => plan_sysctl(node, sc, &mut work)?,
             _ => {
-                let (target, path) = target_of(node, model, sc)?;
+                let (target, base, path) = target_of(node, model, sc)?;
                 let at = match work.iter().position(|w| w.change.path == path) {
                     Some(at) => at,
                     None => {
-                        work.push(read_target(model, target, path)?);
+                        work.push(read_target(model, target, base, path)?);
                         work.len() - 1
                     }
                 };
                 for entry in &sc.contents {
-                    edit(model, &mut work[at], entry)?;
+                    edit(model, &mut work[at], entry, &node.settings.cmdline_allow)?;
                 }
             }
         }
@@ -85,7 +91,7 @@ fn target_of(
     node: &Node<'_>,
     model: Model,
     sc: &Sysconfig,
-) -> Result<(Target, PathBuf), ConfigureError> {
+) -> Result<(Target, PathBuf, PathBuf), ConfigureError> {
     let slot = match model {
         Model::GrubCurrent => Some(node.booted),
         Model::GrubNext => Some(node.booted.other()),
@@ -98,7 +104,11 @@ fn target_of(
                 sc.config_path
             );
         }
-        return Ok((Target::GrubArgs, node.esp.join(args_path(slot))));
+        return Ok((
+            Target::GrubArgs,
+            node.esp.to_path_buf(),
+            node.esp.join(args_path(slot)),
+        ));
     }
     let named = match sc.config_path.trim() {
         "" => model.default_path().unwrap_or_default(),
@@ -116,16 +126,24 @@ fn target_of(
     }
     Ok((
         Target::File,
+        node.settings.root.clone(),
         node.settings.root.join(path.trim_start_matches('/')),
     ))
 }
 
-fn read_target(model: Model, target: Target, path: PathBuf) -> Result<Work, ConfigureError> {
+fn read_target(
+    model: Model,
+    target: Target,
+    base: PathBuf,
+    path: PathBuf,
+) -> Result<Work, ConfigureError> {
     let read_err = |source| ConfigureError::Read {
         model,
         path: path.clone(),
         source,
     };
+    check_below(&base, &path).map_err(|e| read_err(io::Error::other(e)))?;
+    let id = file_id(&path).map_err(read_err)?;
     match fs::symlink_metadata(&path) {
         Ok(m) if !m.is_file() => {
             let kind = if m.is_symlink() {
@@ -164,6 +182,8 @@ fn read_target(model: Model, target: Target, path: PathBuf) -> Result<Work, Conf
             before,
             after: vec![],
             keys: vec![],
+            base,
+            id,
         },
         text: original.clone(),
         original,
@@ -171,7 +191,12 @@ fn read_target(model: Model, target: Target, path: PathBuf) -> Result<Work, Conf
 }
 
 /// Applies one entry to a target's text in memory.
-fn edit(model: Model, w: &mut Work, e: &Entry) -> Result<(), ConfigureError> {
+fn edit(
+    model: Model,
+    w: &mut Work,
+    e: &Entry,
+    cmdline_allow: &[String],
+) -> Result<(), ConfigureError> {
     let bad = |reason: String| ConfigureError::BadKey {
         model,
         key: e.key.clone(),
@@ -202,7 +227,7 @@ fn edit(model: Model, w: &mut Work, e: &Entry) -> Result<(), ConfigureError> {
         }
         Model::GrubCurrent | Model::GrubNext => {
             let value = scalar()?;
-            cmdline::check(&e.key, &value).map_err(bad)?;
+            cmdline::check(&e.key, &value, cmdline_allow).map_err(bad)?;
             Ok(cmdline::edit(&w.text, &e.key, e.operation, &value))
         }
         Model::Kubelet | Model::Containerd => {
@@ -285,7 +310,14 @@ fn plan_sysctl(
         if value.is_empty() || value.contains(['\n', '\r', '\0']) {
             return Err(bad("the value must be one non-empty line"));
         }
-        let path = sysctl_path(&node.settings.proc_dir, &e.key);
+        let base = node.settings.proc_dir.join("sys");
+        let path = sysctl_path(&base, &e.key).map_err(|r| bad(&r))?;
+        check_below(&base, &path).map_err(|r| bad(&r))?;
+        let id = file_id(&path).map_err(|source| ConfigureError::Read {
+            model,
+            path: path.clone(),
+            source,
+        })?;
         let current = read_sysctl(&path).map_err(|source| match source.kind() {
             io::ErrorKind::NotFound => bad(&format!(
                 "no such sysctl ({} does not exist)",
@@ -310,6 +342,8 @@ fn plan_sysctl(
                 before: Some(current),
                 after: format!("{value}\n").into_bytes(),
                 keys: vec![e.key.clone()],
+                base,
+                id,
             },
             text: String::new(),
             original: String::new(),
@@ -320,13 +354,20 @@ fn plan_sysctl(
 
 /// `net.ipv4.ip_forward` → `PROC/sys/net/ipv4/ip_forward`; a `/` in a key
 /// stands for a `.` inside one name (`net.ipv4.conf.eth0/1.rp_filter`), as
-/// sysctl(8) reads it.
-fn sysctl_path(proc_dir: &Path, key: &str) -> PathBuf {
-    let mut p = proc_dir.join("sys");
+/// sysctl(8) reads it. Each name is checked after that mapping: `net.//.//`
+/// would otherwise be `net/../..` and climb out of the sysctl root.
+fn sysctl_path(sys: &Path, key: &str) -> Result<PathBuf, String> {
+    let mut p = sys.to_path_buf();
     for part in key.split('.') {
-        p.push(part.replace('/', "."));
+        let name = part.replace('/', ".");
+        if name.is_empty() || name == "." || name == ".." {
+            return Err(format!(
+                "has an empty, `.` or `..` name ({part:?}) once `/` is read as `.`"
+            ));
+        }
+        p.push(name);
     }
-    p
+    Ok(p)
 }
 
 /// A sysctl's current value; reads at most 4 KiB (every sysctl is smaller).
