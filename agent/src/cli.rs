@@ -78,6 +78,9 @@ OPTIONS (also `key = value` lines, without the dashes, in the config file):
                              /etc/KubeOS/certs)
   --connect-timeout SECS, --read-timeout SECS
                              download timeouts (default 10, 30)
+  --request-deadline SECS    a socket peer sends a whole request within this
+                             long of connecting or of its last answer
+                             (default 30)
   --no-reboot                never reboot (same as `reboot = no`)
   --config-root DIR          prefix of the configured files (default /)
   --proc-dir DIR             where kernel.sysctl writes sys/... (default /proc)

@@ -7,6 +7,7 @@
 //! `#` comments; keys are the long flag names without `--` (`root-a`, `esp`,
 //! `state-dir`, `booted`, `socket`, `health-dir`, `health-deadline`,
 //! `check-timeout`, `tries`, `allow-uid`, `connect-timeout`, `read-timeout`,
+//! `request-deadline`,
 //! `certs-dir`, `reboot`, and for node configuration `config-root`, `proc-dir`,
 //! `config-allow` (repeatable), `config-restart`, `config-restart-timeout`,
 //! `cmdline-allow` (repeatable: kernel arguments denied by default that
@@ -23,6 +24,9 @@ use bootctl::Slot;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// How long a JSON-RPC peer has to send a whole request, from its
+/// connection or its previous answer (KubeOS's client sends at once).
+pub const DEFAULT_REQUEST_DEADLINE: Duration = Duration::from_secs(30);
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/os-agent/agent.conf";
 pub const DEFAULT_SOCKET: &str = "/run/os-agent/os-agent.sock";
 pub const DEFAULT_ESP: &str = "/boot/efi";
@@ -105,6 +109,8 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// A download that delivers no byte for this long is stalled.
     pub read_timeout: Duration,
+    /// A JSON-RPC peer must send a whole request within this long.
+    pub request_deadline: Duration,
     /// Directory the file names in a KubeOS request's `certs` are relative to.
     pub certs_dir: PathBuf,
     /// Whether `activate`, `rollback` and a failed health gate restart the
@@ -158,6 +164,7 @@ pub struct Overrides {
     pub registry_mirrors: Vec<(String, Vec<String>)>,
     pub registry_plain_http: Vec<String>,
     pub cmdline_allow: Vec<String>,
+    pub request_deadline: Option<Duration>,
 }
 
 impl Overrides {
@@ -241,6 +248,12 @@ impl Overrides {
             "check-timeout" => self.check_timeout = secs()?,
             "connect-timeout" => self.connect_timeout = secs()?,
             "read-timeout" => self.read_timeout = secs()?,
+            "request-deadline" => {
+                self.request_deadline = secs()?;
+                if self.request_deadline == Some(Duration::ZERO) {
+                    return Err("request-deadline: 0 would refuse every request".into());
+                }
+            }
             "tries" => {
                 let n: u8 = value
                     .parse()
@@ -293,6 +306,7 @@ impl Overrides {
             read_timeout,
             certs_dir,
             reboot,
+            request_deadline,
             config_root,
             proc_dir,
             config_restart,
@@ -343,6 +357,7 @@ impl Overrides {
             allowed_uids: self.allowed_uids,
             connect_timeout: self.connect_timeout.unwrap_or(Duration::from_secs(10)),
             read_timeout: self.read_timeout.unwrap_or(Duration::from_secs(30)),
+            request_deadline: self.request_deadline.unwrap_or(DEFAULT_REQUEST_DEADLINE),
             certs_dir: self.certs_dir.unwrap_or_else(|| DEFAULT_CERTS_DIR.into()),
             reboot: self.reboot.unwrap_or(true),
             configure,

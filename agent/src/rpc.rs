@@ -48,14 +48,17 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Largest request accepted; a KubeOS request is well under 4 KiB.
 pub const MAX_REQUEST: usize = 1 << 20;
+/// Deepest nesting of objects and arrays accepted. KubeOS's requests nest
+/// five levels; a deeper value is refused before it is parsed, because
+/// copying or comparing a parsed value recurses once per level and 100,000
+/// levels overflow a connection thread's stack (the whole agent aborts).
+pub const MAX_DEPTH: usize = 64;
 /// Connections served at once; more get a busy error and are closed.
 const MAX_CONNECTIONS: usize = 32;
-/// A connection that sends nothing for this long is closed.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// A client that does not read its answer for this long is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -114,6 +117,8 @@ pub enum Frame {
     /// The current request exceeds [`MAX_REQUEST`]; the stream cannot be
     /// resynchronised.
     TooLarge,
+    /// The current request nests deeper than [`MAX_DEPTH`]; likewise.
+    TooDeep,
 }
 
 impl Framer {
@@ -132,6 +137,7 @@ impl Framer {
             _ => self.scan_line(),
         };
         match end {
+            _ if self.depth > MAX_DEPTH => Some(Frame::TooDeep),
             Some(end) => {
                 let frame: Vec<u8> = self.buf.drain(..end).collect();
                 *self = Framer {
@@ -143,6 +149,11 @@ impl Framer {
             None if self.buf.len() > MAX_REQUEST => Some(Frame::TooLarge),
             None => None,
         }
+    }
+
+    /// Whether part of a request has arrived.
+    pub fn pending(&self) -> bool {
+        self.buf.iter().any(|b| !b.is_ascii_whitespace())
     }
 
     /// Whatever is left when the peer stops sending: a truncated request.
@@ -169,7 +180,12 @@ impl Framer {
             }
             match b {
                 b'"' => self.in_string = true,
-                b'{' | b'[' => self.depth += 1,
+                b'{' | b'[' => {
+                    self.depth += 1;
+                    if self.depth > MAX_DEPTH {
+                        return None;
+                    }
+                }
                 b'}' | b']' => {
                     self.depth -= 1;
                     if self.depth == 0 {
@@ -436,21 +452,52 @@ fn connection(agent: &Agent, mut stream: UnixStream) {
     if !peer_allowed(agent, &mut stream) {
         return;
     }
-    let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+    let deadline = agent.config().request_deadline;
     let mut framer = Framer::default();
     let mut buf = vec![0u8; 64 << 10];
+    // A whole request must arrive within `deadline` of the connection or of
+    // the previous answer: a per-read timeout alone lets a peer that sends
+    // a byte now and then hold one of the MAX_CONNECTIONS slots for ever.
+    let mut since = Instant::now();
     loop {
         while let Some(frame) = framer.pop() {
-            let Frame::Request(bytes) = frame else {
-                let m = format!("Invalid request: larger than {MAX_REQUEST} bytes");
-                send_error(&mut stream, INVALID_REQUEST, &m);
-                return;
+            let bytes = match frame {
+                Frame::Request(bytes) => bytes,
+                Frame::TooLarge => {
+                    let m = format!("Invalid request: larger than {MAX_REQUEST} bytes");
+                    send_error(&mut stream, INVALID_REQUEST, &m);
+                    return;
+                }
+                Frame::TooDeep => {
+                    let m = format!("Parse error: nested deeper than {MAX_DEPTH} levels");
+                    send_error(&mut stream, PARSE_ERROR, &m);
+                    return;
+                }
             };
             if !serve_one(agent, &mut stream, &bytes) {
                 return;
             }
+            since = Instant::now();
         }
+        let Some(left) = deadline
+            .checked_sub(since.elapsed())
+            .filter(|d| !d.is_zero())
+        else {
+            if framer.pending() {
+                warn!(
+                    "rpc: a request was not complete within {} s; closing the connection",
+                    deadline.as_secs()
+                );
+                let m = format!(
+                    "Parse error: request not complete within {} s",
+                    deadline.as_secs()
+                );
+                send_error(&mut stream, PARSE_ERROR, &m);
+            }
+            return;
+        };
+        let _ = stream.set_read_timeout(Some(left));
         match stream.read(&mut buf) {
             Ok(0) => {
                 if let Some(rest) = framer.rest() {
@@ -460,6 +507,12 @@ fn connection(agent: &Agent, mut stream: UnixStream) {
             }
             Ok(n) => framer.push(&buf[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // The deadline passed: said above, on the next turn.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
             Err(e) => {
                 if framer.rest().is_some() {
                     let m = format!("Parse error: incomplete request ({e})");
@@ -581,7 +634,12 @@ mod tests {
         for chunk in input {
             f.push(chunk);
             while let Some(frame) = f.pop() {
+                let last = !matches!(frame, Frame::Request(_));
                 out.push(frame);
+                if last {
+                    // The stream cannot be resynchronised: the server closes.
+                    return out;
+                }
             }
         }
         out
@@ -589,6 +647,17 @@ mod tests {
 
     fn req(s: &str) -> Frame {
         Frame::Request(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn nesting_deeper_than_the_limit_is_a_frame_of_its_own() {
+        let ok = format!("{}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+        assert_eq!(frames(&[ok.as_bytes()]), vec![req(&ok)]);
+        let deep = "[".repeat(MAX_DEPTH + 1);
+        assert_eq!(frames(&[deep.as_bytes()]), vec![Frame::TooDeep]);
+        // Brackets inside strings do not count.
+        let quoted = format!(r#"{{"a":"{}"}}"#, "[".repeat(1000));
+        assert_eq!(frames(&[quoted.as_bytes()]), vec![req(&quoted)]);
     }
 
     #[test]

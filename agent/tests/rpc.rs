@@ -305,3 +305,119 @@ fn peer_helper() {
         Err(e) => println!("CONNECT-ERROR: {e}"),
     }
 }
+
+/// Whether the server process is still running.
+fn alive(server: &mut Server) -> bool {
+    server.child.try_wait().unwrap().is_none()
+}
+
+#[test]
+fn deeply_nested_json_is_refused_and_the_agent_lives_on() {
+    let mut server = Server::start(Node::new(), "");
+    let deep = 100_000;
+    let arrays = format!(
+        r#"{{"jsonrpc":"2.0","method":"status","params":{}{}, "id":1}}"#,
+        "[".repeat(deep),
+        "]".repeat(deep)
+    );
+    let objects = format!(
+        r#"{{"jsonrpc":"2.0","method":"status","params":{}1{}, "id":2}}"#,
+        r#"{"a":"#.repeat(deep),
+        "}".repeat(deep)
+    );
+    let mixed = format!("{}{}", r#"[{"a":"#.repeat(deep / 2), "1");
+    // A node-configuration value is copied out of the request whole.
+    let value = format!(
+        r#"{{"jsonrpc":"2.0","method":"configure","params":[{{"configs":[{{"model":"kernel.sysctl","contents":{{"vm.x":{{"value":{}{}}}}}}}]}}],"id":4}}"#,
+        "[".repeat(deep / 5),
+        "]".repeat(deep / 5)
+    );
+    for (what, request) in [
+        ("configure value", value),
+        ("arrays", arrays),
+        ("objects", objects),
+        ("mixed", mixed),
+    ] {
+        let mut s = server.connect();
+        let writer = {
+            let mut s = s.try_clone().unwrap();
+            // The server may stop reading at its limit; the rest may not be taken.
+            std::thread::spawn(move || {
+                let _ = s.write_all(request.as_bytes());
+            })
+        };
+        let mut reply = String::new();
+        let _ = BufReader::new(&mut s).read_line(&mut reply);
+        drop(s);
+        writer.join().unwrap();
+        assert!(
+            alive(&mut server),
+            "{what}: the agent died\n{}",
+            server.log()
+        );
+        assert_eq!(error_code(&reply), -32700, "{what}: {reply}");
+        assert!(reply.contains("nested deeper than"), "{what}: {reply}");
+        server.assert_serving();
+    }
+    // Nesting within the limit is still parsed.
+    let ok = format!(
+        r#"{{"jsonrpc":"2.0","method":"status","params":{}{}, "id":3}}"#,
+        "[".repeat(20),
+        "]".repeat(20)
+    );
+    let reply = server.call(&ok);
+    assert_eq!(error_code(&reply), -32602, "{reply}");
+}
+
+#[test]
+fn slow_peers_cannot_hold_every_connection() {
+    let server = Server::start(Node::new(), "request-deadline = 3\n");
+    // 33 peers each trickle one byte a second of a request that never ends.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut peers = vec![];
+    for _ in 0..33 {
+        let mut s = server.connect();
+        let stop = stop.clone();
+        peers.push(std::thread::spawn(move || {
+            let _ = s.write_all(b"{");
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(500));
+                if s.write_all(b" ").is_err() {
+                    return;
+                }
+            }
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // A good client retries while it is told "busy"; it must be answered
+    // once the trickling peers hit their deadline.
+    let start = Instant::now();
+    let reply = loop {
+        let mut s = UnixStream::connect(&server.node.socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.write_all(br#"{"jsonrpc":"2.0","method":"status","id":7}"#)
+            .unwrap();
+        let mut line = String::new();
+        let got = BufReader::new(&mut s).read_line(&mut line);
+        if got.is_ok() && line.contains(r#""booted":"A""#) {
+            break line;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "locked out for {:?} by 33 slow peers (last answer {line:?})\n{}",
+            start.elapsed(),
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(reply.contains(r#""id":7"#), "{reply}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for p in peers {
+        p.join().unwrap();
+    }
+    assert!(
+        server.log().contains("not complete within 3 s"),
+        "{}",
+        server.log()
+    );
+}
