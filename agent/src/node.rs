@@ -95,13 +95,31 @@ impl TrialInfo {
             self.slot, self.version, self.digest, self.written_at
         );
         if let Some(f) = &self.failure {
-            // One line: the reason is free text from a check's exit status.
-            s.push_str(&format!("failure={}\n", f.replace('\n', " ")));
+            // One line: the reason is free text (a check's output, a server's
+            // message), so every control character becomes a blank.
+            let f: String = f
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            s.push_str(&format!("failure={f}\n"));
         }
         s
     }
 
+    /// `None` for an unreadable file, which includes a key given twice (what
+    /// an injected line looks like).
     fn parse(text: &str) -> Option<TrialInfo> {
+        let mut keys: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, _)| k)
+            .collect();
+        let n = keys.len();
+        keys.sort_unstable();
+        keys.dedup();
+        if keys.len() != n {
+            return None;
+        }
         let field = |k: &str| {
             text.lines()
                 .find_map(|l| l.strip_prefix(k)?.strip_prefix('='))
@@ -426,10 +444,14 @@ pub fn read_trial(cfg: &Config) -> Result<Option<TrialInfo>, NodeError> {
 }
 
 fn write_trial(cfg: &Config, info: &TrialInfo) -> Result<(), NodeError> {
-    Ok(record::write_atomic(
-        &trial_path(cfg),
-        info.to_text().as_bytes(),
-    )?)
+    let path = trial_path(cfg);
+    for (name, value) in [("version", &info.version), ("digest", &info.digest)] {
+        record::check_text(value).map_err(|e| record::RecordError::Invalid {
+            path: path.clone(),
+            reason: format!("{name} {e}"),
+        })?;
+    }
+    Ok(record::write_atomic(&path, info.to_text().as_bytes())?)
 }
 
 fn set_record_state(cfg: &Config, rec: &SlotRecord, state: SlotState) -> Result<(), NodeError> {
@@ -754,8 +776,18 @@ mod tests {
         let mut t = TrialInfo::of(&rec(Slot::B, SlotState::Written, "3"));
         t.failure = Some("two\nlines".into());
         let back = TrialInfo::parse(&t.to_text()).unwrap();
+        let twice = format!("{}version=9\n", t.to_text());
+        assert_eq!(
+            TrialInfo::parse(&twice),
+            None,
+            "a repeated key is unreadable"
+        );
         assert_eq!(back.failure.as_deref(), Some("two lines"));
         assert_eq!((back.slot, back.written_at), (Slot::B, 100));
         assert_eq!(TrialInfo::parse("slot=Q\n"), None);
+        t.failure = Some("a\rversion=1\u{1b}[2J".into());
+        let back = TrialInfo::parse(&t.to_text()).unwrap();
+        assert_eq!(back.failure.as_deref(), Some("a version=1 [2J"));
+        assert_eq!(back.version, "3");
     }
 }

@@ -128,6 +128,16 @@ pub fn prepare_with(
     retry: &Retry,
 ) -> Result<Prepared, PrepareError> {
     // Everything about the request is checked before the slot is touched.
+    // What the slot record will hold must be one line of text (the record
+    // writer refuses it again, after the download).
+    if let Some(v) = &req.version {
+        record::check_text(v).map_err(|e| PrepareError::BadRequest {
+            reason: format!("version {e}"),
+        })?;
+    }
+    record::check_text(&req.url).map_err(|e| PrepareError::BadRequest {
+        reason: format!("image URL {e}"),
+    })?;
     let origin = match registry::reference(&req.url)? {
         Some(reference) => Origin::Registry(reference),
         None => Origin::Url(

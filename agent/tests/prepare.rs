@@ -532,3 +532,62 @@ fn plain_http_needs_allow_http() {
         "{msg}"
     );
 }
+
+/// The bytes of slot B's record file, `None` when there is none.
+fn record_b_bytes(node: &Node) -> Option<Vec<u8>> {
+    std::fs::read(bootctl::record::record_path(&node.cfg.state_dir, Slot::B)).ok()
+}
+
+#[test]
+fn a_version_that_would_add_record_lines_is_refused_before_the_slot_is_touched() {
+    let (b, node) = (image(), Node::new(SLOT));
+    let server = serve(&b, false);
+    let before = record_b_bytes(&node);
+    for version in [
+        "2\nconfirm=initramfs",
+        "2\nstate=good",
+        "2\r",
+        "2\u{0}",
+        "2\u{85}x",
+    ] {
+        let (err, msg) = fails(
+            &node,
+            &PrepareRequest {
+                version: Some(version.into()),
+                ..request(server.url(IMG), &b.meta.digest)
+            },
+        );
+        assert!(
+            matches!(err, PrepareError::BadRequest { .. }),
+            "{version:?}: {err:?}"
+        );
+        assert!(msg.contains("control character"), "{msg}");
+        assert_eq!(
+            record_b_bytes(&node),
+            before,
+            "{version:?}: record B changed"
+        );
+    }
+    assert_eq!(server.served(IMG).len(), 0, "nothing downloaded");
+}
+
+#[test]
+fn a_manifest_version_that_would_add_record_lines_is_refused() {
+    let node = Node::new(SLOT);
+    // An unauthenticated manifest beside an image pinned by its BLAKE3: the
+    // manifest's version would be recorded when the request names none.
+    let b = common::bundle(synthetic_image(IMAGE, 7), CHUNK, "2\\nstate=good");
+    let server = serve(&b, true);
+    let before = record_b_bytes(&node);
+    let (err, msg) = fails(
+        &node,
+        &PrepareRequest {
+            version: None,
+            ..request(server.url(IMG), &b.meta.digest)
+        },
+    );
+    assert!(matches!(err, PrepareError::BadManifest { .. }), "{err:?}");
+    assert!(msg.contains("control character"), "{msg}");
+    assert_eq!(record_b_bytes(&node), before);
+    assert_eq!(server.served(IMG).len(), 0, "nothing downloaded");
+}

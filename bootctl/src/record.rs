@@ -12,6 +12,21 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+/// Refuses text that cannot be one value of a line-based file: any control
+/// character (C0 including newline and CR, DEL, C1). A version such as
+/// `2\nstate=good` would otherwise add a line that changes os-init's and
+/// rollback's decisions. Every field of a record, a trial file or a GRUB
+/// env block that comes from a request or a manifest goes through this.
+pub fn check_text(value: &str) -> Result<(), String> {
+    match value.chars().find(|c| c.is_control()) {
+        Some(c) => Err(format!(
+            "{value:?} holds a control character ({:?}); one line of printable text is needed",
+            c
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Directory of the records, relative to the PERSIST mount point.
 pub const RECORD_DIR: &str = "ab";
 
@@ -130,15 +145,36 @@ impl SlotRecord {
         s
     }
 
-    /// Parses a record; unknown keys are ignored so newer writers stay readable.
+    /// The fields that are free text, each one line of printable text.
+    pub fn check(&self) -> Result<(), String> {
+        for (name, value) in [
+            ("version", &self.version),
+            ("digest", &self.digest),
+            ("source", &self.source),
+        ] {
+            check_text(value).map_err(|e| format!("{name} {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Parses a record; unknown keys are ignored so newer writers stay
+    /// readable. A key given twice, or a control character in a line, makes
+    /// the record corrupt: either is what an injected line looks like, and
+    /// no single reading of it can be trusted.
     pub fn parse(text: &str) -> Result<SlotRecord, String> {
         let mut rec = SlotRecord::empty(Slot::A);
         let mut slot = None;
         let mut state = None;
+        let mut seen: Vec<&str> = vec![];
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             let (key, value) = line
                 .split_once('=')
                 .ok_or_else(|| format!("line without '=': {line:?}"))?;
+            if seen.contains(&key) {
+                return Err(format!("{key}= appears more than once"));
+            }
+            seen.push(key);
+            check_text(line).map_err(|e| format!("line {e}"))?;
             let bad = || format!("invalid {key}: {value:?}");
             match key {
                 "slot" => slot = Some(Slot::parse(value).ok_or_else(bad)?),
@@ -174,6 +210,12 @@ pub enum RecordError {
         path: PathBuf,
         reason: String,
     },
+    /// A record that would not read back as written (a field with a
+    /// control character); nothing was written.
+    Invalid {
+        path: PathBuf,
+        reason: String,
+    },
     /// The file names a different slot than the path it was read from.
     WrongSlot {
         path: PathBuf,
@@ -187,6 +229,9 @@ impl std::fmt::Display for RecordError {
             RecordError::Io { op, path, source } => write!(f, "{op} {}: {source}", path.display()),
             RecordError::Corrupt { path, reason } => {
                 write!(f, "slot record {} is corrupt: {reason}", path.display())
+            }
+            RecordError::Invalid { path, reason } => {
+                write!(f, "not writing slot record {}: {reason}", path.display())
             }
             RecordError::WrongSlot { path, found } => {
                 write!(f, "slot record {} describes slot {found}", path.display())
@@ -233,7 +278,12 @@ pub fn read(persist: &Path, slot: Slot) -> Result<SlotRecord, RecordError> {
 
 /// Replaces the record atomically (see [`write_atomic`]).
 pub fn write(persist: &Path, rec: &SlotRecord) -> Result<(), RecordError> {
-    write_atomic(&record_path(persist, rec.slot), rec.to_text().as_bytes())
+    let path = record_path(persist, rec.slot);
+    rec.check().map_err(|reason| RecordError::Invalid {
+        path: path.clone(),
+        reason,
+    })?;
+    write_atomic(&path, rec.to_text().as_bytes())
 }
 
 /// Replaces `path` with `bytes` atomically on a journaled filesystem like
@@ -297,6 +347,55 @@ mod tests {
         write(dir.path(), &oci).unwrap();
         assert_eq!(read(dir.path(), Slot::B).unwrap(), oci);
         assert!(!dir.path().join("ab/.slot-B.tmp").exists());
+    }
+
+    #[test]
+    fn a_field_with_a_control_character_is_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = SlotRecord {
+            state: SlotState::Written,
+            version: "2".into(),
+            ..SlotRecord::empty(Slot::B)
+        };
+        write(dir.path(), &good).unwrap();
+        let before = fs::read(record_path(dir.path(), Slot::B)).unwrap();
+        for bad in [
+            SlotRecord {
+                version: "2\nconfirm=initramfs".into(),
+                ..good.clone()
+            },
+            SlotRecord {
+                digest: "blake3:00\rstate=good".into(),
+                ..good.clone()
+            },
+            SlotRecord {
+                source: "oci://r/x@sha256:00\u{0}".into(),
+                ..good.clone()
+            },
+        ] {
+            let err = write(dir.path(), &bad).unwrap_err();
+            assert!(matches!(err, RecordError::Invalid { .. }), "{err}");
+            assert!(err.to_string().contains("control character"), "{err}");
+            assert_eq!(fs::read(record_path(dir.path(), Slot::B)).unwrap(), before);
+        }
+    }
+
+    #[test]
+    fn a_repeated_key_makes_a_record_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("ab")).unwrap();
+        for text in [
+            "slot=B\nstate=written\nversion=2\nstate=good\n",
+            "slot=B\nstate=written\nversion=2\nconfirm=agent\nconfirm=initramfs\n",
+            "slot=B\nstate=written\nversion=2\x1b[2J\n",
+        ] {
+            fs::write(record_path(dir.path(), Slot::B), text).unwrap();
+            let err = read(dir.path(), Slot::B).unwrap_err();
+            assert!(
+                matches!(err, RecordError::Corrupt { .. }),
+                "{text:?}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -195,6 +195,11 @@ pub fn decode(block: &[u8]) -> Result<String, String> {
 /// A fresh 1024-byte env block holding `args` (GRUB's own size; a kernel
 /// command line is at most 2048 bytes on x86, the extra part far less).
 pub fn encode(args: &str) -> Result<Vec<u8>, String> {
+    // GRUB's format would escape a newline, but a kernel command line has no
+    // use for control characters: refuse them here too, not only in `check`.
+    if let Some(c) = args.chars().find(|c| c.is_control()) {
+        return Err(format!("the arguments hold a control character ({c:?})"));
+    }
     let mut block = envblk::create();
     envblk::set(&mut block, ARGS_VAR.as_bytes(), args.as_bytes()).map_err(|_| {
         format!(
@@ -210,6 +215,14 @@ pub fn encode(args: &str) -> Result<Vec<u8>, String> {
 mod tests {
     use super::*;
     use Operation::{Delete, Set};
+
+    #[test]
+    fn the_args_writer_refuses_control_characters() {
+        assert!(encode("quiet panic=5").is_ok());
+        for bad in ["quiet\nos.slot=B", "a\rb", "x\u{0}"] {
+            assert!(encode(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn set_and_delete_words() {

@@ -112,6 +112,8 @@ impl Manifest {
                 raw.compressed_size
             ));
         }
+        // The version is recorded with the slot: one line of text.
+        bootctl::record::check_text(&raw.os_version).map_err(|e| format!("os_version {e}"))?;
         Ok(Manifest {
             os_version: raw.os_version,
             image_size: raw.image_size,
