@@ -78,6 +78,10 @@ OPTIONS (also `key = value` lines, without the dashes, in the config file):
                              /etc/KubeOS/certs)
   --connect-timeout SECS, --read-timeout SECS
                              download timeouts (default 10, 30)
+  --file-sources DIR[,DIR..]
+                             directories a socket request's file:// image may
+                             be under (repeatable; default none: socket
+                             requests cannot name local files)
   --request-deadline SECS    a socket peer sends a whole request within this
                              long of connecting or of its last answer
                              (default 30)

@@ -7,7 +7,7 @@
 //! `#` comments; keys are the long flag names without `--` (`root-a`, `esp`,
 //! `state-dir`, `booted`, `socket`, `health-dir`, `health-deadline`,
 //! `check-timeout`, `tries`, `allow-uid`, `connect-timeout`, `read-timeout`,
-//! `request-deadline`,
+//! `request-deadline`, `file-sources` (repeatable),
 //! `certs-dir`, `reboot`, and for node configuration `config-root`, `proc-dir`,
 //! `config-allow` (repeatable), `config-restart`, `config-restart-timeout`,
 //! `cmdline-allow` (repeatable: kernel arguments denied by default that
@@ -111,6 +111,9 @@ pub struct Config {
     pub read_timeout: Duration,
     /// A JSON-RPC peer must send a whole request within this long.
     pub request_deadline: Duration,
+    /// Directories a JSON-RPC request's `file://` image may be under (the
+    /// command line, run by root on the node, is not limited).
+    pub file_sources: Vec<PathBuf>,
     /// Directory the file names in a KubeOS request's `certs` are relative to.
     pub certs_dir: PathBuf,
     /// Whether `activate`, `rollback` and a failed health gate restart the
@@ -165,6 +168,7 @@ pub struct Overrides {
     pub registry_plain_http: Vec<String>,
     pub cmdline_allow: Vec<String>,
     pub request_deadline: Option<Duration>,
+    pub file_sources: Vec<PathBuf>,
 }
 
 impl Overrides {
@@ -224,6 +228,16 @@ impl Overrides {
                     ));
                 }
                 self.registry_plain_http.push(value.to_owned());
+            }
+            "file-sources" => {
+                for dir in value.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+                    if !dir.starts_with('/') || dir.split('/').any(|c| c == "..") {
+                        return Err(format!(
+                            "file-sources: `{dir}` is not an absolute path without `..`"
+                        ));
+                    }
+                    self.file_sources.push(dir.into());
+                }
             }
             "cmdline-allow" => {
                 for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
@@ -319,6 +333,7 @@ impl Overrides {
             .extend(from_file.registry_plain_http);
         self.allowed_uids.extend(from_file.allowed_uids);
         self.cmdline_allow.extend(from_file.cmdline_allow);
+        self.file_sources.extend(from_file.file_sources);
         self.config_allow.merge(from_file.config_allow);
         Ok(())
     }
@@ -358,6 +373,7 @@ impl Overrides {
             connect_timeout: self.connect_timeout.unwrap_or(Duration::from_secs(10)),
             read_timeout: self.read_timeout.unwrap_or(Duration::from_secs(30)),
             request_deadline: self.request_deadline.unwrap_or(DEFAULT_REQUEST_DEADLINE),
+            file_sources: self.file_sources,
             certs_dir: self.certs_dir.unwrap_or_else(|| DEFAULT_CERTS_DIR.into()),
             reboot: self.reboot.unwrap_or(true),
             configure,

@@ -129,6 +129,34 @@ impl UpgradeRequest {
     }
 }
 
+/// A request arriving over the socket may name a local file only under the
+/// node's `file-sources` directories, through no `..` and no symlink: the
+/// agent runs as root, and a path is otherwise anything it can open
+/// (another slot's device, a FIFO that blocks the job for ever).
+pub fn check_file_source(url: &str, allowed: &[PathBuf]) -> Result<(), String> {
+    let Some(path) = url.strip_prefix("file://") else {
+        return Ok(());
+    };
+    let path = Path::new(path);
+    let under = allowed.iter().find(|dir| {
+        path.starts_with(dir) && crate::configure::paths::check_below(dir, path).is_ok()
+    });
+    match under {
+        Some(_) => Ok(()),
+        None if allowed.is_empty() => Err(format!(
+            "{url}: a request may not name a local file on this node (no file-sources set)"
+        )),
+        None => Err(format!(
+            "{url}: a request's local file must be under {} (file-sources), through no `..` or symlink",
+            allowed
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
 impl UpgradeRequest {
     /// `imagetype` docker/containerd: the bundle artifact in a registry.
     fn to_prepare_oci(&self, certs_dir: &Path) -> Result<PrepareRequest, String> {

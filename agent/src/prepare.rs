@@ -28,6 +28,7 @@
 //! request is the trust anchor and the manifest must agree with it.
 
 mod blockdev;
+mod cancellable;
 mod error;
 mod fetch;
 mod manifest;
@@ -363,9 +364,16 @@ fn load_manifest(
         return Ok(None);
     };
     let text = with_retries(job, &url, || {
-        job.fetcher
-            .read_small(&url, MAX_MANIFEST_BYTES)
-            .map_err(|e| fetch_failure(&url, e, false))
+        let (fetcher, at) = (job.fetcher.clone(), url.clone());
+        cancellable::run(job.cancel, move || {
+            fetcher.read_small(&at, MAX_MANIFEST_BYTES)
+        })
+        .map_err(|_| {
+            resume::Failure::Fatal(PrepareError::Cancelled {
+                slot: job.device.slot,
+            })
+        })?
+        .map_err(|e| fetch_failure(&url, e, false))
     })?;
     let Some(text) = text else {
         log::info!("{url}: no manifest; resuming at zstd frames, verifying end to end");

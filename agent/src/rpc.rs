@@ -330,6 +330,8 @@ fn dispatch<'a>(
             let req = UpgradeRequest::from_params(params)
                 .and_then(|r| r.to_prepare(&agent.config().certs_dir))
                 .map_err(invalid)?;
+            crate::kubeos::check_file_source(&req.url, &agent.config().file_sources)
+                .map_err(|m| RpcError::new(FAILED, m))?;
             agent.prepare_upgrade(&req)?;
             Ok(Done::value(kubeos_status("UpgradeReady")))
         }

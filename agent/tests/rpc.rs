@@ -166,7 +166,11 @@ fn refusals_and_unsupported_methods_are_errors() {
     // A bare SHA-256 check_sum (KubeOS's form) is accepted; the missing file
     // is the error. A docker image without container_image is a bad request.
     let sha = "98ea7aff44631d183e6df3488f1107357d7503e11e5f146effdbfd11810cd4a2";
-    let reply = server.call(&upgrade_request(10, "file:///nope.img.zst", sha, "2"));
+    let missing = format!(
+        "file://{}/bundles/nope.img.zst",
+        server.node.dir.path().display()
+    );
+    let reply = server.call(&upgrade_request(10, &missing, sha, "2"));
     assert_eq!(error_code(&reply), -1);
     assert!(reply.contains("not found"), "{reply}");
     let docker = upgrade_request(11, "x", sha, "2").replace(r#""disk""#, r#""docker""#);
@@ -395,8 +399,8 @@ fn slow_peers_cannot_hold_every_connection() {
     let reply = loop {
         let mut s = UnixStream::connect(&server.node.socket).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        s.write_all(br#"{"jsonrpc":"2.0","method":"status","id":7}"#)
-            .unwrap();
+        // A busy server may close before the request is written.
+        let _ = s.write_all(br#"{"jsonrpc":"2.0","method":"status","id":7}"#);
         let mut line = String::new();
         let got = BufReader::new(&mut s).read_line(&mut line);
         if got.is_ok() && line.contains(r#""booted":"A""#) {
@@ -420,4 +424,108 @@ fn slow_peers_cannot_hold_every_connection() {
         "{}",
         server.log()
     );
+}
+
+/// The bytes of both slots and slot B's record, to check nothing changed.
+fn slots(node: &Node) -> (Vec<u8>, Vec<u8>, Option<Vec<u8>>) {
+    (
+        std::fs::read(&node.root_a).unwrap(),
+        std::fs::read(&node.root_b).unwrap(),
+        std::fs::read(bootctl::record::record_path(&node.state, Slot::B)).ok(),
+    )
+}
+
+#[test]
+fn a_request_names_local_files_only_under_the_nodes_file_sources() {
+    let server = Server::start(Node::new(), "");
+    let outside = server.node.dir.path().join("elsewhere");
+    std::fs::create_dir_all(&outside).unwrap();
+    let img = image(200 << 10);
+    let (url, digest) = bundle(&outside, "os-2", "2", &img, 64 << 10);
+    let bundles = server.node.dir.path().join("bundles");
+    std::fs::create_dir_all(&bundles).unwrap();
+    std::os::unix::fs::symlink(&outside, bundles.join("link")).unwrap();
+    let before = slots(&server.node);
+    for url in [
+        url.clone(),
+        format!("file://{}/../elsewhere/os-2.img.zst", bundles.display()),
+        format!("file://{}/link/os-2.img.zst", bundles.display()),
+    ] {
+        let reply = server.call(&upgrade_request(1, &url, &digest, "2"));
+        assert_eq!(error_code(&reply), -1, "{url}: {reply}");
+        assert!(reply.contains("file-sources"), "{url}: {reply}");
+        assert!(
+            slots(&server.node) == before,
+            "{url}: a slot or record changed"
+        );
+    }
+}
+
+#[test]
+fn a_fifo_is_refused_at_once() {
+    let server = Server::start(Node::new(), "");
+    let bundles = server.node.dir.path().join("bundles");
+    std::fs::create_dir_all(&bundles).unwrap();
+    let fifo = bundles.join("os-2.img.zst");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let before = slots(&server.node);
+    let digest = format!("blake3:{}", "ab".repeat(32));
+    let mut s = server.connect();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let url = format!("file://{}", fifo.display());
+    s.write_all(upgrade_request(2, &url, &digest, "2").as_bytes())
+        .unwrap();
+    let mut reply = String::new();
+    let got = BufReader::new(&mut s).read_line(&mut reply);
+    assert!(
+        got.is_ok(),
+        "no answer within 10 s: the FIFO blocked the job"
+    );
+    assert_eq!(error_code(&reply), -1, "{reply}");
+    assert!(reply.contains("not a regular file"), "{reply}");
+    assert!(slots(&server.node) == before, "a slot or record changed");
+    server.assert_serving();
+}
+
+#[test]
+fn cancel_interrupts_a_server_that_went_silent() {
+    // The read timeout is long: only the cancel can end the wait quickly.
+    let server = Server::start(Node::new(), "read-timeout = 120\n");
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let held = std::thread::spawn(move || {
+        // Accept and say nothing, keeping each connection open.
+        let mut conns = vec![];
+        for c in silent.incoming().take(2).flatten() {
+            conns.push(c);
+        }
+        std::thread::sleep(Duration::from_secs(30));
+    });
+    let before = slots(&server.node);
+    let digest = format!("blake3:{}", "ab".repeat(32));
+    let url = format!("http://{addr}/os-2.img.zst");
+    let request = upgrade_request(3, &url, &digest, "2")
+        .replace(r#""flag_safe":false"#, r#""flag_safe":true"#);
+    let mut s = server.connect();
+    s.write_all(request.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let reply = server.call(r#"{"jsonrpc":"2.0","method":"cancel","id":4}"#);
+    assert!(reply.contains(r#""cancelled":"prepare""#), "{reply}");
+    let start = Instant::now();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut answer = String::new();
+    let got = BufReader::new(&mut s).read_line(&mut answer);
+    assert!(
+        got.is_ok() && start.elapsed() < Duration::from_secs(5),
+        "the cancelled prepare did not end within 5 s ({:?})\n{}",
+        start.elapsed(),
+        server.log()
+    );
+    assert!(answer.contains("cancelled"), "{answer}");
+    // The node takes the next request.
+    let status = server.call(r#"{"jsonrpc":"2.0","method":"status","id":5}"#);
+    assert!(!status.contains(r#""kind":"prepare""#), "{status}");
+    assert!(slots(&server.node).0 == before.0, "slot A changed");
+    drop(held);
 }

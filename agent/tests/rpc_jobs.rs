@@ -29,7 +29,9 @@ fn stuck_prepare() -> PrepareFn {
 
 /// Serves `agent` on the node's socket for the rest of the test process.
 fn serve(node: &Node, prepare: PrepareFn) {
-    let agent: &'static Agent = Box::leak(Box::new(Agent::new(node.config(Slot::A), prepare)));
+    let mut config = node.config(Slot::A);
+    config.file_sources.push("/srv".into());
+    let agent: &'static Agent = Box::leak(Box::new(Agent::new(config, prepare)));
     let listener = Box::leak(Box::new(rpc::bind(&node.socket, false).unwrap()));
     std::thread::spawn(move || rpc::run(agent, listener, || {}));
 }

@@ -27,6 +27,11 @@ pub struct ClientOptions {
     pub ca_cert: Option<PathBuf>,
     /// Speak plain HTTP (a registry on a trusted network, a test).
     pub plain_http: bool,
+    /// Whether `credentials` may go out unencrypted (to a plain-HTTP
+    /// registry or token realm). Only whoever owns the credentials can say
+    /// so (the node's own settings); a request that merely allows plain
+    /// HTTP does not, and then the credentials are never sent.
+    pub credentials_in_clear: bool,
     pub credentials: Option<Credentials>,
     pub connect_timeout: Duration,
     /// A response that delivers no byte for this long is stalled.
@@ -39,6 +44,7 @@ impl Default for ClientOptions {
         ClientOptions {
             ca_cert: None,
             plain_http: false,
+            credentials_in_clear: false,
             credentials: None,
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(30),
@@ -68,6 +74,7 @@ pub struct Client {
     registry: String,
     base: String,
     plain_http: bool,
+    credentials_in_clear: bool,
     credentials: Option<Credentials>,
     /// The `Authorization` value that worked last (Bearer token or Basic).
     authorization: Mutex<Option<String>>,
@@ -94,6 +101,7 @@ impl Client {
             registry: registry.to_owned(),
             base: format!("{scheme}://{}", Reference::api_host(registry)),
             plain_http: opts.plain_http,
+            credentials_in_clear: opts.credentials_in_clear,
             credentials: opts.credentials,
             authorization: Mutex::new(None),
         })
@@ -291,6 +299,9 @@ impl Client {
                 ))
             })?;
         let auth = match challenge {
+            Challenge::Basic if self.credentials.is_some() && !self.may_send_credentials(url) => {
+                return Err(self.withheld(url, &detail));
+            }
             Challenge::Basic => match &self.credentials {
                 Some(c) if current.is_none() || current.as_deref() != Some(&c.basic_header()) => {
                     c.basic_header()
@@ -368,7 +379,12 @@ impl Client {
             }
         }
         let mut b = Request::builder().method("GET").uri(&url);
-        if let Some(c) = &self.credentials {
+        // Over plain HTTP that the node did not vouch for, ask anonymously.
+        let send = self
+            .credentials
+            .as_ref()
+            .filter(|_| self.may_send_credentials(&url));
+        if let Some(c) = send {
             b = b.header("Authorization", c.basic_header());
         }
         let req = b
@@ -389,6 +405,9 @@ impl Client {
         match status {
             200 => token_from_response(&text)
                 .ok_or_else(|| self.unauthorized(format!("token endpoint {realm} sent no token"))),
+            401 | 403 if send.is_none() && self.credentials.is_some() => {
+                Err(self.withheld(&url, "the token endpoint refused anonymous access"))
+            }
             401 | 403 => Err(self.unauthorized(match &self.credentials {
                 Some(c) => format!(
                     "token endpoint {realm} refused the credentials of user {:?}",
@@ -405,6 +424,20 @@ impl Client {
                 first_line(&text)
             ))),
         }
+    }
+
+    /// Credentials go out only encrypted, or in clear where the owner of the
+    /// credentials allowed it ([`ClientOptions::credentials_in_clear`]).
+    fn may_send_credentials(&self, url: &str) -> bool {
+        url.to_ascii_lowercase().starts_with("https://") || self.credentials_in_clear
+    }
+
+    fn withheld(&self, url: &str, detail: &str) -> Error {
+        self.unauthorized(format!(
+            "{detail}; the credentials for {} are not sent over plain HTTP ({url}): \
+             only a registry the node itself lists as plain HTTP gets them in clear",
+            self.registry
+        ))
     }
 
     fn unauthorized(&self, detail: String) -> Error {

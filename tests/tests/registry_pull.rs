@@ -411,3 +411,97 @@ fn a_mirror_serves_first_and_the_registry_is_the_fallback() {
         "the mirror was asked first"
     );
 }
+
+/// A loopback TCP relay in front of `target` that keeps every byte clients
+/// send, so a test can assert on what went over the wire.
+struct Recorder {
+    addr: String,
+    sent: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Recorder {
+    fn start(target: String) -> Recorder {
+        use std::io::{Read, Write};
+        use std::net::{TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = sent.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = TcpStream::connect(&target) else {
+                    continue;
+                };
+                let (mut c_in, mut s_out) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16 << 10];
+                    while let Ok(n @ 1..) = c_in.read(&mut buf) {
+                        log.lock().unwrap().extend_from_slice(&buf[..n]);
+                        if s_out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = s_out.shutdown(std::net::Shutdown::Write);
+                });
+                let (mut s_in, mut c_out) = (server, client);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut s_in, &mut c_out);
+                    let _ = c_out.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        Recorder { addr, sent }
+    }
+
+    /// Whether any request carried an `Authorization` header.
+    fn saw_authorization(&self) -> bool {
+        let sent = self.sent.lock().unwrap();
+        String::from_utf8_lossy(&sent)
+            .to_ascii_lowercase()
+            .contains("\r\nauthorization:")
+    }
+}
+
+#[test]
+fn a_request_allowing_plain_http_never_sends_the_nodes_credentials_in_clear() {
+    use base64::Engine as _;
+    let dir = test_dir("flag-safe-credentials");
+    let reg = registry(&dir, false, Auth::htpasswd("node", "pw"));
+    let relay = Recorder::start(reg.host());
+    let auth = dir.join("relay-auth.json");
+    let basic = base64::engine::general_purpose::STANDARD.encode("node:pw");
+    std::fs::write(
+        &auth,
+        format!(r#"{{"auths":{{"{}":{{"auth":"{basic}"}}}}}}"#, relay.addr),
+    )
+    .unwrap();
+    let with_auth = format!("registry-auth = {}\n", auth.display());
+    // The request allows plain HTTP (KubeOS flagSafe); the node does not list
+    // the registry as plain HTTP: its credentials stay home.
+    let node = Node::new(&dir, "flag-safe", &with_auth);
+    let out = node.upgrade(&[
+        "--image",
+        &format!("{}/os:2", relay.addr),
+        "--digest",
+        &fixture().manifest_digest,
+        "--allow-http",
+    ]);
+    node.assert_refused(&out, "not sent over plain HTTP");
+    assert!(
+        !relay.saw_authorization(),
+        "credentials went out in clear: {}",
+        String::from_utf8_lossy(&relay.sent.lock().unwrap())
+    );
+    // The node itself lists the registry as plain HTTP: its choice, and the
+    // relay does see the header (so the check above can see one).
+    let node = Node::new(
+        &dir,
+        "node-listed",
+        &format!("{with_auth}registry-plain-http = {}\n", relay.addr),
+    );
+    let out = node.pull(&relay.addr);
+    node.assert_holds_v2(&out);
+    assert!(relay.saw_authorization());
+}

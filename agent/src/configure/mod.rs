@@ -22,7 +22,7 @@ mod apply;
 mod cmdline;
 mod lines;
 mod model;
-mod paths;
+pub(crate) mod paths;
 mod plan;
 mod request;
 mod toml;

@@ -4,7 +4,7 @@
 //! sorts every failure into "try again" or "give up" for the retry loop.
 
 use super::{PrepareError, Tls};
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -65,12 +65,14 @@ impl std::fmt::Display for FetchError {
 
 /// An open image stream.
 pub struct Body {
-    pub reader: Box<dyn Read>,
+    pub reader: Box<dyn Read + Send>,
     /// Size of the whole resource when the server says (or the file's size).
     pub total: Option<u64>,
 }
 
-/// Fetches from one URL scheme, with the request's TLS settings.
+/// Fetches from one URL scheme, with the request's TLS settings. Cheap to
+/// clone (shared clients), so a helper thread can open the source.
+#[derive(Clone)]
 pub enum Fetcher {
     Http(ureq::Agent),
     File,
@@ -80,8 +82,9 @@ pub enum Fetcher {
 
 /// Where a layer blob is: the registry endpoint (origin or mirror) that
 /// served the manifest, the repository, the blob's digest.
+#[derive(Clone)]
 pub struct RegistryBlob {
-    pub client: oci::Client,
+    pub client: std::sync::Arc<oci::Client>,
     pub repo: String,
     pub digest: String,
 }
@@ -107,7 +110,17 @@ impl Fetcher {
     ) -> Result<Fetcher, PrepareError> {
         let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
         match scheme.as_deref() {
-            Some("file") => return file_path(url).map(|_| Fetcher::File),
+            Some("file") => {
+                // Refused before the slot is touched; open_file checks again
+                // on what it opened.
+                let path = file_path(url)?;
+                return match fs::metadata(&path) {
+                    Ok(m) if !m.is_file() => Err(PrepareError::BadRequest {
+                        reason: format!("{} is not a regular file", path.display()),
+                    }),
+                    _ => Ok(Fetcher::File),
+                };
+            }
             Some("https") => {}
             Some("http") if allow_http => {}
             Some("http") => {
@@ -286,12 +299,27 @@ fn file_path(url: &str) -> Result<PathBuf, PrepareError> {
     }
 }
 
+/// Opens a regular file only: `O_NONBLOCK` so a FIFO's open cannot block,
+/// then `fstat` on what was opened (no race with a rename), and anything but
+/// a regular file (FIFO, device, directory, socket) is refused.
 fn open_file(path: &Path, offset: u64) -> Result<Body, FetchError> {
-    let mut file = File::open(path).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => FetchError::NotFound,
-        _ => FetchError::File(e),
-    })?;
-    let total = file.metadata().map_err(FetchError::File)?.len();
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => FetchError::NotFound,
+            _ => FetchError::File(e),
+        })?;
+    let meta = file.metadata().map_err(FetchError::File)?;
+    if !meta.is_file() {
+        return Err(FetchError::File(io::Error::other(format!(
+            "{} is not a regular file",
+            path.display()
+        ))));
+    }
+    let total = meta.len();
     file.seek(SeekFrom::Start(offset))
         .map_err(FetchError::File)?;
     Ok(Body {

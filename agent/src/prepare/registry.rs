@@ -103,9 +103,14 @@ pub fn resolve(
         } else {
             format!("{reference} (mirror {endpoint})")
         };
+        // Plain HTTP where the node lists the host, or (KubeOS flagSafe) for
+        // the request's own registry; never a mirror the node set up for
+        // HTTPS. Credentials go in clear only where the node said so.
+        let node_plain = cfg.registry.is_plain_http(endpoint);
         let opts = ClientOptions {
             ca_cert: cfg.registry.ca_cert.clone().or(req.tls.ca_cert.clone()),
-            plain_http: req.allow_http || cfg.registry.is_plain_http(endpoint),
+            plain_http: node_plain || (req.allow_http && *endpoint == reference.registry),
+            credentials_in_clear: node_plain,
             credentials: auth.credentials_for(endpoint),
             connect_timeout: cfg.connect_timeout,
             read_timeout: cfg.read_timeout,
@@ -116,7 +121,7 @@ pub fn resolve(
             reason: e.to_string(),
         })?;
         let fetcher = Fetcher::Registry(RegistryBlob {
-            client,
+            client: std::sync::Arc::new(client),
             repo: reference.repository.clone(),
             digest: String::new(),
         });

@@ -14,6 +14,7 @@
 //! once the writes before them have returned), so what it hashes is never
 //! rewritten.
 
+use super::cancellable;
 use super::fetch::{classify_io, Body, FetchError, Fetcher};
 use super::manifest::Manifest;
 use super::slot::SlotDevice;
@@ -276,13 +277,20 @@ fn attempt(job: &Job, writer: &mut Writer, cp: &mut Checkpoint) -> Result<(), Fa
             cp.pos
         );
     }
-    let body = job
-        .fetcher
-        .open(job.url, cp.zpos)
+    // Opened and read on helper threads, so a source that goes silent
+    // cannot keep a cancel waiting for the read timeout.
+    let (fetcher, url, zpos) = (job.fetcher.clone(), job.url.to_owned(), cp.zpos);
+    let body = cancellable::run(job.cancel, move || fetcher.open(&url, zpos))
+        .map_err(|_| {
+            Failure::Fatal(PrepareError::Cancelled {
+                slot: job.device.slot,
+            })
+        })?
         .map_err(|e| fetch_failure(job.url, e, false))?;
     check_length(job, &body)?;
     job.progress.set_bytes(cp.pos);
-    let counted = CountReader::new(body.reader, |n| job.progress.add_fetched(n));
+    let source = cancellable::pump(body.reader, job.cancel);
+    let counted = CountReader::new(source, |n| job.progress.add_fetched(n));
     let decoder = FrameDecoder::new(counted, cp.zpos)
         .map_err(|e| Failure::Fatal(corrupt(job, cp.zpos, e.to_string())))?
         .hash_input(cp.zhash.clone());

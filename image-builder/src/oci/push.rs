@@ -45,6 +45,8 @@ pub fn push(written: &LayoutArtifact, opts: &PushOptions) -> Result<Reference> {
         ClientOptions {
             ca_cert: opts.ca_cert.clone(),
             plain_http: opts.plain_http,
+            // The builder's own credentials, sent as its own flag says.
+            credentials_in_clear: opts.plain_http,
             credentials: credentials(&opts.auth, &target.registry)?,
             ..ClientOptions::default()
         },
