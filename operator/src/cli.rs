@@ -28,9 +28,10 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ControllerArgs {
-    /// Namespace of the OS and OSInstance resources (default: all namespaces).
-    #[arg(long, env = "WATCH_NAMESPACE")]
-    namespace: Option<String>,
+    /// The one namespace of the OS and OSInstance resources. Every proxy takes its OS from
+    /// there too, so an OS anywhere else upgrades nothing.
+    #[arg(long, env = "WATCH_NAMESPACE", default_value = "os-upgrade-system")]
+    namespace: String,
     /// Namespace of the leader-election Lease.
     #[arg(long, env = "POD_NAMESPACE", default_value = "os-upgrade-system")]
     lease_namespace: String,
@@ -99,7 +100,7 @@ fn controller(args: ControllerArgs) -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let config = crate::controller::Config {
-        namespace: args.namespace,
+        namespace: Some(args.namespace),
         lease_namespace: args.lease_namespace,
         lease_name: args.lease_name,
         identity: args.identity.unwrap_or_else(default_identity),

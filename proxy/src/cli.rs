@@ -15,8 +15,9 @@ struct Args {
     /// The node this proxy runs on (the downward API's spec.nodeName).
     #[arg(long, env = "NODE_NAME")]
     node_name: String,
-    /// Namespace of the node's OSInstance: the namespace of the OS resources.
-    #[arg(long, env = "OS_NAMESPACE", default_value = "default")]
+    /// Namespace of the node's OSInstance and of the OS resources (the operator's); OS
+    /// resources elsewhere are never used.
+    #[arg(long, env = "OS_NAMESPACE", default_value = "os-upgrade-system")]
     namespace: String,
     /// os-agent's socket (a hostPath mount in the DaemonSet).
     #[arg(

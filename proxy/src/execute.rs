@@ -26,10 +26,8 @@ pub(crate) async fn execute(p: &Proxy, s: &NodeState, step: &Step) -> Result<(),
         Step::Idle => Ok(()),
         Step::Wait(why) => show_wait(p, s, why).await,
         Step::Enter { phase, step } => write(p, &report::phase_patch(*phase, step, now())).await,
-        Step::ApplyUpgradeConfigs => {
-            configure(p, s, "upgradeconfigs", s.spec.upgradeconfigs.as_ref()).await
-        }
-        Step::Configure => configure(p, s, "sysconfigs", s.spec.sysconfigs.as_ref()).await,
+        Step::ApplyUpgradeConfigs => configure(p, s, "upgradeconfigs", s.upgradeconfigs()).await,
+        Step::Configure => configure(p, s, "sysconfigs", s.sysconfigs()).await,
         Step::Prepare(req) => prepare(p, s, req).await,
         Step::WatchPrepare => {
             watch_progress(p, &mut ProgressThrottle::default()).await;
@@ -245,12 +243,7 @@ async fn publish_drain_failed(p: &Proxy, message: &str) {
 
 async fn succeed(p: &Proxy, s: &NodeState, version: &str) -> Result<(), Error> {
     cordon::uncordon(&p.nodes, &p.cfg.node_name).await?;
-    let patch = report::succeeded_patch(
-        version,
-        s.spec.sysconfigs.as_ref(),
-        s.spec.upgradeconfigs.as_ref(),
-        now(),
-    );
+    let patch = report::succeeded_patch(version, s.sysconfigs(), s.upgradeconfigs(), now());
     write(p, &patch).await?;
     tracing::info!(node = %p.cfg.node_name, version, "succeeded");
     hand_back(p).await

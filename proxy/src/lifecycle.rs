@@ -28,8 +28,11 @@ pub struct NodeFacts {
 pub struct NodeState {
     pub spec: OsInstanceSpec,
     pub status: OsInstanceStatus,
-    /// The OS named by `spec.namespacedname`; `None` when it does not exist (or none is named).
+    /// The OS named by `spec.namespacedname`, read from [`namespace`](Self::namespace) only;
+    /// `None` when it does not exist (or none is named).
     pub os: Option<OsSpec>,
+    /// The operator's namespace: the only one OS resources are taken from.
+    pub namespace: String,
     pub node: NodeFacts,
     /// `None`: the agent did not answer (down, restarting, or the node is rebooting).
     pub agent: Option<AgentStatus>,
@@ -53,7 +56,7 @@ pub enum Step {
     Wait(String),
     /// Record that the node moved to `phase`; the action of that phase comes next.
     Enter { phase: NodePhase, step: String },
-    /// Agent `configure` with `spec.upgradeconfigs`, before anything else of an upgrade.
+    /// Agent `configure` with the OS's `upgradeconfigs`, before anything else of an upgrade.
     ApplyUpgradeConfigs,
     /// Agent `prepare_upgrade`: write and verify the image into the inactive slot.
     Prepare(UpgradeRequest),
@@ -63,7 +66,7 @@ pub enum Step {
     Cordon,
     /// Evict the node's pods, then call the agent.
     Drain(AfterDrain),
-    /// Agent `configure` with `spec.sysconfigs`.
+    /// Agent `configure` with the OS's `sysconfigs`.
     Configure,
     /// Uncordon if we cordoned, report success, hand the node back (`nodestatus: idle`).
     Succeed { current_version: String },
@@ -73,6 +76,20 @@ pub enum Step {
     Uncordon,
     /// The operation is reported but the spec still asks for it: set `nodestatus: idle`.
     ResetSpec,
+}
+
+impl NodeState {
+    /// The settings to apply: the OS's own. The OSInstance's copy is never used, because a
+    /// node's credentials can write its OSInstance and the settings (kubelet, sysctls, kernel
+    /// arguments) act as root on the node.
+    pub fn sysconfigs(&self) -> Option<&operator::crd::SysConfigs> {
+        self.os.as_ref()?.sysconfigs.as_ref()
+    }
+
+    /// The settings applied before an upgrade, likewise the OS's own.
+    pub fn upgradeconfigs(&self) -> Option<&operator::crd::SysConfigs> {
+        self.os.as_ref()?.upgradeconfigs.as_ref()
+    }
 }
 
 fn wait(why: impl Into<String>) -> Step {
@@ -110,6 +127,17 @@ pub fn next_step(s: &NodeState) -> Step {
         Some(NodePhase::Succeeded | NodePhase::Failed) => return Step::ResetSpec,
         Some(p) => p,
     };
+    if let Some(nn) = s
+        .spec
+        .namespacedname
+        .as_ref()
+        .filter(|n| !n.namespace.is_empty() && n.namespace != s.namespace)
+    {
+        return fail(format!(
+            "this OSInstance names the OS {}/{}: OS resources are taken from {} only",
+            nn.namespace, nn.name, s.namespace
+        ));
+    }
     let Some(os) = &s.os else {
         let name = s
             .spec
@@ -334,10 +362,7 @@ fn upgrade_step(s: &NodeState, agent: &AgentStatus, t: &Target, phase: NodePhase
     let armed = agent.trial == Some(new);
     match phase {
         NodePhase::Assigned
-            if settings_pending(
-                s.spec.upgradeconfigs.as_ref(),
-                s.status.upgradeconfigs.as_ref(),
-            ) =>
+            if settings_pending(s.upgradeconfigs(), s.status.upgradeconfigs.as_ref()) =>
         {
             Step::ApplyUpgradeConfigs
         }
@@ -437,7 +462,7 @@ fn config_step(s: &NodeState, agent: &AgentStatus, phase: NodePhase) -> Step {
 }
 
 fn configuring_step(s: &NodeState, agent: &AgentStatus) -> Step {
-    if settings_pending(s.spec.sysconfigs.as_ref(), s.status.sysconfigs.as_ref()) {
+    if settings_pending(s.sysconfigs(), s.status.sysconfigs.as_ref()) {
         return Step::Configure;
     }
     Step::Succeed {

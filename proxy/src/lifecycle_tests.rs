@@ -72,6 +72,7 @@ fn state(nodestatus: NodeStatus, phase: NodePhase, agent: Option<AgentStatus>) -
             ..Default::default()
         },
         os: Some(os(op, version)),
+        namespace: "default".into(),
         node: NodeFacts {
             unschedulable: false,
             cordoned_by_us: false,
@@ -217,7 +218,7 @@ fn assigned_applies_upgradeconfigs_first_then_prepares() {
             ..Default::default()
         }]),
     };
-    s.spec.upgradeconfigs = Some(configs.clone());
+    s.os.as_mut().unwrap().upgradeconfigs = Some(configs.clone());
     assert_eq!(next_step(&s), Step::ApplyUpgradeConfigs);
     s.status.upgradeconfigs = Some(configs);
     assert!(entered(NodePhase::Preparing)(&next_step(&s)));
@@ -446,7 +447,7 @@ fn configuring_applies_sysconfigs_once_then_succeeds_with_the_booted_version() {
         version: Some("s1".into()),
         configs: Some(vec![SysConfig::default()]),
     };
-    s.spec.sysconfigs = Some(configs.clone());
+    s.os.as_mut().unwrap().sysconfigs = Some(configs.clone());
     assert_eq!(next_step(&s), Step::Configure);
     s.status.sysconfigs = Some(configs);
     assert_eq!(
@@ -456,7 +457,7 @@ fn configuring_applies_sysconfigs_once_then_succeeds_with_the_booted_version() {
         }
     );
     // Settings with no configs are recorded, not sent.
-    s.spec.sysconfigs = Some(SysConfigs {
+    s.os.as_mut().unwrap().sysconfigs = Some(SysConfigs {
         version: Some("s2".into()),
         configs: None,
     });
@@ -529,11 +530,51 @@ fn config_goes_straight_to_configuring_and_never_cordons() {
     );
     assert!(entered(NodePhase::Configuring)(&next_step(&s)));
     s.status.phase = Some(NodePhase::Configuring);
-    s.spec.sysconfigs = Some(SysConfigs {
+    s.os.as_mut().unwrap().sysconfigs = Some(SysConfigs {
         version: Some("c1".into()),
         configs: Some(vec![SysConfig::default()]),
     });
     assert_eq!(next_step(&s), Step::Configure);
+}
+
+#[test]
+fn settings_written_into_the_osinstance_are_not_applied() {
+    // A node (or anyone with its token) writes settings into its own OSInstance; the OS
+    // has none: nothing is configured.
+    let mut s = cordoned(upgrade(NodePhase::Configuring, committed_new()));
+    s.spec.sysconfigs = Some(SysConfigs {
+        version: Some("evil".into()),
+        configs: Some(vec![SysConfig::default()]),
+    });
+    s.spec.upgradeconfigs = s.spec.sysconfigs.clone();
+    assert!(
+        matches!(next_step(&s), Step::Succeed { .. }),
+        "{:?}",
+        next_step(&s)
+    );
+    let mut s = upgrade(NodePhase::Assigned, agent(rec(SlotState::Empty, "", 'x')));
+    s.spec.upgradeconfigs = Some(SysConfigs {
+        version: Some("evil".into()),
+        configs: Some(vec![SysConfig::default()]),
+    });
+    assert!(
+        entered(NodePhase::Preparing)(&next_step(&s)),
+        "{:?}",
+        next_step(&s)
+    );
+}
+
+#[test]
+fn an_os_outside_the_operators_namespace_is_refused() {
+    let mut s = upgrade(NodePhase::Preparing, agent(rec(SlotState::Empty, "", 'x')));
+    s.spec.namespacedname = Some(NamespacedName {
+        name: "os".into(),
+        namespace: "attacker".into(),
+    });
+    let step = next_step(&s);
+    let msg = fail_message(&step);
+    assert!(msg.contains("names the OS attacker/os"), "{msg}");
+    assert!(msg.contains("taken from default only"), "{msg}");
 }
 
 #[test]

@@ -158,6 +158,7 @@ impl Proxy {
             spec: instance.spec,
             status: instance.status.unwrap_or_default(),
             os,
+            namespace: self.cfg.namespace.clone(),
             node: cordon::facts(&node),
             agent,
         }))
@@ -211,11 +212,12 @@ impl Proxy {
         else {
             return Ok(None);
         };
-        let namespace = if nn.namespace.is_empty() {
-            &self.cfg.namespace
-        } else {
-            &nn.namespace
-        };
+        // Only the operator's namespace: an OSInstance (which a node can write) naming
+        // another one is refused by the lifecycle, never read.
+        let namespace = &self.cfg.namespace;
+        if !nn.namespace.is_empty() && nn.namespace != *namespace {
+            return Ok(None);
+        }
         let api: Api<Os> = Api::namespaced(self.client.clone(), namespace);
         let os = api
             .get_opt(&nn.name)

@@ -122,11 +122,12 @@ async fn config_reports_the_agents_refusal_honestly() {
     let client = client(&server);
     create_node(&client, NODE, false).await;
     start_operation(&client, "config", "Assigned", "v1").await;
-    let api = Api::<operator::crd::OsInstance>::default_namespaced(client.clone());
+    // The settings are the OS's (the proxy never takes them from the OSInstance).
+    let api = Api::<operator::crd::Os>::default_namespaced(client.clone());
     let sys = serde_json::json!({"spec": {"sysconfigs": {"version": "s1", "configs": [
         {"model": "kernel.sysctl", "contents": [{"key": "vm.swappiness", "value": 10}]}]}}});
     api.patch(
-        NODE,
+        "os",
         &kube::api::PatchParams::default(),
         &kube::api::Patch::Merge(sys),
     )

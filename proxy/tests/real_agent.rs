@@ -76,6 +76,8 @@ impl FileNode {
             ("tries", "3".into()),
             ("certs-dir", s("certs")),
             ("reboot", "no".into()),
+            // The image the OS names is a file in the test's directory.
+            ("file-sources", self.dir.path().display().to_string()),
         ] {
             o.set(k, &v).unwrap();
         }

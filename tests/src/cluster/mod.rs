@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use crate::demo::Bundle;
 pub use node::{Programs, SimNode};
 
-pub const NS: &str = "default";
+pub const NS: &str = "os-upgrade-system";
 
 /// The programs: the agent static (as on a node), the cluster side for the host. Tests take
 /// the cluster side from this crate's `sim-*` binaries, one-line wrappers of
