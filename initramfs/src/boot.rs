@@ -17,7 +17,7 @@
 
 use crate::checks::{self, CheckFailure};
 use crate::cmdline::{parse_cmdline, BootParams};
-use crate::decide::{self, choose_policy, Boot, Next, Write};
+use crate::decide::{self, choose_policy, Boot, LastResort, Next, Write};
 use crate::disk;
 use crate::modules;
 use crate::mounts::{self, Mounts};
@@ -31,6 +31,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::thread::sleep;
 use std::time::Duration;
+
+/// The note os-init leaves on PERSIST (`ab/rescue`) when it tried the other
+/// slot because the committed one could not be used: `from`, `to`, `reason`.
+pub const RESCUE_NOTE: &str = "rescue";
+/// How often a stopped boot repeats its message on the console.
+const HALT_REPEAT: Duration = Duration::from_secs(60);
 
 /// Where things are; the defaults are the initramfs contract with `os-image`.
 #[derive(Debug, Clone)]
@@ -131,7 +137,14 @@ pub fn run(cfg: &Config, init_args: &[OsString]) -> ! {
     };
     log_boot(&boot);
     let init = params.init.clone().unwrap_or_else(|| cfg.init.clone());
-    sh.finish(&boot, &params, parts.root(boot.slot()), &init, init_args)
+    sh.finish(
+        &boot,
+        env.as_ref(),
+        &params,
+        parts.root(boot.slot()),
+        &init,
+        init_args,
+    )
 }
 
 fn read_params(path: &Path) -> BootParams {
@@ -233,7 +246,9 @@ impl Shell<'_> {
             at.display()
         );
         if let Err(e) = self.mounts.mount(device, &at, "ext4", 0, None) {
-            self.give_up(&format!(
+            // Without PERSIST there are no records to choose another slot by,
+            // and a reboot would meet the same partition: stop here.
+            self.halt(&format!(
                 "cannot mount PERSIST {} (ext4) at {}: {e}",
                 device.display(),
                 at.display()
@@ -298,6 +313,7 @@ impl Shell<'_> {
     fn finish(
         &mut self,
         boot: &Boot,
+        env: Option<&AbState>,
         params: &BootParams,
         device: &Path,
         init: &Path,
@@ -316,8 +332,11 @@ impl Shell<'_> {
             self.apply(write);
         }
         let esp = self.cfg.esp_mount.clone();
-        self.mounts.unmount(&esp);
         let reason = checks.err().map(|f| format!("slot {slot}: {f}"));
+        if plan.next != Next::GiveUp {
+            // The last resort may still have to write the env.
+            self.mounts.unmount(&esp);
+        }
         match plan.next {
             Next::SwitchRoot => self.switch(slot, init, init_args),
             Next::RebootToCommitted => {
@@ -325,7 +344,70 @@ impl Shell<'_> {
                 self.mounts.unmount_all();
                 reboot_now()
             }
-            Next::GiveUp => self.give_up(reason.as_deref().unwrap_or("cannot boot")),
+            Next::GiveUp => self.last_resort(boot, env, reason.as_deref().unwrap_or("cannot boot")),
+        }
+    }
+
+    /// The booted slot cannot be used: try the other slot once if its record
+    /// says it booted good, else stop (DESIGN.md §4: never a reboot loop).
+    /// Order: the env first (arm the one-try trial), then the broken slot's
+    /// record (`failed`) and the note; a power cut in between leaves the
+    /// trial armed, which is what matters.
+    fn last_resort(&mut self, boot: &Boot, env: Option<&AbState>, reason: &str) -> ! {
+        log::error!("{reason}");
+        let broken = boot.slot();
+        let other = record::read(&self.persist, broken.other()).ok();
+        let LastResort::TryOther { slot } = decide::last_resort(boot, env, other.as_ref()) else {
+            self.halt(&format!(
+                "{reason}; slot {} is not recorded as booting good, so there is nothing else to try",
+                broken.other()
+            ));
+        };
+        log::warn!(
+            "slot {slot} is recorded as booting good: trying it once (a trial with one try)"
+        );
+        let esp_dir = self.cfg.esp_mount.clone();
+        if let Err(e) = self.mounts.remount_esp_rw(&esp_dir) {
+            log::error!("cannot remount the ESP read-write: {e}");
+        }
+        match Esp::new(&esp_dir).update(|st| st.arm_trial(slot, 1)) {
+            Ok(((), state)) => log::info!("A/B state written: {}", describe(&state)),
+            Err(e) => self.halt(&format!(
+                "{reason}; arming a trial of slot {slot} failed: {e}"
+            )),
+        }
+        self.set_record_state(broken, SlotState::Failed);
+        let note = format!(
+            "from={broken}\nto={slot}\nreason={}\n",
+            reason
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect::<String>()
+        );
+        let path = self.persist.join(record::RECORD_DIR).join(RESCUE_NOTE);
+        match record::write_atomic(&path, note.as_bytes()) {
+            Ok(()) => log::info!("recorded why in {}", path.display()),
+            Err(e) => log::error!("cannot record why: {e}"),
+        }
+        self.mounts.unmount(&esp_dir);
+        self.mounts.unmount_all();
+        log::info!("rebooting now; GRUB boots slot {slot} on trial");
+        reboot_now()
+    }
+
+    /// Stops the boot for good: a person has to act. PID 1 must not exit (the
+    /// kernel would panic and `panic=N` reboot into the same failure), so it
+    /// repeats the message now and then for whoever attaches a console.
+    fn halt(&mut self, reason: &str) -> ! {
+        self.mounts.unmount_all();
+        sys::sync();
+        loop {
+            log::error!("{reason}");
+            log::error!(
+                "stopped, not rebooting: no slot is known to boot. Pick the other \
+                 slot in the GRUB menu, or repair or reinstall the disk from a rescue system."
+            );
+            sleep(HALT_REPEAT);
         }
     }
 

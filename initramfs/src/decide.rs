@@ -14,7 +14,7 @@
 
 use crate::checks::CheckFailure;
 use crate::cmdline::BootParams;
-use bootctl::record::ConfirmPolicy;
+use bootctl::record::{ConfirmPolicy, SlotRecord, SlotState};
 use bootctl::{AbState, Slot};
 
 /// What kind of boot GRUB made, given the env it booted from.
@@ -232,6 +232,37 @@ pub fn decide(boot: &Boot, checks: &Result<(), CheckFailure>, policy: ConfirmPol
             write: None,
             next: bootable,
         },
+    }
+}
+
+/// What is left when the slot GRUB booted cannot be used ([`Next::GiveUp`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LastResort {
+    /// The other slot's record says it booted good: arm a trial of it with
+    /// one try and reboot. GRUB counts that try, so if it fails too the
+    /// committed (broken) slot comes back once, finds the other slot's
+    /// record `failed`, and stops: the attempt is made once, never looped.
+    TryOther { slot: Slot },
+    /// Nothing else is known to boot: stop at a console message. Rebooting
+    /// would only repeat the same failure for ever.
+    Halt,
+}
+
+/// The last resort after a committed slot failed to mount or cannot run its
+/// init. Only a normal boot of the committed slot with nothing on trial
+/// qualifies (a trial has its own fallback; a boot this agent cannot explain
+/// must not change the env), and only towards a slot recorded `good`.
+pub fn last_resort(boot: &Boot, env: Option<&AbState>, other: Option<&SlotRecord>) -> LastResort {
+    let (Boot::Normal { slot }, Some(env), Some(other)) = (*boot, env, other) else {
+        return LastResort::Halt;
+    };
+    if env.active != slot || env.trial.is_some() {
+        return LastResort::Halt;
+    }
+    if other.slot == slot.other() && other.state == SlotState::Good {
+        LastResort::TryOther { slot: other.slot }
+    } else {
+        LastResort::Halt
     }
 }
 
@@ -507,5 +538,55 @@ mod tests {
         }
         assert_eq!(choose_policy(None, None, true), (Agent, Default));
         assert_eq!(choose_policy(None, None, false), (Initramfs, Default));
+    }
+
+    fn rec(slot: Slot, state: SlotState) -> SlotRecord {
+        SlotRecord {
+            state,
+            version: "1".into(),
+            ..SlotRecord::empty(slot)
+        }
+    }
+
+    #[test]
+    fn a_broken_committed_slot_tries_a_good_other_slot_once_else_halts() {
+        use LastResort::{Halt, TryOther};
+        let env = AbState::new(Slot::A);
+        let normal = Boot::Normal { slot: Slot::A };
+        let good_b = rec(Slot::B, SlotState::Good);
+        assert_eq!(
+            last_resort(&normal, Some(&env), Some(&good_b)),
+            TryOther { slot: Slot::B }
+        );
+        for state in [SlotState::Empty, SlotState::Written, SlotState::Failed] {
+            let b = rec(Slot::B, state);
+            assert_eq!(
+                last_resort(&normal, Some(&env), Some(&b)),
+                Halt,
+                "{state:?}"
+            );
+        }
+        // No records (PERSIST did not mount or the record is corrupt), no env.
+        assert_eq!(last_resort(&normal, Some(&env), None), Halt);
+        assert_eq!(last_resort(&normal, None, Some(&good_b)), Halt);
+        // A trial armed (the once is being spent), or not a normal boot.
+        let mut armed = env;
+        armed.arm_trial(Slot::B, 1).unwrap();
+        assert_eq!(last_resort(&normal, Some(&armed), Some(&good_b)), Halt);
+        let fallback = Boot::Fallback {
+            slot: Slot::A,
+            failed: Slot::B,
+        };
+        assert_eq!(last_resort(&fallback, Some(&armed), Some(&good_b)), Halt);
+        let picked = Boot::Unmanaged {
+            slot: Slot::A,
+            why: Unmanaged::NoState,
+        };
+        assert_eq!(last_resort(&picked, Some(&env), Some(&good_b)), Halt);
+        // A record that names the wrong slot is not trusted.
+        assert_eq!(
+            last_resort(&normal, Some(&env), Some(&rec(Slot::A, SlotState::Good))),
+            Halt
+        );
     }
 }
