@@ -254,3 +254,61 @@ fn an_unknown_tag_and_a_registry_error_fail_cleanly() {
     );
     node.assert_untouched();
 }
+
+/// Runs a prepare, sets its cancel flag after `after`, returns the result
+/// and how long the prepare took after the cancel.
+fn cancelled_after(
+    node: &Node,
+    req: &PrepareRequest,
+    after: std::time::Duration,
+) -> (
+    Result<agent::prepare::Prepared, PrepareError>,
+    std::time::Duration,
+) {
+    let cancel = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let job = s.spawn(|| {
+            prepare_with(
+                &node.cfg,
+                req,
+                &Progress::default(),
+                &cancel,
+                &quick_retry(),
+            )
+        });
+        std::thread::sleep(after);
+        cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+        let at = std::time::Instant::now();
+        let result = job.join().unwrap();
+        (result, at.elapsed())
+    })
+}
+
+#[test]
+fn a_cancel_does_not_wait_for_a_silent_registry() {
+    let long = std::time::Duration::from_secs(60);
+    for (path, fault) in [
+        ("manifest", Fault::StallAfter(0, long)),
+        ("layer", Fault::StallAfter(CHUNK as u64 * 2, long)),
+    ] {
+        let p = publish();
+        let mut node = Node::new(SLOT);
+        // Only the cancel can end the wait quickly.
+        node.cfg.read_timeout = long;
+        let at = if path == "manifest" {
+            "/v2/os/manifests/2".to_owned()
+        } else {
+            p.layer_path.clone()
+        };
+        p.server.fault_always(&at, fault);
+        let req = request(&p, "os:2", &p.b.meta.digest);
+        let (result, took) = cancelled_after(&node, &req, std::time::Duration::from_millis(800));
+        let e = result.expect_err(path);
+        assert!(matches!(e, PrepareError::Cancelled { .. }), "{path}: {e}");
+        assert!(
+            took < std::time::Duration::from_secs(3),
+            "{path}: the cancel took {took:?}"
+        );
+        node.assert_not_armed();
+    }
+}

@@ -16,6 +16,7 @@
 //! in order; the registry itself last. Credentials come from the node's
 //! auth file, per endpoint host.
 
+use super::cancellable;
 use super::fetch::{from_oci, Fetcher, RegistryBlob};
 use super::manifest::{format_blake3, Manifest, MAX_MANIFEST_BYTES};
 use super::resume::{fetch_failure, with_retries, Failure, Job, Layer, Retry};
@@ -191,9 +192,17 @@ fn resolve_at(
         .manifest
         .as_deref()
         .unwrap_or_else(|| reference.manifest_ref());
+    // Each request runs on a helper thread so that a cancel does not wait for
+    // a silent registry's read timeout (cancellable.rs).
+    let cancelled = || {
+        Failure::Fatal(PrepareError::Cancelled {
+            slot: job.device.slot,
+        })
+    };
     let fetched = with_retries(job, image, || {
-        client
-            .get_manifest(repo, wanted)
+        let (client, repo, wanted) = (client.clone(), repo.to_owned(), wanted.to_owned());
+        cancellable::run(job.cancel, move || client.get_manifest(&repo, &wanted))
+            .map_err(|_| cancelled())?
             .map_err(|e| oci_failure(image, e))
     })?;
     if let Some(pin) = pins.manifest.as_ref().filter(|p| **p != fetched.digest) {
@@ -210,9 +219,13 @@ fn resolve_at(
     })?;
     let config_what = format!("{image} config {}", artifact.config.digest);
     let config = with_retries(job, &config_what, || {
-        client
-            .get_blob(repo, &artifact.config.digest, MAX_MANIFEST_BYTES)
-            .map_err(|e| oci_failure(image, e))
+        let (client, repo) = (client.clone(), repo.to_owned());
+        let digest = artifact.config.digest.clone();
+        cancellable::run(job.cancel, move || {
+            client.get_blob(&repo, &digest, MAX_MANIFEST_BYTES)
+        })
+        .map_err(|_| cancelled())?
+        .map_err(|e| oci_failure(image, e))
     })?;
     let text = String::from_utf8(config).map_err(|_| PrepareError::BadManifest {
         url: config_what.clone(),
