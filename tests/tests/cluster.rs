@@ -10,7 +10,9 @@ use e2e::cluster::{mutations, Binaries, SimCluster, SimNode};
 use e2e::demo::{build_bundle, Bundle};
 use e2e::http::FileServer;
 use e2e::registry::{Auth, Registry, RegistryOptions};
+use kube::api::{Api, Patch, PatchParams};
 use operator::audit::{events, max_unavailable, starts};
+use operator::crd::OsInstance;
 use operator::crd::{NodePhase, RolloutState};
 use serde_json::json;
 
@@ -349,4 +351,65 @@ async fn a_kubeos_docker_imagetype_upgrades_every_node_from_a_registry() {
         .count();
     // Each node fetched the config blob and the layer blob.
     assert_eq!(layer_gets, 4, "registry log:\n{}", registry.log());
+}
+
+/// Issue 13 point 8: what a node's own credentials can write into its OSInstance (the
+/// operator's start, with settings of its choosing) does not reach its agent. The proxy
+/// applies the settings of the OS the instance names, and reports that OS's version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_written_into_an_osinstance_are_not_applied() {
+    let (c, _files) = cluster("cluster_hostile_osinstance", 1, |_| {}).await;
+    c.create_os(json!({
+        "osversion": fixture().v1.version, "opstype": "config", "imagetype": "",
+        "maxunavailable": 1, "nodeselector": "all-label", "timeinterval": 0,
+        "sysconfigs": { "version": "c1", "configs": [{
+            "model": "kernel.sysctl.persist",
+            "contents": [{ "key": "vm.swappiness", "value": 10 }],
+        }]},
+    }))
+    .await;
+    let name = c.nodes[0].name.clone();
+    let start = std::time::Instant::now();
+    while c.try_instance(&name).await.is_none() {
+        assert!(start.elapsed() < Duration::from_secs(60), "no OSInstance");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // No operator runs: this is the token's own start, with its own settings.
+    let api = Api::<OsInstance>::namespaced(c.client.clone(), e2e::cluster::NS);
+    let status = json!({ "status": {
+        "phase": "Assigned", "operation": "config", "targetVersion": "c1", "progress": 0,
+    }});
+    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
+        .await
+        .unwrap();
+    let spec = json!({ "spec": {
+        "nodestatus": "config",
+        "namespacedname": { "name": "os", "namespace": e2e::cluster::NS },
+        "sysconfigs": { "version": "c1", "configs": [{
+            "model": "kernel.sysctl.persist",
+            "contents": [{ "key": "kernel.core_pattern", "value": "|/tmp/x" }],
+        }]},
+    }});
+    api.patch(&name, &PatchParams::default(), &Patch::Merge(spec))
+        .await
+        .unwrap();
+    let start = std::time::Instant::now();
+    let status = loop {
+        let s = c.instance(&name).await.status.unwrap_or_default();
+        if s.phase == Some(NodePhase::Succeeded) {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "{s:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        status.sysconfigs.and_then(|s| s.version).as_deref(),
+        Some("c1")
+    );
+    let conf = std::fs::read_to_string(c.nodes[0].dir.join("root/etc/sysctl.conf")).unwrap();
+    assert!(conf.contains("vm.swappiness"), "the OS's setting: {conf}");
+    assert!(
+        !conf.contains("core_pattern"),
+        "the OSInstance's setting: {conf}"
+    );
 }
