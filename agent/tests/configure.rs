@@ -74,6 +74,13 @@ impl Rig {
             .collect()
     }
 
+    /// The message of a request that must be refused.
+    fn refused(&self, json: &str) -> String {
+        self.run(json)
+            .expect_err("the request should be refused")
+            .to_string()
+    }
+
     fn run(&self, json: &str) -> Result<Outcome, ConfigureError> {
         let req = ConfigureRequest::from_json(json).unwrap();
         let esp = self.path("esp");
@@ -495,14 +502,11 @@ fn replaced_files_keep_their_mode_and_symlinks_are_refused() {
     let conf = rig.path("root/etc/sysctl.conf");
     fs::remove_file(&conf).unwrap();
     std::os::unix::fs::symlink(Path::new("/etc/hostname"), &conf).unwrap();
-    let msg = rig
-        .run(&request(&[(
-            "kernel.sysctl.persist",
-            "",
-            r#"{"a.b":{"value":"1"}}"#,
-        )]))
-        .unwrap_err()
-        .to_string();
+    let msg = rig.refused(&request(&[(
+        "kernel.sysctl.persist",
+        "",
+        r#"{"a.b":{"value":"1"}}"#,
+    )]));
     assert!(msg.contains("is a symlink"), "{msg}");
 }
 
@@ -646,14 +650,11 @@ fn a_symlinked_parent_directory_is_refused_not_followed() {
     fs::write(rig.path("elsewhere/sysctl.conf"), "x=1\n").unwrap();
     fs::rename(rig.path("root/etc"), rig.path("root/etc.real")).unwrap();
     std::os::unix::fs::symlink(rig.path("elsewhere"), rig.path("root/etc")).unwrap();
-    let err = rig
-        .run(&request(&[(
-            "kernel.sysctl.persist",
-            "",
-            r#"{"a.b":{"value":"1"}}"#,
-        )]))
-        .unwrap_err()
-        .to_string();
+    let err = rig.refused(&request(&[(
+        "kernel.sysctl.persist",
+        "",
+        r#"{"a.b":{"value":"1"}}"#,
+    )]));
     assert!(err.contains("symlink"), "{err}");
     assert_eq!(rig.read("elsewhere/sysctl.conf"), "x=1\n");
 }
