@@ -118,12 +118,34 @@ fn proxy_manifests_parse_and_grant_only_what_the_proxy_does() {
             "ServiceAccount" => drop(strict::<ServiceAccount>(doc)),
             "ClusterRole" => check_proxy_role(&strict::<ClusterRole>(doc)),
             "ClusterRoleBinding" => drop(strict::<ClusterRoleBinding>(doc)),
+            "Role" => check_proxy_namespaced_role(&strict::<Role>(doc)),
+            "RoleBinding" => {
+                let b = strict::<RoleBinding>(doc);
+                assert_eq!(b.metadata.namespace.as_deref(), Some("os-upgrade-system"));
+            }
             "DaemonSet" => check_daemonset(&strict::<DaemonSet>(doc)),
             other => panic!("unexpected kind {other}"),
         }
         kinds.push(kind);
     }
     assert!(kinds.iter().any(|k| k == "DaemonSet"));
+    assert!(kinds.iter().any(|k| k == "Role"));
+}
+
+/// OS and OSInstance rights exist in the operator's namespace only: a proxy's token cannot
+/// read or write them anywhere else.
+fn check_proxy_namespaced_role(role: &Role) {
+    assert_eq!(
+        role.metadata.namespace.as_deref(),
+        Some("os-upgrade-system")
+    );
+    for rule in role.rules.as_deref().unwrap_or_default() {
+        assert_eq!(
+            rule.api_groups.as_deref(),
+            Some(&["upgrade.openeuler.org".to_owned()][..])
+        );
+        assert!(!rule.verbs.iter().any(|v| v == "delete" || v == "*"));
+    }
 }
 
 fn check_proxy_role(role: &ClusterRole) {
@@ -145,6 +167,14 @@ fn check_proxy_role(role: &ClusterRole) {
         "the proxy must not delete pods directly"
     );
     assert!(grants("nodes", "patch") && !grants("nodes", "delete"));
+    for namespaced in ["os", "osinstances", "osinstances/status"] {
+        assert!(
+            !["get", "list", "watch", "create", "patch", "update"]
+                .iter()
+                .any(|v| grants(namespaced, v)),
+            "{namespaced} granted cluster-wide"
+        );
+    }
     assert!(!grants("secrets", "get"));
     for rule in rules {
         assert!(
@@ -194,6 +224,15 @@ fn check_daemonset(ds: &DaemonSet) {
 
 fn check_least_privilege(role: &ClusterRole) {
     for rule in role.rules.as_deref().unwrap_or_default() {
+        assert!(
+            !rule
+                .api_groups
+                .as_deref()
+                .unwrap_or_default()
+                .iter()
+                .any(|g| g == "upgrade.openeuler.org"),
+            "OS/OSInstance rights belong in the os-upgrade-system Role: {rule:?}"
+        );
         let resources = rule.resources.as_deref().unwrap_or_default();
         assert!(
             !rule.verbs.iter().any(|v| v == "*"),
