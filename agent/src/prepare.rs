@@ -214,6 +214,10 @@ pub fn prepare_with(
     );
     record::write(&cfg.state_dir, &SlotRecord::empty(slot))
         .map_err(|source| PrepareError::Record { slot, source })?;
+    // os-init's note about this slot failing is history once it is rewritten.
+    if let Err(e) = record::clear_rescue_of(&cfg.state_dir, slot) {
+        log::warn!("{e}");
+    }
     progress.start_phase(Phase::Downloading, image_size.unwrap_or(0));
     let (size, anchor) = write_and_verify(
         &Job {

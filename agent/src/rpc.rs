@@ -18,7 +18,8 @@
 //!   (configure/mod.rs).
 //! - `status` → the node report (status.rs): `booted`, `active`, `trial`,
 //!   `tries`, `fail`, `on_trial`, `source`, `slots.{A,B}.{state,version,digest,
-//!   size,written_at}`, `last_failure {slot,version,reason}`, `job {kind,detail,
+//!   size,written_at}`, `last_failure {slot,version,reason}`, `rescue {from,to,reason}`
+//!   (os-init's last resort, bootctl::record::RescueNote), `job {kind,detail,
 //!   step,elapsed_s,phase,bytes,total,fetched,percent,rate}`, `other_job`.
 //! - `confirm` → `{"confirmed":"B","changed":true}`: commit the booted slot now.
 //! - `cancel` → `{"cancelled":"prepare"}` (or `null` when nothing runs).

@@ -6,7 +6,7 @@ use crate::json::{float, object, opt_string, string, uint};
 use crate::node::{self, Failure, NodeView};
 use crate::progress::Snapshot;
 use bootctl::grub_model::Source;
-use bootctl::record::SlotRecord;
+use bootctl::record::{self, RescueNote, SlotRecord};
 use bootctl::Slot;
 use miniserde::json::Value;
 use std::fmt::Write;
@@ -36,6 +36,8 @@ impl JobReport {
 pub struct Report {
     pub view: NodeView,
     pub last_failure: Option<Failure>,
+    /// Why os-init handed the boot to the other slot, while that note stands.
+    pub rescue: Option<RescueNote>,
     pub job: Option<JobReport>,
     /// The lock holder's line when another process runs a job.
     pub other_job: Option<String>,
@@ -46,8 +48,14 @@ pub fn report(agent: &Agent) -> Result<Report, AgentError> {
     let view = node::load(cfg)?;
     let trial = node::read_trial(cfg)?;
     let job = agent.current_job().map(|j| JobReport::of(&j));
+    // A status must not fail because of an unreadable note: report none.
+    let rescue = record::read_rescue(&cfg.state_dir).unwrap_or_else(|e| {
+        log::warn!("{e}");
+        None
+    });
     Ok(Report {
         last_failure: node::last_failure(&view, trial.as_ref()),
+        rescue,
         view,
         job,
         other_job: agent.other_holder(),
@@ -120,6 +128,16 @@ impl Report {
                 ]),
             ),
             ("last_failure", failure),
+            (
+                "rescue",
+                self.rescue.as_ref().map_or(Value::Null, |r| {
+                    object([
+                        ("from", string(r.from.as_str())),
+                        ("to", string(r.to.as_str())),
+                        ("reason", string(&r.reason)),
+                    ])
+                }),
+            ),
             ("job", self.job.as_ref().map_or(Value::Null, job_json)),
             ("other_job", opt_string(self.other_job.clone())),
         ])
@@ -170,6 +188,13 @@ impl Report {
             ),
             None => writeln!(s, "last failure: none"),
         };
+        if let Some(r) = &self.rescue {
+            let _ = writeln!(
+                s,
+                "rescued:    slot {} could not be used, os-init tried slot {}: {}",
+                r.from, r.to, r.reason
+            );
+        }
         let _ = match (&self.job, &self.other_job) {
             (Some(j), _) => writeln!(s, "job:        {}", progress_line(j)),
             (None, Some(o)) => writeln!(s, "job:        {o}"),

@@ -529,3 +529,32 @@ fn cancel_interrupts_a_server_that_went_silent() {
     assert!(slots(&server.node).0 == before.0, "slot A changed");
     drop(held);
 }
+
+#[test]
+fn status_shows_os_inits_rescue_note_until_the_broken_slot_is_rewritten() {
+    let server = Server::start(Node::new(), "");
+    let status = server.call(r#"{"jsonrpc":"2.0","method":"status","id":1}"#);
+    assert!(status.contains(r#""rescue":null"#), "{status}");
+    // As os-init leaves it after B would not mount and A was tried instead.
+    let note = bootctl::record::RescueNote {
+        from: Slot::B,
+        to: Slot::A,
+        reason: "slot B: cannot mount /dev/vda3".into(),
+    };
+    bootctl::record::write_rescue(&server.node.state, &note).unwrap();
+    let status = server.call(r#"{"jsonrpc":"2.0","method":"status","id":2}"#);
+    assert!(
+        status.contains(
+            r#""rescue":{"from":"B","reason":"slot B: cannot mount /dev/vda3","to":"A"}"#
+        ),
+        "{status}"
+    );
+    // Writing a new image into B ends the story the note tells.
+    let bundles = server.node.dir.path().join("bundles");
+    std::fs::create_dir_all(&bundles).unwrap();
+    let (url, digest) = bundle(&bundles, "os-2", "2", &image(200 << 10), 64 << 10);
+    let reply = server.call(&upgrade_request(3, &url, &digest, "2"));
+    assert!(reply.contains("UpgradeReady"), "{reply}");
+    let status = server.call(r#"{"jsonrpc":"2.0","method":"status","id":4}"#);
+    assert!(status.contains(r#""rescue":null"#), "{status}");
+}

@@ -312,6 +312,101 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RecordError> {
         .map_err(io("fsync directory", dir))
 }
 
+/// Why os-init handed the boot to the other slot (its last resort when the
+/// committed slot could not be used): written by os-init, shown by the
+/// agent's `status`, removed by the agent when it rewrites the broken slot.
+/// One file, `PERSIST/ab/rescue`, of `from=`, `to=`, `reason=` lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RescueNote {
+    /// The committed slot that could not be used.
+    pub from: Slot,
+    /// The slot tried instead.
+    pub to: Slot,
+    pub reason: String,
+}
+
+/// File name of the [`RescueNote`] under [`RECORD_DIR`].
+pub const RESCUE_FILE: &str = "rescue";
+
+impl RescueNote {
+    /// The note's text; the reason is kept to one line.
+    pub fn to_text(&self) -> String {
+        let reason: String = self
+            .reason
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        format!("from={}\nto={}\nreason={reason}\n", self.from, self.to)
+    }
+
+    pub fn parse(text: &str) -> Result<RescueNote, String> {
+        let (mut from, mut to, mut reason) = (None, None, None);
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let (key, value) = line
+                .split_once('=')
+                .ok_or_else(|| format!("line without '=': {line:?}"))?;
+            let slot = || Slot::parse(value).ok_or_else(|| format!("invalid {key}: {value:?}"));
+            let field = match key {
+                "from" => from.replace(slot()?).is_some(),
+                "to" => to.replace(slot()?).is_some(),
+                "reason" => reason.replace(value.to_owned()).is_some(),
+                _ => false,
+            };
+            if field {
+                return Err(format!("{key}= appears more than once"));
+            }
+        }
+        Ok(RescueNote {
+            from: from.ok_or("no from= line")?,
+            to: to.ok_or("no to= line")?,
+            reason: reason.unwrap_or_default(),
+        })
+    }
+}
+
+fn rescue_path(persist: &Path) -> PathBuf {
+    persist.join(RECORD_DIR).join(RESCUE_FILE)
+}
+
+/// Writes the note atomically (see [`write_atomic`]).
+pub fn write_rescue(persist: &Path, note: &RescueNote) -> Result<(), RecordError> {
+    write_atomic(&rescue_path(persist), note.to_text().as_bytes())
+}
+
+/// The note, if os-init left one.
+pub fn read_rescue(persist: &Path) -> Result<Option<RescueNote>, RecordError> {
+    let path = rescue_path(persist);
+    match fs::read_to_string(&path) {
+        Ok(text) => RescueNote::parse(&text)
+            .map(Some)
+            .map_err(|reason| RecordError::Corrupt { path, reason }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(RecordError::Io {
+            op: "read",
+            path,
+            source,
+        }),
+    }
+}
+
+/// Removes the note once it no longer describes the node: `slot` (the one
+/// that failed) is being rewritten. A missing note is fine.
+pub fn clear_rescue_of(persist: &Path, slot: Slot) -> Result<(), RecordError> {
+    match read_rescue(persist) {
+        Ok(Some(note)) if note.from != slot => return Ok(()),
+        Ok(None) => return Ok(()),
+        // A corrupt note describes nothing: remove it too.
+        Ok(Some(_)) | Err(RecordError::Corrupt { .. }) => {}
+        Err(e) => return Err(e),
+    }
+    let path = rescue_path(persist);
+    fs::remove_file(&path).map_err(|source| RecordError::Io {
+        op: "remove",
+        path,
+        source,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -412,5 +507,26 @@ mod tests {
             read(dir.path(), Slot::A),
             Err(RecordError::WrongSlot { found: Slot::B, .. })
         ));
+    }
+
+    #[test]
+    fn rescue_notes_round_trip_and_are_cleared_with_their_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read_rescue(dir.path()).unwrap(), None);
+        let note = RescueNote {
+            from: Slot::A,
+            to: Slot::B,
+            reason: "cannot mount\n/dev/vda2".into(),
+        };
+        write_rescue(dir.path(), &note).unwrap();
+        let back = read_rescue(dir.path()).unwrap().unwrap();
+        assert_eq!((back.from, back.to), (Slot::A, Slot::B));
+        assert_eq!(back.reason, "cannot mount /dev/vda2");
+        clear_rescue_of(dir.path(), Slot::B).unwrap();
+        assert!(read_rescue(dir.path()).unwrap().is_some(), "B did not fail");
+        clear_rescue_of(dir.path(), Slot::A).unwrap();
+        assert_eq!(read_rescue(dir.path()).unwrap(), None);
+        clear_rescue_of(dir.path(), Slot::A).unwrap();
+        assert!(RescueNote::parse("from=A\nto=B\nfrom=B\n").is_err());
     }
 }

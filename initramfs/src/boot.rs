@@ -32,9 +32,6 @@ use std::path::{Path, PathBuf};
 use std::thread::sleep;
 use std::time::Duration;
 
-/// The note os-init leaves on PERSIST (`ab/rescue`) when it tried the other
-/// slot because the committed one could not be used: `from`, `to`, `reason`.
-pub const RESCUE_NOTE: &str = "rescue";
 /// How often a stopped boot repeats its message on the console.
 const HALT_REPEAT: Duration = Duration::from_secs(60);
 
@@ -377,16 +374,18 @@ impl Shell<'_> {
             )),
         }
         self.set_record_state(broken, SlotState::Failed);
-        let note = format!(
-            "from={broken}\nto={slot}\nreason={}\n",
-            reason
-                .chars()
-                .map(|c| if c.is_control() { ' ' } else { c })
-                .collect::<String>()
-        );
-        let path = self.persist.join(record::RECORD_DIR).join(RESCUE_NOTE);
-        match record::write_atomic(&path, note.as_bytes()) {
-            Ok(()) => log::info!("recorded why in {}", path.display()),
+        let note = record::RescueNote {
+            from: broken,
+            to: slot,
+            reason: reason.to_owned(),
+        };
+        match record::write_rescue(&self.persist, &note) {
+            Ok(()) => log::info!(
+                "recorded why in {}/{}/{}",
+                self.persist.display(),
+                record::RECORD_DIR,
+                record::RESCUE_FILE
+            ),
             Err(e) => log::error!("cannot record why: {e}"),
         }
         self.mounts.unmount(&esp_dir);

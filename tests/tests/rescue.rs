@@ -130,6 +130,15 @@ fn a_committed_slot_that_does_not_mount_hands_over_to_the_good_slot_once() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(verdict.contains("Confirmed"), "{verdict}");
     assert_eq!(m.boots(), 2, "one boot of A, one trial boot of B");
+    // The console shell starts with the agent; give it a moment.
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, _) = m
+        .run("os-agent status", Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        status.contains("rescued:    slot A could not be used, os-init tried slot B"),
+        "{status}"
+    );
     m.close();
 
     let state = ab_state(&image);
