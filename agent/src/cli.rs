@@ -299,7 +299,7 @@ fn run(a: Args) -> Result<(), Failure> {
         "status" => {
             let report = status::report(&agent)?;
             if a.json {
-                println!("{}", miniserde::json::to_string(&report.to_json()));
+                println!("{}", miniserde::json::to_string(&report.to_wire()));
             } else {
                 print!("{}", report.to_text());
             }

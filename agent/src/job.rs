@@ -14,7 +14,8 @@ use crate::config::Config;
 use crate::configure::{self, ConfigureError, ConfigureRequest, Outcome};
 use crate::health::{Gate, Verdict};
 use crate::node::{self, NodeError, Refusal};
-use crate::prepare::{self, PrepareRequest, Prepared};
+use crate::prepare::{self, PrepareError, PrepareRequest, Prepared};
+use wire::rpc::Reason;
 use crate::progress::{Phase, Progress};
 use crate::sys;
 use bootctl::state::Confirmed;
@@ -31,7 +32,7 @@ use std::time::{Duration, Instant};
 
 /// The write path, injectable so the job layer can be tested without it.
 pub type PrepareFn = Box<
-    dyn Fn(&Config, &PrepareRequest, &Progress, &AtomicBool) -> Result<Prepared, String>
+    dyn Fn(&Config, &PrepareRequest, &Progress, &AtomicBool) -> Result<Prepared, PrepareError>
         + Send
         + Sync,
 >;
@@ -39,7 +40,7 @@ pub type PrepareFn = Box<
 /// The real write path ([`prepare::prepare`]).
 pub fn real_prepare() -> PrepareFn {
     Box::new(|cfg, req, progress, cancel| {
-        prepare::prepare(cfg, req, progress, cancel).map_err(|e| e.to_string())
+        prepare::prepare(cfg, req, progress, cancel)
     })
 }
 
@@ -134,8 +135,8 @@ pub enum AgentError {
     /// Another job runs (in this process or another).
     Busy(String),
     Node(NodeError),
-    /// The write path failed; its message.
-    Prepare(String),
+    /// The write path failed.
+    Prepare(PrepareError),
     Cancelled(JobKind),
     Configure(ConfigureError),
     Lock {
@@ -159,7 +160,31 @@ impl fmt::Display for AgentError {
     }
 }
 
-impl std::error::Error for AgentError {}
+impl AgentError {
+    /// The stable reason sent to clients, which gives the error's kind.
+    pub fn reason(&self) -> Reason {
+        match self {
+            AgentError::Busy(_) => Reason::Busy,
+            AgentError::Node(e) => e.reason(),
+            AgentError::Prepare(e) => e.reason(),
+            AgentError::Cancelled(_) => Reason::Cancelled,
+            AgentError::Configure(e) => e.reason(),
+            AgentError::Lock { .. } => Reason::Lock,
+        }
+    }
+}
+
+impl std::error::Error for AgentError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            AgentError::Node(e) => Some(e),
+            AgentError::Prepare(e) => Some(e),
+            AgentError::Configure(e) => Some(e),
+            AgentError::Lock { source, .. } => Some(source),
+            AgentError::Busy(_) | AgentError::Cancelled(_) => None,
+        }
+    }
+}
 
 impl From<NodeError> for AgentError {
     fn from(e: NodeError) -> Self {
@@ -209,7 +234,6 @@ pub struct Agent {
     cfg: Config,
     prepare: PrepareFn,
     current: Mutex<Option<Arc<Job>>>,
-    prepared: Mutex<Option<Prepared>>,
 }
 
 /// Holds the job slot and the node lock until dropped.
@@ -234,7 +258,6 @@ impl Agent {
             cfg,
             prepare,
             current: Mutex::new(None),
-            prepared: Mutex::new(None),
         }
     }
 
@@ -346,8 +369,6 @@ impl Agent {
             self.cfg.slot_device(slot).display(),
             req.digest
         );
-        // The slot is about to change: whatever was prepared before is gone.
-        *lock(&self.prepared) = None;
         match (self.prepare)(&self.cfg, req, &job.progress, &job.cancel) {
             Ok(p) => {
                 job.progress.set_phase(Phase::Done);
@@ -355,7 +376,6 @@ impl Agent {
                     "prepare: slot {} holds version {} ({}, {} bytes), verified",
                     p.slot, p.version, p.digest, p.size
                 );
-                *lock(&self.prepared) = Some(p.clone());
                 Ok(p)
             }
             Err(_) if job.cancelled() => {
@@ -371,13 +391,15 @@ impl Agent {
         }
     }
 
-    /// Arms a trial of the image prepared last (`upgrade`). The caller
-    /// reboots, holding the returned guard.
+    /// Arms a trial of the image the inactive slot's record says was
+    /// written and verified (`upgrade`): the record, not this process's
+    /// memory, so an agent restarted after `prepare_upgrade` still arms it,
+    /// and a request refused or failed before it touched the slot leaves it
+    /// armable. The caller reboots, holding the returned guard.
     pub fn upgrade(&self) -> Result<(AbState, JobGuard<'_>), AgentError> {
         let guard = self.begin(JobKind::Activate, String::new())?;
-        let prepared = lock(&self.prepared)
-            .clone()
-            .ok_or(Refusal::NothingPrepared)?;
+        let view = node::load(&self.cfg)?;
+        let prepared = node::prepared_in(&view).ok_or(Refusal::NothingPrepared)?;
         let state = node::activate(&self.cfg, &prepared)?;
         Ok((state, guard))
     }

@@ -21,80 +21,24 @@
 //!   (`cfg.certs_dir`); with `mtls` all three are required, else only the CA
 //!   (which, unlike KubeOS, may be left empty to use the built-in roots).
 
-use crate::json::{get_bool, get_str};
+
 use crate::prepare::{PrepareRequest, Tls};
-use miniserde::json::{Object, Value};
 use std::path::{Component, Path, PathBuf};
+pub use wire::rpc::{single_param, CertsInfo, UpgradeRequest};
+use wire::Digest;
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CertsInfo {
-    pub ca_cert: String,
-    pub client_cert: String,
-    pub client_key: String,
-}
-
-/// KubeOS's `UpgradeRequest`, field for field.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct UpgradeRequest {
-    pub version: String,
-    pub check_sum: String,
-    pub image_type: String,
-    pub container_image: String,
-    pub image_url: String,
-    pub flag_safe: bool,
-    pub mtls: bool,
-    pub certs: CertsInfo,
-}
-
-/// The one object of a method's params: `[obj]` as KubeOS's client sends
-/// positional params, or `obj` by name.
-pub fn single_param<'a>(params: Option<&'a Value>, what: &str) -> Result<&'a Object, String> {
-    match params {
-        Some(Value::Array(a)) if a.len() == 1 => match &a[0] {
-            Value::Object(o) => Ok(o),
-            _ => Err(format!(
-                "params must be [{what}], an array holding one object"
-            )),
-        },
-        Some(Value::Object(o)) => Ok(o),
-        _ => Err(format!(
-            "params must be [{what}], an array holding one object"
-        )),
-    }
-}
-
-impl UpgradeRequest {
-    pub fn from_params(params: Option<&Value>) -> Result<UpgradeRequest, String> {
-        let o = single_param(params, "UpgradeRequest")?;
-        let required = |key: &str| {
-            get_str(o, key)?.ok_or_else(|| format!("UpgradeRequest lacks field `{key}`"))
-        };
-        let certs = match o.get("certs") {
-            None | Some(Value::Null) => CertsInfo::default(),
-            Some(Value::Object(c)) => CertsInfo {
-                ca_cert: get_str(c, "ca_cert")?.unwrap_or_default(),
-                client_cert: get_str(c, "client_cert")?.unwrap_or_default(),
-                client_key: get_str(c, "client_key")?.unwrap_or_default(),
-            },
-            Some(_) => return Err("field `certs` must be an object".into()),
-        };
-        Ok(UpgradeRequest {
-            version: get_str(o, "version")?.unwrap_or_default(),
-            check_sum: required("check_sum")?,
-            image_type: get_str(o, "image_type")?.unwrap_or_default(),
-            container_image: get_str(o, "container_image")?.unwrap_or_default(),
-            image_url: required("image_url")?,
-            flag_safe: get_bool(o, "flag_safe")?,
-            mtls: get_bool(o, "mtls")?,
-            certs,
-        })
-    }
-
+/// How this agent serves KubeOS's request.
+pub trait ToPrepare {
     /// What to write, or why this request cannot be served.
-    pub fn to_prepare(&self, certs_dir: &Path) -> Result<PrepareRequest, String> {
+    fn to_prepare(&self, certs_dir: &Path) -> Result<PrepareRequest, String>;
+}
+
+impl ToPrepare for UpgradeRequest {
+    /// What to write, or why this request cannot be served.
+    fn to_prepare(&self, certs_dir: &Path) -> Result<PrepareRequest, String> {
         match self.image_type.as_str() {
             "" | "disk" => {}
-            "docker" | "containerd" => return self.to_prepare_oci(certs_dir),
+            "docker" | "containerd" => return to_prepare_oci(self, certs_dir),
             t => {
                 return Err(format!(
                     "unknown image_type {t:?} (expected disk, docker or containerd)"
@@ -157,56 +101,41 @@ pub fn check_file_source(url: &str, allowed: &[PathBuf]) -> Result<(), String> {
     }
 }
 
-impl UpgradeRequest {
-    /// `imagetype` docker/containerd: the bundle artifact in a registry.
-    fn to_prepare_oci(&self, certs_dir: &Path) -> Result<PrepareRequest, String> {
-        let image = self.container_image.trim();
-        if image.is_empty() {
-            return Err(format!(
-                "image_type {} needs container_image (REGISTRY/REPO:TAG or @sha256:…)",
-                self.image_type
-            ));
-        }
-        let image = image.strip_prefix("docker://").unwrap_or(image);
-        let digest = match self.check_sum.trim() {
-            "" => String::new(),
-            sum => digest_from_check_sum(sum)?,
-        };
-        let ca = cert_path(certs_dir, "ca_cert", &self.certs.ca_cert, false)?;
-        let version = self.version.trim();
-        Ok(PrepareRequest {
-            url: format!("oci://{image}"),
-            digest,
-            version: (!version.is_empty()).then(|| version.to_owned()),
-            tls: Tls {
-                ca_cert: ca,
-                ..Tls::default()
-            },
-            allow_http: self.flag_safe,
-        })
+/// `imagetype` docker/containerd: the bundle artifact in a registry.
+fn to_prepare_oci(req: &UpgradeRequest, certs_dir: &Path) -> Result<PrepareRequest, String> {
+    let image = req.container_image.trim();
+    if image.is_empty() {
+        return Err(format!(
+            "image_type {} needs container_image (REGISTRY/REPO:TAG or @sha256:…)",
+            req.image_type
+        ));
     }
-}
-
-fn is_hex64(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+    let image = image.strip_prefix("docker://").unwrap_or(image);
+    let digest = match req.check_sum.trim() {
+        "" => String::new(),
+        sum => digest_from_check_sum(sum)?,
+    };
+    let ca = cert_path(certs_dir, "ca_cert", &req.certs.ca_cert, false)?;
+    let version = req.version.trim();
+    Ok(PrepareRequest {
+        url: format!("oci://{image}"),
+        digest,
+        version: (!version.is_empty()).then(|| version.to_owned()),
+        tls: Tls {
+            ca_cert: ca,
+            ..Tls::default()
+        },
+        allow_http: req.flag_safe,
+    })
 }
 
 /// `blake3:<hex>` or `sha256:<hex>` from a KubeOS `check_sum` (DESIGN.md §5).
 pub fn digest_from_check_sum(check_sum: &str) -> Result<String, String> {
-    let s = check_sum.trim().to_ascii_lowercase();
-    let (algo, hex) = match s.split_once(':') {
-        Some((algo @ ("blake3" | "sha256"), hex)) => (algo, hex),
-        Some(_) => return Err(format!("check_sum {check_sum:?}: unknown digest algorithm")),
-        None => ("sha256", s.as_str()),
-    };
-    if !is_hex64(hex) {
-        return Err(format!(
-            "check_sum {check_sum:?} is not blake3:<64 hex digits>, sha256:<64 hex digits> or \
-             a bare SHA-256 hex digest"
-        ));
-    }
-    Ok(format!("{algo}:{hex}"))
+    Digest::from_check_sum(check_sum)
+        .map(|d| d.to_string())
+        .map_err(|e| e.to_string())
 }
+
 
 /// A KubeOS cert file name under `certs_dir`. KubeOS concatenates the two, so
 /// a leading `/` stays inside the directory; `..` may not leave it.
@@ -236,6 +165,7 @@ fn cert_path(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use miniserde::json::Value;
 
     const HEX: &str = "98ea7aff44631d183e6df3488f1107357d7503e11e5f146effdbfd11810cd4a2";
 

@@ -24,7 +24,6 @@ pub mod configure;
 pub mod etc_overlay;
 pub mod health;
 pub mod job;
-mod json;
 pub mod kubeos;
 pub mod node;
 pub mod prepare;

@@ -20,6 +20,7 @@ use bootctl::state::Confirmed;
 use bootctl::store::{Esp, StoreError};
 use bootctl::{AbState, Slot};
 use log::{info, warn};
+use wire::rpc::Reason;
 use std::fmt;
 use std::fs;
 use std::io;
@@ -220,8 +221,8 @@ impl fmt::Display for Refusal {
                  prepare_upgrade again"
             ),
             Refusal::NothingPrepared => f.write_str(
-                "no image has been prepared since os-agent started; send prepare_upgrade first \
-                 (it resumes an interrupted write)",
+                "the inactive slot holds no prepared image (its record does not say written); \
+                 send prepare_upgrade first (it resumes an interrupted write)",
             ),
             Refusal::NoBootState => f.write_str(
                 "neither A/B env copy on the ESP is usable; repair it with `bootctl init --force`",
@@ -257,7 +258,47 @@ impl fmt::Display for NodeError {
     }
 }
 
-impl std::error::Error for NodeError {}
+impl Refusal {
+    /// The stable reason sent to clients.
+    pub fn reason(&self) -> Reason {
+        match self {
+            Refusal::TrialArmed { .. } => Reason::TrialArmed,
+            Refusal::BootedOnTrial { .. } => Reason::BootedOnTrial,
+            Refusal::SlotIsCommitted { .. } => Reason::SlotInUse,
+            Refusal::NotInactive { .. } => Reason::NotInactive,
+            Refusal::NotGood { .. } => Reason::NotGood,
+            Refusal::NotWritten { .. }
+            | Refusal::DigestMismatch { .. }
+            | Refusal::NothingPrepared => Reason::NothingPrepared,
+            Refusal::NoBootState => Reason::NoBootState,
+        }
+    }
+}
+
+impl NodeError {
+    /// The stable reason sent to clients.
+    pub fn reason(&self) -> Reason {
+        match self {
+            NodeError::Refused(r) => r.reason(),
+            NodeError::Boot(_) => Reason::BootState,
+            NodeError::Record(_) | NodeError::Io { .. } => Reason::RecordIo,
+            NodeError::SeedEtc(_) => Reason::SlotIo,
+            NodeError::Reboot(_) => Reason::Reboot,
+        }
+    }
+}
+
+impl std::error::Error for NodeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            NodeError::Boot(e) => Some(e),
+            NodeError::Record(e) => Some(e),
+            NodeError::SeedEtc(e) => Some(e),
+            NodeError::Io { source, .. } => Some(source),
+            NodeError::Refused(_) | NodeError::Reboot(_) => None,
+        }
+    }
+}
 
 impl From<Refusal> for NodeError {
     fn from(r: Refusal) -> Self {
@@ -310,6 +351,20 @@ pub fn writable_slot(view: &NodeView) -> Result<Slot, Refusal> {
         return Err(Refusal::TrialArmed { trial: slot });
     }
     Ok(slot)
+}
+
+/// What the inactive slot holds ready to arm: its record says `written`
+/// (verified, never booted), or it is armed already.
+pub fn prepared_in(view: &NodeView) -> Option<Prepared> {
+    let slot = view.booted.other();
+    let rec = view.record(slot);
+    (rec.state == SlotState::Written).then(|| Prepared {
+        slot,
+        version: rec.version.clone(),
+        digest: rec.digest.clone(),
+        size: rec.size,
+        source: rec.source.clone(),
+    })
 }
 
 /// Whether `prepared` may be armed: it is the inactive slot's current record,

@@ -155,6 +155,9 @@ pub fn prepare_with(
     let slot = cfg.inactive();
     check_not_bootable(&Esp::new(&cfg.esp), slot)?;
     let device = SlotDevice::open(slot, cfg.slot_device(slot))?;
+    if let Some(done) = already_held(cfg, req, &origin, &device, progress, cancel)? {
+        return Ok(done);
+    }
     progress.start_phase(Phase::Connecting, 0);
     let source = match origin {
         Origin::Registry(reference) => {
@@ -176,7 +179,7 @@ pub fn prepare_with(
             let (anchor, layer, pinned) = match pin {
                 Pin::Blake3(b) => (Some(b), None, String::new()),
                 Pin::Sha256(d) => (
-                    manifest.as_ref().map(|m| m.image_digest),
+                    manifest.as_ref().map(|m| m.image_digest.bytes),
                     Some(resume::Layer {
                         digest: d.clone(),
                         size: manifest.as_ref().map(|m| m.compressed_size),
@@ -253,6 +256,59 @@ pub fn prepare_with(
         done.version
     );
     Ok(done)
+}
+
+/// The slot's record when it says `written` with the very image `req` asks
+/// for and the slot still reads back as that image: then there is nothing to
+/// download (a proxy asks again after an agent restart, a drain, a retry).
+/// `None` sends the request down the full path, which rewrites the slot.
+fn already_held(
+    cfg: &Config,
+    req: &PrepareRequest,
+    origin: &Origin,
+    device: &SlotDevice,
+    progress: &Progress,
+    cancel: &AtomicBool,
+) -> Result<Option<Prepared>, PrepareError> {
+    let slot = device.slot;
+    let rec = record::read(&cfg.state_dir, slot)
+        .map_err(|source| PrepareError::Record { slot, source })?;
+    if rec.state != SlotState::Written || rec.size == 0 || rec.size > device.size {
+        return Ok(None);
+    }
+    if req.version.as_ref().is_some_and(|v| *v != rec.version) {
+        return Ok(None);
+    }
+    let same = match origin {
+        Origin::Url(Pin::Blake3(b), _) => rec.digest == format_blake3(b),
+        Origin::Url(Pin::Sha256(d), _) => rec.source == format!("{}@{d}", req.url),
+        Origin::Registry(reference) => registry::holds(req, reference, &rec)?,
+    };
+    if !same {
+        return Ok(None);
+    }
+    log::info!(
+        "slot {slot} is recorded as holding {} ({}); reading it back instead of downloading",
+        rec.digest,
+        if rec.source.is_empty() { &req.url } else { &rec.source }
+    );
+    progress.start_phase(Phase::Verifying, rec.size);
+    let hash = slot::hash_from_medium(device, rec.size, progress, cancel)?;
+    if format_blake3(hash.as_bytes()) != rec.digest {
+        log::warn!(
+            "slot {slot} no longer reads back as {} (it changed after it was written); \
+             writing it again",
+            rec.digest
+        );
+        return Ok(None);
+    }
+    Ok(Some(Prepared {
+        slot,
+        version: rec.version,
+        digest: rec.digest,
+        size: rec.size,
+        source: rec.source,
+    }))
 }
 
 /// Step 5: the slot holds a verified image (not yet known to boot).
@@ -393,10 +449,10 @@ fn load_manifest(
         manifest,
         requested,
     };
-    if anchor.is_some_and(|a| *a != m.image_digest) {
+    if anchor.is_some_and(|a| *a != m.image_digest.bytes) {
         return Err(mismatch(
             "image_digest",
-            format_blake3(&m.image_digest),
+            m.image_digest.to_string(),
             req.digest.clone(),
         ));
     }

@@ -36,11 +36,12 @@
 
 use crate::configure::ConfigureRequest;
 use crate::job::{Agent, AgentError, JobGuard};
-use crate::json::{object, opt_string, string};
-use crate::kubeos::UpgradeRequest;
+use wire::json::{object, string, to_value};
+use crate::kubeos::{ToPrepare, UpgradeRequest};
 use crate::{node, status, sys};
 use bootctl::state::Confirmed;
 use log::{debug, error, info, warn};
+use wire::rpc::{self as msg, ErrorData, Reason};
 use miniserde::json::{self, Value};
 use std::fs::{self, DirBuilder};
 use std::io::{self, Read, Write};
@@ -63,39 +64,34 @@ const MAX_CONNECTIONS: usize = 32;
 /// A client that does not read its answer for this long is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub const PARSE_ERROR: i64 = -32700;
-pub const INVALID_REQUEST: i64 = -32600;
-pub const METHOD_NOT_FOUND: i64 = -32601;
-pub const INVALID_PARAMS: i64 = -32602;
-pub const FAILED: i64 = -1;
-pub const BUSY: i64 = -32000;
-pub const NOT_SUPPORTED: i64 = -32001;
-pub const FORBIDDEN: i64 = -32002;
+pub use wire::rpc::code::*;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RpcError {
     pub code: i64,
     pub message: String,
-    pub data: Option<String>,
+    pub data: ErrorData,
 }
 
 impl RpcError {
-    pub fn new(code: i64, message: impl Into<String>) -> RpcError {
+    /// An error whose code and kind follow from `reason`.
+    pub fn new(reason: Reason, message: impl Into<String>) -> RpcError {
         RpcError {
-            code,
+            code: reason.code(),
             message: message.into(),
-            data: None,
+            data: ErrorData::of(reason),
         }
+    }
+
+    fn detail(mut self, detail: String) -> RpcError {
+        self.data.detail = Some(detail);
+        self
     }
 }
 
 impl From<AgentError> for RpcError {
     fn from(e: AgentError) -> Self {
-        let code = match e {
-            AgentError::Busy(_) => BUSY,
-            _ => FAILED,
-        };
-        RpcError::new(code, e.to_string())
+        RpcError::new(e.reason(), e.to_string())
     }
 }
 
@@ -221,7 +217,7 @@ struct Request {
 }
 
 fn parse_request(bytes: &[u8]) -> Result<Request, (Value, RpcError)> {
-    let parse_error = |m: &str| (Value::Null, RpcError::new(PARSE_ERROR, m));
+    let parse_error = |m: &str| (Value::Null, RpcError::new(Reason::ParseError, m));
     let text = std::str::from_utf8(bytes).map_err(|_| parse_error("Parse error: not UTF-8"))?;
     let value: Value = json::from_str(text)
         .map_err(|_| parse_error("Parse error: not a complete, valid JSON value"))?;
@@ -229,11 +225,11 @@ fn parse_request(bytes: &[u8]) -> Result<Request, (Value, RpcError)> {
         Value::Object(o) => o,
         Value::Array(_) => {
             let m = "Invalid request: batches are not supported; send one request at a time";
-            return Err((Value::Null, RpcError::new(INVALID_REQUEST, m)));
+            return Err((Value::Null, RpcError::new(Reason::InvalidRequest, m)));
         }
         _ => {
             let m = "Invalid request: a request is a JSON object";
-            return Err((Value::Null, RpcError::new(INVALID_REQUEST, m)));
+            return Err((Value::Null, RpcError::new(Reason::InvalidRequest, m)));
         }
     };
     let id = o.remove("id");
@@ -242,10 +238,10 @@ fn parse_request(bytes: &[u8]) -> Result<Request, (Value, RpcError)> {
         Some(v @ (Value::Null | Value::Number(_) | Value::String(_))) => v.clone(),
         Some(_) => {
             let m = "Invalid request: id must be a string, a number or null";
-            return Err((Value::Null, RpcError::new(INVALID_REQUEST, m)));
+            return Err((Value::Null, RpcError::new(Reason::InvalidRequest, m)));
         }
     };
-    let invalid = |m: &str| (id_or_null.clone(), RpcError::new(INVALID_REQUEST, m));
+    let invalid = |m: &str| (id_or_null.clone(), RpcError::new(Reason::InvalidRequest, m));
     if !matches!(o.get("jsonrpc"), Some(Value::String(v)) if v == "2.0") {
         return Err(invalid(r#"Invalid request: "jsonrpc" must be "2.0""#));
     }
@@ -273,14 +269,11 @@ fn response(id: &Value, result: Result<Value, RpcError>) -> String {
             json::to_string(&v)
         ),
         Err(e) => {
-            let mut err = vec![
-                ("code".to_owned(), Value::Number(json::Number::I64(e.code))),
-                ("message".to_owned(), string(e.message)),
-            ];
-            if let Some(d) = e.data {
-                err.push(("data".to_owned(), string(d)));
-            }
-            let err = Value::Object(err.into_iter().collect());
+            let err = object([
+                ("code", Value::Number(json::Number::I64(e.code))),
+                ("message", string(e.message)),
+                ("data", to_value(&e.data)),
+            ]);
             format!(
                 r#"{{"jsonrpc":"2.0","error":{},"id":{id}}}"#,
                 json::to_string(&err)
@@ -305,7 +298,20 @@ impl Done<'_> {
 }
 
 fn kubeos_status(status: &str) -> Value {
-    object([("status", string(status))])
+    to_value(&msg::OpStatus {
+        status: status.to_owned(),
+    })
+}
+
+/// KubeOS's `{"status":"Configured"}`, with `warnings` only when there are
+/// any (so a plain success stays byte-identical to KubeOS's).
+fn configured(warnings: &[String]) -> Value {
+    let mut v = kubeos_status(msg::CONFIGURED);
+    if let (Value::Object(o), false) = (&mut v, warnings.is_empty()) {
+        let list = warnings.iter().map(|w| string(w.as_str())).collect();
+        o.insert("warnings".to_owned(), Value::Array(list));
+    }
+    v
 }
 
 fn no_params(method: &str, params: Option<&Value>) -> Result<(), RpcError> {
@@ -314,7 +320,7 @@ fn no_params(method: &str, params: Option<&Value>) -> Result<(), RpcError> {
         Some(Value::Array(a)) if a.is_empty() => Ok(()),
         Some(Value::Object(o)) if o.is_empty() => Ok(()),
         Some(_) => Err(RpcError::new(
-            INVALID_PARAMS,
+            Reason::InvalidParams,
             format!("Invalid params: {method} takes no parameters"),
         )),
     }
@@ -325,52 +331,52 @@ fn dispatch<'a>(
     method: &str,
     params: Option<&Value>,
 ) -> Result<Done<'a>, RpcError> {
-    let invalid = |m: String| RpcError::new(INVALID_PARAMS, format!("Invalid params: {m}"));
+    let invalid = |m: String| RpcError::new(Reason::InvalidParams, format!("Invalid params: {m}"));
     match method {
-        "prepare_upgrade" => {
+        msg::PREPARE_UPGRADE => {
             let req = UpgradeRequest::from_params(params)
                 .and_then(|r| r.to_prepare(&agent.config().certs_dir))
                 .map_err(invalid)?;
             crate::kubeos::check_file_source(&req.url, &agent.config().file_sources)
-                .map_err(|m| RpcError::new(FAILED, m))?;
+                .map_err(|m| RpcError::new(Reason::FileSource, m))?;
             agent.prepare_upgrade(&req)?;
-            Ok(Done::value(kubeos_status("UpgradeReady")))
+            Ok(Done::value(kubeos_status(msg::UPGRADE_READY)))
         }
-        "upgrade" => {
+        msg::UPGRADE => {
             no_params(method, params)?;
             let (state, guard) = agent.upgrade()?;
             let trial = state.trial.map_or("-", |s| s.as_str());
             let why = format!("upgrade: trial boot of slot {trial} armed");
             Ok(Done {
-                result: kubeos_status("Upgraded"),
+                result: kubeos_status(msg::UPGRADED),
                 reboot: Some((guard, why)),
             })
         }
-        "rollback" => {
+        msg::ROLLBACK => {
             no_params(method, params)?;
             let (slot, guard) = agent.rollback()?;
             Ok(Done {
-                result: kubeos_status("Rollbacked"),
+                result: kubeos_status(msg::ROLLBACKED),
                 reboot: Some((guard, format!("rollback: slot {slot} committed"))),
             })
         }
-        "configure" => {
+        msg::CONFIGURE => {
             let req = ConfigureRequest::from_params(params).map_err(invalid)?;
-            agent.configure(&req)?;
-            Ok(Done::value(kubeos_status("Configured")))
+            let outcome = agent.configure(&req)?;
+            Ok(Done::value(configured(&outcome.warnings)))
         }
-        "status" => {
+        msg::STATUS => {
             no_params(method, params)?;
-            Ok(Done::value(status::report(agent)?.to_json()))
+            Ok(Done::value(to_value(&status::report(agent)?.to_wire())))
         }
-        "confirm" => {
+        msg::CONFIRM => {
             no_params(method, params)?;
             confirm(agent)
         }
-        "cancel" => {
+        msg::CANCEL => {
             no_params(method, params)?;
-            let kind = agent.cancel().map(|k| k.as_str());
-            Ok(Done::value(object([("cancelled", opt_string(kind))])))
+            let cancelled = agent.cancel().map(|k| k.as_str().to_owned());
+            Ok(Done::value(to_value(&msg::Cancelled { cancelled })))
         }
         _ => Err(method_not_found(method)),
     }
@@ -378,22 +384,18 @@ fn dispatch<'a>(
 
 fn confirm(agent: &Agent) -> Result<Done<'_>, RpcError> {
     let changed = agent.confirm()? == Confirmed::Committed;
-    Ok(Done::value(object([
-        ("confirmed", string(agent.config().booted.as_str())),
-        ("changed", Value::Bool(changed)),
-    ])))
+    Ok(Done::value(to_value(&msg::Confirmed {
+        confirmed: agent.config().booted,
+        changed,
+    })))
 }
 
 /// KubeOS's client tells "unimplemented" by this exact message.
 fn method_not_found(method: &str) -> RpcError {
-    RpcError {
-        code: METHOD_NOT_FOUND,
-        message: "Method not found".into(),
-        data: Some(format!(
-            "no method {method:?}; methods: prepare_upgrade, upgrade, rollback, configure, \
-             status, confirm, cancel"
-        )),
-    }
+    RpcError::new(Reason::MethodNotFound, "Method not found").detail(format!(
+        "no method {method:?}; methods: {}",
+        msg::METHODS.join(", ")
+    ))
 }
 
 /// Handles one request; `None` for a notification. A reboot the method asked
@@ -423,8 +425,8 @@ fn send(stream: &mut UnixStream, line: &str) -> io::Result<()> {
     stream.flush()
 }
 
-fn send_error(stream: &mut UnixStream, code: i64, message: &str) {
-    let line = response(&Value::Null, Err(RpcError::new(code, message)));
+fn send_error(stream: &mut UnixStream, reason: Reason, message: &str) {
+    let line = response(&Value::Null, Err(RpcError::new(reason, message)));
     let _ = send(stream, &line);
 }
 
@@ -441,7 +443,7 @@ fn peer_allowed(agent: &Agent, stream: &mut UnixStream) -> bool {
                 "uid {} may not use os-agent: root only, or a uid named by allow-uid",
                 c.uid
             );
-            send_error(stream, FORBIDDEN, &m);
+            send_error(stream, Reason::Forbidden, &m);
             false
         }
         Err(e) => {
@@ -469,12 +471,12 @@ fn connection(agent: &Agent, mut stream: UnixStream) {
                 Frame::Request(bytes) => bytes,
                 Frame::TooLarge => {
                     let m = format!("Invalid request: larger than {MAX_REQUEST} bytes");
-                    send_error(&mut stream, INVALID_REQUEST, &m);
+                    send_error(&mut stream, Reason::InvalidRequest, &m);
                     return;
                 }
                 Frame::TooDeep => {
                     let m = format!("Parse error: nested deeper than {MAX_DEPTH} levels");
-                    send_error(&mut stream, PARSE_ERROR, &m);
+                    send_error(&mut stream, Reason::ParseError, &m);
                     return;
                 }
             };
@@ -496,7 +498,7 @@ fn connection(agent: &Agent, mut stream: UnixStream) {
                     "Parse error: request not complete within {} s",
                     deadline.as_secs()
                 );
-                send_error(&mut stream, PARSE_ERROR, &m);
+                send_error(&mut stream, Reason::ParseError, &m);
             }
             return;
         };
@@ -519,7 +521,7 @@ fn connection(agent: &Agent, mut stream: UnixStream) {
             Err(e) => {
                 if framer.rest().is_some() {
                     let m = format!("Parse error: incomplete request ({e})");
-                    send_error(&mut stream, PARSE_ERROR, &m);
+                    send_error(&mut stream, Reason::ParseError, &m);
                 }
                 return;
             }
@@ -609,7 +611,7 @@ pub fn run(agent: &Agent, listener: &UnixListener, background: impl FnOnce() + S
             };
             if active.fetch_add(1, Ordering::Relaxed) >= MAX_CONNECTIONS {
                 active.fetch_sub(1, Ordering::Relaxed);
-                send_error(&mut stream, BUSY, "too many connections; retry later");
+                send_error(&mut stream, Reason::Busy, "too many connections; retry later");
                 continue;
             }
             let counted = Counted(&active);
@@ -732,7 +734,7 @@ mod tests {
             r#"{"jsonrpc":"2.0","result":{"status":"UpgradeReady"},"id":3}"#
         );
         assert_eq!(
-            response(&Value::Null, Err(RpcError::new(BUSY, "busy"))),
+            response(&Value::Null, Err(RpcError::new(Reason::Busy, "busy"))),
             r#"{"jsonrpc":"2.0","error":{"code":-32000,"message":"busy"},"id":null}"#
         );
     }

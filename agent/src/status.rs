@@ -2,13 +2,12 @@
 //! A/B env, both slot records, the last failed trial, and the running job.
 
 use crate::job::{Agent, AgentError, Job};
-use crate::json::{float, object, opt_string, string, uint};
 use crate::node::{self, Failure, NodeView};
 use crate::progress::Snapshot;
 use bootctl::grub_model::Source;
-use bootctl::record::{self, RescueNote, SlotRecord};
+use bootctl::record::{self, RescueNote};
 use bootctl::Slot;
-use miniserde::json::Value;
+use wire::rpc as msg;
 use std::fmt::Write;
 
 #[derive(Debug, Clone)]
@@ -70,77 +69,49 @@ fn source_str(s: Source) -> &'static str {
     }
 }
 
-fn slot_value(s: Option<Slot>) -> Value {
-    opt_string(s.map(Slot::as_str))
-}
-
-fn record_json(r: &SlotRecord) -> Value {
-    object([
-        ("state", string(r.state.as_str())),
-        ("version", string(&r.version)),
-        ("digest", string(&r.digest)),
-        ("size", uint(r.size)),
-        ("written_at", uint(r.written_at)),
-        ("source", string(&r.source)),
-    ])
-}
-
-fn job_json(j: &JobReport) -> Value {
-    let p = &j.progress;
-    object([
-        ("kind", string(j.kind)),
-        ("detail", string(&j.detail)),
-        ("step", string(&j.step)),
-        ("elapsed_s", uint(j.elapsed_s)),
-        ("phase", string(p.phase.as_str())),
-        ("bytes", uint(p.bytes)),
-        ("total", uint(p.total)),
-        ("fetched", uint(p.fetched)),
-        ("percent", p.percent.map_or(Value::Null, float)),
-        ("rate", float(p.rate)),
-    ])
+impl JobReport {
+    fn to_wire(&self) -> msg::JobStatus {
+        let p = &self.progress;
+        msg::JobStatus {
+            kind: self.kind.to_owned(),
+            detail: self.detail.clone(),
+            step: self.step.clone(),
+            elapsed_s: self.elapsed_s,
+            phase: p.phase.as_str().to_owned(),
+            bytes: p.bytes,
+            total: p.total,
+            fetched: p.fetched,
+            percent: p.percent,
+            rate: p.rate,
+        }
+    }
 }
 
 impl Report {
-    /// The `status` result object (see rpc.rs for the field list).
-    pub fn to_json(&self) -> Value {
+    /// The `status` result ([`wire::rpc::Status`]).
+    pub fn to_wire(&self) -> msg::Status {
         let v = &self.view;
-        let failure = self.last_failure.as_ref().map_or(Value::Null, |f| {
-            object([
-                ("slot", string(f.slot.as_str())),
-                ("version", opt_string(f.version.clone())),
-                ("reason", string(&f.reason)),
-            ])
-        });
-        object([
-            ("booted", string(v.booted.as_str())),
-            ("active", string(v.ab.active.as_str())),
-            ("trial", slot_value(v.ab.trial)),
-            ("tries", uint(v.ab.tries.into())),
-            ("fail", slot_value(v.ab.fail)),
-            ("on_trial", Value::Bool(v.ab.trial == Some(v.booted))),
-            ("source", string(source_str(v.source))),
-            (
-                "slots",
-                object([
-                    ("A", record_json(v.record(Slot::A))),
-                    ("B", record_json(v.record(Slot::B))),
-                ]),
-            ),
-            ("last_failure", failure),
-            (
-                "rescue",
-                self.rescue.as_ref().map_or(Value::Null, |r| {
-                    object([
-                        ("from", string(r.from.as_str())),
-                        ("to", string(r.to.as_str())),
-                        ("reason", string(&r.reason)),
-                    ])
-                }),
-            ),
-            ("job", self.job.as_ref().map_or(Value::Null, job_json)),
-            ("other_job", opt_string(self.other_job.clone())),
-        ])
+        msg::Status {
+            booted: v.booted,
+            active: v.ab.active,
+            trial: v.ab.trial,
+            tries: v.ab.tries,
+            fail: v.ab.fail,
+            on_trial: v.ab.trial == Some(v.booted),
+            source: source_str(v.source).to_owned(),
+            slots: msg::Slots {
+                a: v.record(Slot::A).clone(),
+                b: v.record(Slot::B).clone(),
+            },
+            last_failure: self.last_failure.as_ref().map(|f| msg::LastFailure {
+                slot: f.slot,
+                version: f.version.clone(),
+                reason: f.reason.clone(),
+            }),
+            rescue: self.rescue.clone(),
+            job: self.job.as_ref().map(JobReport::to_wire),
+            other_job: self.other_job.clone(),
+        }
     }
 
     /// The same, for people.

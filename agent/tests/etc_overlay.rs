@@ -147,7 +147,9 @@ fn upgrade_seeds_the_trial_slot_before_arming_it() {
                     confirm: None,
                     source: String::new(),
                 };
-                bootctl::record::write(&cfg.state_dir, &rec).map_err(|e| e.to_string())?;
+                bootctl::record::write(&cfg.state_dir, &rec).map_err(|source| {
+                    agent::prepare::PrepareError::Record { slot: rec.slot, source }
+                })?;
                 Ok(agent::prepare::Prepared {
                     slot: rec.slot,
                     version: rec.version,

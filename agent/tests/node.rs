@@ -7,7 +7,7 @@ mod node_fixture;
 use agent::config::Config;
 use agent::job::{AfterBoot, Agent, AgentError, JobKind, PrepareFn};
 use agent::node::{self, NodeError, Refusal};
-use agent::prepare::{PrepareRequest, Prepared, Tls};
+use agent::prepare::{PrepareError, PrepareRequest, Prepared, Tls};
 use agent::progress::Progress;
 use agent::status;
 use bootctl::record::{self, SlotRecord, SlotState};
@@ -35,7 +35,8 @@ fn fake_prepare() -> PrepareFn {
                 confirm: None,
                 source: String::new(),
             };
-            record::write(&cfg.state_dir, &rec).map_err(|e| e.to_string())?;
+            record::write(&cfg.state_dir, &rec)
+                .map_err(|source| PrepareError::Record { slot, source })?;
             Ok(Prepared {
                 slot,
                 version: rec.version,

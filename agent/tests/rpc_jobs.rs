@@ -6,6 +6,7 @@
 mod node_fixture;
 
 use agent::job::{Agent, PrepareFn};
+use agent::prepare::PrepareError;
 use agent::progress::Phase;
 use agent::rpc;
 use bootctl::Slot;
@@ -23,7 +24,7 @@ fn stuck_prepare() -> PrepareFn {
         while !cancel.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(10));
         }
-        Err("writing slot B cancelled; the slot is left empty".into())
+        Err(PrepareError::Cancelled { slot: Slot::B })
     })
 }
 

@@ -8,60 +8,7 @@
 
 use crate::envblk::{self, EnvError};
 
-/// One of the two root slots.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Slot {
-    A,
-    B,
-}
-
-impl Slot {
-    pub const ALL: [Slot; 2] = [Slot::A, Slot::B];
-
-    pub fn other(self) -> Slot {
-        match self {
-            Slot::A => Slot::B,
-            Slot::B => Slot::A,
-        }
-    }
-
-    pub fn as_byte(self) -> u8 {
-        match self {
-            Slot::A => b'A',
-            Slot::B => b'B',
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Slot::A => "A",
-            Slot::B => "B",
-        }
-    }
-
-    pub fn from_byte(b: u8) -> Option<Slot> {
-        match b {
-            b'A' => Some(Slot::A),
-            b'B' => Some(Slot::B),
-            _ => None,
-        }
-    }
-
-    /// Parses `A` or `B` (also lower case, for people typing at a console).
-    pub fn parse(s: &str) -> Option<Slot> {
-        match s {
-            "A" | "a" => Some(Slot::A),
-            "B" | "b" => Some(Slot::B),
-            _ => None,
-        }
-    }
-}
-
-impl core::fmt::Display for Slot {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use wire::Slot;
 
 /// `A`, `B` or `N` (none), the encoding of `ab_trial` and `ab_fail`.
 fn opt_slot_byte(s: Option<Slot>) -> u8 {

@@ -14,7 +14,7 @@
 
 use crate::chunked::ChunkWriter;
 use crate::hashing::HashingReader;
-use crate::manifest::{format_digest, Chunk, Manifest, FORMAT};
+use crate::manifest::{Chunk, Manifest, ManifestFile};
 use crate::rootfs::TreeStats;
 use crate::{elf, ext4, initramfs, kmod, rootfs, tools};
 use anyhow::{bail, Context, Result};
@@ -315,18 +315,20 @@ fn publish(opts: &BundleOptions, name: &str, image: &Path) -> Result<BundleOutpu
     let zst = temp("img.zst")?;
     let (chunks, digest, image_size) = compress(image, zst.as_file(), opts.chunk_size, opts.level)?;
     let manifest = Manifest {
-        format: FORMAT,
         name: name.to_string(),
         os_version: opts.version.clone(),
         arch: "x86_64".to_string(),
         image: image_name.clone(),
         image_size,
-        image_digest: format_digest(&digest),
+        image_digest: wire::Digest::blake3(*digest.as_bytes()),
         compressed_size: chunks.iter().map(|c| c.zsize).sum(),
         chunk_size: opts.chunk_size,
         chunks,
     };
-    manifest.check().context("the manifest just built")?;
+    manifest
+        .check()
+        .map_err(anyhow::Error::msg)
+        .context("the manifest just built")?;
     let json = temp("manifest.json")?;
     manifest.save(json.path())?;
     json.as_file().sync_all()?;
@@ -348,7 +350,7 @@ fn publish(opts: &BundleOptions, name: &str, image: &Path) -> Result<BundleOutpu
     Ok(BundleOutput {
         image: image_path,
         manifest: manifest_path,
-        image_digest: manifest.image_digest,
+        image_digest: manifest.image_digest.to_string(),
         image_size,
     })
 }

@@ -197,7 +197,9 @@ impl<W: Write> ChunkWriter<W> {
         let frame = done.frame?;
         self.out.write_all(&frame)?;
         self.chunks.push(Chunk {
-            digest: done.digest.to_hex().to_string(),
+            digest: *done.digest.as_bytes(),
+            offset: (done.index * self.chunk_size) as u64,
+            len: done.data.len() as u64,
             zoffset: self.zoffset,
             zsize: frame.len() as u64,
         });
@@ -255,7 +257,7 @@ mod tests {
             assert_eq!(c.zoffset, offset, "chunk {i}");
             let frame = &out[c.zoffset as usize..(c.zoffset + c.zsize) as usize];
             assert_eq!(zstd::bulk::decompress(frame, 4096).unwrap(), plain);
-            assert_eq!(c.digest, blake3::hash(plain).to_hex().as_str());
+            assert_eq!(c.digest, *blake3::hash(plain).as_bytes());
             offset += c.zsize;
         }
         assert_eq!(offset, out.len() as u64);
@@ -280,7 +282,7 @@ mod tests {
         for (c, plain) in chunks.iter().zip(data.chunks(8192)) {
             let frame = &out[c.zoffset as usize..(c.zoffset + c.zsize) as usize];
             assert_eq!(frame, zstd::bulk::compress(plain, 3).unwrap());
-            assert_eq!(c.digest, blake3::hash(plain).to_hex().as_str());
+            assert_eq!(c.digest, *blake3::hash(plain).as_bytes());
         }
         assert!(is_zero(&[0; 13]) && !is_zero(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]));
     }

@@ -7,7 +7,7 @@
 
 use crate::cli::Format;
 use crate::layout::{Layout, MIB};
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, ManifestFile};
 use crate::{esp, tools, unpack};
 use anyhow::{bail, Context, Result};
 use bootctl::grubcfg::{self, GrubConfig};
@@ -129,7 +129,7 @@ pub fn run(opts: &DiskOptions) -> Result<()> {
             slot,
             state,
             version: m.os_version.clone(),
-            digest: m.image_digest.clone(),
+            digest: m.image_digest.to_string(),
             size: m.image_size,
             written_at: now,
             confirm: opts.confirm,

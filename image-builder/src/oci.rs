@@ -13,7 +13,7 @@
 
 pub mod push;
 
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, ManifestFile};
 use ::oci::artifact::{
     layout_index, parse_layout_index, BundleArtifact, Descriptor, CONFIG_MEDIA_TYPE, IMAGE_DIGEST,
     LAYER_MEDIA_TYPE, OCI_MANIFEST, TITLE, VERSION,
@@ -119,10 +119,9 @@ pub fn write_layout(
     let config = std::fs::read(manifest_path)
         .with_context(|| format!("read bundle manifest {}", manifest_path.display()))?;
     // Parse the very bytes that become the config blob.
-    let bundle: Manifest = serde_json::from_slice(&config)
-        .with_context(|| format!("parse bundle manifest {}", manifest_path.display()))?;
-    bundle
-        .check()
+    let bundle = std::str::from_utf8(&config)
+        .map_err(|_| anyhow::anyhow!("not UTF-8"))
+        .and_then(|text| Manifest::parse(text).map_err(anyhow::Error::msg))
         .with_context(|| format!("bundle manifest {}", manifest_path.display()))?;
     let tag = tag.unwrap_or(&bundle.os_version).to_owned();
     check_tag(&tag)?;
@@ -148,7 +147,7 @@ pub fn write_layout(
         layer,
         // In key order, as the JSON has them: the value equals its own parse.
         annotations: vec![
-            (IMAGE_DIGEST.into(), bundle.image_digest.clone()),
+            (IMAGE_DIGEST.into(), bundle.image_digest.to_string()),
             (VERSION.into(), bundle.os_version.clone()),
         ],
     };

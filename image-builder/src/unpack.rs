@@ -2,7 +2,7 @@
 //! checking each chunk's BLAKE3 and the whole image's digest against the
 //! manifest. Memory: one compressed and one uncompressed chunk.
 
-use crate::manifest::{format_digest, Manifest};
+use crate::manifest::Manifest;
 use anyhow::{bail, Context, Result};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -31,7 +31,7 @@ pub fn write_image(m: &Manifest, image: &Path, out: &mut File, offset: u64) -> R
         let data = zstd::bulk::decompress(&frame, expected_len).with_context(|| {
             format!("chunk {i} of {} is not a valid zstd frame", image.display())
         })?;
-        if data.len() != expected_len || blake3::hash(&data).to_hex().as_str() != chunk.digest {
+        if data.len() != expected_len || *blake3::hash(&data).as_bytes() != chunk.digest {
             bail!(
                 "chunk {i} of {} does not match its manifest digest",
                 image.display()
@@ -40,7 +40,7 @@ pub fn write_image(m: &Manifest, image: &Path, out: &mut File, offset: u64) -> R
         whole.update(&data);
         out.write_all(&data)?;
     }
-    let digest = format_digest(&whole.finalize());
+    let digest = wire::Digest::blake3(*whole.finalize().as_bytes());
     if digest != m.image_digest {
         bail!(
             "{} decompresses to {digest}, its manifest says {}",

@@ -5,16 +5,17 @@
 //! so calls carry no timeout here; callers that must not block (status while the node reboots)
 //! wrap them in one.
 
-use serde::Deserialize;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
-
-/// The agent's "busy" code: another job runs (the message names it).
-pub const BUSY: i64 = -32000;
-/// The agent's "not supported" code (`configure` before issue 8).
-pub const NOT_SUPPORTED: i64 = -32001;
+pub use wire::record::{SlotRecord, SlotState};
+pub use wire::rpc::{
+    code, CertsInfo as Certs, ErrorData, ErrorKind, JobStatus as Job, LastFailure, Reason, Slots,
+    Status as AgentStatus, UpgradeRequest,
+};
+use wire::rpc::{self as msg};
+pub use wire::Slot;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -33,13 +34,15 @@ pub enum AgentError {
     NoAnswer { path: PathBuf, method: String },
     #[error("the agent's answer to {method} is not valid: {detail}")]
     BadAnswer { method: String, detail: String },
-    #[error("agent is busy: {message}")]
-    Busy { message: String },
-    #[error("agent {method} failed (code {code}): {message}")]
+    /// An error answer. `kind` comes from the answer's `data.kind`, or from
+    /// its code for an agent that sends none.
+    #[error("agent {method} {} ({}): {message}", kind.as_str(), reason.as_deref().unwrap_or("no reason given"))]
     Rpc {
         method: String,
         code: i64,
         message: String,
+        kind: ErrorKind,
+        reason: Option<String>,
     },
 }
 
@@ -52,154 +55,35 @@ impl AgentError {
         )
     }
 
+    /// What to do about it: the agent's own word for an error answer; an
+    /// agent that cannot be reached, or a connection cut mid-call (the agent
+    /// restarted), is worth asking again; an answer that makes no sense is not.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            AgentError::Unreachable { .. } | AgentError::NoAnswer { .. } | AgentError::Io { .. } => {
+                ErrorKind::Retryable
+            }
+            AgentError::BadAnswer { .. } => ErrorKind::Failed,
+            AgentError::Rpc { kind, .. } => *kind,
+        }
+    }
+
+    /// The stable reason of an error answer, when the agent gave a known one.
+    pub fn reason(&self) -> Option<Reason> {
+        match self {
+            AgentError::Rpc {
+                reason: Some(r), ..
+            } => Reason::parse(r),
+            _ => None,
+        }
+    }
+
     /// The code of an RPC error answer.
     pub fn code(&self) -> Option<i64> {
         match self {
             AgentError::Rpc { code, .. } => Some(*code),
-            AgentError::Busy { .. } => Some(BUSY),
             _ => None,
         }
-    }
-}
-
-/// KubeOS's `UpgradeRequest` (`agent/src/kubeos.rs`), as the proxy sends it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct UpgradeRequest {
-    pub version: String,
-    pub check_sum: String,
-    pub image_type: String,
-    pub container_image: String,
-    pub image_url: String,
-    pub flag_safe: bool,
-    pub mtls: bool,
-    pub certs: Certs,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Certs {
-    pub ca_cert: String,
-    pub client_cert: String,
-    pub client_key: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub enum Slot {
-    A,
-    B,
-}
-
-impl Slot {
-    pub fn other(self) -> Slot {
-        match self {
-            Slot::A => Slot::B,
-            Slot::B => Slot::A,
-        }
-    }
-}
-
-impl std::fmt::Display for Slot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Slot::A => "A",
-            Slot::B => "B",
-        })
-    }
-}
-
-/// A slot record's state (`bootctl::record::SlotState`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SlotState {
-    Empty,
-    Written,
-    Good,
-    Failed,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct SlotRecord {
-    pub state: SlotState,
-    #[serde(default)]
-    pub version: String,
-    #[serde(default)]
-    pub digest: String,
-    #[serde(default)]
-    pub size: u64,
-    #[serde(default)]
-    pub written_at: u64,
-    /// `oci://REGISTRY/REPO@sha256:<manifest>` for an image from a registry.
-    #[serde(default)]
-    pub source: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct Slots {
-    #[serde(rename = "A")]
-    pub a: SlotRecord,
-    #[serde(rename = "B")]
-    pub b: SlotRecord,
-}
-
-/// A trial that fell back: which slot, the version that failed (when the agent knows) and why.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct LastFailure {
-    pub slot: Slot,
-    pub version: Option<String>,
-    pub reason: String,
-}
-
-/// The agent's running job.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct Job {
-    pub kind: String,
-    #[serde(default)]
-    pub detail: String,
-    #[serde(default)]
-    pub step: String,
-    #[serde(default)]
-    pub elapsed_s: u64,
-    #[serde(default)]
-    pub phase: String,
-    #[serde(default)]
-    pub bytes: u64,
-    #[serde(default)]
-    pub total: u64,
-    pub percent: Option<f64>,
-}
-
-/// The `status` report (`agent/src/status.rs`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct AgentStatus {
-    pub booted: Slot,
-    pub active: Slot,
-    pub trial: Option<Slot>,
-    #[serde(default)]
-    pub tries: u8,
-    pub fail: Option<Slot>,
-    pub on_trial: bool,
-    pub slots: Slots,
-    pub last_failure: Option<LastFailure>,
-    pub job: Option<Job>,
-    #[serde(default)]
-    pub other_job: Option<String>,
-}
-
-impl AgentStatus {
-    pub fn record(&self, slot: Slot) -> &SlotRecord {
-        match slot {
-            Slot::A => &self.slots.a,
-            Slot::B => &self.slots.b,
-        }
-    }
-
-    /// The record of the slot that runs now.
-    pub fn booted_record(&self) -> &SlotRecord {
-        self.record(self.booted)
-    }
-
-    /// The slot the next image goes to: the one not running.
-    pub fn inactive(&self) -> Slot {
-        self.booted.other()
     }
 }
 
@@ -221,49 +105,46 @@ impl AgentClient {
     }
 
     pub async fn status(&self) -> Result<AgentStatus, AgentError> {
-        let v = self.call("status", json!([])).await?;
-        serde_json::from_value(v).map_err(|e| AgentError::BadAnswer {
-            method: "status".into(),
-            detail: e.to_string(),
-        })
+        let v = self.call(msg::STATUS, json!([])).await?;
+        decode(msg::STATUS, v)
     }
 
     /// Writes and verifies the image into the inactive slot; returns when that is done.
     pub async fn prepare_upgrade(&self, req: &UpgradeRequest) -> Result<(), AgentError> {
         let params = json!([req]);
-        self.expect_status("prepare_upgrade", params, "UpgradeReady")
+        self.expect_status(msg::PREPARE_UPGRADE, params, msg::UPGRADE_READY)
             .await
     }
 
     /// Arms the trial boot of the prepared slot; the agent reboots when its config allows.
     pub async fn upgrade(&self) -> Result<(), AgentError> {
-        self.expect_status("upgrade", json!([]), "Upgraded").await
+        self.expect_status(msg::UPGRADE, json!([]), msg::UPGRADED).await
     }
 
     /// Commits the other slot; the agent reboots when its config allows.
     pub async fn rollback(&self) -> Result<(), AgentError> {
-        self.expect_status("rollback", json!([]), "Rollbacked")
+        self.expect_status(msg::ROLLBACK, json!([]), msg::ROLLBACKED)
             .await
     }
 
     /// Applies KubeOS `sysconfigs` (a `ConfigureRequest`).
     pub async fn configure(&self, configs: &Value) -> Result<(), AgentError> {
         let params = json!([{ "configs": configs }]);
-        self.expect_status("configure", params, "Configured").await
+        self.expect_status(msg::CONFIGURE, params, msg::CONFIGURED).await
     }
 
     /// Commits the booted slot now; `true` when that changed anything.
     pub async fn confirm(&self) -> Result<bool, AgentError> {
-        let v = self.call("confirm", json!([])).await?;
-        Ok(v.get("changed").and_then(Value::as_bool).unwrap_or(false))
+        let v = self.call(msg::CONFIRM, json!([])).await?;
+        let done: msg::Confirmed = decode(msg::CONFIRM, v)?;
+        Ok(done.changed)
     }
 
     /// Cancels the running job; the kind of job cancelled, if any.
     pub async fn cancel(&self) -> Result<Option<String>, AgentError> {
-        let v = self.call("cancel", json!([])).await?;
-        Ok(v.get("cancelled")
-            .and_then(Value::as_str)
-            .map(str::to_owned))
+        let v = self.call(msg::CANCEL, json!([])).await?;
+        let done: msg::Cancelled = decode(msg::CANCEL, v)?;
+        Ok(done.cancelled)
     }
 
     async fn expect_status(
@@ -273,8 +154,8 @@ impl AgentClient {
         want: &str,
     ) -> Result<(), AgentError> {
         let v = self.call(method, params).await?;
-        match v.get("status").and_then(Value::as_str) {
-            Some(s) if s == want => Ok(()),
+        match decode::<msg::OpStatus>(method, v.clone()) {
+            Ok(s) if s.status == want => Ok(()),
             _ => Err(AgentError::BadAnswer {
                 method: method.into(),
                 detail: format!("expected {{\"status\":\"{want}\"}}, got {v}"),
@@ -315,6 +196,14 @@ impl AgentClient {
     }
 }
 
+/// A result as the type the agent encoded it from.
+fn decode<T: serde::de::DeserializeOwned>(method: &str, v: Value) -> Result<T, AgentError> {
+    serde_json::from_value(v).map_err(|e| AgentError::BadAnswer {
+        method: method.into(),
+        detail: e.to_string(),
+    })
+}
+
 /// The result of a JSON-RPC answer line, or its error as a typed [`AgentError`].
 pub fn parse_answer(method: &str, line: &str) -> Result<Value, AgentError> {
     let bad = |detail: String| AgentError::BadAnswer {
@@ -329,13 +218,17 @@ pub fn parse_answer(method: &str, line: &str) -> Result<Value, AgentError> {
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_owned();
-        return Err(match code {
-            BUSY => AgentError::Busy { message },
-            _ => AgentError::Rpc {
-                method: method.into(),
-                code,
-                message,
-            },
+        // An agent without `data` (KubeOS's), or with one of another shape:
+        // the kind follows from the code.
+        let data: Option<ErrorData> = err
+            .get("data")
+            .and_then(|d| serde_json::from_value(d.clone()).ok());
+        return Err(AgentError::Rpc {
+            method: method.into(),
+            code,
+            message,
+            kind: data.as_ref().map_or(ErrorKind::of_code(code), |d| d.kind),
+            reason: data.map(|d| d.reason),
         });
     }
     match v.get_mut("result") {
@@ -349,11 +242,53 @@ mod tests {
     use super::*;
     use tokio::net::UnixListener;
 
-    const STATUS: &str = r#"{"booted":"A","active":"A","trial":"B","tries":3,"fail":null,"on_trial":false,"source":"1","slots":{"A":{"state":"good","version":"1","digest":"blake3:aa","size":4096,"written_at":1},"B":{"state":"written","version":"2","digest":"blake3:bb","size":4096,"written_at":2}},"last_failure":null,"job":{"kind":"prepare","detail":"file:///x","step":"","elapsed_s":3,"phase":"downloading","bytes":250,"total":1000,"fetched":250,"percent":25,"rate":1.5},"other_job":null}"#;
+    /// A status report as the agent encodes it (miniserde, from the same
+    /// type): decoded here with serde.
+    fn status_line() -> String {
+        let rec = |slot, state, version: &str| SlotRecord {
+            slot,
+            state,
+            version: version.into(),
+            digest: format!("blake3:{}", "ab".repeat(32)),
+            size: 4096,
+            written_at: 1,
+            confirm: None,
+            source: String::new(),
+        };
+        let status = AgentStatus {
+            booted: Slot::A,
+            active: Slot::A,
+            trial: Some(Slot::B),
+            tries: 3,
+            fail: None,
+            on_trial: false,
+            source: "1".into(),
+            slots: Slots {
+                a: rec(Slot::A, SlotState::Good, "1"),
+                b: rec(Slot::B, SlotState::Written, "2"),
+            },
+            last_failure: None,
+            rescue: None,
+            job: Some(Job {
+                kind: "prepare".into(),
+                detail: "file:///x".into(),
+                step: String::new(),
+                elapsed_s: 3,
+                phase: "downloading".into(),
+                bytes: 250,
+                total: 1000,
+                fetched: 250,
+                percent: Some(25.0),
+                rate: 1.5,
+            }),
+            other_job: None,
+        };
+        miniserde::json::to_string(&status)
+    }
 
     #[test]
-    fn status_report_parses_into_types() {
-        let s: AgentStatus = serde_json::from_str(STATUS).unwrap();
+    fn status_report_encoded_by_the_agent_decodes_here() {
+        let s: AgentStatus = serde_json::from_str(&status_line()).unwrap();
         assert_eq!(
             (s.booted, s.active, s.trial),
             (Slot::A, Slot::A, Some(Slot::B))
@@ -365,21 +300,29 @@ mod tests {
     }
 
     #[test]
-    fn answers_map_to_results_and_typed_errors() {
+    fn answers_map_to_results_and_error_kinds() {
         let ok = parse_answer(
             "x",
             r#"{"jsonrpc":"2.0","result":{"status":"Upgraded"},"id":1}"#,
         );
         assert_eq!(ok.unwrap(), json!({"status": "Upgraded"}));
-        let busy =
-            r#"{"jsonrpc":"2.0","error":{"code":-32000,"message":"busy: prepare (u)"},"id":1}"#;
-        assert!(
-            matches!(parse_answer("upgrade", busy), Err(AgentError::Busy { message }) if message == "busy: prepare (u)")
+        let busy = r#"{"jsonrpc":"2.0","error":{"code":-32000,"message":"busy: prepare (u)","data":{"kind":"retryable","reason":"busy","detail":null}},"id":1}"#;
+        let err = parse_answer("upgrade", busy).unwrap_err();
+        assert_eq!(
+            (err.kind(), err.reason(), err.code()),
+            (ErrorKind::Retryable, Some(Reason::Busy), Some(code::BUSY))
         );
-        let ns = r#"{"jsonrpc":"2.0","error":{"code":-32001,"message":"no"},"id":1}"#;
-        let err = parse_answer("configure", ns).unwrap_err();
-        assert_eq!(err.code(), Some(NOT_SUPPORTED));
-        assert_eq!(err.to_string(), "agent configure failed (code -32001): no");
+        // KubeOS's agent sends no data: the code decides.
+        let kubeos = r#"{"jsonrpc":"2.0","error":{"code":-1,"message":"no"},"id":1}"#;
+        let err = parse_answer("configure", kubeos).unwrap_err();
+        assert_eq!((err.kind(), err.reason()), (ErrorKind::Failed, None));
+        assert_eq!(err.to_string(), "agent configure failed (no reason given): no");
+        let refused = r#"{"jsonrpc":"2.0","error":{"code":-32003,"message":"armed","data":{"kind":"refused","reason":"trial-armed"}},"id":1}"#;
+        let err = parse_answer("prepare_upgrade", refused).unwrap_err();
+        assert_eq!(
+            (err.kind(), err.reason()),
+            (ErrorKind::Refused, Some(Reason::TrialArmed))
+        );
         assert!(parse_answer("x", "garbage").is_err());
     }
 
@@ -413,7 +356,10 @@ mod tests {
         let client = AgentClient::new(&path);
 
         let listener = UnixListener::bind(&path).unwrap();
-        let reply = format!("{{\"jsonrpc\":\"2.0\",\"result\":{STATUS},\"id\":1}}\n");
+        let reply = format!(
+            "{{\"jsonrpc\":\"2.0\",\"result\":{},\"id\":1}}\n",
+            status_line()
+        );
         let server = tokio::spawn(serve_once(listener, "status", reply));
         assert_eq!(client.status().await.unwrap().booted, Slot::A);
         server.await.unwrap();

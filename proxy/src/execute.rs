@@ -2,7 +2,7 @@
 //! the OSInstance. Each action ends by writing the phase that follows it, never before, so an
 //! interruption anywhere is recognised by the next observation (see lifecycle.rs).
 
-use crate::agent_client::{AgentError, UpgradeRequest};
+use crate::agent_client::{AgentError, ErrorKind, UpgradeRequest};
 use crate::cordon;
 use crate::drain::{self, DrainConfig};
 use crate::lifecycle::{AfterDrain, NodeState, Step};
@@ -16,6 +16,13 @@ use std::time::{Duration, Instant};
 
 /// How often the agent's progress is read while it writes an image.
 const PROGRESS_POLL: Duration = Duration::from_secs(1);
+
+/// Whether a failed agent call is asked again on a later tick: the agent said
+/// so (busy, network, server trouble), or it could not answer (down,
+/// restarting, rebooting). Refusals and failures end the operation.
+pub(crate) fn retry_later(e: &AgentError) -> bool {
+    e.kind() == ErrorKind::Retryable
+}
 
 fn now() -> jiff::Timestamp {
     jiff::Timestamp::now()
@@ -101,7 +108,7 @@ async fn configure(
     match p.agent.configure(&list).await {
         Ok(()) => write(p, &report::applied_patch(which, configs)).await,
         // Down, or finishing its after-boot check: ask again on the next tick.
-        Err(e) if e.is_unreachable() || matches!(e, AgentError::Busy { .. }) => Ok(()),
+        Err(e) if retry_later(&e) => Ok(()),
         Err(e) => {
             let version = configs.version.as_deref().unwrap_or("");
             fail(p, s, &format!("applying {which} version {version:?}: {e}")).await
@@ -132,7 +139,7 @@ async fn prepare(p: &Proxy, s: &NodeState, req: &UpgradeRequest) -> Result<(), E
         }
         Ok(()) => Ok(()),
         // The agent restarted or is busy: the next observation tells what is left to do.
-        Err(e) if e.is_unreachable() || matches!(e, AgentError::Busy { .. }) => {
+        Err(e) if retry_later(&e) => {
             tracing::warn!(error = %e, "prepare interrupted");
             Ok(())
         }
@@ -216,7 +223,7 @@ async fn drain_then(p: &Proxy, s: &NodeState, after: AfterDrain) -> Result<(), E
         Ok(()) => write(p, &report::phase_patch(NodePhase::Rebooting, next, now())).await,
         // No answer: it may have armed and rebooted at once; the next observation tells.
         // Busy: another job holds the agent; the next tick asks again (the drain is done).
-        Err(e) if e.is_unreachable() || matches!(e, AgentError::Busy { .. }) => Ok(()),
+        Err(e) if retry_later(&e) => Ok(()),
         Err(e) => fail(p, s, &e.to_string()).await,
     }
 }

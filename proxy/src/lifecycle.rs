@@ -217,24 +217,11 @@ fn target_version(os: &OsSpec, status: &OsInstanceStatus) -> String {
 }
 
 /// `blake3:<hex>` or `sha256:<hex>` from an OS `checksum`, as the agent records it
-/// (`agent/src/kubeos.rs`: a bare hex digest is SHA-256).
+/// ([`wire::Digest::from_check_sum`]: a bare hex digest is SHA-256).
 pub fn normalize_digest(checksum: &str) -> Result<String, String> {
-    let s = checksum.trim().to_ascii_lowercase();
-    let (algo, hex) = match s.split_once(':') {
-        Some((algo @ ("blake3" | "sha256"), hex)) => (algo, hex),
-        _ if !s.contains(':') => ("sha256", s.as_str()),
-        _ => {
-            return Err(format!(
-                "OS checksum {checksum:?}: unknown digest algorithm"
-            ))
-        }
-    };
-    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!(
-            "OS checksum {checksum:?} is not blake3:<64 hex>, sha256:<64 hex> or bare SHA-256 hex"
-        ));
-    }
-    Ok(format!("{algo}:{hex}"))
+    wire::Digest::from_check_sum(checksum)
+        .map(|d| d.to_string())
+        .map_err(|e| format!("OS checksum: {e}"))
 }
 
 /// The agent's request for the OS's image.

@@ -32,6 +32,8 @@ pub struct Outcome {
     pub changed: Vec<String>,
     /// Units restarted.
     pub restarted: Vec<String>,
+    /// What had nothing to do ([`Plan::warnings`]).
+    pub warnings: Vec<String>,
 }
 
 /// Writes `plan`, then restarts the units of the models whose files changed.
@@ -39,7 +41,10 @@ pub fn apply(settings: &Settings, plan: &Plan) -> Result<Outcome, ConfigureError
     let changes = &plan.changes;
     if changes.is_empty() {
         info!("configure: nothing to change");
-        return Ok(Outcome::default());
+        return Ok(Outcome {
+            warnings: plan.warnings.clone(),
+            ..Outcome::default()
+        });
     }
     for (i, c) in changes.iter().enumerate() {
         info!(
@@ -95,6 +100,7 @@ pub fn apply(settings: &Settings, plan: &Plan) -> Result<Outcome, ConfigureError
             .map(|c| c.path.display().to_string())
             .collect(),
         restarted,
+        warnings: plan.warnings.clone(),
     })
 }
 

@@ -127,6 +127,22 @@ pub enum ConfigureError {
     },
 }
 
+impl ConfigureError {
+    /// Refused (nothing was changed) or failed (changes were rolled back).
+    pub fn reason(&self) -> wire::rpc::Reason {
+        use wire::rpc::Reason;
+        match self {
+            ConfigureError::UnknownModel { .. }
+            | ConfigureError::BadKey { .. }
+            | ConfigureError::PathNotAllowed { .. } => Reason::ConfigureRefused,
+            ConfigureError::Read { .. }
+            | ConfigureError::Edit { .. }
+            | ConfigureError::Write { .. }
+            | ConfigureError::Restart { .. } => Reason::ConfigureFailed,
+        }
+    }
+}
+
 /// How the restore after a failure went: what could not be put back.
 #[derive(Debug, Default)]
 pub struct Restored {
@@ -215,7 +231,16 @@ impl fmt::Display for ConfigureError {
     }
 }
 
-impl std::error::Error for ConfigureError {}
+impl std::error::Error for ConfigureError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConfigureError::Read { source, .. } | ConfigureError::Write { source, .. } => {
+                Some(source)
+            }
+            _ => None,
+        }
+    }
+}
 
 /// Checks, computes and applies `req` on `node`.
 pub fn configure(node: &Node<'_>, req: &ConfigureRequest) -> Result<Outcome, ConfigureError> {

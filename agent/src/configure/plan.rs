@@ -45,6 +45,9 @@ pub struct Change {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
     pub changes: Vec<Change>,
+    /// Parts of the request that have nothing to do (KubeOS logs them as
+    /// warnings and carries on): reported in the result.
+    pub warnings: Vec<String>,
 }
 
 /// A target being edited: its text as the request's entries so far left it.
@@ -58,12 +61,13 @@ struct Work {
 /// Checks `req` and computes its changes, touching nothing.
 pub fn plan(node: &Node<'_>, req: &ConfigureRequest) -> Result<Plan, ConfigureError> {
     let mut work: Vec<Work> = vec![];
+    let mut warnings = vec![];
     for sc in &req.configs {
         let model = Model::parse(&sc.model).ok_or_else(|| ConfigureError::UnknownModel {
             model: sc.model.clone(),
         })?;
         match model {
-            Model::Sysctl => plan_sysctl(node, sc, &mut work)?,
+            Model::Sysctl => plan_sysctl(node, sc, &mut work, &mut warnings)?,
             _ => {
                 let (target, base, path) = target_of(node, model, sc)?;
                 let at = match work.iter().position(|w| w.change.path == path) {
@@ -83,7 +87,7 @@ pub fn plan(node: &Node<'_>, req: &ConfigureRequest) -> Result<Plan, ConfigureEr
         .into_iter()
         .filter_map(finish)
         .collect::<Result<_, _>>()?;
-    Ok(Plan { changes })
+    Ok(Plan { changes, warnings })
 }
 
 /// The file a non-sysctl model edits, checked against the allow-list.
@@ -282,6 +286,7 @@ fn plan_sysctl(
     node: &Node<'_>,
     sc: &Sysconfig,
     work: &mut Vec<Work>,
+    warnings: &mut Vec<String>,
 ) -> Result<(), ConfigureError> {
     let model = Model::Sysctl;
     if !sc.config_path.is_empty() {
@@ -296,10 +301,19 @@ fn plan_sysctl(
             key: e.key.clone(),
             reason: reason.to_owned(),
         };
-        if e.operation == Operation::Delete {
-            return Err(bad("a runtime sysctl cannot be deleted; set a value, or delete it from kernel.sysctl.persist"));
-        }
         lines::check_sysctl_key(&e.key).map_err(|r| bad(&r))?;
+        if e.operation == Operation::Delete {
+            // KubeOS warns and carries on; refusing would make a proxy retry
+            // a KubeOS custom resource for ever.
+            let w = format!(
+                "{model} {:?}: a runtime sysctl cannot be deleted, nothing was done (delete it \
+                 from kernel.sysctl.persist so that the next boot does not set it)",
+                e.key
+            );
+            warn!("{w}");
+            warnings.push(w);
+            continue;
+        }
         if e.key.contains('*') {
             return Err(bad("a runtime sysctl is one name, not a pattern"));
         }

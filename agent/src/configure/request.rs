@@ -15,7 +15,7 @@
 //! form: `"contents":[{"key":"vm.swappiness","value":"10","operation":""}]`,
 //! and the CR's spelling `configpath`.
 
-use crate::json::get_str;
+use wire::json::get_str;
 use crate::kubeos::single_param;
 use miniserde::json::{Number, Object, Value};
 

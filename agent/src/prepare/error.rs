@@ -3,6 +3,7 @@
 
 use bootctl::record::RecordError;
 use bootctl::Slot;
+use wire::rpc::Reason;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -288,6 +289,39 @@ impl PrepareError {
                 "{url}: the compressed stream's digest is {actual}, expected {expected}"
             ),
             local => unreachable!("{local:?} is formatted by Display"),
+        }
+    }
+}
+
+impl PrepareError {
+    /// The stable reason sent to clients, which gives the error's kind.
+    pub fn reason(&self) -> Reason {
+        use PrepareError as E;
+        match self {
+            E::BadRequest { .. } => Reason::BadRequest,
+            E::PlainHttpRefused { .. } => Reason::PlainHttp,
+            E::TlsFiles { .. } => Reason::TlsFiles,
+            E::SlotInUse { .. } => Reason::SlotInUse,
+            E::Slot { .. } => Reason::SlotIo,
+            E::Record { .. } => Reason::RecordIo,
+            E::TooLarge { .. } => Reason::TooLarge,
+            E::NotFound { .. } => Reason::NotFound,
+            // Server trouble and throttling pass; other answers are the server's final word.
+            E::Http { status, .. } if *status >= 500 || matches!(status, 408 | 429) => {
+                Reason::ServerError
+            }
+            E::Http { .. } => Reason::HttpRefused,
+            E::Tls { .. } => Reason::Tls,
+            E::Network { .. } | E::Stalled { .. } | E::Truncated { .. } => Reason::Network,
+            E::BadManifest { .. } => Reason::BadManifest,
+            E::ManifestMismatch { .. } => Reason::ManifestMismatch,
+            E::Corrupt { .. } => Reason::Corrupt,
+            E::ChunkMismatch { .. } | E::DigestMismatch { .. } | E::LayerMismatch { .. } => {
+                Reason::DigestMismatch
+            }
+            E::VerifyFailed { .. } => Reason::VerifyFailed,
+            E::Cancelled { .. } => Reason::Cancelled,
+            E::Registry { .. } => Reason::Registry,
         }
     }
 }

@@ -76,6 +76,25 @@ fn pins(req: &PrepareRequest, reference: &Reference) -> Result<Pins, PrepareErro
     Ok(Pins { manifest, image })
 }
 
+/// Whether `rec` holds the image `req` pins (by the manifest digest, the
+/// root image's BLAKE3, or both), without asking the registry. A request
+/// pinned only by a tag is never held: the tag may have moved.
+pub fn holds(
+    req: &PrepareRequest,
+    reference: &Reference,
+    rec: &bootctl::record::SlotRecord,
+) -> Result<bool, PrepareError> {
+    let pins = pins(req, reference)?;
+    let by_manifest = pins.manifest.as_ref().map(|m| {
+        rec.source == format!("{SCHEME}{}/{}@{m}", reference.registry, reference.repository)
+    });
+    let by_image = pins.image.map(|b| rec.digest == format_blake3(&b));
+    Ok(match (by_manifest, by_image) {
+        (None, None) => false,
+        (m, i) => m.unwrap_or(true) && i.unwrap_or(true),
+    })
+}
+
 /// Finds the bundle behind `reference` (mirrors first), checks it against
 /// the request, and returns the layer blob as the source to stream.
 pub fn resolve(
@@ -156,7 +175,7 @@ pub fn resolve(
                 return Ok(Source {
                     fetcher: Fetcher::Registry(blob),
                     url,
-                    anchor: Some(manifest.image_digest),
+                    anchor: Some(manifest.image_digest.bytes),
                     manifest: Some(manifest),
                     layer: Some(Layer {
                         digest: artifact.layer.digest,
@@ -241,10 +260,10 @@ fn resolve_at(
         manifest,
         requested,
     };
-    if let Some(pin) = pins.image.filter(|p| *p != m.image_digest) {
+    if let Some(pin) = pins.image.filter(|p| *p != m.image_digest.bytes) {
         return Err(mismatch(
             "image_digest",
-            format_blake3(&m.image_digest),
+            m.image_digest.to_string(),
             format_blake3(&pin),
         ));
     }

@@ -262,6 +262,27 @@ fn read_back(
     }
 }
 
+/// BLAKE3 of the slot's first `size` bytes, read from the medium as the
+/// read-back reads them: what a slot recorded as verified holds now.
+pub fn hash_from_medium(
+    device: &SlotDevice,
+    size: u64,
+    progress: &Progress,
+    cancel: &AtomicBool,
+) -> Result<blake3::Hash, PrepareError> {
+    let flags = Flags::default();
+    flags.report.store(true, Ordering::Relaxed);
+    let mut reader = Reader::new(device);
+    while reader.done < size {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(PrepareError::Cancelled { slot: device.slot });
+        }
+        let end = (reader.done + WINDOW).min(size);
+        reader.read_to(end, progress, &flags)?;
+    }
+    Ok(reader.hasher.finalize())
+}
+
 /// O_DIRECT alignment of offsets, lengths and the buffer; covers 512- and
 /// 4096-byte logical blocks.
 pub const ALIGN: u64 = 4096;

@@ -1,6 +1,6 @@
 use super::*;
 use crate::chunked::ChunkWriter;
-use crate::manifest::{format_digest, FORMAT};
+use crate::manifest::ManifestFile;
 use std::os::unix::fs::MetadataExt;
 
 const CHUNK: usize = 64 << 10;
@@ -18,13 +18,12 @@ fn bundle(dir: &Path, version: &str) -> PathBuf {
     w.write_all(&data).unwrap();
     let (_, chunks) = w.finish().unwrap();
     let manifest = Manifest {
-        format: FORMAT,
         name: name.clone(),
         os_version: version.into(),
         arch: "x86_64".into(),
         image,
         image_size: data.len() as u64,
-        image_digest: format_digest(&blake3::hash(&data)),
+        image_digest: wire::Digest::blake3(*blake3::hash(&data).as_bytes()),
         compressed_size: chunks.iter().map(|c| c.zsize).sum(),
         chunk_size: CHUNK as u64,
         chunks,
@@ -92,7 +91,7 @@ fn layout_holds_the_bundle_files_under_their_sha256() {
             .map(|(_, v)| v.as_str())
     };
     assert_eq!(annotation(VERSION), Some("2"));
-    assert_eq!(annotation(IMAGE_DIGEST), Some(bundle.image_digest.as_str()));
+    assert_eq!(annotation(IMAGE_DIGEST), Some(bundle.image_digest.to_string().as_str()));
 
     let mut expected = vec![
         w.digest.clone(),

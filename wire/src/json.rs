@@ -1,5 +1,6 @@
-//! Small helpers to build and read `miniserde::json::Value`s by hand, which
-//! keeps field names and error messages under our control.
+//! Reading and building `miniserde::json::Value`s by hand, where a message
+//! needs field-level error messages (a request) or a shape the derives do not
+//! give.
 
 use miniserde::json::{Number, Object, Value};
 
@@ -39,6 +40,13 @@ pub fn get_bool(o: &Object, key: &str) -> Result<bool, String> {
         Some(Value::Bool(b)) => Ok(*b),
         Some(_) => Err(format!("field `{key}` must be true or false")),
     }
+}
+
+/// Any value that derives `miniserde::Serialize`, as a [`Value`].
+pub fn to_value<T: miniserde::Serialize>(v: &T) -> Value {
+    // Serialising to text and back is the only way miniserde offers; the
+    // values here are small (a status report).
+    miniserde::json::from_str(&miniserde::json::to_string(v)).unwrap_or(Value::Null)
 }
 
 #[cfg(test)]
