@@ -15,7 +15,6 @@ use crate::configure::{self, ConfigureError, ConfigureRequest, Outcome};
 use crate::health::{Gate, Verdict};
 use crate::node::{self, NodeError, Refusal};
 use crate::prepare::{self, PrepareError, PrepareRequest, Prepared};
-use wire::rpc::Reason;
 use crate::progress::{Phase, Progress};
 use crate::sys;
 use bootctl::state::Confirmed;
@@ -29,6 +28,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+use wire::rpc::Reason;
 
 /// The write path, injectable so the job layer can be tested without it.
 pub type PrepareFn = Box<
@@ -39,9 +39,7 @@ pub type PrepareFn = Box<
 
 /// The real write path ([`prepare::prepare`]).
 pub fn real_prepare() -> PrepareFn {
-    Box::new(|cfg, req, progress, cancel| {
-        prepare::prepare(cfg, req, progress, cancel)
-    })
+    Box::new(prepare::prepare)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

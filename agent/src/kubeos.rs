@@ -21,7 +21,6 @@
 //!   (`cfg.certs_dir`); with `mtls` all three are required, else only the CA
 //!   (which, unlike KubeOS, may be left empty to use the built-in roots).
 
-
 use crate::prepare::{PrepareRequest, Tls};
 use std::path::{Component, Path, PathBuf};
 pub use wire::rpc::{single_param, CertsInfo, UpgradeRequest};
@@ -135,7 +134,6 @@ pub fn digest_from_check_sum(check_sum: &str) -> Result<String, String> {
         .map(|d| d.to_string())
         .map_err(|e| e.to_string())
 }
-
 
 /// A KubeOS cert file name under `certs_dir`. KubeOS concatenates the two, so
 /// a leading `/` stays inside the directory; `..` may not leave it.

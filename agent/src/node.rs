@@ -20,12 +20,12 @@ use bootctl::state::Confirmed;
 use bootctl::store::{Esp, StoreError};
 use bootctl::{AbState, Slot};
 use log::{info, warn};
-use wire::rpc::Reason;
 use std::fmt;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use wire::rpc::Reason;
 
 /// The agent's own state directory under PERSIST.
 pub fn agent_dir(cfg: &Config) -> PathBuf {

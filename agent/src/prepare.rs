@@ -290,7 +290,11 @@ fn already_held(
     log::info!(
         "slot {slot} is recorded as holding {} ({}); reading it back instead of downloading",
         rec.digest,
-        if rec.source.is_empty() { &req.url } else { &rec.source }
+        if rec.source.is_empty() {
+            &req.url
+        } else {
+            &rec.source
+        }
     );
     progress.start_phase(Phase::Verifying, rec.size);
     let hash = slot::hash_from_medium(device, rec.size, progress, cancel)?;

@@ -36,12 +36,10 @@
 
 use crate::configure::ConfigureRequest;
 use crate::job::{Agent, AgentError, JobGuard};
-use wire::json::{object, string, to_value};
 use crate::kubeos::{ToPrepare, UpgradeRequest};
 use crate::{node, status, sys};
 use bootctl::state::Confirmed;
 use log::{debug, error, info, warn};
-use wire::rpc::{self as msg, ErrorData, Reason};
 use miniserde::json::{self, Value};
 use std::fs::{self, DirBuilder};
 use std::io::{self, Read, Write};
@@ -51,6 +49,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
+use wire::json::{object, string, to_value};
+use wire::rpc::{self as msg, ErrorData, Reason};
 
 /// Largest request accepted; a KubeOS request is well under 4 KiB.
 pub const MAX_REQUEST: usize = 1 << 20;
@@ -611,7 +611,11 @@ pub fn run(agent: &Agent, listener: &UnixListener, background: impl FnOnce() + S
             };
             if active.fetch_add(1, Ordering::Relaxed) >= MAX_CONNECTIONS {
                 active.fetch_sub(1, Ordering::Relaxed);
-                send_error(&mut stream, Reason::Busy, "too many connections; retry later");
+                send_error(
+                    &mut stream,
+                    Reason::Busy,
+                    "too many connections; retry later",
+                );
                 continue;
             }
             let counted = Counted(&active);
@@ -735,7 +739,15 @@ mod tests {
         );
         assert_eq!(
             response(&Value::Null, Err(RpcError::new(Reason::Busy, "busy"))),
-            r#"{"jsonrpc":"2.0","error":{"code":-32000,"message":"busy"},"id":null}"#
+            r#"{"jsonrpc":"2.0","error":{"code":-32000,"data":{"detail":null,"kind":"retryable","reason":"busy"},"message":"busy"},"id":null}"#
+        );
+        assert_eq!(
+            json::to_string(&configured(&[])),
+            r#"{"status":"Configured"}"#
+        );
+        assert_eq!(
+            json::to_string(&configured(&["w".into()])),
+            r#"{"status":"Configured","warnings":["w"]}"#
         );
     }
 }

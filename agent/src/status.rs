@@ -7,8 +7,8 @@ use crate::progress::Snapshot;
 use bootctl::grub_model::Source;
 use bootctl::record::{self, RescueNote};
 use bootctl::Slot;
-use wire::rpc as msg;
 use std::fmt::Write;
+use wire::rpc as msg;
 
 #[derive(Debug, Clone)]
 pub struct JobReport {

@@ -152,7 +152,7 @@ fn sysctl_persist_add_update_delete() {
 }
 
 #[test]
-fn sysctl_runtime_set_and_refusals() {
+fn sysctl_runtime_set_delete_warns_and_refusals() {
     let rig = Rig::new();
     let req = request(&[(
         "kernel.sysctl",
@@ -171,11 +171,17 @@ fn sysctl_runtime_set_and_refusals() {
         "",
         r#"{"vm.swappiness":{"value":"","operation":"delete"}}"#,
     )]);
-    let err = rig.run(&del).unwrap_err().to_string();
+    // KubeOS logs a warning and carries on: so does this agent, and the
+    // warning is in the result; the value stays as it was.
+    let out = rig.run(&del).unwrap();
+    assert!(out.changed.is_empty(), "{out:?}");
+    assert_eq!(out.warnings.len(), 1, "{out:?}");
     assert!(
-        err.contains("kernel.sysctl key \"vm.swappiness\": a runtime sysctl cannot be deleted"),
-        "{err}"
+        out.warnings[0]
+            .contains("kernel.sysctl \"vm.swappiness\": a runtime sysctl cannot be deleted"),
+        "{out:?}"
     );
+    assert_eq!(rig.read("proc/sys/vm/swappiness"), "10\n");
     let missing = request(&[("kernel.sysctl", "", r#"{"vm.nope":{"value":"1"}}"#)]);
     let err = rig.run(&missing).unwrap_err().to_string();
     assert!(err.contains("no such sysctl"), "{err}");

@@ -104,10 +104,15 @@ fn configure_over_the_socket_answers_like_kubeos() {
     assert!(reply.contains(r#""status":"Configured""#), "{reply}");
     assert!(log(&server.node).contains("configure: nothing to change"));
 
-    // A refused key: -1, the model and key named, the file untouched.
+    // A refused key: refused (never worth retrying), the model and key
+    // named, the file untouched.
     let bad = configure_request(3, r#"{"vm swappiness":{"value":"1","operation":""}}"#);
     let reply = call(&server, &bad);
-    assert!(reply.contains(r#""code":-1"#), "{reply}");
+    assert!(reply.contains(r#""code":-32003"#), "{reply}");
+    assert!(
+        reply.contains(r#""kind":"refused","reason":"configure-refused""#),
+        "{reply}"
+    );
     assert!(
         reply.contains(r#"kernel.sysctl.persist key \"vm swappiness\""#),
         "{reply}"

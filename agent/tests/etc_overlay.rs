@@ -148,7 +148,10 @@ fn upgrade_seeds_the_trial_slot_before_arming_it() {
                     source: String::new(),
                 };
                 bootctl::record::write(&cfg.state_dir, &rec).map_err(|source| {
-                    agent::prepare::PrepareError::Record { slot: rec.slot, source }
+                    agent::prepare::PrepareError::Record {
+                        slot: rec.slot,
+                        source,
+                    }
                 })?;
                 Ok(agent::prepare::Prepared {
                     slot: rec.slot,

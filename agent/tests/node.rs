@@ -80,7 +80,7 @@ fn armed_node() -> Node {
 }
 
 #[test]
-fn activate_arms_only_the_just_prepared_image() {
+fn upgrade_arms_what_the_inactive_slots_record_says_was_written() {
     let node = Node::new();
     let a = agent(&node, Slot::A);
     assert_eq!(
@@ -88,13 +88,17 @@ fn activate_arms_only_the_just_prepared_image() {
         Refusal::NothingPrepared
     );
     a.prepare_upgrade(&request("2")).unwrap();
-    // Someone rewrote the record since: not the image just prepared.
-    node.set_record(Slot::B, SlotState::Written, "9");
-    assert!(matches!(
-        refusal(a.upgrade().err().unwrap()),
-        Refusal::DigestMismatch { slot: Slot::B, .. }
-    ));
-    node.set_record(Slot::B, SlotState::Empty, "");
+    // The record, not memory, says what is ready: one that no longer says
+    // `written` (rewritten, failed) has nothing to arm.
+    for state in [SlotState::Empty, SlotState::Failed, SlotState::Good] {
+        node.set_record(Slot::B, state, "2");
+        assert_eq!(
+            refusal(a.upgrade().err().unwrap()),
+            Refusal::NothingPrepared,
+            "{state:?}"
+        );
+    }
+    assert_eq!(node.ab().trial, None);
     a.prepare_upgrade(&request("2")).unwrap();
     let (state, guard) = a.upgrade().unwrap();
     drop(guard);
@@ -104,6 +108,35 @@ fn activate_arms_only_the_just_prepared_image() {
     // A repeated upgrade (the proxy retrying) is harmless.
     let (again, _guard) = a.upgrade().unwrap();
     assert_eq!(again, expected);
+}
+
+#[test]
+fn an_agent_restarted_after_prepare_arms_the_prepared_slot() {
+    let node = Node::new();
+    let first = agent(&node, Slot::A);
+    first.prepare_upgrade(&request("2")).unwrap();
+    drop(first);
+    // A new process: nothing in memory, the record on PERSIST.
+    let second = agent(&node, Slot::A);
+    let (state, _guard) = second.upgrade().unwrap();
+    assert_eq!(state.trial, Some(Slot::B));
+    assert_eq!(node.record(Slot::B).version, "2");
+}
+
+#[test]
+fn a_refused_prepare_leaves_the_earlier_preparation_armable() {
+    let node = Node::new();
+    let a = agent(&node, Slot::A);
+    a.prepare_upgrade(&request("2")).unwrap();
+    // Busy: another job holds the node (here: a second agent's job guard).
+    let other = agent(&node, Slot::A);
+    let guard = other.begin(JobKind::Configure, "x".into()).unwrap();
+    let err = a.prepare_upgrade(&request("3")).unwrap_err();
+    assert!(matches!(err, AgentError::Busy(_)), "{err}");
+    drop(guard);
+    let (state, _guard) = a.upgrade().unwrap();
+    assert_eq!(state.trial, Some(Slot::B));
+    assert_eq!(node.record(Slot::B).version, "2");
 }
 
 #[test]

@@ -576,7 +576,7 @@ fn a_manifest_version_that_would_add_record_lines_is_refused() {
     let node = Node::new(SLOT);
     // An unauthenticated manifest beside an image pinned by its BLAKE3: the
     // manifest's version would be recorded when the request names none.
-    let b = common::bundle(synthetic_image(IMAGE, 7), CHUNK, "2\\nstate=good");
+    let b = common::bundle(synthetic_image(IMAGE, 7), CHUNK, "2\nstate=good");
     let server = serve(&b, true);
     let before = record_b_bytes(&node);
     let (err, msg) = fails(

@@ -187,7 +187,12 @@ fn a_config_blob_with_the_wrong_bytes_is_refused() {
     let config = p.b.meta.manifest.clone().into_bytes();
     let tampered = String::from_utf8(config.clone())
         .unwrap()
-        .replace("\"os_version\": \"2\"", "\"os_version\": \"3\"");
+        .replace(r#""os_version":"2""#, r#""os_version":"3""#);
+    assert_ne!(
+        tampered.as_bytes(),
+        &config[..],
+        "the tampering changed nothing"
+    );
     p.server.put(
         &format!("/v2/os/blobs/{}", sha256(&config)),
         tampered.into_bytes(),

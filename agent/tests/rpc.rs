@@ -2,6 +2,7 @@
 //! KubeOS-shaped requests and answers, peer credentials, and garbage that must
 //! get an error without stopping the server. Reboots are disabled.
 
+mod common;
 mod node_fixture;
 
 use bootctl::record::SlotState;
@@ -84,6 +85,17 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Kills the agent (SIGKILL: no clean-up runs) and starts a new one on
+    /// the same node.
+    fn restart(mut self, extra_config: &str) -> Server {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let node = std::mem::replace(&mut self.node, Node::new());
+        Server::start(node, extra_config)
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -152,16 +164,22 @@ fn kubeos_prepare_upgrade_then_upgrade() {
 #[test]
 fn refusals_and_unsupported_methods_are_errors() {
     let server = Server::start(Node::new(), "");
+    // Refusals of the node's state: their own code and kind, never retried.
     let reply = server.call(r#"{"method":"rollback","params":[],"id":7,"jsonrpc":"2.0"}"#);
-    assert_eq!(error_code(&reply), -1);
+    assert_eq!(error_code(&reply), -32003);
+    assert_eq!(error_kind(&reply), ("refused".into(), "not-good".into()));
     assert!(reply.contains("slot B holds no image"), "{reply}");
     assert!(reply.ends_with(r#""id":7}"#), "{reply}");
     let reply = server.call(r#"{"method":"upgrade","params":[],"id":8,"jsonrpc":"2.0"}"#);
-    assert_eq!(error_code(&reply), -1);
+    assert_eq!(error_code(&reply), -32003);
+    assert_eq!(
+        error_kind(&reply),
+        ("refused".into(), "nothing-prepared".into())
+    );
     assert!(reply.contains("send prepare_upgrade first"), "{reply}");
     let configure = r#"{"method":"configure","params":[{"configs":[{"model":"kernel.sysctl.nope","config_path":"","contents":{}}]}],"id":9,"jsonrpc":"2.0"}"#;
     let reply = server.call(configure);
-    assert_eq!(error_code(&reply), -1);
+    assert_eq!(error_code(&reply), -32003);
     assert!(reply.contains("unknown model"), "{reply}");
     // A bare SHA-256 check_sum (KubeOS's form) is accepted; the missing file
     // is the error. A docker image without container_image is a bad request.
@@ -172,6 +190,7 @@ fn refusals_and_unsupported_methods_are_errors() {
     );
     let reply = server.call(&upgrade_request(10, &missing, sha, "2"));
     assert_eq!(error_code(&reply), -1);
+    assert_eq!(error_kind(&reply), ("failed".into(), "not-found".into()));
     assert!(reply.contains("not found"), "{reply}");
     let docker = upgrade_request(11, "x", sha, "2").replace(r#""disk""#, r#""docker""#);
     let reply = server.call(&docker);
@@ -452,7 +471,8 @@ fn a_request_names_local_files_only_under_the_nodes_file_sources() {
         format!("file://{}/link/os-2.img.zst", bundles.display()),
     ] {
         let reply = server.call(&upgrade_request(1, &url, &digest, "2"));
-        assert_eq!(error_code(&reply), -1, "{url}: {reply}");
+        assert_eq!(error_code(&reply), -32003, "{url}: {reply}");
+        assert_eq!(error_kind(&reply).1, "file-source", "{url}: {reply}");
         assert!(reply.contains("file-sources"), "{url}: {reply}");
         assert!(
             slots(&server.node) == before,
@@ -482,7 +502,7 @@ fn a_fifo_is_refused_at_once() {
         got.is_ok(),
         "no answer within 10 s: the FIFO blocked the job"
     );
-    assert_eq!(error_code(&reply), -1, "{reply}");
+    assert_eq!(error_code(&reply), -32003, "{reply}");
     assert!(reply.contains("not a regular file"), "{reply}");
     assert!(slots(&server.node) == before, "a slot or record changed");
     server.assert_serving();
@@ -557,4 +577,119 @@ fn status_shows_os_inits_rescue_note_until_the_broken_slot_is_rewritten() {
     assert!(reply.contains("UpgradeReady"), "{reply}");
     let status = server.call(r#"{"jsonrpc":"2.0","method":"status","id":4}"#);
     assert!(status.contains(r#""rescue":null"#), "{status}");
+}
+
+/// The answer's `data` as the proxy reads it: `(kind, reason)`.
+fn error_kind(reply: &str) -> (String, String) {
+    let v: serde_like::Reply = miniserde::json::from_str(reply).expect(reply);
+    (v.error.data.kind, v.error.data.reason)
+}
+
+mod serde_like {
+    use miniserde::Deserialize;
+    #[derive(Deserialize)]
+    pub struct Data {
+        pub kind: String,
+        pub reason: String,
+    }
+    #[derive(Deserialize)]
+    pub struct Error {
+        pub data: Data,
+    }
+    #[derive(Deserialize)]
+    pub struct Reply {
+        pub error: Error,
+    }
+}
+
+#[test]
+fn a_prepared_slot_survives_an_agent_restart_and_refused_requests() {
+    let http = common::server::Server::start();
+    let img = common::synthetic_image(600 << 10, 7);
+    let b = common::bundle(img, 64 << 10, "2");
+    http.put("/os-2.img.zst", b.zst.clone());
+    http.put("/os-2.manifest.json", b.meta.manifest.clone().into_bytes());
+    let url = http.url("/os-2.img.zst");
+    let prepare = |id| {
+        upgrade_request(id, &url, &b.meta.digest, "2")
+            .replace(r#""flag_safe":false"#, r#""flag_safe":true"#)
+    };
+    let image_gets = || http.served("/os-2.img.zst").len();
+
+    let server = Server::start(Node::new(), "");
+    let reply = server.call(&prepare(1));
+    assert!(reply.contains("UpgradeReady"), "{reply}\n{}", server.log());
+    let downloads = image_gets();
+    assert!(downloads >= 1);
+
+    // Killed between prepare and upgrade (a drain can take minutes).
+    let server = server.restart("");
+    // The same request again: the slot holds it verified, nothing is fetched.
+    let reply = server.call(&prepare(2));
+    assert!(reply.contains("UpgradeReady"), "{reply}\n{}", server.log());
+    assert_eq!(image_gets(), downloads, "{}", server.log());
+    assert!(
+        server
+            .log()
+            .contains("reading it back instead of downloading"),
+        "{}",
+        server.log()
+    );
+    // Requests refused before they touch the slot leave the preparation valid.
+    let bad_sum = upgrade_request(3, &url, "md5:0", "2");
+    let reply = server.call(&bad_sum);
+    assert_eq!(error_code(&reply), -32602, "{reply}");
+    assert_eq!(error_kind(&reply).0, "refused");
+    let plain_http = upgrade_request(4, &url, &b.meta.digest, "3");
+    let reply = server.call(&plain_http);
+    assert_eq!(
+        error_kind(&reply),
+        ("refused".into(), "plain-http".into()),
+        "{reply}"
+    );
+    assert_eq!(server.node.record(Slot::B).state, SlotState::Written);
+
+    let reply = server.call(r#"{"method":"upgrade","params":[],"id":5,"jsonrpc":"2.0"}"#);
+    assert_eq!(
+        reply,
+        r#"{"jsonrpc":"2.0","result":{"status":"Upgraded"},"id":5}"#,
+        "{}",
+        server.log()
+    );
+    let ab = server.node.ab();
+    assert_eq!((ab.active, ab.trial), (Slot::A, Some(Slot::B)));
+    assert_eq!(image_gets(), downloads, "upgrade downloads nothing");
+}
+
+#[test]
+fn a_slot_changed_after_it_was_written_is_written_again() {
+    let http = common::server::Server::start();
+    let b = common::bundle(common::synthetic_image(300 << 10, 9), 64 << 10, "2");
+    http.put("/os-2.img.zst", b.zst.clone());
+    http.put("/os-2.manifest.json", b.meta.manifest.clone().into_bytes());
+    let req = |id| {
+        upgrade_request(id, &http.url("/os-2.img.zst"), &b.meta.digest, "2")
+            .replace(r#""flag_safe":false"#, r#""flag_safe":true"#)
+    };
+    let server = Server::start(Node::new(), "");
+    assert!(server.call(&req(1)).contains("UpgradeReady"));
+    let downloads = http.served("/os-2.img.zst").len();
+    // One byte of slot B flipped behind the record's back.
+    let slot_b = server.node.root_b.clone();
+    let mut bytes = std::fs::read(&slot_b).unwrap();
+    bytes[1000] ^= 1;
+    std::fs::write(&slot_b, &bytes).unwrap();
+    let reply = server.call(&req(2));
+    assert!(reply.contains("UpgradeReady"), "{reply}\n{}", server.log());
+    assert!(
+        http.served("/os-2.img.zst").len() > downloads,
+        "{}",
+        server.log()
+    );
+    assert!(
+        server.log().contains("no longer reads back"),
+        "{}",
+        server.log()
+    );
+    assert_eq!(std::fs::read(&slot_b).unwrap()[..300 << 10], b.image[..]);
 }

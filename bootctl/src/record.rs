@@ -8,10 +8,10 @@
 //! temp file, fsync, rename over, fsync the directory.
 
 use crate::state::Slot;
-pub use wire::record::{check_text, ConfirmPolicy, RescueNote, SlotRecord, SlotState};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+pub use wire::record::{check_text, ConfirmPolicy, RescueNote, SlotRecord, SlotState};
 
 /// Directory of the records, relative to the PERSIST mount point.
 pub const RECORD_DIR: &str = "ab";

@@ -47,7 +47,10 @@ fn main() {
             "0",
         ]));
         let manifest = out.join(format!("os-{VERSION}.manifest.json"));
-        image_size = <image_builder::manifest::Manifest as image_builder::manifest::ManifestFile>::load(&manifest)
+        image_size =
+            <image_builder::manifest::Manifest as image_builder::manifest::ManifestFile>::load(
+                &manifest,
+            )
             .unwrap()
             .image_size;
         base.add(baseline(work.path(), &rootfs, image_size));

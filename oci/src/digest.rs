@@ -1,5 +1,6 @@
 //! `sha256:<64 lowercase hex>` content digests, the only algorithm the
-//! distribution API requires and the only one accepted here.
+//! distribution API requires and the only one accepted here; parsed and
+//! spelled by [`wire::Digest`].
 
 use sha2::{Digest as _, Sha256};
 
@@ -9,31 +10,20 @@ pub fn sha256(bytes: &[u8]) -> String {
 }
 
 pub fn format(hash: &[u8; 32]) -> String {
-    let mut s = String::with_capacity(71);
-    s.push_str("sha256:");
-    for b in hash {
-        s.push_str(&format!("{b:02x}"));
-    }
-    s
+    wire::Digest::sha256(*hash).to_string()
 }
 
-/// Checks the form of a digest; returns it lowercased.
+/// Checks the form of a digest ([`wire::Digest`], `sha256:` only); returns
+/// it as the project spells digests (lower case).
 pub fn parse(s: &str) -> Option<String> {
-    let hex = s.strip_prefix("sha256:")?;
-    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
-        .then(|| format!("sha256:{}", hex.to_ascii_lowercase()))
+    bytes(s).map(|b| format(&b))
 }
 
 /// The 32 bytes of a well-formed digest.
 pub fn bytes(s: &str) -> Option<[u8; 32]> {
-    let hex = parse(s)?;
-    let hex = &hex.as_bytes()[7..];
-    let mut out = [0u8; 32];
-    for (i, pair) in hex.chunks(2).enumerate() {
-        let v = std::str::from_utf8(pair).ok()?;
-        out[i] = u8::from_str_radix(v, 16).ok()?;
-    }
-    Some(out)
+    wire::Digest::parse_as(s, wire::digest::Algorithm::Sha256)
+        .ok()
+        .map(|d| d.bytes)
 }
 
 #[cfg(test)]

@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 pub use wire::record::{SlotRecord, SlotState};
+use wire::rpc::{self as msg};
 pub use wire::rpc::{
     code, CertsInfo as Certs, ErrorData, ErrorKind, JobStatus as Job, LastFailure, Reason, Slots,
     Status as AgentStatus, UpgradeRequest,
 };
-use wire::rpc::{self as msg};
 pub use wire::Slot;
 
 #[derive(Debug, thiserror::Error)]
@@ -60,9 +60,9 @@ impl AgentError {
     /// restarted), is worth asking again; an answer that makes no sense is not.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            AgentError::Unreachable { .. } | AgentError::NoAnswer { .. } | AgentError::Io { .. } => {
-                ErrorKind::Retryable
-            }
+            AgentError::Unreachable { .. }
+            | AgentError::NoAnswer { .. }
+            | AgentError::Io { .. } => ErrorKind::Retryable,
             AgentError::BadAnswer { .. } => ErrorKind::Failed,
             AgentError::Rpc { kind, .. } => *kind,
         }
@@ -118,7 +118,8 @@ impl AgentClient {
 
     /// Arms the trial boot of the prepared slot; the agent reboots when its config allows.
     pub async fn upgrade(&self) -> Result<(), AgentError> {
-        self.expect_status(msg::UPGRADE, json!([]), msg::UPGRADED).await
+        self.expect_status(msg::UPGRADE, json!([]), msg::UPGRADED)
+            .await
     }
 
     /// Commits the other slot; the agent reboots when its config allows.
@@ -130,7 +131,8 @@ impl AgentClient {
     /// Applies KubeOS `sysconfigs` (a `ConfigureRequest`).
     pub async fn configure(&self, configs: &Value) -> Result<(), AgentError> {
         let params = json!([{ "configs": configs }]);
-        self.expect_status(msg::CONFIGURE, params, msg::CONFIGURED).await
+        self.expect_status(msg::CONFIGURE, params, msg::CONFIGURED)
+            .await
     }
 
     /// Commits the booted slot now; `true` when that changed anything.
@@ -316,7 +318,10 @@ mod tests {
         let kubeos = r#"{"jsonrpc":"2.0","error":{"code":-1,"message":"no"},"id":1}"#;
         let err = parse_answer("configure", kubeos).unwrap_err();
         assert_eq!((err.kind(), err.reason()), (ErrorKind::Failed, None));
-        assert_eq!(err.to_string(), "agent configure failed (no reason given): no");
+        assert_eq!(
+            err.to_string(),
+            "agent configure failed (no reason given): no"
+        );
         let refused = r#"{"jsonrpc":"2.0","error":{"code":-32003,"message":"armed","data":{"kind":"refused","reason":"trial-armed"}},"id":1}"#;
         let err = parse_answer("prepare_upgrade", refused).unwrap_err();
         assert_eq!(

@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use fakekube::FakeApiServer;
 use operator::crd::NodeStatus;
+use proxy::agent_client::{LastFailure, Slot, SlotState};
 use proxy::Proxy;
 use std::time::Duration;
 
@@ -53,15 +54,15 @@ async fn upgrade_runs_through_every_phase_and_survives_restarts() {
     );
 
     agent.set(|s| {
-        s["booted"] = "B".into();
-        s["on_trial"] = true.into();
+        s.booted = Slot::B;
+        s.on_trial = true;
     });
     tick_until(&proxy(), &client, 5, phase_is("Confirming")).await;
     agent.set(|s| {
-        s["active"] = "B".into();
-        s["trial"] = serde_json::Value::Null;
-        s["on_trial"] = false.into();
-        s["slots"]["B"]["state"] = "good".into();
+        s.active = Slot::B;
+        s.trial = None;
+        s.on_trial = false;
+        s.slots.b.state = SlotState::Good;
     });
     tick_until(&proxy(), &client, 5, phase_is("Succeeded")).await;
     assert_succeeded(&client).await;
@@ -97,11 +98,14 @@ async fn a_fallback_fails_with_the_version_and_uncordons() {
     tick_until(&p, &client, 10, phase_is("Rebooting")).await;
     // GRUB used up the tries and booted A; the agent marked B failed.
     agent.set(|s| {
-        s["trial"] = serde_json::Value::Null;
-        s["fail"] = "B".into();
-        s["slots"]["B"]["state"] = "failed".into();
-        s["last_failure"] =
-            serde_json::json!({"slot": "B", "version": NEW, "reason": "kernel panic"});
+        s.trial = None;
+        s.fail = Some(Slot::B);
+        s.slots.b.state = SlotState::Failed;
+        s.last_failure = Some(LastFailure {
+            slot: Slot::B,
+            version: Some(NEW.into()),
+            reason: "kernel panic".into(),
+        });
     });
     tick_until(&p, &client, 5, phase_is("Failed")).await;
     let status = instance(&client).await.status.unwrap();
@@ -255,3 +259,65 @@ async fn an_idle_proxy_wakes_when_its_osinstance_changes() {
 }
 
 use kube::api::Api;
+
+/// The proxy decides from the error's kind, not its text: a retryable one
+/// leaves the node preparing and asks again; a refusal or a failure ends the
+/// operation with the agent's message.
+#[tokio::test]
+async fn prepare_errors_are_retried_or_fail_by_their_kind() {
+    use wire::rpc::{ErrorKind, Reason};
+    for reason in [
+        Reason::Busy,
+        Reason::Network,
+        Reason::ServerError,
+        Reason::TrialArmed,
+        Reason::BadRequest,
+        Reason::DigestMismatch,
+        Reason::VerifyFailed,
+    ] {
+        let server = FakeApiServer::start().await;
+        let client = client(&server);
+        create_node(&client, NODE, false).await;
+        start_operation(&client, "upgrade", "Assigned", NEW).await;
+        let agent = FakeAgent::start("empty", "");
+        *agent.prepare_error.lock().unwrap() = Some(reason);
+        let p = Proxy::new(
+            client.clone(),
+            proxy_config(&agent.socket, Duration::from_secs(10)),
+        );
+        tick_until(&p, &client, 5, phase_is("Preparing")).await;
+        for _ in 0..4 {
+            p.tick().await.unwrap();
+        }
+        let asked = agent
+            .calls()
+            .iter()
+            .filter(|c| *c == "prepare_upgrade")
+            .count();
+        let status = instance(&client).await.status.unwrap();
+        match reason.kind() {
+            ErrorKind::Retryable => {
+                assert_eq!(
+                    phase(&instance(&client).await).as_deref(),
+                    Some("Preparing"),
+                    "{reason}"
+                );
+                assert!(asked >= 2, "{reason}: asked {asked} times");
+                assert_eq!(status.last_error, None, "{reason}");
+            }
+            ErrorKind::Refused | ErrorKind::Failed => {
+                assert_eq!(
+                    phase(&instance(&client).await).as_deref(),
+                    Some("Failed"),
+                    "{reason}"
+                );
+                assert_eq!(asked, 1, "{reason}: a refusal or failure is not retried");
+                let err = status.last_error.unwrap_or_default();
+                assert!(
+                    err.contains(&format!("scripted {reason}")),
+                    "{reason}: {err}"
+                );
+            }
+        }
+    }
+}

@@ -117,23 +117,30 @@ impl FileNode {
     }
 }
 
-/// A bundle in image-builder's format (docs/bundle.md): one zstd frame per chunk and a
-/// manifest. Returns the image's `file://` URL and `blake3:` digest.
+/// A bundle as os-image writes it (docs/bundle.md): one zstd frame per chunk and a
+/// manifest from `wire::manifest`. Returns the image's `file://` URL and `blake3:` digest.
 fn bundle(dir: &Path, version: &str, img: &[u8]) -> (String, String) {
     let chunk = 64 << 10;
-    let (mut zst, mut chunks) = (vec![], vec![]);
+    let (mut zst, mut frames) = (vec![], vec![]);
     for part in img.chunks(chunk) {
         let frame = zstd::bulk::compress(part, 3).unwrap();
-        chunks.push(json!({"digest": blake3::hash(part).to_hex().to_string(),
-                           "zoffset": zst.len(), "zsize": frame.len()}));
+        frames.push((*blake3::hash(part).as_bytes(), frame.len() as u64));
         zst.extend_from_slice(&frame);
     }
-    let digest = format!("blake3:{}", blake3::hash(img).to_hex());
-    let manifest = json!({"format": 1, "name": "os", "os_version": version, "arch": "x86_64",
-        "image": "os.img.zst", "image_size": img.len(), "image_digest": digest,
-        "compressed_size": zst.len(), "chunk_size": chunk, "chunks": chunks});
+    let image_digest = wire::Digest::blake3(*blake3::hash(img).as_bytes());
+    let digest = image_digest.to_string();
+    let manifest = wire::manifest::Manifest::from_chunks(
+        "os",
+        version,
+        "os.img.zst",
+        img.len() as u64,
+        image_digest,
+        chunk as u64,
+        frames,
+    )
+    .to_json();
     fs::write(dir.join("os.img.zst"), zst).unwrap();
-    fs::write(dir.join("os.manifest.json"), manifest.to_string()).unwrap();
+    fs::write(dir.join("os.manifest.json"), manifest).unwrap();
     (
         format!("file://{}", dir.join("os.img.zst").display()),
         digest,

@@ -97,27 +97,14 @@ pub fn build_bundle(dir: &Path, out: &Path, version: &str, broken: bool) -> Bund
         .arg("--os-init")
         .arg(&os_init));
     let _ = std::fs::remove_dir_all(&rootfs);
-    let manifest =
-        std::fs::read_to_string(out.join(format!("os-{version}.manifest.json"))).unwrap();
+    let text = std::fs::read_to_string(out.join(format!("os-{version}.manifest.json"))).unwrap();
+    let manifest = wire::manifest::Manifest::parse(&text).expect("os-image wrote a bad manifest");
     Bundle {
         version: version.into(),
         image: out.join(format!("os-{version}.img.zst")),
-        digest: json_string(&manifest, "image_digest").expect("manifest without image_digest"),
-        size: json_u64(&manifest, "image_size").expect("manifest without image_size"),
+        digest: manifest.image_digest.to_string(),
+        size: manifest.image_size,
     }
-}
-
-fn json_u64(json: &str, key: &str) -> Option<u64> {
-    let rest = &json[json.find(&format!("\"{key}\""))?..];
-    let value = rest.split_once(':')?.1.trim_start();
-    let end = value.find(|c: char| !c.is_ascii_digit())?;
-    value[..end].parse().ok()
-}
-
-fn json_string(json: &str, key: &str) -> Option<String> {
-    let rest = &json[json.find(&format!("\"{key}\""))?..];
-    let value = rest.split_once(':')?.1.trim_start().strip_prefix('"')?;
-    Some(value[..value.find('"')?].to_owned())
 }
 
 impl Bundle {

@@ -72,9 +72,7 @@ impl Digest {
         };
         let s = text.trim();
         let Some((algo, hex)) = s.split_once(':') else {
-            return Err(err(
-                "not blake3:<64 hex digits> or sha256:<64 hex digits>",
-            ));
+            return Err(err("not blake3:<64 hex digits> or sha256:<64 hex digits>"));
         };
         let algorithm = if algo.eq_ignore_ascii_case("blake3") {
             Algorithm::Blake3
@@ -92,11 +90,13 @@ impl Digest {
     pub fn from_check_sum(text: &str) -> Result<Digest, DigestError> {
         let s = text.trim();
         if !s.contains(':') {
-            return parse_hex32(s).map(Digest::sha256).ok_or_else(|| DigestError {
-                text: text.to_owned(),
-                reason: "not blake3:<64 hex digits>, sha256:<64 hex digits> or a bare SHA-256 \
+            return parse_hex32(s)
+                .map(Digest::sha256)
+                .ok_or_else(|| DigestError {
+                    text: text.to_owned(),
+                    reason: "not blake3:<64 hex digits>, sha256:<64 hex digits> or a bare SHA-256 \
                          hex digest",
-            });
+                });
         }
         Digest::parse(text)
     }
@@ -194,7 +194,9 @@ mod tests {
         }
         assert_eq!(Digest::from_check_sum(HEX).unwrap().to_string(), want);
         assert_eq!(
-            Digest::from_check_sum(&HEX.to_uppercase()).unwrap().to_string(),
+            Digest::from_check_sum(&HEX.to_uppercase())
+                .unwrap()
+                .to_string(),
             want
         );
         let b3 = format!("blake3:{HEX}");

@@ -130,8 +130,8 @@ impl Manifest {
                 raw.format
             ));
         }
-        let image_digest = Digest::parse_as(&raw.image_digest, digest::Algorithm::Blake3)
-            .map_err(|_| {
+        let image_digest =
+            Digest::parse_as(&raw.image_digest, digest::Algorithm::Blake3).map_err(|_| {
                 format!(
                     "image_digest {:?} is not blake3:<64 hex digits>",
                     raw.image_digest
@@ -185,7 +185,10 @@ impl Manifest {
     /// that is recorded or used as a file name.
     pub fn check(&self) -> Result<(), String> {
         if !self.image_digest.is_blake3() {
-            return Err(format!("image_digest {} is not a blake3: digest", self.image_digest));
+            return Err(format!(
+                "image_digest {} is not a blake3: digest",
+                self.image_digest
+            ));
         }
         if self.chunk_size == 0 || self.chunk_size > MAX_CHUNK_SIZE {
             return Err(format!(
@@ -221,7 +224,10 @@ impl Manifest {
         let image = std::path::Path::new(&self.image);
         if self.image.is_empty()
             || image.components().count() != 1
-            || !matches!(image.components().next(), Some(std::path::Component::Normal(_)))
+            || !matches!(
+                image.components().next(),
+                Some(std::path::Component::Normal(_))
+            )
         {
             return Err(format!(
                 "image {:?} is not a file name beside the manifest",
@@ -267,7 +273,11 @@ impl Manifest {
                 zsize: c.zsize,
             }));
         }
-        out.push_str(if self.chunks.is_empty() { "]\n}\n" } else { "\n  ]\n}\n" });
+        out.push_str(if self.chunks.is_empty() {
+            "]\n}\n"
+        } else {
+            "\n  ]\n}\n"
+        });
         out
     }
 }
@@ -381,9 +391,13 @@ mod tests {
         assert!(err(bad_total).contains("compressed_size"));
         let sha = sample(10, 4096, &[1]).replace("blake3:", "sha256:");
         assert!(err(sha).contains("image_digest"));
-        let version = sample(10, 4096, &[1]).replace(r#""os_version": "2""#, r#""os_version": "2\nstate=good""#);
+        let version = sample(10, 4096, &[1])
+            .replace(r#""os_version": "2""#, r#""os_version": "2\nstate=good""#);
         assert!(err(version).contains("os_version"));
-        let escape = sample(10, 4096, &[1]).replace("\"image\": \"os-2.img.zst\"", "\"image\": \"../etc/shadow\"");
+        let escape = sample(10, 4096, &[1]).replace(
+            "\"image\": \"os-2.img.zst\"",
+            "\"image\": \"../etc/shadow\"",
+        );
         assert!(err(escape).contains("file name"));
     }
 

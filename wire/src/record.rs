@@ -23,20 +23,29 @@ pub fn check_text(value: &str) -> Result<(), String> {
 
 /// What a slot holds, as far as anyone has verified.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "miniserde", derive(miniserde::Serialize, miniserde::Deserialize))]
+#[cfg_attr(
+    feature = "miniserde",
+    derive(miniserde::Serialize, miniserde::Deserialize)
+)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum SlotState {
     /// Nothing bootable (never written, or being rewritten right now).
     #[cfg_attr(any(feature = "serde", feature = "miniserde"), serde(rename = "empty"))]
     Empty,
     /// A verified image that has not yet completed a confirmed boot.
-    #[cfg_attr(any(feature = "serde", feature = "miniserde"), serde(rename = "written"))]
+    #[cfg_attr(
+        any(feature = "serde", feature = "miniserde"),
+        serde(rename = "written")
+    )]
     Written,
     /// A verified image that booted and was confirmed at least once.
     #[cfg_attr(any(feature = "serde", feature = "miniserde"), serde(rename = "good"))]
     Good,
     /// A verified image whose trial boot failed.
-    #[cfg_attr(any(feature = "serde", feature = "miniserde"), serde(rename = "failed"))]
+    #[cfg_attr(
+        any(feature = "serde", feature = "miniserde"),
+        serde(rename = "failed")
+    )]
     Failed,
 }
 
@@ -63,11 +72,17 @@ impl SlotState {
 
 /// Who confirms a trial boot of the slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "miniserde", derive(miniserde::Serialize, miniserde::Deserialize))]
+#[cfg_attr(
+    feature = "miniserde",
+    derive(miniserde::Serialize, miniserde::Deserialize)
+)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum ConfirmPolicy {
     /// `os-init` confirms as soon as the root passes its sanity checks.
-    #[cfg_attr(any(feature = "serde", feature = "miniserde"), serde(rename = "initramfs"))]
+    #[cfg_attr(
+        any(feature = "serde", feature = "miniserde"),
+        serde(rename = "initramfs")
+    )]
     Initramfs,
     /// `os-init` leaves the trial open; the agent's health gate confirms.
     #[cfg_attr(any(feature = "serde", feature = "miniserde"), serde(rename = "agent"))]
@@ -92,7 +107,10 @@ impl ConfirmPolicy {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(feature = "miniserde", derive(miniserde::Serialize, miniserde::Deserialize))]
+#[cfg_attr(
+    feature = "miniserde",
+    derive(miniserde::Serialize, miniserde::Deserialize)
+)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct SlotRecord {
     pub slot: Slot,
@@ -202,7 +220,10 @@ impl SlotRecord {
 /// agent's `status`, removed by the agent when it rewrites the broken slot.
 /// One file, `PERSIST/ab/rescue`, of `from=`, `to=`, `reason=` lines.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(feature = "miniserde", derive(miniserde::Serialize, miniserde::Deserialize))]
+#[cfg_attr(
+    feature = "miniserde",
+    derive(miniserde::Serialize, miniserde::Deserialize)
+)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct RescueNote {
     /// The committed slot that could not be used.

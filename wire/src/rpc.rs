@@ -60,19 +60,31 @@ pub mod code {
 
 /// What a client does about an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "miniserde", derive(miniserde::Serialize, miniserde::Deserialize))]
+#[cfg_attr(
+    feature = "miniserde",
+    derive(miniserde::Serialize, miniserde::Deserialize)
+)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum ErrorKind {
     /// A bad request, or one the node's state does not allow: the same
     /// request will be refused again. Never retry it as it is.
-    #[cfg_attr(any(feature = "serde", feature = "miniserde"), serde(rename = "refused"))]
+    #[cfg_attr(
+        any(feature = "serde", feature = "miniserde"),
+        serde(rename = "refused")
+    )]
     Refused,
     /// Not now (busy, network, server trouble): nothing was lost, ask again later.
-    #[cfg_attr(any(feature = "serde", feature = "miniserde"), serde(rename = "retryable"))]
+    #[cfg_attr(
+        any(feature = "serde", feature = "miniserde"),
+        serde(rename = "retryable")
+    )]
     Retryable,
     /// The node tried and it did not work (the image is corrupt, a write
     /// failed, a configuration was rolled back).
-    #[cfg_attr(any(feature = "serde", feature = "miniserde"), serde(rename = "failed"))]
+    #[cfg_attr(
+        any(feature = "serde", feature = "miniserde"),
+        serde(rename = "failed")
+    )]
     Failed,
 }
 
@@ -208,7 +220,10 @@ impl std::fmt::Display for Reason {
 
 /// An error answer's `data`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(feature = "miniserde", derive(miniserde::Serialize, miniserde::Deserialize))]
+#[cfg_attr(
+    feature = "miniserde",
+    derive(miniserde::Serialize, miniserde::Deserialize)
+)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ErrorData {
     pub kind: ErrorKind,
@@ -312,7 +327,10 @@ pub use parse::single_param;
 
 /// KubeOS's result of prepare_upgrade, upgrade, rollback and configure.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(feature = "miniserde", derive(miniserde::Serialize, miniserde::Deserialize))]
+#[cfg_attr(
+    feature = "miniserde",
+    derive(miniserde::Serialize, miniserde::Deserialize)
+)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct OpStatus {
     pub status: String,
@@ -329,7 +347,10 @@ pub struct Configured {
 
 /// The result of `confirm`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(feature = "miniserde", derive(miniserde::Serialize, miniserde::Deserialize))]
+#[cfg_attr(
+    feature = "miniserde",
+    derive(miniserde::Serialize, miniserde::Deserialize)
+)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Confirmed {
     pub confirmed: Slot,
@@ -339,7 +360,10 @@ pub struct Confirmed {
 
 /// The result of `cancel`: the kind of job cancelled, `null` when none ran.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(feature = "miniserde", derive(miniserde::Serialize, miniserde::Deserialize))]
+#[cfg_attr(
+    feature = "miniserde",
+    derive(miniserde::Serialize, miniserde::Deserialize)
+)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Cancelled {
     pub cancelled: Option<String>,
@@ -347,7 +371,10 @@ pub struct Cancelled {
 
 /// Both slot records, by slot name.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(feature = "miniserde", derive(miniserde::Serialize, miniserde::Deserialize))]
+#[cfg_attr(
+    feature = "miniserde",
+    derive(miniserde::Serialize, miniserde::Deserialize)
+)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Slots {
     #[cfg_attr(any(feature = "serde", feature = "miniserde"), serde(rename = "A"))]
@@ -359,7 +386,10 @@ pub struct Slots {
 /// A trial that fell back: which slot, the version that failed (when the
 /// agent knows) and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(feature = "miniserde", derive(miniserde::Serialize, miniserde::Deserialize))]
+#[cfg_attr(
+    feature = "miniserde",
+    derive(miniserde::Serialize, miniserde::Deserialize)
+)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct LastFailure {
     pub slot: Slot,
@@ -369,7 +399,10 @@ pub struct LastFailure {
 
 /// The running job and its progress.
 #[derive(Debug, Clone, PartialEq)]
-#[cfg_attr(feature = "miniserde", derive(miniserde::Serialize, miniserde::Deserialize))]
+#[cfg_attr(
+    feature = "miniserde",
+    derive(miniserde::Serialize, miniserde::Deserialize)
+)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct JobStatus {
     /// `prepare`, `activate`, `upgrade`, `rollback`, `confirm`, `boot-check`, `configure`.
@@ -393,7 +426,10 @@ pub struct JobStatus {
 
 /// The `status` result.
 #[derive(Debug, Clone, PartialEq)]
-#[cfg_attr(feature = "miniserde", derive(miniserde::Serialize, miniserde::Deserialize))]
+#[cfg_attr(
+    feature = "miniserde",
+    derive(miniserde::Serialize, miniserde::Deserialize)
+)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Status {
     pub booted: Slot,

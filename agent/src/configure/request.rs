@@ -15,9 +15,9 @@
 //! form: `"contents":[{"key":"vm.swappiness","value":"10","operation":""}]`,
 //! and the CR's spelling `configpath`.
 
-use wire::json::get_str;
 use crate::kubeos::single_param;
 use miniserde::json::{Number, Object, Value};
+use wire::json::get_str;
 
 /// What to do with one key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

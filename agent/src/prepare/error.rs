@@ -3,9 +3,9 @@
 
 use bootctl::record::RecordError;
 use bootctl::Slot;
-use wire::rpc::Reason;
 use std::path::PathBuf;
 use std::time::Duration;
+use wire::rpc::Reason;
 
 /// Why a prepare failed. Every message names the URL, file, or slot and device.
 #[derive(Debug)]

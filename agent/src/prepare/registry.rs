@@ -86,7 +86,11 @@ pub fn holds(
 ) -> Result<bool, PrepareError> {
     let pins = pins(req, reference)?;
     let by_manifest = pins.manifest.as_ref().map(|m| {
-        rec.source == format!("{SCHEME}{}/{}@{m}", reference.registry, reference.repository)
+        rec.source
+            == format!(
+                "{SCHEME}{}/{}@{m}",
+                reference.registry, reference.repository
+            )
     });
     let by_image = pins.image.map(|b| rec.digest == format_blake3(&b));
     Ok(match (by_manifest, by_image) {

@@ -1,5 +1,5 @@
-//! Test fixtures for the write path: synthetic bundles in the exact format of
-//! image-builder's manifest.rs (docs/bundle.md), a node made of files (two
+//! Test fixtures for the write path: synthetic bundles written with the
+//! project's one manifest writer (`wire::manifest`, docs/bundle.md), a node made of files (two
 //! slot files, an ESP directory, a PERSIST directory), and a loopback
 //! HTTP/1.1 server with fault injection.
 #![allow(dead_code)] // each test binary uses its own subset
@@ -102,28 +102,30 @@ pub fn build_bundle(
     zst: &mut impl Write,
 ) -> BundleMeta {
     let mut whole = blake3::Hasher::new();
-    let (mut entries, mut frames, mut zoffset, mut size) = (Vec::new(), Vec::new(), 0u64, 0u64);
+    let (mut digests, mut frames, mut zoffset, mut size) = (Vec::new(), Vec::new(), 0u64, 0u64);
     for chunk in chunks {
         assert!(chunk.len() <= chunk_size);
         whole.update(&chunk);
         let frame = zstd::bulk::compress(&chunk, 3).unwrap();
         zst.write_all(&frame).unwrap();
-        entries.push(format!(
-            "    {{\n      \"digest\": \"{}\",\n      \"zoffset\": {zoffset},\n      \"zsize\": {}\n    }}",
-            blake3::hash(&chunk).to_hex(),
-            frame.len()
-        ));
+        digests.push((*blake3::hash(&chunk).as_bytes(), frame.len() as u64));
         frames.push((zoffset, frame.len() as u64));
         zoffset += frame.len() as u64;
         size += chunk.len() as u64;
     }
-    let digest = format!("blake3:{}", whole.finalize().to_hex());
-    let manifest = format!(
-        "{{\n  \"format\": 1,\n  \"name\": \"{name}\",\n  \"os_version\": \"{version}\",\n  \"arch\": \"x86_64\",\n  \
-         \"image\": \"{name}.img.zst\",\n  \"image_size\": {size},\n  \"image_digest\": \"{digest}\",\n  \
-         \"compressed_size\": {zoffset},\n  \"chunk_size\": {chunk_size},\n  \"chunks\": [\n{}\n  ]\n}}\n",
-        entries.join(",\n")
-    );
+    let image_digest = wire::Digest::blake3(*whole.finalize().as_bytes());
+    let digest = image_digest.to_string();
+    // The one manifest writer (wire::manifest), as os-image uses it.
+    let manifest = wire::manifest::Manifest::from_chunks(
+        name,
+        version,
+        &format!("{name}.img.zst"),
+        size,
+        image_digest,
+        chunk_size as u64,
+        digests,
+    )
+    .to_json();
     BundleMeta {
         digest,
         manifest,

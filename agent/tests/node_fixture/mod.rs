@@ -145,28 +145,28 @@ pub fn image(len: usize) -> Vec<u8> {
 }
 
 /// Writes `NAME.img.zst` (one zstd frame per chunk) and `NAME.manifest.json`
-/// in the format of image-builder's manifest.rs (docs/bundle.md) into `dir`.
+/// (with the one manifest writer, `wire::manifest`) into `dir`.
 /// Returns the image's `file://` URL and its `blake3:` digest.
 pub fn bundle(dir: &Path, name: &str, version: &str, img: &[u8], chunk: usize) -> (String, String) {
     let mut zst = vec![];
-    let mut chunks = vec![];
+    let mut frames = vec![];
     for part in img.chunks(chunk) {
         let frame = zstd::bulk::compress(part, 3).unwrap();
-        chunks.push(format!(
-            r#"{{"digest":"{}","zoffset":{},"zsize":{}}}"#,
-            blake3::hash(part).to_hex(),
-            zst.len(),
-            frame.len()
-        ));
+        frames.push((*blake3::hash(part).as_bytes(), frame.len() as u64));
         zst.extend_from_slice(&frame);
     }
-    let digest = format!("blake3:{}", blake3::hash(img).to_hex());
-    let manifest = format!(
-        r#"{{"format":1,"name":"{name}","os_version":"{version}","arch":"x86_64","image":"{name}.img.zst","image_size":{},"image_digest":"{digest}","compressed_size":{},"chunk_size":{chunk},"chunks":[{}]}}"#,
-        img.len(),
-        zst.len(),
-        chunks.join(",")
-    );
+    let image_digest = wire::Digest::blake3(*blake3::hash(img).as_bytes());
+    let digest = image_digest.to_string();
+    let manifest = wire::manifest::Manifest::from_chunks(
+        name,
+        version,
+        &format!("{name}.img.zst"),
+        img.len() as u64,
+        image_digest,
+        chunk as u64,
+        frames,
+    )
+    .to_json();
     let img_path = dir.join(format!("{name}.img.zst"));
     fs::write(&img_path, zst).unwrap();
     fs::write(dir.join(format!("{name}.manifest.json")), manifest).unwrap();

@@ -91,7 +91,10 @@ fn layout_holds_the_bundle_files_under_their_sha256() {
             .map(|(_, v)| v.as_str())
     };
     assert_eq!(annotation(VERSION), Some("2"));
-    assert_eq!(annotation(IMAGE_DIGEST), Some(bundle.image_digest.to_string().as_str()));
+    assert_eq!(
+        annotation(IMAGE_DIGEST),
+        Some(bundle.image_digest.to_string().as_str())
+    );
 
     let mut expected = vec![
         w.digest.clone(),

@@ -6,6 +6,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use operator::crd::{Os, OsInstance};
+use proxy::agent_client::{AgentStatus, Slot, SlotRecord, SlotState, Slots, UpgradeRequest};
 use proxy::Proxy;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
+use wire::rpc as msg;
 
 pub const NODE: &str = "n1";
 pub const NEW: &str = "v2";
@@ -167,31 +169,60 @@ pub fn phase(osi: &OsInstance) -> Option<String> {
 pub struct FakeAgent {
     pub socket: PathBuf,
     pub calls: Arc<Mutex<Vec<String>>>,
-    pub status: Arc<Mutex<Value>>,
+    pub status: Arc<Mutex<AgentStatus>>,
+    /// When set, `prepare_upgrade` answers this error reason (and changes nothing).
+    pub prepare_error: Arc<Mutex<Option<msg::Reason>>>,
     _dir: tempfile::TempDir,
 }
 
 impl FakeAgent {
+    /// Slot B's record says `b_state` (`empty`, `written`, …) and `b_version`.
     pub fn start(b_state: &str, b_version: &str) -> FakeAgent {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("agent.sock");
-        let status = json!({
-            "booted": "A", "active": "A", "trial": null, "tries": 0, "fail": null,
-            "on_trial": false, "source": "1",
-            "slots": {
-                "A": {"state": "good", "version": "v1", "digest": format!("blake3:{}", "a".repeat(64)), "size": 1, "written_at": 1},
-                "B": {"state": b_state, "version": b_version, "digest": digest(), "size": 1, "written_at": 2}
+        let rec = |slot, state: &str, version: &str, digest: String, written_at| SlotRecord {
+            slot,
+            state: SlotState::parse(state).unwrap(),
+            version: version.into(),
+            digest,
+            size: 1,
+            written_at,
+            confirm: None,
+            source: String::new(),
+        };
+        let status = AgentStatus {
+            booted: Slot::A,
+            active: Slot::A,
+            trial: None,
+            tries: 0,
+            fail: None,
+            on_trial: false,
+            source: "1".into(),
+            slots: Slots {
+                a: rec(
+                    Slot::A,
+                    "good",
+                    "v1",
+                    format!("blake3:{}", "a".repeat(64)),
+                    1,
+                ),
+                b: rec(Slot::B, b_state, b_version, digest(), 2),
             },
-            "last_failure": null, "job": null, "other_job": null
-        });
+            last_failure: None,
+            rescue: None,
+            job: None,
+            other_job: None,
+        };
         let agent = FakeAgent {
             socket: socket.clone(),
             calls: Arc::default(),
             status: Arc::new(Mutex::new(status)),
+            prepare_error: Arc::default(),
             _dir: dir,
         };
         let listener = UnixListener::bind(&socket).unwrap();
         let (calls, status) = (agent.calls.clone(), agent.status.clone());
+        let prepare_error = agent.prepare_error.clone();
         tokio::spawn(async move {
             loop {
                 let (stream, _) = listener.accept().await.unwrap();
@@ -202,7 +233,11 @@ impl FakeAgent {
                 }
                 let req: Value = serde_json::from_str(&line).unwrap();
                 let method = req["method"].as_str().unwrap().to_owned();
-                let answer = answer(&method, &req["params"], &status);
+                let error = *prepare_error.lock().unwrap();
+                let answer = match error {
+                    Some(reason) if method == msg::PREPARE_UPGRADE => error_answer(reason),
+                    _ => answer(&method, &req["params"], &status),
+                };
                 if method != "status" {
                     calls.lock().unwrap().push(method);
                 }
@@ -217,32 +252,48 @@ impl FakeAgent {
     }
 
     /// Changes the scripted node (a "reboot", a health-gate verdict).
-    pub fn set(&self, f: impl FnOnce(&mut Value)) {
+    pub fn set(&self, f: impl FnOnce(&mut AgentStatus)) {
         f(&mut self.status.lock().unwrap());
     }
 }
 
-fn answer(method: &str, params: &Value, status: &Mutex<Value>) -> Value {
+/// An error answer as the agent sends it for `reason`.
+pub fn error_answer(reason: msg::Reason) -> Value {
+    json!({"jsonrpc": "2.0", "error": {"code": reason.code(),
+        "message": format!("scripted {reason}"), "data": msg::ErrorData::of(reason)}, "id": 1})
+}
+
+/// Answers with the wire types the real agent encodes.
+fn answer(method: &str, params: &Value, status: &Mutex<AgentStatus>) -> Value {
     let ok = |result: Value| json!({"jsonrpc": "2.0", "result": result, "id": 1});
+    let op = |status: &str| {
+        serde_json::to_value(msg::OpStatus {
+            status: status.into(),
+        })
+        .unwrap()
+    };
     let mut s = status.lock().unwrap();
     match method {
-        "status" => ok(s.clone()),
-        "prepare_upgrade" => {
-            let req = &params[0];
-            s["slots"]["B"] = json!({"state": "written", "version": req["version"],
-                "digest": req["check_sum"], "size": 1, "written_at": 3});
-            ok(json!({"status": "UpgradeReady"}))
+        msg::STATUS => ok(serde_json::to_value(&*s).unwrap()),
+        msg::PREPARE_UPGRADE => {
+            let req: UpgradeRequest = serde_json::from_value(params[0].clone()).unwrap();
+            s.slots.b.state = SlotState::Written;
+            s.slots.b.version = req.version;
+            s.slots.b.digest = req.check_sum;
+            s.slots.b.written_at = 3;
+            ok(op(msg::UPGRADE_READY))
         }
-        "upgrade" => {
-            s["trial"] = json!("B");
-            s["tries"] = json!(3);
-            ok(json!({"status": "Upgraded"}))
+        msg::UPGRADE => {
+            s.trial = Some(Slot::B);
+            s.tries = 3;
+            ok(op(msg::UPGRADED))
         }
-        "rollback" => {
-            s["active"] = json!("B");
-            ok(json!({"status": "Rollbacked"}))
+        msg::ROLLBACK => {
+            s.active = Slot::B;
+            ok(op(msg::ROLLBACKED))
         }
         _ => json!({"jsonrpc": "2.0", "error": {"code": -32001, "message":
-            format!("{method} is not supported by this os-agent yet; nothing was changed")}, "id": 1}),
+            format!("{method} is not supported by this os-agent yet; nothing was changed"),
+            "data": msg::ErrorData::of(msg::Reason::NotSupported)}, "id": 1}),
     }
 }
