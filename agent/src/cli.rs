@@ -1,7 +1,8 @@
 //! The `os-agent` command line. Hand-written flag parsing (a few flags do not
-//! need clap, DESIGN.md §2); [`USAGE`] documents it all.
+//! need clap, DESIGN.md §2); [`usage`] documents it all, the settings from
+//! their one declaration in config.rs.
 
-use crate::config::{Config, Overrides, DEFAULT_CONFIG_FILE};
+use crate::config::{self, Config, Overrides, DEFAULT_CONFIG_FILE};
 use crate::configure::ConfigureRequest;
 use crate::job::{self, Agent, AgentError, JobKind};
 use crate::prepare::{PrepareRequest, Tls};
@@ -15,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
 
-pub const USAGE: &str = "\
+const USAGE_COMMANDS: &str = "\
 os-agent: writes verified OS images into the inactive A/B slot, arms trial
 boots, confirms or rolls back; serves the cluster's os-proxy over JSON-RPC
 
@@ -57,59 +58,67 @@ COMMANDS:
                              apply a KubeOS ConfigureRequest ({\"configs\":[..]}
                              or [{\"configs\":[..]}]) as one transaction: all of
                              it or, on any error, none of it
+";
 
-OPTIONS (also `key = value` lines, without the dashes, in the config file):
-  --config FILE              config file (default /etc/os-agent/agent.conf,
-                             if present)
-  --root-a PATH, --root-b PATH
-                             device (or file) of each slot (default: the GPT
-                             partitions named ROOT-A and ROOT-B)
-  --esp DIR                  mounted ESP with the A/B env (default /boot/efi)
-  --state-dir DIR            mounted PERSIST: slot records, agent state
-                             (default /persist)
-  --booted A|B               running slot (default: os.slot= in /proc/cmdline)
-  --socket PATH              default /run/os-agent/os-agent.sock
-  --allow-uid UID            let UID use the socket too (repeatable)
-  --health-dir DIR           health checks (default /etc/os-agent/health.d)
-  --health-deadline SECS     all checks together (default 300)
-  --check-timeout SECS       each check (default 60)
-  --tries N                  trial boots armed, 1-9 (default 3)
-  --certs-dir DIR            where KubeOS cert names point (default
-                             /etc/KubeOS/certs)
-  --connect-timeout SECS, --read-timeout SECS
-                             download timeouts (default 10, 30)
-  --file-sources DIR[,DIR..]
-                             directories a socket request's file:// image may
-                             be under (repeatable; default none: socket
-                             requests cannot name local files)
-  --request-deadline SECS    a socket peer sends a whole request within this
-                             long of connecting or of its last answer
-                             (default 30)
-  --no-reboot                never reboot (same as `reboot = no`)
-  --config-root DIR          prefix of the configured files (default /)
-  --proc-dir DIR             where kernel.sysctl writes sys/... (default /proc)
-  --config-allow MODEL:PATH[,PATH..]
-                             files a model may edit (repeatable; `*` within one
-                             path component; default: the model's default file)
-  --cmdline-allow NAME[,NAME..]
-                             kernel arguments grub.cmdline.* may set although
-                             denied by default (init, shells, systemd.*, rd.*,
-                             security switches; `PREFIX*` allowed; repeatable)
-  --config-restart CMD       restarts a unit, name appended (default
-                             `systemctl restart`)
-  --config-restart-timeout SECS
-                             default 120
-  --registry-auth FILE       registry credentials, docker's format
-                             ({\"auths\":{\"HOST\":{\"auth\":\"base64(user:pw)\"}}});
-                             default /etc/os-agent/registry-auth.json, if present
-  --registry-ca FILE         CA (PEM) for registries (default: the request's CA,
-                             else the built-in roots)
-  --registry-mirror REGISTRY=MIRROR[,MIRROR..]
-                             mirrors tried in order before REGISTRY (repeatable)
-  --registry-plain-http HOST[:PORT]
-                             speak plain HTTP to this registry (repeatable)
-  -h, --help                 this text
+/// `os-agent --help`: the commands, then every setting from its one
+/// declaration ([`config::SETTINGS`]).
+pub fn usage() -> String {
+    let mut s = String::from(USAGE_COMMANDS);
+    s.push_str("\nOPTIONS (also `key = value` lines, without the dashes, in the config file):\n");
+    option(
+        &mut s,
+        "--config FILE",
+        &format!("config file (default {DEFAULT_CONFIG_FILE}, if present)"),
+    );
+    for setting in config::SETTINGS {
+        let mut help = setting.help.to_owned();
+        if let Some(d) = setting.default {
+            help.push_str(&format!(" (default {d})"));
+        }
+        if setting.repeatable {
+            help.push_str(" (repeatable)");
+        }
+        option(&mut s, &format!("--{} {}", setting.key, setting.arg), &help);
+    }
+    option(
+        &mut s,
+        "--no-reboot",
+        "never reboot (same as `reboot = no`)",
+    );
+    option(&mut s, "-h, --help", "this text");
+    s.push('\n');
+    s.push_str(USAGE_TAIL);
+    s
+}
 
+/// One option: the flag, then its help wrapped in a column from 30.
+fn option(out: &mut String, flag: &str, help: &str) {
+    const COLUMN: usize = 29;
+    const WIDTH: usize = 80;
+    let mut line = format!("  {flag}");
+    if line.len() >= COLUMN - 1 {
+        out.push_str(&line);
+        out.push('\n');
+        line.clear();
+    }
+    for word in help.split_whitespace() {
+        if line.len() + 1 + word.len() > WIDTH && line.len() > COLUMN {
+            out.push_str(line.trim_end());
+            out.push('\n');
+            line.clear();
+        }
+        if line.len() < COLUMN {
+            line.push_str(&" ".repeat(COLUMN - line.len()));
+        } else {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    out.push_str(line.trim_end());
+    out.push('\n');
+}
+
+const USAGE_TAIL: &str = "\
 Logs go to stderr (RUST_LOG=debug for more).
 
 EXIT STATUS:
@@ -273,7 +282,7 @@ pub fn main(args: &[String]) -> i32 {
     let parsed = match parse(args) {
         Ok(Some(a)) => a,
         Ok(None) => {
-            print!("{USAGE}");
+            print!("{}", usage());
             return 0;
         }
         Err(f) => {

@@ -4,29 +4,17 @@
 //! block devices and directories standing in for mounts.
 //!
 //! Config file (`/etc/os-agent/agent.conf` by default): `key = value` lines,
-//! `#` comments; keys are the long flag names without `--` (`root-a`, `esp`,
-//! `state-dir`, `booted`, `socket`, `health-dir`, `health-deadline`,
-//! `check-timeout`, `tries`, `allow-uid`, `connect-timeout`, `read-timeout`,
-//! `request-deadline`, `file-sources` (repeatable),
-//! `certs-dir`, `reboot`, and for node configuration `config-root`, `proc-dir`,
-//! `config-allow` (repeatable), `config-restart`, `config-restart-timeout`,
-//! `cmdline-allow` (repeatable: kernel arguments denied by default that
-//! `grub.cmdline.*` may set here),
-//! and for OCI registries `registry-auth`, `registry-ca`, `registry-mirror`
-//! and `registry-plain-http` (both repeatable)).
-//! Flags win over the file, the file over discovery; `config-allow`, `cmdline-allow`,
-//! `registry-mirror` and `registry-plain-http` lines from both add up.
+//! `#` comments; the keys are the long flag names without `--`. Every
+//! setting is declared once, in [`settings!`] below: `os-agent --help` lists
+//! them from [`SETTINGS`]. Flags win over the file, the file over discovery
+//! and the built-in values; repeatable settings from both add up.
 
 use crate::configure::{self, AllowList};
 use bootctl::partitions;
-use bootctl::state::DEFAULT_TRIES;
 use bootctl::Slot;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// How long a JSON-RPC peer has to send a whole request, from its
-/// connection or its previous answer (KubeOS's client sends at once).
-pub const DEFAULT_REQUEST_DEADLINE: Duration = Duration::from_secs(30);
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/os-agent/agent.conf";
 pub const DEFAULT_SOCKET: &str = "/run/os-agent/os-agent.sock";
 pub const DEFAULT_ESP: &str = "/boot/efi";
@@ -139,154 +127,219 @@ impl Config {
     }
 }
 
-/// Explicit settings from flags or the config file; `None` means "discover".
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Overrides {
-    pub root_a: Option<PathBuf>,
-    pub root_b: Option<PathBuf>,
-    pub esp: Option<PathBuf>,
-    pub state_dir: Option<PathBuf>,
-    pub booted: Option<Slot>,
-    pub socket: Option<PathBuf>,
-    pub health_dir: Option<PathBuf>,
-    pub health_deadline: Option<Duration>,
-    pub check_timeout: Option<Duration>,
-    pub tries: Option<u8>,
-    pub allowed_uids: Vec<u32>,
-    pub connect_timeout: Option<Duration>,
-    pub read_timeout: Option<Duration>,
-    pub certs_dir: Option<PathBuf>,
-    pub reboot: Option<bool>,
-    pub config_root: Option<PathBuf>,
-    pub proc_dir: Option<PathBuf>,
-    pub config_allow: AllowList,
-    pub config_restart: Option<Vec<String>>,
-    pub config_restart_timeout: Option<Duration>,
-    pub registry_auth: Option<PathBuf>,
-    pub registry_ca: Option<PathBuf>,
-    pub registry_mirrors: Vec<(String, Vec<String>)>,
-    pub registry_plain_http: Vec<String>,
-    pub cmdline_allow: Vec<String>,
-    pub request_deadline: Option<Duration>,
-    pub file_sources: Vec<PathBuf>,
+/// One setting as `--help` and the config file know it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Setting {
+    /// Flag name without `--`, and config file key.
+    pub key: &'static str,
+    /// What the value is (`PATH`, `SECS`, …).
+    pub arg: &'static str,
+    pub help: &'static str,
+    /// The built-in value, parsed like any other (`None`: discovered or empty).
+    pub default: Option<&'static str>,
+    /// Given several times (flags and file lines add up).
+    pub repeatable: bool,
+}
+
+/// Declares every setting once: its field, key, value name, built-in value,
+/// parser and help. From it come [`Overrides`], [`Overrides::set`], the
+/// merge of flags over the file, the built-in values and the `--help` text
+/// ([`SETTINGS`]).
+macro_rules! settings {
+    ($( $kind:ident $field:ident : $ty:ty = $key:literal $arg:literal,
+        default $default:expr, $parse:expr, $help:literal; )*) => {
+        /// Explicit settings from flags or the config file; `None` means
+        /// "discover" or "built-in".
+        #[derive(Debug, Clone, Default, PartialEq, Eq)]
+        pub struct Overrides {
+            $( pub $field: settings!(@type $kind $ty), )*
+        }
+
+        /// Every setting, in `--help` order.
+        pub const SETTINGS: &[Setting] = &[
+            $( Setting {
+                key: $key,
+                arg: $arg,
+                help: $help,
+                default: $default,
+                repeatable: settings!(@many $kind),
+            }, )*
+        ];
+
+        impl Overrides {
+            /// Applies one `key`/`value` setting (a flag without `--`, or a
+            /// config file line). Returns an error message for an unknown key
+            /// or a bad value.
+            pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
+                match key {
+                    $( $key => {
+                        let parse: fn(&str) -> Result<settings!(@parsed $kind $ty), String> = $parse;
+                        let v = parse(value.trim()).map_err(|e| format!("{key}: {e}"))?;
+                        settings!(@store $kind self.$field, v);
+                    } )*
+                    _ => return Err(format!("unknown setting `{key}`")),
+                }
+                Ok(())
+            }
+
+            /// Takes `from`'s settings where none is set here; repeatable ones add up.
+            fn fill(&mut self, from: Overrides) {
+                $( settings!(@fill $kind self.$field, from.$field); )*
+            }
+
+            /// Sets every unset setting that has a built-in value to it.
+            fn with_defaults(mut self) -> Overrides {
+                $( if let Some(d) = $default {
+                    if settings!(@unset $kind self.$field) {
+                        self.set($key, d).expect("a built-in value parses");
+                    }
+                } )*
+                self
+            }
+        }
+    };
+    (@type one $ty:ty) => { Option<$ty> };
+    (@type many $ty:ty) => { Vec<$ty> };
+    (@parsed one $ty:ty) => { $ty };
+    (@parsed many $ty:ty) => { Vec<$ty> };
+    (@store one $f:expr, $v:expr) => { $f = Some($v) };
+    (@store many $f:expr, $v:expr) => { $f.extend($v) };
+    (@fill one $f:expr, $o:expr) => { if $f.is_none() { $f = $o; } };
+    (@fill many $f:expr, $o:expr) => { $f.extend($o) };
+    (@unset one $f:expr) => { $f.is_none() };
+    (@unset many $f:expr) => { $f.is_empty() };
+    (@many one) => { false };
+    (@many many) => { true };
+}
+
+fn path(v: &str) -> Result<PathBuf, String> {
+    match v {
+        "" => Err("empty path".into()),
+        v => Ok(v.into()),
+    }
+}
+
+fn secs(v: &str) -> Result<Duration, String> {
+    v.parse::<u64>()
+        .map(Duration::from_secs)
+        .map_err(|_| format!("`{v}` is not a number of seconds"))
+}
+
+/// A comma-separated list, blanks trimmed and empty items dropped.
+fn list(v: &str) -> impl Iterator<Item = &str> {
+    v.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
+settings! {
+    one root_a: PathBuf = "root-a" "PATH", default None, path,
+        "device (or file) of slot A (default: the GPT partition named ROOT-A)";
+    one root_b: PathBuf = "root-b" "PATH", default None, path,
+        "device (or file) of slot B (default: the GPT partition named ROOT-B)";
+    one esp: PathBuf = "esp" "DIR", default Some(DEFAULT_ESP), path,
+        "mounted ESP with the A/B env";
+    one state_dir: PathBuf = "state-dir" "DIR", default Some(DEFAULT_STATE_DIR), path,
+        "mounted PERSIST: slot records, agent state";
+    one booted: Slot = "booted" "A|B", default None,
+        |v| Slot::parse(v).ok_or_else(|| format!("`{v}` is not A or B")),
+        "running slot (default: os.slot= in /proc/cmdline)";
+    one socket: PathBuf = "socket" "PATH", default Some(DEFAULT_SOCKET), path,
+        "the JSON-RPC socket";
+    many allowed_uids: u32 = "allow-uid" "UID", default None,
+        |v| v.parse().map(|u| vec![u]).map_err(|_| format!("`{v}` is not a uid")),
+        "let UID use the socket too";
+    one health_dir: PathBuf = "health-dir" "DIR", default Some(DEFAULT_HEALTH_DIR), path,
+        "health checks run after a trial boot";
+    one health_deadline: Duration = "health-deadline" "SECS", default Some("300"), secs,
+        "all health checks together";
+    one check_timeout: Duration = "check-timeout" "SECS", default Some("60"), secs,
+        "each health check";
+    one tries: u8 = "tries" "N", default Some("3"),
+        |v| match v.parse::<u8>() {
+            Ok(n @ 1..=9) => Ok(n),
+            Ok(n) => Err(format!("{n} is not between 1 and 9")),
+            Err(_) => Err(format!("`{v}` is not a number")),
+        },
+        "trial boots armed, 1-9";
+    one certs_dir: PathBuf = "certs-dir" "DIR", default Some(DEFAULT_CERTS_DIR), path,
+        "where KubeOS cert names point";
+    one connect_timeout: Duration = "connect-timeout" "SECS", default Some("10"), secs,
+        "download connect timeout";
+    one read_timeout: Duration = "read-timeout" "SECS", default Some("30"), secs,
+        "a download that sends nothing this long is stalled";
+    many file_sources: PathBuf = "file-sources" "DIR[,DIR..]", default None,
+        |v| list(v)
+            .map(|d| match d.starts_with('/') && !d.split('/').any(|c| c == "..") {
+                true => Ok(PathBuf::from(d)),
+                false => Err(format!("`{d}` is not an absolute path without `..`")),
+            })
+            .collect(),
+        "directories a socket request's file:// image may be under (default none: socket \
+         requests cannot name local files)";
+    one request_deadline: Duration = "request-deadline" "SECS", default Some("30"),
+        |v| match secs(v)? {
+            Duration::ZERO => Err("0 would refuse every request".into()),
+            d => Ok(d),
+        },
+        "a socket peer sends a whole request within this long of connecting or of its last \
+         answer";
+    one reboot: bool = "reboot" "yes|no", default Some("yes"),
+        |v| match v {
+            "yes" | "true" | "1" => Ok(true),
+            "no" | "false" | "0" => Ok(false),
+            _ => Err(format!("`{v}` is not yes or no")),
+        },
+        "whether upgrade, rollback and a failed health gate restart the machine \
+         (--no-reboot: no)";
+    one config_root: PathBuf = "config-root" "DIR", default Some("/"), path,
+        "prefix of the files node configuration edits";
+    one proc_dir: PathBuf = "proc-dir" "DIR", default Some("/proc"), path,
+        "where kernel.sysctl writes sys/...";
+    many config_allow: String = "config-allow" "MODEL:PATH[,PATH..]", default None,
+        |v| AllowList::default().add(v).map(|()| vec![v.to_owned()]),
+        "files a model may edit (`*` within one path component; default: the model's \
+         default file)";
+    many cmdline_allow: String = "cmdline-allow" "NAME[,NAME..]", default None,
+        |v| list(v)
+            .map(|n| configure::check_cmdline_allow(n)
+                .map(|()| n.to_owned())
+                .map_err(|e| format!("`{n}` {e}")))
+            .collect(),
+        "kernel arguments grub.cmdline.* may set although denied by default (init, shells, \
+         systemd.*, rd.*, security switches; `PREFIX*` allowed)";
+    one config_restart: Vec<String> = "config-restart" "CMD", default Some("systemctl restart"),
+        |v| match v.split_whitespace().map(str::to_owned).collect::<Vec<_>>() {
+            words if words.is_empty() => Err("empty command".into()),
+            words => Ok(words),
+        },
+        "restarts a unit, its name appended";
+    one config_restart_timeout: Duration = "config-restart-timeout" "SECS", default Some("120"),
+        secs, "each unit restart";
+    one registry_auth: PathBuf = "registry-auth" "FILE", default Some(DEFAULT_REGISTRY_AUTH), path,
+        "registry credentials in docker's format ({\"auths\":{\"HOST\":{\"auth\": \
+         \"base64(user:pw)\"}}}), if present";
+    one registry_ca: PathBuf = "registry-ca" "FILE", default None, path,
+        "CA (PEM) for registries (default: the request's CA, else the built-in roots)";
+    many registry_mirrors: (String, Vec<String>) = "registry-mirror" "REGISTRY=MIRROR[,MIRROR..]",
+        default None,
+        |v| {
+            let bad = || format!("`{v}` is not REGISTRY=MIRROR[,MIRROR..]");
+            let (registry, mirrors) = v.split_once('=').ok_or_else(bad)?;
+            let mirrors: Vec<String> = list(mirrors).map(str::to_owned).collect();
+            match (registry.trim(), mirrors.is_empty()) {
+                ("", _) | (_, true) => Err(bad()),
+                (r, false) => Ok(vec![(r.to_owned(), mirrors)]),
+            }
+        },
+        "mirrors tried in order before REGISTRY";
+    many registry_plain_http: String = "registry-plain-http" "HOST[:PORT]", default None,
+        |v| match v.is_empty() || v.contains(['/', ' ']) {
+            true => Err(format!("`{v}` is not a host[:port]")),
+            false => Ok(vec![v.to_owned()]),
+        },
+        "speak plain HTTP to this registry";
 }
 
 impl Overrides {
-    /// Applies one `key`/`value` setting (a flag without `--`, or a config
-    /// file line). Returns an error message for an unknown key or bad value.
-    pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
-        let path = || Some(PathBuf::from(value));
-        let secs = || -> Result<Option<Duration>, String> {
-            value
-                .parse::<u64>()
-                .map(|s| Some(Duration::from_secs(s)))
-                .map_err(|_| format!("{key}: `{value}` is not a number of seconds"))
-        };
-        match key {
-            "root-a" => self.root_a = path(),
-            "root-b" => self.root_b = path(),
-            "esp" => self.esp = path(),
-            "state-dir" => self.state_dir = path(),
-            "socket" => self.socket = path(),
-            "health-dir" => self.health_dir = path(),
-            "certs-dir" => self.certs_dir = path(),
-            "config-root" => self.config_root = path(),
-            "proc-dir" => self.proc_dir = path(),
-            "config-allow" => self
-                .config_allow
-                .add(value)
-                .map_err(|e| format!("config-allow: {e}"))?,
-            "config-restart" => {
-                let words: Vec<String> = value.split_whitespace().map(str::to_owned).collect();
-                if words.is_empty() {
-                    return Err("config-restart: empty command".into());
-                }
-                self.config_restart = Some(words);
-            }
-            "config-restart-timeout" => self.config_restart_timeout = secs()?,
-            "registry-auth" => self.registry_auth = path(),
-            "registry-ca" => self.registry_ca = path(),
-            "registry-mirror" => {
-                let bad =
-                    || format!("registry-mirror: `{value}` is not REGISTRY=MIRROR[,MIRROR..]");
-                let (registry, mirrors) = value.split_once('=').ok_or_else(bad)?;
-                let mirrors: Vec<String> = mirrors
-                    .split(',')
-                    .map(|m| m.trim().to_owned())
-                    .filter(|m| !m.is_empty())
-                    .collect();
-                if registry.trim().is_empty() || mirrors.is_empty() {
-                    return Err(bad());
-                }
-                self.registry_mirrors
-                    .push((registry.trim().to_owned(), mirrors));
-            }
-            "registry-plain-http" => {
-                if value.is_empty() || value.contains(['/', ' ']) {
-                    return Err(format!(
-                        "registry-plain-http: `{value}` is not a host[:port]"
-                    ));
-                }
-                self.registry_plain_http.push(value.to_owned());
-            }
-            "file-sources" => {
-                for dir in value.split(',').map(str::trim).filter(|d| !d.is_empty()) {
-                    if !dir.starts_with('/') || dir.split('/').any(|c| c == "..") {
-                        return Err(format!(
-                            "file-sources: `{dir}` is not an absolute path without `..`"
-                        ));
-                    }
-                    self.file_sources.push(dir.into());
-                }
-            }
-            "cmdline-allow" => {
-                for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-                    configure::check_cmdline_allow(name)
-                        .map_err(|e| format!("cmdline-allow: `{name}` {e}"))?;
-                    self.cmdline_allow.push(name.to_owned());
-                }
-            }
-            "reboot" => {
-                self.reboot = Some(match value {
-                    "yes" | "true" | "1" => true,
-                    "no" | "false" | "0" => false,
-                    _ => return Err(format!("reboot: `{value}` is not yes or no")),
-                })
-            }
-            "booted" => {
-                self.booted = Some(
-                    Slot::parse(value).ok_or_else(|| format!("booted: `{value}` is not A or B"))?,
-                )
-            }
-            "health-deadline" => self.health_deadline = secs()?,
-            "check-timeout" => self.check_timeout = secs()?,
-            "connect-timeout" => self.connect_timeout = secs()?,
-            "read-timeout" => self.read_timeout = secs()?,
-            "request-deadline" => {
-                self.request_deadline = secs()?;
-                if self.request_deadline == Some(Duration::ZERO) {
-                    return Err("request-deadline: 0 would refuse every request".into());
-                }
-            }
-            "tries" => {
-                let n: u8 = value
-                    .parse()
-                    .map_err(|_| format!("tries: `{value}` is not a number"))?;
-                if !(1..=9).contains(&n) {
-                    return Err(format!("tries: {n} is not between 1 and 9"));
-                }
-                self.tries = Some(n);
-            }
-            "allow-uid" => self.allowed_uids.push(
-                value
-                    .parse()
-                    .map_err(|_| format!("allow-uid: `{value}` is not a uid"))?,
-            ),
-            _ => return Err(format!("unknown setting `{key}`")),
-        }
-        Ok(())
-    }
-
     /// Reads a config file's settings (under flags already set: a flag wins).
     pub fn merge_file(&mut self, text: &str) -> Result<(), String> {
         let mut from_file = Overrides::default();
@@ -302,104 +355,69 @@ impl Overrides {
                 .set(k.trim(), v.trim())
                 .map_err(|e| format!("line {}: {e}", n + 1))?;
         }
-        macro_rules! fill {
-            ($($f:ident),*) => { $( if self.$f.is_none() { self.$f = from_file.$f.take(); } )* };
-        }
-        fill!(
-            root_a,
-            root_b,
-            esp,
-            state_dir,
-            booted,
-            socket,
-            health_dir,
-            health_deadline,
-            check_timeout,
-            tries,
-            connect_timeout,
-            read_timeout,
-            certs_dir,
-            reboot,
-            request_deadline,
-            config_root,
-            proc_dir,
-            config_restart,
-            config_restart_timeout,
-            registry_auth,
-            registry_ca
-        );
-        self.registry_mirrors.extend(from_file.registry_mirrors);
-        self.registry_plain_http
-            .extend(from_file.registry_plain_http);
-        self.allowed_uids.extend(from_file.allowed_uids);
-        self.cmdline_allow.extend(from_file.cmdline_allow);
-        self.file_sources.extend(from_file.file_sources);
-        self.config_allow.merge(from_file.config_allow);
+        self.fill(from_file);
         Ok(())
     }
 
     /// Fills what is not overridden: slot devices by GPT name under `sys`/`dev`,
     /// the booted slot from `os.slot=` in `cmdline`, the rest from defaults.
     pub fn resolve(self, sys: &Path, dev: &Path, cmdline: &str) -> Result<Config, String> {
-        let configure = self.configure_settings();
-        let parts = if self.root_a.is_none() || self.root_b.is_none() {
+        let o = self.with_defaults();
+        let parts = if o.root_a.is_none() || o.root_b.is_none() {
             Some(partitions::discover(sys, dev).map_err(|e| {
                 format!("finding the slot partitions: {e}; set root-a/root-b to override")
             })?)
         } else {
             None
         };
-        let booted = match self.booted {
+        let booted = match o.booted {
             Some(s) => s,
             None => booted_from_cmdline(cmdline)
                 .ok_or("the kernel command line has no os.slot=A|B (not booted by the A/B GRUB?); set booted to override")?,
         };
+        let mut allow = AllowList::default();
+        for setting in &o.config_allow {
+            allow.add(setting)?;
+        }
+        // Every setting below has a built-in value (`with_defaults`).
+        let set = "a built-in value";
         Ok(Config {
-            root_a: self
+            root_a: o
                 .root_a
                 .unwrap_or_else(|| parts.as_ref().unwrap().root_a.clone()),
-            root_b: self
+            root_b: o
                 .root_b
                 .unwrap_or_else(|| parts.as_ref().unwrap().root_b.clone()),
-            esp: self.esp.unwrap_or_else(|| DEFAULT_ESP.into()),
-            state_dir: self.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            esp: o.esp.expect(set),
+            state_dir: o.state_dir.expect(set),
             booted,
-            socket: self.socket.unwrap_or_else(|| DEFAULT_SOCKET.into()),
-            health_dir: self.health_dir.unwrap_or_else(|| DEFAULT_HEALTH_DIR.into()),
-            health_deadline: self.health_deadline.unwrap_or(Duration::from_secs(300)),
-            check_timeout: self.check_timeout.unwrap_or(Duration::from_secs(60)),
-            tries: self.tries.unwrap_or(DEFAULT_TRIES),
-            allowed_uids: self.allowed_uids,
-            connect_timeout: self.connect_timeout.unwrap_or(Duration::from_secs(10)),
-            read_timeout: self.read_timeout.unwrap_or(Duration::from_secs(30)),
-            request_deadline: self.request_deadline.unwrap_or(DEFAULT_REQUEST_DEADLINE),
-            file_sources: self.file_sources,
-            certs_dir: self.certs_dir.unwrap_or_else(|| DEFAULT_CERTS_DIR.into()),
-            reboot: self.reboot.unwrap_or(true),
-            configure,
+            socket: o.socket.expect(set),
+            health_dir: o.health_dir.expect(set),
+            health_deadline: o.health_deadline.expect(set),
+            check_timeout: o.check_timeout.expect(set),
+            tries: o.tries.expect(set),
+            allowed_uids: o.allowed_uids,
+            connect_timeout: o.connect_timeout.expect(set),
+            read_timeout: o.read_timeout.expect(set),
+            request_deadline: o.request_deadline.expect(set),
+            file_sources: o.file_sources,
+            certs_dir: o.certs_dir.expect(set),
+            reboot: o.reboot.expect(set),
+            configure: configure::Settings {
+                root: o.config_root.expect(set),
+                proc_dir: o.proc_dir.expect(set),
+                allow,
+                restart: o.config_restart.expect(set),
+                restart_timeout: o.config_restart_timeout.expect(set),
+                cmdline_allow: o.cmdline_allow,
+            },
             registry: RegistrySettings {
-                auth_file: self
-                    .registry_auth
-                    .unwrap_or_else(|| DEFAULT_REGISTRY_AUTH.into()),
-                ca_cert: self.registry_ca,
-                mirrors: self.registry_mirrors,
-                plain_http: self.registry_plain_http,
+                auth_file: o.registry_auth.expect(set),
+                ca_cert: o.registry_ca,
+                mirrors: o.registry_mirrors,
+                plain_http: o.registry_plain_http,
             },
         })
-    }
-}
-
-impl Overrides {
-    fn configure_settings(&self) -> configure::Settings {
-        let d = configure::Settings::default();
-        configure::Settings {
-            root: self.config_root.clone().unwrap_or(d.root),
-            proc_dir: self.proc_dir.clone().unwrap_or(d.proc_dir),
-            allow: self.config_allow.clone(),
-            restart: self.config_restart.clone().unwrap_or(d.restart),
-            restart_timeout: self.config_restart_timeout.unwrap_or(d.restart_timeout),
-            cmdline_allow: self.cmdline_allow.clone(),
-        }
     }
 }
 
@@ -414,6 +432,39 @@ pub fn booted_from_cmdline(cmdline: &str) -> Option<Slot> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn resolved(o: Overrides) -> Config {
+        let mut o = o;
+        o.set("booted", "A").unwrap();
+        o.set("root-a", "/a").unwrap();
+        o.set("root-b", "/b").unwrap();
+        o.resolve(Path::new("/x"), Path::new("/dev"), "").unwrap()
+    }
+
+    #[test]
+    fn built_in_values_agree_with_the_parts_that_define_them() {
+        let c = resolved(Overrides::default());
+        assert_eq!(c.tries, bootctl::state::DEFAULT_TRIES);
+        let d = configure::Settings::default();
+        let s = &c.configure;
+        assert_eq!(
+            (&s.root, &s.proc_dir, &s.restart, s.restart_timeout),
+            (&d.root, &d.proc_dir, &d.restart, d.restart_timeout)
+        );
+        assert_eq!(c.request_deadline, Duration::from_secs(30));
+        assert_eq!(c.registry, RegistrySettings::default());
+        // Every setting is documented and every key is known to `set`.
+        for s in SETTINGS {
+            assert!(!s.help.is_empty(), "{}", s.key);
+            let err = Overrides::default().set(s.key, "\u{0}bad").err();
+            assert!(
+                err.as_deref()
+                    .is_none_or(|e| !e.starts_with("unknown setting")),
+                "{}",
+                s.key
+            );
+        }
+    }
 
     #[test]
     fn flags_win_over_file_and_overrides_skip_discovery() {

@@ -1,4 +1,4 @@
-//! `os-agent`: see [`agent::cli::USAGE`].
+//! `os-agent`: see [`agent::cli::usage`].
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))

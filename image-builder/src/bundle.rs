@@ -52,13 +52,14 @@ const SIZE_STEP: u64 = 16 << 20;
 /// Below content plus this, mkfs.ext4 cannot fit its own metadata.
 const MIN_SLACK: u64 = 2 << 20;
 /// Chunks are held in memory twice (plain and compressed).
-const MAX_CHUNK: u64 = 1 << 30;
+/// Largest chunk a node can decode (its zstd window limit): the manifest's own bound.
+const MAX_CHUNK: u64 = wire::manifest::MAX_CHUNK_SIZE;
 const READ_BUFFER: usize = 1 << 20;
 /// Compression threads at most: each holds a chunk and its frame.
 const MAX_THREADS: usize = 4;
 const OS_INIT_HINT: &str =
-    "build it with `cargo build --release --target x86_64-unknown-linux-musl -p initramfs` \
-     and pass --os-init target/x86_64-unknown-linux-musl/release/os-init";
+    "build it with `cargo build --profile node --target x86_64-unknown-linux-musl -p initramfs` \
+     and pass --os-init target/x86_64-unknown-linux-musl/node/os-init";
 
 /// What staging found and added.
 struct Staged {
@@ -156,8 +157,9 @@ fn check_options(opts: &BundleOptions, name: &str) -> Result<()> {
         || opts.chunk_size > MAX_CHUNK
     {
         bail!(
-            "--chunk-size {} is not a multiple of 4 KiB up to 1 GiB",
-            opts.chunk_size
+            "--chunk-size {} is not a multiple of 4 KiB up to {} MiB (what a node decodes)",
+            opts.chunk_size,
+            MAX_CHUNK >> 20
         );
     }
     if let Some(size) = opts.root_size {

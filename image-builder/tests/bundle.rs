@@ -405,7 +405,7 @@ fn bad_input_is_refused_with_a_clear_error() {
         "{err}"
     );
     assert!(
-        err.contains("cargo build --release --target x86_64-unknown-linux-musl -p initramfs"),
+        err.contains("cargo build --profile node --target x86_64-unknown-linux-musl -p initramfs"),
         "{err}"
     );
 

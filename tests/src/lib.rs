@@ -63,15 +63,17 @@ pub fn vmlinuz() -> PathBuf {
     kernel_cache().join("vmlinuz")
 }
 
-/// A workspace binary built statically for the guest (musl), in its own target
-/// directory so this nested cargo never waits on the outer one's lock.
+/// A workspace binary built statically for the guest (musl) with the `node`
+/// profile, as `make bins` ships it, in its own target directory so this
+/// nested cargo never waits on the outer one's lock.
 pub fn musl_binary(package: &str, bin: &str) -> PathBuf {
     let target_dir = repo_root().join("target/e2e-musl");
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(repo_root())
         .args([
             "build",
-            "--release",
+            "--profile",
+            "node",
             "--target",
             "x86_64-unknown-linux-musl",
             "-p",
@@ -81,9 +83,7 @@ pub fn musl_binary(package: &str, bin: &str) -> PathBuf {
         ])
         .env("CARGO_TARGET_DIR", &target_dir);
     run(&mut cmd);
-    target_dir
-        .join("x86_64-unknown-linux-musl/release")
-        .join(bin)
+    target_dir.join("x86_64-unknown-linux-musl/node").join(bin)
 }
 
 /// A workspace binary built for the host, in its own target directory.
