@@ -198,9 +198,11 @@ fn sha256_file(path: &Path) -> Result<(String, u64)> {
     Ok((digest::format(&hasher.finalize().into()), size))
 }
 
+/// `blobs/sha256/HEX`. Every digest here is one os-image computed
+/// (`digest::format`); its hex, and nothing else, becomes the file name.
 fn blob_path(layout: &Path, digest: &str) -> PathBuf {
-    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
-    layout.join("blobs/sha256").join(hex)
+    let bytes = digest::bytes(digest).expect("a sha256 digest os-image computed");
+    layout.join("blobs/sha256").join(wire::digest::hex(&bytes))
 }
 
 /// Creates the layout skeleton (or checks an existing one); returns `blobs/sha256`.

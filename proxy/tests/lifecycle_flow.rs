@@ -86,15 +86,12 @@ async fn assert_succeeded(client: &kube::Client) {
 
 #[tokio::test]
 async fn a_fallback_fails_with_the_version_and_uncordons() {
-    let server = FakeApiServer::start().await;
-    let client = client(&server);
-    create_node(&client, NODE, false).await;
-    start_operation(&client, "upgrade", "Assigned", NEW).await;
-    let agent = FakeAgent::start("empty", "");
-    let p = Proxy::new(
-        client.clone(),
-        proxy_config(&agent.socket, Duration::from_secs(10)),
-    );
+    let Rig {
+        server: _server,
+        client,
+        agent,
+        proxy: p,
+    } = upgrade_rig("empty", "").await;
     tick_until(&p, &client, 10, phase_is("Rebooting")).await;
     // GRUB used up the tries and booted A; the agent marked B failed.
     agent.set(|s| {
@@ -275,16 +272,13 @@ async fn prepare_errors_are_retried_or_fail_by_their_kind() {
         Reason::DigestMismatch,
         Reason::VerifyFailed,
     ] {
-        let server = FakeApiServer::start().await;
-        let client = client(&server);
-        create_node(&client, NODE, false).await;
-        start_operation(&client, "upgrade", "Assigned", NEW).await;
-        let agent = FakeAgent::start("empty", "");
+        let Rig {
+            server: _server,
+            client,
+            agent,
+            proxy: p,
+        } = upgrade_rig("empty", "").await;
         *agent.prepare_error.lock().unwrap() = Some(reason);
-        let p = Proxy::new(
-            client.clone(),
-            proxy_config(&agent.socket, Duration::from_secs(10)),
-        );
         tick_until(&p, &client, 5, phase_is("Preparing")).await;
         for _ in 0..4 {
             p.tick().await.unwrap();

@@ -134,6 +134,33 @@ pub fn proxy_config(socket: &Path, drain_timeout: Duration) -> proxy::Config {
     }
 }
 
+/// A node with an upgrade to [`NEW`] assigned, a scripted agent whose slot B says
+/// `b_state`/`b_version`, and the proxy that drives them.
+pub struct Rig {
+    pub server: FakeApiServer,
+    pub client: kube::Client,
+    pub agent: FakeAgent,
+    pub proxy: Proxy,
+}
+
+pub async fn upgrade_rig(b_state: &str, b_version: &str) -> Rig {
+    let server = FakeApiServer::start().await;
+    let client = client(&server);
+    create_node(&client, NODE, false).await;
+    start_operation(&client, "upgrade", "Assigned", NEW).await;
+    let agent = FakeAgent::start(b_state, b_version);
+    let proxy = Proxy::new(
+        client.clone(),
+        proxy_config(&agent.socket, Duration::from_secs(10)),
+    );
+    Rig {
+        server,
+        client,
+        agent,
+        proxy,
+    }
+}
+
 /// Ticks until `done` holds for the OSInstance, at most `limit` ticks; returns the steps.
 pub async fn tick_until(
     p: &Proxy,
