@@ -106,7 +106,7 @@ impl AgentClient {
 
     pub async fn status(&self) -> Result<AgentStatus, AgentError> {
         let v = self.call(msg::STATUS, json!([])).await?;
-        decode(msg::STATUS, v)
+        decode(msg::STATUS, with_record_defaults(v))
     }
 
     /// Writes and verifies the image into the inactive slot; returns when that is done.
@@ -196,6 +196,21 @@ impl AgentClient {
         }
         parse_answer(method, &answer)
     }
+}
+
+/// Agents older than the `wire` crate (a node not yet upgraded talks to a new
+/// proxy) send slot records without `slot` and `source`: the slot is the
+/// record's key, the source empty.
+fn with_record_defaults(mut v: Value) -> Value {
+    if let Some(slots) = v.get_mut("slots").and_then(Value::as_object_mut) {
+        for (key, rec) in slots.iter_mut() {
+            if let Some(rec) = rec.as_object_mut() {
+                rec.entry("slot").or_insert_with(|| json!(key));
+                rec.entry("source").or_insert_with(|| json!(""));
+            }
+        }
+    }
+    v
 }
 
 /// A result as the type the agent encoded it from.
@@ -299,6 +314,17 @@ mod tests {
         assert_eq!(s.record(Slot::B).state, SlotState::Written);
         assert_eq!(s.booted_record().version, "1");
         assert_eq!(s.job.unwrap().percent, Some(25.0));
+    }
+
+    #[test]
+    fn a_status_from_an_agent_before_the_wire_crate_still_decodes() {
+        // What agents up to issue 13 sent: records without `slot` or `source`.
+        let old = r#"{"booted":"A","active":"A","trial":"B","tries":3,"fail":null,"on_trial":false,"source":"1","slots":{"A":{"state":"good","version":"1","digest":"blake3:aa","size":4096,"written_at":1},"B":{"state":"written","version":"2","digest":"blake3:bb","size":4096,"written_at":2}},"last_failure":null,"job":null,"other_job":null}"#;
+        let v = with_record_defaults(serde_json::from_str(old).unwrap());
+        let s: AgentStatus = decode("status", v).unwrap();
+        assert_eq!((s.slots.a.slot, s.slots.b.slot), (Slot::A, Slot::B));
+        assert_eq!(s.record(Slot::B).version, "2");
+        assert_eq!(s.rescue, None);
     }
 
     #[test]
