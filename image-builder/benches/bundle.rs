@@ -271,7 +271,8 @@ fn make_rootfs(work: &Path) -> (PathBuf, PathBuf) {
     )
     .unwrap();
     let os_init = work.join("os-init");
-    std::fs::copy("/bin/true", &os_init).unwrap();
+    // Statically linked, as os-image requires of os-init.
+    std::fs::copy("/bin/busybox", &os_init).unwrap();
     (rootfs, os_init)
 }
 

@@ -208,17 +208,7 @@ fn find_os_init(given: Option<&Path>) -> Result<PathBuf> {
     if !path.is_file() {
         bail!("os-init not found at {}: {OS_INIT_HINT}", path.display());
     }
-    match elf::is_dynamic(&path) {
-        Ok(false) => {}
-        Ok(true) => log::warn!(
-            "{} is dynamically linked and cannot run in the initramfs: {OS_INIT_HINT}",
-            path.display()
-        ),
-        Err(e) => log::warn!(
-            "{} is not an ELF executable ({e:#}); the initramfs needs a static os-init",
-            path.display()
-        ),
-    }
+    elf::require_static(&path, "os-init")?;
     Ok(path)
 }
 

@@ -109,6 +109,7 @@ pub fn run(opts: &DemoOptions) -> Result<()> {
             out.display()
         );
     }
+    let agent = agent_binary(opts)?;
     for dir in [
         "bin",
         "sbin",
@@ -139,7 +140,7 @@ pub fn run(opts: &DemoOptions) -> Result<()> {
             script.as_bytes(),
         )?;
     }
-    if let Some(agent) = agent_binary(opts)? {
+    if let Some(agent) = agent {
         std::fs::copy(&agent, out.join("usr/bin/os-agent"))
             .with_context(|| format!("copy {}", agent.display()))?;
         log::info!("included os-agent from {}", agent.display());
@@ -154,14 +155,20 @@ pub fn run(opts: &DemoOptions) -> Result<()> {
 
 /// `--agent`, or os-agent beside the running os-image when it exists.
 fn agent_binary(opts: &DemoOptions) -> Result<Option<PathBuf>> {
-    if let Some(a) = &opts.agent {
-        if !a.is_file() {
-            bail!("--agent {}: no such file", a.display());
+    let agent = match &opts.agent {
+        Some(a) if !a.is_file() => bail!("--agent {}: no such file", a.display()),
+        Some(a) => a.clone(),
+        None => {
+            let beside = std::env::current_exe()?.with_file_name("os-agent");
+            if !beside.is_file() {
+                return Ok(None);
+            }
+            beside
         }
-        return Ok(Some(a.clone()));
-    }
-    let beside = std::env::current_exe()?.with_file_name("os-agent");
-    Ok(beside.is_file().then_some(beside))
+    };
+    // The demo root has busybox and no C library.
+    crate::elf::require_static(&agent, "os-agent")?;
+    Ok(Some(agent))
 }
 
 fn install_busybox(out: &Path) -> Result<()> {

@@ -135,6 +135,30 @@ pub fn is_dynamic(path: &Path) -> Result<bool> {
         .any(|p| u32_at(p, 0) == PT_INTERP))
 }
 
+/// Refuses a program that cannot run on a node without a C library: not an
+/// ELF executable, or one that names a dynamic loader. `what` names the
+/// program (`os-init`, `os-agent`) for the message, which says how to build
+/// the static one.
+pub fn require_static(path: &Path, what: &str) -> Result<()> {
+    let how = format!(
+        "build the static {what} with `make bins` (target/bin/{what}), or `cargo build --profile \
+         node --target x86_64-unknown-linux-musl`; a plain `cargo build --release` links it \
+         against glibc"
+    );
+    match is_dynamic(path) {
+        Ok(false) => Ok(()),
+        Ok(true) => bail!(
+            "{} is dynamically linked: {what} runs where there is no dynamic loader or C \
+             library, and a node built with it does not boot; {how}",
+            path.display()
+        ),
+        Err(e) => bail!(
+            "{} is not an x86_64 ELF executable ({e:#}); {how}",
+            path.display()
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

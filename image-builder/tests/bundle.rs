@@ -119,9 +119,11 @@ fn make_rootfs(root: &Path) {
     std::os::unix::fs::symlink("x".repeat(200), root.join("usr/lib/long-link")).unwrap();
 }
 
+/// A statically linked program standing in for os-init (busybox-static):
+/// os-image refuses a dynamic one.
 fn fake_os_init(dir: &Path) -> PathBuf {
     let path = dir.join("os-init");
-    std::fs::copy("/bin/true", &path).unwrap();
+    std::fs::copy("/bin/busybox", &path).unwrap();
     path
 }
 
@@ -406,6 +408,22 @@ fn bad_input_is_refused_with_a_clear_error() {
     );
     assert!(
         err.contains("cargo build --profile node --target x86_64-unknown-linux-musl -p initramfs"),
+        "{err}"
+    );
+
+    // A glibc build (what `cargo build --release` makes) or no program at
+    // all: refused, naming the file and how to build the static one.
+    let dynamic = Path::new("/bin/true");
+    let err = fails(&r.rootfs, dynamic, &[]);
+    assert!(
+        err.contains("/bin/true is dynamically linked") && err.contains("`make bins`"),
+        "{err}"
+    );
+    let text = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(text.path(), "#!/bin/sh\n").unwrap();
+    let err = fails(&r.rootfs, text.path(), &[]);
+    assert!(
+        err.contains("is not an x86_64 ELF executable") && err.contains("`make bins`"),
         "{err}"
     );
 

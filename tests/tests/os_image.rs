@@ -29,6 +29,9 @@ fn fixture() -> &'static Fixture {
     F.get_or_init(|| {
         let os_image = e2e::host_binary("image-builder", "os-image");
         let os_init = e2e::musl_binary("initramfs", "os-init");
+        // Beside os-image in its target dir may be a glibc os-agent (another
+        // test's host build), which demo-rootfs refuses: name the static one.
+        let os_agent = e2e::musl_binary("agent", "os-agent");
         let dir = e2e::fixture_dir().join("os-image");
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -37,6 +40,8 @@ fn fixture() -> &'static Fixture {
             run(Command::new(&os_image)
                 .args(["demo-rootfs", "--version", v, "--kernel-deb"])
                 .arg(e2e::kernel_deb())
+                .arg("--agent")
+                .arg(&os_agent)
                 .arg("--out")
                 .arg(&rootfs));
             run(Command::new(&os_image)
@@ -223,5 +228,26 @@ fn disk_refuses_an_image_larger_than_the_slot_and_writes_nothing() {
     assert_eq!(result.status.code(), Some(1));
     let err = String::from_utf8_lossy(&result.stderr);
     assert!(err.contains("larger than the slot"), "{err}");
+    assert!(!out.exists(), "a refused build left {}", out.display());
+}
+
+#[test]
+fn demo_rootfs_refuses_an_os_agent_that_needs_a_c_library() {
+    let os_image = e2e::host_binary("image-builder", "os-image");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("rootfs");
+    let o = Command::new(&os_image)
+        .args(["demo-rootfs", "--version", "1", "--kernel-deb"])
+        .arg(e2e::kernel_deb())
+        .args(["--agent", "/bin/true", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("/bin/true is dynamically linked") && stderr.contains("`make bins`"),
+        "{stderr}"
+    );
     assert!(!out.exists(), "a refused build left {}", out.display());
 }

@@ -31,6 +31,9 @@ fn fixture() -> &'static Fixture {
     F.get_or_init(|| {
         let os_image = e2e::host_binary("image-builder", "os-image");
         let os_init = e2e::musl_binary("initramfs", "os-init");
+        // Beside os-image in its target dir may be a glibc os-agent (another
+        // test's host build), which demo-rootfs refuses: name the static one.
+        let os_agent = e2e::musl_binary("agent", "os-agent");
         let dir = e2e::fixture_dir().join("os-image-oci");
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -38,6 +41,8 @@ fn fixture() -> &'static Fixture {
         run(Command::new(&os_image)
             .args(["demo-rootfs", "--version", TAG, "--kernel-deb"])
             .arg(e2e::kernel_deb())
+            .arg("--agent")
+            .arg(&os_agent)
             .arg("--out")
             .arg(&rootfs));
         let bundles = dir.join("bundles");
