@@ -39,6 +39,9 @@ mod writer;
 
 pub use error::PrepareError;
 pub use resume::Retry;
+#[cfg(debug_assertions)]
+#[doc(hidden)]
+pub use slot::fault;
 
 use crate::config::Config;
 use crate::progress::{Phase, Progress};

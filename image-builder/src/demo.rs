@@ -43,7 +43,9 @@ mkdir -p /var/lib/demo /var/log
 echo "$VERSION_ID ${slot:-?}" >>/var/lib/demo/boots
 [ -s /etc/demo-first-version ] || echo "$VERSION_ID" >/etc/demo-first-version
 sync
-echo "OS-DEMO version=$VERSION_ID slot=${slot:-?} boots=$(wc -l </var/lib/demo/boots) etc-first=$(cat /etc/demo-first-version)"
+# The root slot is mounted read-only by os-init: a write to / must fail.
+if touch /.os-demo-rw-probe 2>/dev/null; then rm -f /.os-demo-rw-probe; root=rw; else root=ro; fi
+echo "OS-DEMO version=$VERSION_ID slot=${slot:-?} boots=$(wc -l </var/lib/demo/boots) etc-first=$(cat /etc/demo-first-version) root=$root"
 # The ESP (GPT name ESP; there is no udev) carries the A/B env the agent writes.
 esp=$(grep -l '^PARTNAME=ESP$' /sys/class/block/*/uevent 2>/dev/null | head -n 1)
 if [ -n "$esp" ]; then

@@ -43,6 +43,21 @@ fn default_slot_size(images: &[&Manifest]) -> u64 {
 }
 
 pub fn run(opts: &DiskOptions) -> Result<()> {
+    // Every tool before the first byte is written.
+    for tool in [
+        "sgdisk",
+        "mkfs.vfat",
+        "mmd",
+        "mcopy",
+        "grub-mkimage",
+        "mkfs.ext4",
+        "debugfs",
+    ] {
+        tools::find(tool)?;
+    }
+    if matches!(opts.format, Format::Qcow2) {
+        tools::find("qemu-img")?;
+    }
     let a = Manifest::load(&opts.bundle)?;
     let b = opts.bundle_b.as_deref().map(Manifest::load).transpose()?;
     let mut state = AbState::new(Slot::A);
@@ -66,6 +81,11 @@ pub fn run(opts: &DiskOptions) -> Result<()> {
         }
     }
     let layout = Layout::compute(slot_size, opts.size)?;
+    // Every identifier and timestamp in the disk comes from the inputs and
+    // SOURCE_DATE_EPOCH (else the build time): the same inputs and time give
+    // the same bytes (docs/decisions.md, os-image).
+    let now = build_time();
+    let ids = Identifiers::of(&a, b.as_ref(), opts, now);
 
     let out_dir = opts
         .out
@@ -77,7 +97,7 @@ pub fn run(opts: &DiskOptions) -> Result<()> {
     let raw = work.path().join("disk.raw");
     let disk = File::create(&raw).with_context(|| format!("create {}", raw.display()))?;
     disk.set_len(layout.total)?;
-    layout.write_gpt(&raw)?;
+    layout.write_gpt(&raw, &ids.disk_guid, &ids.partition_guids)?;
 
     let cfg = GrubConfig {
         cmdline: opts.cmdline.clone(),
@@ -90,6 +110,8 @@ pub fn run(opts: &DiskOptions) -> Result<()> {
         layout.esp.start / 512,
         &grubcfg::render(&cfg),
         &state,
+        &ids.esp_volume_id,
+        now,
     )?;
     let mut disk = OpenOptions::new().write(true).open(&raw)?;
     copy_sparse(&esp_file, &mut disk, layout.esp.start)?;
@@ -115,14 +137,6 @@ pub fn run(opts: &DiskOptions) -> Result<()> {
         unpack::write_image(b, &b.image_path(path), &mut disk, layout.root_b.start)?;
     }
 
-    let now = std::env::var("SOURCE_DATE_EPOCH")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs())
-        });
     let record_of = |slot: Slot, m: Option<&Manifest>, state: SlotState| match m {
         None => SlotRecord::empty(slot),
         Some(m) => SlotRecord {
@@ -142,7 +156,13 @@ pub fn run(opts: &DiskOptions) -> Result<()> {
         record_of(Slot::B, b.as_ref(), SlotState::Written),
     ];
     let persist_file = work.path().join("persist.img");
-    build_persist(&persist_file, layout.persist.size, &records)?;
+    build_persist(
+        &persist_file,
+        layout.persist.size,
+        &records,
+        &ids.persist_uuid,
+        now,
+    )?;
     copy_sparse(&persist_file, &mut disk, layout.persist.start)?;
     disk.sync_all()?;
     drop(disk);
@@ -175,8 +195,62 @@ pub fn run(opts: &DiskOptions) -> Result<()> {
     Ok(())
 }
 
-/// PERSIST: ext4 holding the slot records and the directories os-init binds.
-fn build_persist(path: &Path, size: u64, records: &[SlotRecord]) -> Result<()> {
+/// SOURCE_DATE_EPOCH, else now: the slot records' `written_at` and every
+/// timestamp in the ESP and PERSIST.
+fn build_time() -> u64 {
+    std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        })
+}
+
+/// The disk's identifiers, derived from what goes on it (the images, the boot
+/// settings, the layout options and the time) instead of drawn at random.
+struct Identifiers {
+    disk_guid: String,
+    /// GPT partition GUIDs by partition number 1..=4.
+    partition_guids: [String; 4],
+    /// FAT volume id (8 hex digits).
+    esp_volume_id: String,
+    persist_uuid: String,
+}
+
+impl Identifiers {
+    fn of(a: &Manifest, b: Option<&Manifest>, opts: &DiskOptions, time: u64) -> Identifiers {
+        let inputs = format!(
+            "{}\0{}\0{:?}\0{}\0{:?}\0{:?}\0{:?}\0{}\0{time}",
+            a.image_digest,
+            b.map(|b| b.image_digest.to_string()).unwrap_or_default(),
+            opts.arm,
+            opts.tries,
+            opts.size,
+            opts.slot_size,
+            opts.confirm,
+            opts.cmdline,
+        );
+        let id = |purpose: &str| crate::ext4::derived_uuid(purpose, "disk", &inputs);
+        Identifiers {
+            disk_guid: id("gpt disk"),
+            partition_guids: [1, 2, 3, 4].map(|n| id(&format!("gpt partition {n}"))),
+            esp_volume_id: id("esp volume")[..8].to_owned(),
+            persist_uuid: id("persist"),
+        }
+    }
+}
+
+/// PERSIST: ext4 holding the slot records and the directories os-init binds,
+/// with the given UUID and every timestamp `time`.
+fn build_persist(
+    path: &Path,
+    size: u64,
+    records: &[SlotRecord],
+    uuid: &str,
+    time: u64,
+) -> Result<()> {
     let staging = tempfile::tempdir().context("create temp dir")?;
     for rec in records {
         record::write(staging.path(), rec)?;
@@ -184,16 +258,24 @@ fn build_persist(path: &Path, size: u64, records: &[SlotRecord]) -> Result<()> {
     for dir in ["var", "etc-overlay"] {
         std::fs::create_dir_all(staging.path().join(dir))?;
     }
+    // mke2fs -d copies the staged files' times; the rest comes from the fake time.
+    crate::tools::set_tree_mtime(staging.path(), time)?;
     let file = File::create(path).with_context(|| format!("create {}", path.display()))?;
     file.set_len(size)?;
     drop(file);
+    let hash_seed = crate::ext4::derived_uuid("persist hash seed", "disk", uuid);
     tools::run(
         tools::command("mkfs.ext4")?
-            .args(["-q", "-F", "-L", "PERSIST", "-E", "root_owner=0:0", "-d"])
+            .env("E2FSPROGS_FAKE_TIME", time.to_string())
+            .args(["-q", "-F", "-L", "PERSIST", "-U", uuid, "-E"])
+            .arg(format!("root_owner=0:0,hash_seed={hash_seed}"))
+            .arg("-d")
             .arg(staging.path())
             .arg(path),
     )?;
-    Ok(())
+    let work = tempfile::tempdir().context("create temp dir")?;
+    crate::ext4::set_inode_times(path, time, false, work.path())?;
+    crate::ext4::fsck(path)
 }
 
 /// Copies `src` into `disk` at `offset`, skipping all-zero blocks: the disk

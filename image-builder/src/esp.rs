@@ -45,6 +45,8 @@ pub fn build(
     hidden_sectors: u64,
     grub_cfg: &str,
     state: &AbState,
+    volume_id: &str,
+    time: u64,
 ) -> Result<()> {
     if !Path::new(GRUB_EFI_MODULES).join("linux.mod").exists() {
         bail!(
@@ -59,6 +61,7 @@ pub fn build(
     tools::run(
         tools::command("mkfs.vfat")?
             .args(["-F", "32", "-n", "ESP", "-h", &hidden_sectors.to_string()])
+            .args(["--invariant", "-i", volume_id])
             .arg(path),
     )?;
 
@@ -82,9 +85,14 @@ pub fn build(
     let env = work.path().join("env");
     std::fs::write(&env, state.to_block()).context("write env block")?;
 
+    // mtools stamps directories with SOURCE_DATE_EPOCH; `mcopy -m` keeps the
+    // files' own times, set to `time` too.
+    tools::set_tree_mtime(work.path(), time)?;
+    let epoch = time.to_string();
     let image = path.display().to_string();
     let mut mmd = tools::command("mmd")?;
-    mmd.args(["-i", &image, "::EFI", "::EFI/BOOT"]);
+    mmd.env("SOURCE_DATE_EPOCH", &epoch)
+        .args(["-i", &image, "::EFI", "::EFI/BOOT"]);
     for copy in COPY_PATHS {
         mmd.arg(format!(
             "::{}",
@@ -95,7 +103,8 @@ pub fn build(
     let put = |src: &Path, dest: &str| -> Result<()> {
         tools::run(
             tools::command("mcopy")?
-                .args(["-i", &image])
+                .env("SOURCE_DATE_EPOCH", &epoch)
+                .args(["-m", "-i", &image])
                 .arg(src)
                 .arg(format!("::{dest}")),
         )?;

@@ -125,18 +125,24 @@ pub fn make(image: &Path, staging: &Path, params: &Ext4Params, work: &Path) -> R
 
 /// Sets the times (and owners) of every inode mke2fs copied from staging.
 fn fix_inodes(image: &Path, params: &Ext4Params, work: &Path) -> Result<()> {
+    set_inode_times(image, params.time, params.owners_to_root, work)
+}
+
+/// Sets atime, ctime and mtime of every used inode of `image` to `t` (and
+/// owners to 0:0 when asked): mke2fs -d takes the change time from the
+/// staged files, which no one can set.
+pub fn set_inode_times(image: &Path, t: u64, owners_to_root: bool, work: &Path) -> Result<()> {
     let script = work.join("debugfs.cmds");
     let inodes = used_inodes(image)?;
     let mut out = BufWriter::new(
         File::create(&script).with_context(|| format!("create {}", script.display()))?,
     );
-    let t = params.time;
     for ino in &inodes {
         write!(
             out,
             "sif <{ino}> atime @{t}\nsif <{ino}> ctime @{t}\nsif <{ino}> mtime @{t}\n"
         )?;
-        if params.owners_to_root {
+        if owners_to_root {
             write!(out, "sif <{ino}> uid 0\nsif <{ino}> gid 0\n")?;
         }
     }

@@ -104,15 +104,27 @@ impl Layout {
     }
 
     /// Writes the GPT onto `disk` (already `total` bytes long).
-    pub fn write_gpt(&self, disk: &Path) -> Result<()> {
+    /// `disk_guid` and `partition_guids` (by partition number, from 1) are
+    /// given, not random, so the same inputs give the same table.
+    pub fn write_gpt(
+        &self,
+        disk: &Path,
+        disk_guid: &str,
+        partition_guids: &[String; 4],
+    ) -> Result<()> {
         let mut cmd = tools::command("sgdisk")?;
-        cmd.arg("--clear");
+        cmd.arg("--clear").arg(format!("--disk-guid={disk_guid}"));
         for p in self.parts() {
             let first = p.start / 512;
             let last = (p.start + p.size) / 512 - 1;
             cmd.arg(format!("--new={}:{first}:{last}", p.number))
                 .arg(format!("--typecode={}:{}", p.number, p.type_code))
-                .arg(format!("--change-name={}:{}", p.number, p.name));
+                .arg(format!("--change-name={}:{}", p.number, p.name))
+                .arg(format!(
+                    "--partition-guid={}:{}",
+                    p.number,
+                    partition_guids[p.number as usize - 1]
+                ));
         }
         // No -q: sgdisk 1.0.9 with -q exits 0 without writing the table.
         cmd.arg(disk);

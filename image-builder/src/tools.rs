@@ -2,7 +2,7 @@
 //! to install and show what the tool printed.
 
 use anyhow::{bail, Context, Result};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// Debian package that ships `tool`, for the "install it" hint.
@@ -80,4 +80,34 @@ mod tests {
             "{err}"
         );
     }
+}
+
+/// Sets the modification time of `root` and everything below it (no
+/// symlinks followed) to `time`, seconds since the epoch: tools that copy a
+/// tree into an image keep these times.
+pub fn set_tree_mtime(root: &Path, time: u64) -> Result<()> {
+    let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(time);
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let meta =
+            std::fs::symlink_metadata(&path).with_context(|| format!("stat {}", path.display()))?;
+        if meta.is_dir() {
+            for entry in
+                std::fs::read_dir(&path).with_context(|| format!("read {}", path.display()))?
+            {
+                stack.push(entry?.path());
+            }
+        }
+        if meta.is_dir() || meta.is_file() {
+            let file =
+                std::fs::File::open(&path).with_context(|| format!("open {}", path.display()))?;
+            file.set_times(
+                std::fs::FileTimes::new()
+                    .set_modified(when)
+                    .set_accessed(when),
+            )
+            .with_context(|| format!("set the times of {}", path.display()))?;
+        }
+    }
+    Ok(())
 }

@@ -46,8 +46,20 @@ pub fn base_command(disk: &Path, vars: &Path) -> Command {
         .arg("-drive")
         .arg(format!("if=pflash,format=raw,file={}", vars.display()))
         .arg("-drive")
-        .arg(format!("if=virtio,format=raw,file={}", disk.display()));
+        .arg(format!(
+            "if=virtio,format={},file={}",
+            disk_format(disk),
+            disk.display()
+        ));
     qemu
+}
+
+/// `qcow2` for a `.qcow2` file (what `os-image disk --format qcow2` writes), else `raw`.
+pub fn disk_format(disk: &Path) -> &'static str {
+    match disk.extension().and_then(|e| e.to_str()) {
+        Some("qcow2") => "qcow2",
+        _ => "raw",
+    }
 }
 
 impl Machine {

@@ -62,8 +62,12 @@ fn fixture() -> &'static Fixture {
 }
 
 fn build_disk(dir: &Path, args: &[&str]) -> PathBuf {
+    build_disk_as(dir, "disk.img", args)
+}
+
+fn build_disk_as(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
     let f = fixture();
-    let out = dir.join("disk.img");
+    let out = dir.join(name);
     run(Command::new(&f.os_image)
         .arg("disk")
         .arg("--bundle")
@@ -132,6 +136,8 @@ fn plain_disk_is_clean_and_boots_version_1_from_a() {
         "{}",
         demo_line(&c)
     );
+    // The booted root slot is read-only: the demo's write to / failed.
+    assert!(demo_line(&c).ends_with(" root=ro"), "{}", demo_line(&c));
     assert_eq!(c.param("os.trial"), None);
 }
 
@@ -250,4 +256,45 @@ fn demo_rootfs_refuses_an_os_agent_that_needs_a_c_library() {
         "{stderr}"
     );
     assert!(!out.exists(), "a refused build left {}", out.display());
+}
+
+#[test]
+fn a_qcow2_disk_boots() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = build_disk_as(dir.path(), "disk.qcow2", &["--format", "qcow2"]);
+    let info = run(Command::new("qemu-img").arg("info").arg(&image));
+    assert!(info.contains("file format: qcow2"), "{info}");
+    let mut m = Machine::new(&image, "os_image-qcow2");
+    let c = m.boot_disk(BOOT_TIMEOUT);
+    assert!(
+        demo_line(&c).starts_with("OS-DEMO version=1 slot=A "),
+        "{}",
+        demo_line(&c)
+    );
+}
+
+#[test]
+fn disk_is_byte_identical_when_built_twice_from_the_same_inputs() {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let build = |name: &str| {
+        let out = dir.path().join(name);
+        run(Command::new(&f.os_image)
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .arg("disk")
+            .arg("--bundle")
+            .arg(&f.v1)
+            .arg("--bundle-b")
+            .arg(&f.v2)
+            .args(["--arm", "B", "--cmdline", CMDLINE, "--out"])
+            .arg(&out));
+        std::fs::read(out).unwrap()
+    };
+    let first = build("one.img");
+    // FAT keeps times in 2-second steps: a later build must not differ by its clock.
+    std::thread::sleep(Duration::from_millis(2100));
+    let second = build("two.img");
+    assert_eq!(first.len(), second.len());
+    let differ = first.iter().zip(&second).filter(|(a, b)| a != b).count();
+    assert_eq!(differ, 0, "{differ} bytes differ between two builds");
 }

@@ -100,7 +100,10 @@ impl SlotDevice {
     pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), PrepareError> {
         self.file
             .write_all_at(buf, offset)
-            .map_err(|e| self.io_error("write", Some(offset), e))
+            .map_err(|e| self.io_error("write", Some(offset), e))?;
+        #[cfg(debug_assertions)]
+        fault::after_write(self, offset, buf.len() as u64);
+        Ok(())
     }
 
     /// Writes `data` at `offset`, its aligned middle with `O_DIRECT` when
@@ -120,6 +123,9 @@ impl SlotDevice {
         self.write_at(first, offset)?;
         if middle.as_ptr() as u64 % ALIGN == 0 {
             match direct.write_all_at(middle, head) {
+                #[cfg(debug_assertions)]
+                Ok(()) => fault::after_write(self, head, middle.len() as u64),
+                #[cfg(not(debug_assertions))]
                 Ok(()) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.write_at(middle, head)?,
                 Err(e) => return Err(self.io_error("write", Some(head), e)),
@@ -259,6 +265,48 @@ fn read_back(
         // Only the latest commit matters.
         target = commits.try_iter().last().unwrap_or(commit);
         reader.read_to(target / ALIGN * ALIGN, progress, flags)?;
+    }
+}
+
+/// A fault seam for tests (debug builds only): the medium garbles one byte
+/// after the write path wrote it, as a failing disk or a controller that
+/// loses a write would, so a test can check that the read-back catches it.
+#[cfg(debug_assertions)]
+#[doc(hidden)]
+pub mod fault {
+    use super::SlotDevice;
+    use std::os::unix::fs::FileExt;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// Offset in the slot of the byte to flip once it has been written;
+    /// `u64::MAX`: none. One shot: reset when it fires.
+    pub static FLIP_AFTER_WRITE: AtomicU64 = AtomicU64::new(u64::MAX);
+
+    pub(super) fn after_write(device: &SlotDevice, offset: u64, len: u64) {
+        let at = FLIP_AFTER_WRITE.load(Ordering::Relaxed);
+        if at < offset || at >= offset + len {
+            return;
+        }
+        if FLIP_AFTER_WRITE
+            .compare_exchange(at, u64::MAX, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        // Through a descriptor of its own, behind the write path's back.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&device.path)
+            .expect("fault seam: open the slot");
+        let mut b = [0u8];
+        file.read_exact_at(&mut b, at).expect("fault seam: read");
+        file.write_all_at(&[b[0] ^ 0x40], at)
+            .expect("fault seam: write");
+        log::warn!(
+            "fault seam: flipped the byte at {at} of slot {}",
+            device.slot
+        );
     }
 }
 
