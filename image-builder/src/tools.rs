@@ -57,31 +57,6 @@ pub fn run(cmd: &mut Command) -> Result<Output> {
     Ok(out)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_missing_tool_is_named_with_its_package() {
-        let err = find("no-such-tool-here").unwrap_err().to_string();
-        assert!(err.contains("`no-such-tool-here` not found"), "{err}");
-        assert_eq!(package_of("sgdisk"), "gdisk");
-        assert_eq!(package_of("mcopy"), "mtools");
-        assert!(find("mkfs.ext4").is_ok(), "e2fsprogs is a test dependency");
-    }
-
-    #[test]
-    fn a_failing_tool_reports_its_stderr() {
-        let err = run(Command::new("sh").args(["-c", "echo boom >&2; exit 3"]))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("boom") && err.contains("exit status: 3"),
-            "{err}"
-        );
-    }
-}
-
 /// Sets the modification time of `root` and everything below it (no
 /// symlinks followed) to `time`, seconds since the epoch: tools that copy a
 /// tree into an image keep these times.
@@ -110,4 +85,29 @@ pub fn set_tree_mtime(root: &Path, time: u64) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_tool_is_named_with_its_package() {
+        let err = find("no-such-tool-here").unwrap_err().to_string();
+        assert!(err.contains("`no-such-tool-here` not found"), "{err}");
+        assert_eq!(package_of("sgdisk"), "gdisk");
+        assert_eq!(package_of("mcopy"), "mtools");
+        assert!(find("mkfs.ext4").is_ok(), "e2fsprogs is a test dependency");
+    }
+
+    #[test]
+    fn a_failing_tool_reports_its_stderr() {
+        let err = run(Command::new("sh").args(["-c", "echo boom >&2; exit 3"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("boom") && err.contains("exit status: 3"),
+            "{err}"
+        );
+    }
 }
