@@ -50,12 +50,17 @@ use bootctl::store::Esp;
 use bootctl::Slot;
 use fetch::Fetcher;
 use manifest::{format_blake3, manifest_url, parse_blake3, Manifest, MAX_MANIFEST_BYTES};
-use resume::{fetch_failure, with_retries, Job};
+use resume::{fetch_failure, with_retries, Job, Saver};
 use slot::{Flags, ReadBack, SlotDevice};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 use writer::Writer;
+
+/// The saved download checkpoint, under the agent's state directory.
+pub const RESUME_FILE: &str = "resume";
+/// How often a checkpoint is saved at most (each save syncs the slot).
+const SAVE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// TLS material for HTTPS sources (KubeOS's `certs` / `mtls`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -177,6 +182,7 @@ pub fn prepare_with(
                 retry,
                 read_timeout: cfg.read_timeout,
                 layer: None,
+                saver: None,
             };
             let manifest = load_manifest(&job, req, pin.blake3())?;
             let (anchor, layer, pinned) = match pin {
@@ -225,7 +231,29 @@ pub fn prepare_with(
         log::warn!("{e}");
     }
     progress.start_phase(Phase::Downloading, image_size.unwrap_or(0));
-    let (size, anchor) = write_and_verify(
+    // With a manifest, checkpoints sit at verified chunk ends: saved to
+    // PERSIST, a restarted agent continues from the last one.
+    let saver = manifest.as_ref().map(|m| {
+        let identity = format!(
+            "slot={slot}\nurl={url}\npin={}\nlayer={}\nimage={}\ncompressed={}\nchunk_size={}\n",
+            req.digest.trim(),
+            layer.as_ref().map_or("", |l| l.digest.as_str()),
+            m.image_digest,
+            m.compressed_size,
+            m.chunk_size
+        );
+        Saver::new(
+            crate::node::agent_dir(cfg).join(RESUME_FILE),
+            identity,
+            SAVE_INTERVAL,
+        )
+    });
+    if let Some(s) = &saver {
+        if let Some(dir) = s.path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+    }
+    let written = write_and_verify(
         &Job {
             fetcher: &fetcher,
             url: &url,
@@ -236,9 +264,22 @@ pub fn prepare_with(
             retry,
             read_timeout: cfg.read_timeout,
             layer: layer.as_ref(),
+            saver: saver.as_ref(),
         },
         anchor,
-    )?;
+    );
+    if let Some(s) = &saver {
+        // Kept only for what a later request can continue: a network
+        // failure, a cancel. Anything else starts over.
+        let keep = written.as_ref().is_err_and(|e| {
+            matches!(e, PrepareError::Cancelled { .. })
+                || e.reason().kind() == wire::rpc::ErrorKind::Retryable
+        });
+        if !keep {
+            s.clear();
+        }
+    }
+    let (size, anchor) = written?;
     progress.set_phase(Phase::Recording);
     let version = req
         .version

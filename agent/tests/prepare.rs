@@ -591,3 +591,104 @@ fn a_manifest_version_that_would_add_record_lines_is_refused() {
     assert_eq!(record_b_bytes(&node), before);
     assert_eq!(server.served(IMG).len(), 0, "nothing downloaded");
 }
+
+/// A bundle big enough that a cut in the middle leaves many chunks on each side.
+fn big_bundle(seed: u64) -> Bundle {
+    bundle(synthetic_image(40 * CHUNK + 777, seed), CHUNK, "2")
+}
+
+fn resume_file(node: &Node) -> std::path::PathBuf {
+    node.cfg.state_dir.join("os-agent/resume")
+}
+
+/// The first prepare gets 60 % of the file, then only 503s, and gives up.
+fn fail_at_sixty_percent(node: &Node, server: &Server, b: &Bundle) -> u64 {
+    let cut = b.zst.len() as u64 * 6 / 10;
+    server.fault(IMG, Fault::DropAfter(cut));
+    // quick_retry: two retries without progress, then it gives up.
+    for _ in 0..2 {
+        server.fault(IMG, Fault::Status(503));
+    }
+    let (err, _) = fails(node, &request(server.url(IMG), &b.meta.digest));
+    assert!(
+        matches!(err, PrepareError::Http { status: 503, .. }),
+        "{err}"
+    );
+    assert!(resume_file(node).exists(), "no checkpoint saved");
+    cut
+}
+
+#[test]
+fn a_download_given_up_continues_in_the_next_prepare_from_its_saved_checkpoint() {
+    let node = Node::new(4 << 20);
+    let b = big_bundle(21);
+    let server = serve(&b, true);
+    let cut = fail_at_sixty_percent(&node, &server, &b);
+    let before = server.served(IMG).len();
+
+    let (result, _) = run(&node, &request(server.url(IMG), &b.meta.digest));
+    let done = result.unwrap();
+    assert_eq!(done.digest, b.meta.digest);
+    assert!(node.slot_b()[..b.image.len()] == b.image[..]);
+    let again = &server.served(IMG)[before..];
+    assert_eq!(again[0].status, 206, "{again:?}");
+    assert!(
+        again[0].start > cut - 2 * CHUNK as u64 && again[0].start <= cut,
+        "continued at {} of a cut at {cut}",
+        again[0].start
+    );
+    let zst = b.zst.len() as u64;
+    assert!(
+        server.sent(IMG) <= zst * 12 / 10,
+        "{} bytes sent for a {zst}-byte file",
+        server.sent(IMG)
+    );
+    assert!(
+        !resume_file(&node).exists(),
+        "the checkpoint outlived the download"
+    );
+}
+
+#[test]
+fn a_file_replaced_at_the_same_url_is_downloaded_from_the_start() {
+    let node = Node::new(4 << 20);
+    let b = big_bundle(22);
+    let server = serve(&b, true);
+    fail_at_sixty_percent(&node, &server, &b);
+    // The same URL serves the file again under a new ETag: what was written
+    // may be of another file, so the saved checkpoint cannot be trusted.
+    server.put(IMG, b.zst.clone());
+    let before = server.served(IMG).len();
+    let (result, _) = run(&node, &request(server.url(IMG), &b.meta.digest));
+    result.unwrap();
+    let again = &server.served(IMG)[before..];
+    assert_eq!((again[0].status, again[0].start), (200, 0), "{again:?}");
+    assert_eq!(
+        again.iter().map(|s| s.sent).sum::<u64>(),
+        b.zst.len() as u64
+    );
+    assert!(node.slot_b()[..b.image.len()] == b.image[..]);
+}
+
+#[test]
+fn a_checkpoint_of_another_download_is_not_used() {
+    let node = Node::new(4 << 20);
+    let b = big_bundle(23);
+    let server = serve(&b, true);
+    fail_at_sixty_percent(&node, &server, &b);
+    // Another bundle (another manifest) at another URL: from the start.
+    let other = big_bundle(24);
+    server.put("/os/other.img.zst", other.zst.clone());
+    server.put(
+        "/os/other.manifest.json",
+        other.meta.manifest.clone().into_bytes(),
+    );
+    let (result, _) = run(
+        &node,
+        &request(server.url("/os/other.img.zst"), &other.meta.digest),
+    );
+    result.unwrap();
+    let served = server.served("/os/other.img.zst");
+    assert_eq!((served[0].status, served[0].start), (200, 0), "{served:?}");
+    assert!(node.slot_b()[..other.image.len()] == other.image[..]);
+}

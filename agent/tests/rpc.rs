@@ -693,3 +693,71 @@ fn a_slot_changed_after_it_was_written_is_written_again() {
     );
     assert_eq!(std::fs::read(&slot_b).unwrap()[..300 << 10], b.image[..]);
 }
+
+/// The saved checkpoint's compressed offset, if there is one.
+fn saved_zpos(node: &Node) -> Option<u64> {
+    let text = std::fs::read_to_string(node.state.join("os-agent/resume")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("zpos="))
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn an_agent_killed_mid_download_continues_from_its_checkpoint_after_a_restart() {
+    let http = common::server::Server::start();
+    let b = common::bundle(common::synthetic_image(900 << 10, 5), 32 << 10, "2");
+    let zst = b.zst.len() as u64;
+    http.put("/os-2.img.zst", b.zst.clone());
+    http.put("/os-2.manifest.json", b.meta.manifest.clone().into_bytes());
+    // A slow link, so the kill lands in the middle of the download.
+    http.fault_always("/os-2.img.zst", common::server::Fault::Throttle(80_000));
+    let prepare = |id| {
+        upgrade_request(id, &http.url("/os-2.img.zst"), &b.meta.digest, "2")
+            .replace(r#""flag_safe":false"#, r#""flag_safe":true"#)
+    };
+    let server = Server::start(Node::new(), "");
+    // Sent, not waited for: the agent is killed before it answers.
+    let mut pending = server.connect();
+    pending.write_all(prepare(1).as_bytes()).unwrap();
+    let start = Instant::now();
+    while saved_zpos(&server.node).is_none_or(|z| z < zst / 2) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no checkpoint past half of {zst} bytes: {:?}\n{}",
+            saved_zpos(&server.node),
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let server = server.restart("");
+    drop(pending);
+    let reply = server.call(&prepare(2));
+    assert!(reply.contains("UpgradeReady"), "{reply}\n{}", server.log());
+    assert!(
+        server
+            .log()
+            .contains("continuing the download saved before the agent stopped"),
+        "{}",
+        server.log()
+    );
+    let sent = http.sent("/os-2.img.zst");
+    eprintln!(
+        "killed and restarted: {sent} bytes sent for a {zst}-byte file ({:.2}x)",
+        sent as f64 / zst as f64
+    );
+    assert!(
+        sent * 10 <= zst * 12,
+        "{sent} bytes sent for a {zst}-byte file ({:.2}x)",
+        sent as f64 / zst as f64
+    );
+    assert_eq!(server.node.record(Slot::B).state, SlotState::Written);
+    let slot = std::fs::read(&server.node.root_b).unwrap();
+    assert!(
+        slot[..b.image.len()] == b.image[..],
+        "slot B holds the image"
+    );
+    assert!(
+        saved_zpos(&server.node).is_none(),
+        "the checkpoint outlived the download"
+    );
+}

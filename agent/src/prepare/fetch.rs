@@ -68,6 +68,12 @@ pub struct Body {
     pub reader: Box<dyn Read + Send>,
     /// Size of the whole resource when the server says (or the file's size).
     pub total: Option<u64>,
+    /// The server's strong validator for the resource (its `ETag`), when it
+    /// gave one: a resumed request sends it as `If-Range`.
+    pub etag: Option<String>,
+    /// A range was asked for with a validator the resource no longer has:
+    /// the server sent the whole, changed resource from byte 0.
+    pub changed: bool,
 }
 
 /// Fetches from one URL scheme, with the request's TLS settings. Cheap to
@@ -149,22 +155,33 @@ impl Fetcher {
         Ok(Fetcher::Http(config.into()))
     }
 
-    /// Opens `url` at byte `offset`.
-    pub fn open(&self, url: &str, offset: u64) -> Result<Body, FetchError> {
+    /// Opens `url` at byte `offset`; over HTTP with `If-Range: validator`
+    /// when one is given, so a resource that changed comes whole instead of
+    /// as a range of something else.
+    pub fn open(
+        &self,
+        url: &str,
+        offset: u64,
+        validator: Option<&str>,
+    ) -> Result<Body, FetchError> {
         match self {
             Fetcher::File => open_file(
                 &file_path(url).map_err(|e| FetchError::File(io::Error::other(e.to_string())))?,
                 offset,
+                validator,
             ),
-            Fetcher::Http(agent) => open_http(agent, url, offset),
+            Fetcher::Http(agent) => open_http(agent, url, offset, validator),
             Fetcher::Registry(b) => {
                 let blob = b
                     .client
                     .open_blob(&b.repo, &b.digest, offset)
                     .map_err(from_oci)?;
+                // A blob is addressed by its digest: it cannot change.
                 Ok(Body {
                     reader: blob.reader,
                     total: blob.total,
+                    etag: None,
+                    changed: false,
                 })
             }
         }
@@ -172,7 +189,7 @@ impl Fetcher {
 
     /// Reads a small document (the manifest) whole; `None` when it does not exist.
     pub fn read_small(&self, url: &str, max: u64) -> Result<Option<String>, FetchError> {
-        let body = match self.open(url, 0) {
+        let body = match self.open(url, 0, None) {
             Ok(b) => b,
             Err(FetchError::NotFound) => return Ok(None),
             Err(e) => return Err(e),
@@ -219,10 +236,18 @@ fn classify(e: ureq::Error) -> FetchError {
     }
 }
 
-fn open_http(agent: &ureq::Agent, url: &str, offset: u64) -> Result<Body, FetchError> {
+fn open_http(
+    agent: &ureq::Agent,
+    url: &str,
+    offset: u64,
+    validator: Option<&str>,
+) -> Result<Body, FetchError> {
     let mut req = agent.get(url);
     if offset > 0 {
         req = req.header("Range", format!("bytes={offset}-"));
+        if let Some(v) = validator {
+            req = req.header("If-Range", v);
+        }
     }
     let resp = req.call().map_err(classify)?;
     let status = resp.status().as_u16();
@@ -234,12 +259,29 @@ fn open_http(agent: &ureq::Agent, url: &str, offset: u64) -> Result<Body, FetchE
     };
     let length = header("content-length").and_then(|v| v.parse::<u64>().ok());
     let content_range = header("content-range");
+    // Only a strong validator says "the same bytes" (RFC 9110 §13.1.5).
+    let etag = header("etag").filter(|e| e.starts_with('"'));
     let body = resp.into_body();
     match status {
         200 if offset == 0 => Ok(Body {
             reader: Box::new(body.into_reader()),
             total: length,
+            etag,
+            changed: false,
         }),
+        200 if validator.is_some() && etag.as_deref() != validator => {
+            log::warn!(
+                "{url}: the resource changed (validator {} is now {}); it comes whole",
+                validator.unwrap_or_default(),
+                etag.as_deref().unwrap_or("none")
+            );
+            Ok(Body {
+                reader: Box::new(body.into_reader()),
+                total: length,
+                etag,
+                changed: true,
+            })
+        }
         200 => {
             // The server ignored Range: skip what we already have rather than
             // fail; it costs bandwidth, not correctness.
@@ -249,6 +291,8 @@ fn open_http(agent: &ureq::Agent, url: &str, offset: u64) -> Result<Body, FetchE
             Ok(Body {
                 reader: Box::new(reader),
                 total: length,
+                etag,
+                changed: false,
             })
         }
         206 => {
@@ -256,6 +300,8 @@ fn open_http(agent: &ureq::Agent, url: &str, offset: u64) -> Result<Body, FetchE
             Ok(Body {
                 reader: Box::new(body.into_reader()),
                 total,
+                etag,
+                changed: false,
             })
         }
         404 | 410 => Err(FetchError::NotFound),
@@ -302,7 +348,7 @@ fn file_path(url: &str) -> Result<PathBuf, PrepareError> {
 /// Opens a regular file only: `O_NONBLOCK` so a FIFO's open cannot block,
 /// then `fstat` on what was opened (no race with a rename), and anything but
 /// a regular file (FIFO, device, directory, socket) is refused.
-fn open_file(path: &Path, offset: u64) -> Result<Body, FetchError> {
+fn open_file(path: &Path, offset: u64, validator: Option<&str>) -> Result<Body, FetchError> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = fs::OpenOptions::new()
         .read(true)
@@ -320,11 +366,25 @@ fn open_file(path: &Path, offset: u64) -> Result<Body, FetchError> {
         ))));
     }
     let total = meta.len();
-    file.seek(SeekFrom::Start(offset))
+    // The file's identity and last change stand in for an ETag.
+    use std::os::unix::fs::MetadataExt;
+    let etag = format!(
+        "\"file-{:x}-{:x}-{:x}-{:x}.{:x}\"",
+        meta.dev(),
+        meta.ino(),
+        total,
+        meta.mtime(),
+        meta.mtime_nsec()
+    );
+    let changed = validator.is_some_and(|v| v != etag);
+    let start = if changed { 0 } else { offset };
+    file.seek(SeekFrom::Start(start))
         .map_err(FetchError::File)?;
     Ok(Body {
         reader: Box::new(file),
         total: Some(total),
+        etag: Some(etag),
+        changed,
     })
 }
 
@@ -455,7 +515,7 @@ mod tests {
         let path = dir.path().join("img");
         fs::write(&path, b"0123456789").unwrap();
         let url = format!("file://{}", path.display());
-        let mut body = Fetcher::File.open(&url, 4).unwrap();
+        let mut body = Fetcher::File.open(&url, 4, None).unwrap();
         let mut rest = String::new();
         body.reader.read_to_string(&mut rest).unwrap();
         assert_eq!((rest.as_str(), body.total), ("456789", Some(10)));

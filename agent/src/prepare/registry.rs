@@ -160,6 +160,7 @@ pub fn resolve(
                 retry,
                 read_timeout: cfg.read_timeout,
                 layer: None,
+                saver: None,
             };
             resolve_at(&job, req, reference, &pins, &image)
         };

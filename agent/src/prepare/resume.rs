@@ -18,7 +18,7 @@ use super::cancellable;
 use super::fetch::{classify_io, Body, FetchError, Fetcher};
 use super::manifest::Manifest;
 use super::slot::SlotDevice;
-use super::writer::Writer;
+use super::writer::{Save, Writer};
 use super::PrepareError;
 use crate::progress::Progress;
 use crate::stream::count::CountReader;
@@ -26,10 +26,12 @@ use crate::stream::decode::{Corrupt, FrameDecoder, Truncated};
 use crate::stream::hash::HashReader;
 use crate::stream::inner_error;
 use crate::stream::limit::{LimitExceeded, LimitReader};
-use sha2::{Digest as _, Sha256};
+use crate::stream::sha256::Sha256State;
 use std::io::{self, Read};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// How often and how patiently to retry. Failures are counted while no new
 /// checkpoint is reached, so a download that keeps making progress through
@@ -94,6 +96,106 @@ pub struct Job<'a> {
     /// `sha256` checksum of the image file) and size, checked over the whole
     /// stream (the hash state travels with the checkpoints).
     pub layer: Option<&'a Layer>,
+    /// Where checkpoints are saved so that a restarted agent continues the
+    /// download (with a manifest only); `None`: kept in memory.
+    pub saver: Option<&'a Saver>,
+}
+
+/// Saves download checkpoints to a file (`PERSIST/os-agent/resume`) under an
+/// identity that names the download: a checkpoint is used only by the very
+/// same request for the very same bundle (slot, URL, pin, manifest).
+pub struct Saver {
+    pub path: PathBuf,
+    /// `key=value` lines naming the download.
+    pub identity: String,
+    /// Saves at most this often (each save syncs the slot first).
+    pub interval: Duration,
+    last: Mutex<Option<Instant>>,
+}
+
+impl Saver {
+    pub fn new(path: PathBuf, identity: String, interval: Duration) -> Saver {
+        Saver {
+            path,
+            identity,
+            interval,
+            last: Mutex::new(None),
+        }
+    }
+
+    fn due(&self) -> bool {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        match *last {
+            Some(t) if t.elapsed() < self.interval => false,
+            _ => {
+                *last = Some(Instant::now());
+                true
+            }
+        }
+    }
+
+    fn text(&self, cp: &Checkpoint) -> String {
+        format!(
+            "{}etag={}\nzpos={}\npos={}\nchunk={}\nzhash={}\n",
+            self.identity,
+            cp.etag.as_deref().unwrap_or(""),
+            cp.zpos,
+            cp.pos,
+            cp.chunk,
+            cp.zhash
+                .as_ref()
+                .map(Sha256State::to_text)
+                .unwrap_or_default()
+        )
+    }
+
+    /// The saved checkpoint, when there is one for this download.
+    fn load(&self, job: &Job) -> Option<Checkpoint> {
+        let text = std::fs::read_to_string(&self.path).ok()?;
+        let rest = text.strip_prefix(&self.identity)?;
+        let field = |key: &str| -> Option<String> {
+            rest.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+                .map(str::to_owned)
+        };
+        let (etag, zpos, pos, chunk, zhash) = (
+            field("etag")?,
+            field("zpos")?.parse().ok()?,
+            field("pos")?.parse().ok()?,
+            field("chunk")?.parse::<usize>().ok()?,
+            field("zhash")?,
+        );
+        // It must be a chunk boundary of this manifest, with the hash state
+        // the pin needs.
+        let m = job.manifest?;
+        let at = chunk.checked_sub(1).and_then(|k| m.chunks.get(k))?;
+        if at.zoffset + at.zsize != zpos || at.offset + at.len != pos || pos > job.device.size {
+            return None;
+        }
+        let zhash = match (job.layer, zhash.as_str()) {
+            (None, "") => None,
+            (Some(_), text) => Some(Sha256State::parse(text)?),
+            (None, _) => return None,
+        };
+        Some(Checkpoint {
+            zpos,
+            pos,
+            chunk,
+            hasher: blake3::Hasher::new(),
+            zhash,
+            etag: (!etag.is_empty()).then_some(etag),
+        })
+    }
+
+    /// Forgets the saved checkpoint (the download finished, or failed for
+    /// good).
+    pub fn clear(&self) {
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            if e.kind() != io::ErrorKind::NotFound {
+                log::warn!("remove {}: {e}", self.path.display());
+            }
+        }
+    }
 }
 
 /// The SHA-256 (and size, when known) the compressed stream must have: an
@@ -121,7 +223,23 @@ struct Checkpoint {
     /// Whole-image hash so far (no manifest), or a fresh one (next chunk).
     hasher: blake3::Hasher,
     /// SHA-256 of the compressed bytes before `zpos` (OCI layers only).
-    zhash: Option<Sha256>,
+    zhash: Option<Sha256State>,
+    /// The source's validator (ETag) when the download started: a resumed
+    /// request sends it, so a changed resource is noticed.
+    etag: Option<String>,
+}
+
+impl Checkpoint {
+    fn start(job: &Job) -> Checkpoint {
+        Checkpoint {
+            zpos: 0,
+            pos: 0,
+            chunk: 0,
+            hasher: blake3::Hasher::new(),
+            zhash: job.layer.map(|_| Sha256State::new()),
+            etag: None,
+        }
+    }
 }
 
 /// Runs `op` until it succeeds, fails fatally, or fails `retry.attempts + 1`
@@ -237,16 +355,34 @@ pub fn fetch_failure(url: &str, e: FetchError, progressed: bool) -> Failure {
 /// Streams the whole image into the slot; every write has returned when
 /// this does.
 pub fn stream_image(job: &Job, mut writer: Writer) -> Result<Streamed, PrepareError> {
-    let mut cp = Checkpoint {
-        zpos: 0,
-        pos: 0,
-        chunk: 0,
-        hasher: blake3::Hasher::new(),
-        zhash: job.layer.map(|_| Sha256::new()),
-    };
+    let saved = job.saver.and_then(|s| s.load(job));
+    if let Some(cp) = &saved {
+        log::info!(
+            "{}: continuing the download saved before the agent stopped, at chunk {} (compressed byte {}, image byte {})",
+            job.url,
+            cp.chunk,
+            cp.zpos,
+            cp.pos
+        );
+    }
+    let mut cp = saved.unwrap_or_else(|| Checkpoint::start(job));
+    let resumed_from = cp.zpos;
     with_retries(job, job.url, || {
         let start = cp.zpos;
-        let result = attempt(job, &mut writer, &mut cp);
+        let result = attempt(job, &mut writer, &mut cp, resumed_from);
+        if let (Err(Failure::Retry { .. }), Some(saver)) = (&result, job.saver) {
+            // Save where the download stands now, so a request after this
+            // one gives up (or after the agent stops) continues from here:
+            // drop what came after the checkpoint, sync, save.
+            if cp.zpos > 0 && job.manifest.is_some() {
+                writer.restart(cp.pos);
+                let save = Save {
+                    path: saver.path.clone(),
+                    text: saver.text(&cp),
+                };
+                writer.commit_saving(Some(save)).map_err(Failure::Fatal)?;
+            }
+        }
         result.map_err(|f| match f {
             Failure::Retry { cause, .. } => Failure::Retry {
                 cause,
@@ -267,7 +403,13 @@ pub fn stream_image(job: &Job, mut writer: Writer) -> Result<Streamed, PrepareEr
 }
 
 /// One connection's worth of the download, from checkpoint `cp` on.
-fn attempt(job: &Job, writer: &mut Writer, cp: &mut Checkpoint) -> Result<(), Failure> {
+/// `resumed_from`: where this process started (a saved checkpoint, or 0).
+fn attempt(
+    job: &Job,
+    writer: &mut Writer,
+    cp: &mut Checkpoint,
+    resumed_from: u64,
+) -> Result<(), Failure> {
     cancelled(job).map_err(Failure::Fatal)?;
     if cp.zpos > 0 {
         log::info!(
@@ -280,13 +422,39 @@ fn attempt(job: &Job, writer: &mut Writer, cp: &mut Checkpoint) -> Result<(), Fa
     // Opened and read on helper threads, so a source that goes silent
     // cannot keep a cancel waiting for the read timeout.
     let (fetcher, url, zpos) = (job.fetcher.clone(), job.url.to_owned(), cp.zpos);
-    let body = cancellable::run(job.cancel, move || fetcher.open(&url, zpos))
-        .map_err(|_| {
-            Failure::Fatal(PrepareError::Cancelled {
-                slot: job.device.slot,
-            })
-        })?
-        .map_err(|e| fetch_failure(job.url, e, false))?;
+    let validator = cp.etag.clone();
+    let body = cancellable::run(job.cancel, move || {
+        fetcher.open(&url, zpos, validator.as_deref())
+    })
+    .map_err(|_| {
+        Failure::Fatal(PrepareError::Cancelled {
+            slot: job.device.slot,
+        })
+    })?
+    .map_err(|e| fetch_failure(job.url, e, false))?;
+    if body.changed {
+        // The bytes already written are of another file. Before anything
+        // was handed to the read-back in this process, start over; after,
+        // the read-back has hashed them: give up, a new prepare starts over.
+        if cp.zpos > resumed_from {
+            return Err(Failure::Fatal(PrepareError::Corrupt {
+                url: job.url.to_owned(),
+                offset: cp.zpos,
+                reason: "the file at this URL changed during the download; prepare again".into(),
+            }));
+        }
+        log::warn!(
+            "{}: the file changed since its download began; starting over",
+            job.url
+        );
+        *cp = Checkpoint::start(job);
+    }
+    if cp.zpos == 0 {
+        cp.etag = body
+            .etag
+            .clone()
+            .filter(|e| bootctl::record::check_text(e).is_ok());
+    }
     check_length(job, &body)?;
     job.progress.set_bytes(cp.pos);
     let source = cancellable::pump(body.reader, job.cancel);
@@ -315,7 +483,14 @@ fn attempt(job: &Job, writer: &mut Writer, cp: &mut Checkpoint) -> Result<(), Fa
         writer.filled(n);
         let sent = if let Some(zpos) = stream.get_ref().get_ref().boundary() {
             frame_end(job, cp, stream.get_mut(), zpos, pos)?;
-            writer.commit()
+            let save = job
+                .saver
+                .filter(|s| job.manifest.is_some() && s.due())
+                .map(|s| Save {
+                    path: s.path.clone(),
+                    text: s.text(cp),
+                });
+            writer.commit_saving(save)
         } else {
             writer.send_if_full()
         };
@@ -354,6 +529,7 @@ fn frame_end<R: Read>(
             chunk: 0,
             hasher: hashed.hasher().clone(),
             zhash: hashed.get_ref().input_hash().cloned(),
+            etag: cp.etag.take(),
         };
         return Ok(());
     };
@@ -386,6 +562,7 @@ fn frame_end<R: Read>(
         chunk: k + 1,
         hasher: blake3::Hasher::new(),
         zhash: hashed.get_ref().input_hash().cloned(),
+        etag: cp.etag.take(),
     };
     Ok(())
 }
@@ -401,7 +578,7 @@ fn check_layer(job: &Job, layer: &Layer, cp: &Checkpoint) -> Result<(), PrepareE
     let actual = cp
         .zhash
         .clone()
-        .map(|h| oci::digest::format(&h.finalize().into()))
+        .map(|h| oci::digest::format(&h.finalize()))
         .unwrap_or_default();
     if actual != layer.digest {
         return Err(PrepareError::LayerMismatch {

@@ -17,6 +17,7 @@
 use super::slot::{Commits, SlotDevice, ALIGN};
 use super::PrepareError;
 use std::io;
+use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::thread::{Scope, ScopedJoinHandle};
 
@@ -34,6 +35,15 @@ struct Block {
     len: usize,
     /// Tell the read-back about everything up to the end of this block.
     commit: bool,
+    /// Once this block is written: sync the slot, then save this checkpoint.
+    save: Option<Save>,
+}
+
+/// A download checkpoint to save once everything before it is on the medium
+/// (resume.rs): the file and its text.
+pub struct Save {
+    pub path: PathBuf,
+    pub text: String,
 }
 
 impl Block {
@@ -46,11 +56,12 @@ impl Block {
             offset: 0,
             len: 0,
             commit: false,
+            save: None,
         }
     }
 
     fn reset(&mut self, offset: u64) {
-        (self.offset, self.len, self.commit) = (offset, 0, false);
+        (self.offset, self.len, self.commit, self.save) = (offset, 0, false, None);
     }
 
     fn start(&self) -> usize {
@@ -94,10 +105,20 @@ impl<'scope> Writer<'scope> {
             let _ = give_back.send(Block::new());
         }
         let thread = scope.spawn(move || {
-            for block in queued {
+            for mut block in queued {
                 device.write_aligned(block.data(), block.offset)?;
                 if block.commit {
                     commits.commit(block.end_offset());
+                }
+                if let Some(save) = block.save.take() {
+                    // The checkpoint claims everything before it is on the
+                    // medium: sync first. A checkpoint that cannot be saved
+                    // costs a longer download after a restart, nothing else.
+                    device.sync()?;
+                    if let Err(e) = bootctl::record::write_atomic(&save.path, save.text.as_bytes())
+                    {
+                        log::warn!("download checkpoint not saved: {e}");
+                    }
                 }
                 // Fails only once the download thread has stopped.
                 let _ = give_back.send(block);
@@ -137,8 +158,10 @@ impl<'scope> Writer<'scope> {
         Ok(())
     }
 
-    /// Everything so far is final: write it, then let the read-back have it.
-    pub fn commit(&mut self) -> Result<(), PrepareError> {
+    /// Everything so far is final: write it, then let the read-back have
+    /// it; with `save`, once written, sync the slot and save that checkpoint.
+    pub fn commit_saving(&mut self, save: Option<Save>) -> Result<(), PrepareError> {
+        self.current.save = save;
         self.send(true)
     }
 
@@ -204,7 +227,7 @@ mod tests {
             w.filled(n);
             pos += n;
             if Some(pos) == stop {
-                w.commit().unwrap();
+                w.commit_saving(None).unwrap();
             } else {
                 w.send_if_full().unwrap();
             }

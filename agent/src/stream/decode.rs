@@ -7,7 +7,7 @@
 //! once, and [`FrameDecoder::boundary`] says whether the output so far ends
 //! exactly at a frame end, and where that is in the compressed stream.
 
-use sha2::{Digest as _, Sha256};
+use super::sha256::Sha256State;
 use std::io::{self, Read};
 use zstd::zstd_safe::{self, DCtx, DParameter, InBuffer, OutBuffer};
 
@@ -66,7 +66,7 @@ pub struct FrameDecoder<R> {
     in_frame: bool,
     /// SHA-256 of the compressed bytes the decoder has consumed (not merely
     /// read ahead), so at a frame boundary it covers exactly `..zpos`.
-    zhash: Option<Sha256>,
+    zhash: Option<Sha256State>,
 }
 
 impl<R: Read> FrameDecoder<R> {
@@ -90,13 +90,13 @@ impl<R: Read> FrameDecoder<R> {
 
     /// Also hashes the compressed stream (an OCI layer is addressed by its
     /// SHA-256), continuing `state`: the hash of everything before `zpos`.
-    pub fn hash_input(mut self, state: Option<Sha256>) -> Self {
+    pub fn hash_input(mut self, state: Option<Sha256State>) -> Self {
         self.zhash = state;
         self
     }
 
     /// The compressed-stream hash so far (see [`FrameDecoder::hash_input`]).
-    pub fn input_hash(&self) -> Option<&Sha256> {
+    pub fn input_hash(&self) -> Option<&Sha256State> {
         self.zhash.as_ref()
     }
 
@@ -164,6 +164,7 @@ impl<R: Read> Read for FrameDecoder<R> {
 mod tests {
     use super::*;
     use crate::stream::inner_error;
+    use sha2::Digest as _;
 
     fn frames(parts: &[&[u8]]) -> (Vec<u8>, Vec<u64>) {
         let mut z = Vec::new();
@@ -210,7 +211,7 @@ mod tests {
         let (z, ends) = frames(&[&a, b"second", b"third"]);
         let mut d = FrameDecoder::new(&z[..], 0)
             .unwrap()
-            .hash_input(Some(Sha256::new()));
+            .hash_input(Some(Sha256State::new()));
         let mut buf = vec![0; 4096];
         let mut at_first = None;
         while d.read(&mut buf).unwrap() > 0 {
@@ -219,23 +220,15 @@ mod tests {
             }
         }
         let first = at_first.expect("saw the first boundary");
-        assert_eq!(
-            first.clone().finalize(),
-            Sha256::digest(&z[..ends[0] as usize])
-        );
-        assert_eq!(
-            d.input_hash().unwrap().clone().finalize(),
-            Sha256::digest(&z)
-        );
+        let sha = |b: &[u8]| -> [u8; 32] { sha2::Sha256::digest(b).into() };
+        assert_eq!(first.clone().finalize(), sha(&z[..ends[0] as usize]));
+        assert_eq!(d.input_hash().unwrap().clone().finalize(), sha(&z));
         // Resuming at the first boundary with the saved state gives the same hash.
         let mut r = FrameDecoder::new(&z[ends[0] as usize..], ends[0])
             .unwrap()
             .hash_input(Some(first));
         io::copy(&mut r, &mut io::sink()).unwrap();
-        assert_eq!(
-            r.input_hash().unwrap().clone().finalize(),
-            Sha256::digest(&z)
-        );
+        assert_eq!(r.input_hash().unwrap().clone().finalize(), sha(&z));
     }
 
     #[test]

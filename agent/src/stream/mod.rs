@@ -10,6 +10,7 @@ pub mod count;
 pub mod decode;
 pub mod hash;
 pub mod limit;
+pub mod sha256;
 
 use std::io;
 

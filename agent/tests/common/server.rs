@@ -1,6 +1,7 @@
 //! A loopback HTTP/1.1 file server that honours `Range: bytes=N-` and
-//! injects faults: dropped connections, stalls, error statuses. One request
-//! per connection (`Connection: close`); every response is logged.
+//! `If-Range` (each `put` of a path gives it a new strong `ETag`) and injects
+//! faults: dropped connections, stalls, error statuses, a slow link. One
+//! request per connection (`Connection: close`); every response is logged.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Write};
@@ -16,6 +17,8 @@ pub enum Fault {
     StallAfter(u64, Duration),
     /// Answer with this status instead of the file.
     Status(u16),
+    /// Send the body at this many bytes per second.
+    Throttle(u64),
 }
 
 /// One response: which path, from which offset, with which status, and how
@@ -30,7 +33,9 @@ pub struct Served {
 
 #[derive(Default)]
 struct State {
-    files: HashMap<String, Arc<Vec<u8>>>,
+    /// Each file with its ETag.
+    files: HashMap<String, (Arc<Vec<u8>>, String)>,
+    puts: u64,
     /// Faults for the next requests of a path, in order.
     faults: HashMap<String, VecDeque<Fault>>,
     /// A fault applied to every request of a path once the queue is empty.
@@ -62,12 +67,26 @@ impl Server {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// Serves `bytes` at `path` under a new ETag.
     pub fn put(&self, path: &str, bytes: Vec<u8>) {
-        self.state
-            .lock()
-            .unwrap()
-            .files
-            .insert(path.into(), Arc::new(bytes));
+        let mut s = self.state.lock().unwrap();
+        s.puts += 1;
+        let etag = format!("\"v{}\"", s.puts);
+        s.files.insert(path.into(), (Arc::new(bytes), etag));
+    }
+
+    /// Bytes of `path`'s body sent in all, once every response has ended
+    /// (a client may have all the bytes before the server logs them).
+    pub fn sent(&self, path: &str) -> u64 {
+        let start = std::time::Instant::now();
+        while self.served(path).iter().any(|s| s.status == 0) {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "a response to {path} never ended"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.served(path).iter().map(|s| s.sent).sum()
     }
 
     /// Queues `fault` for the next request of `path` that has none queued.
@@ -98,43 +117,53 @@ impl Server {
 }
 
 fn handle(conn: TcpStream, state: &Mutex<State>) {
-    let Some((path, start)) = read_request(&conn) else {
+    let Some((path, start, if_range)) = read_request(&conn) else {
         return;
     };
     // Logged in arrival order (a stalled response finishes last).
-    let (file, fault, index) = {
+    let (file, fault, index, start) = {
         let mut s = state.lock().unwrap();
         let fault = s
             .faults
             .get_mut(&path)
             .and_then(VecDeque::pop_front)
             .or_else(|| s.always.get(&path).copied());
+        let file = s.files.get(&path).cloned();
+        // If-Range with another ETag than the file's: the whole file.
+        let start = match (&file, &if_range) {
+            (Some((_, etag)), Some(v)) if v != etag => 0,
+            _ => start,
+        };
         s.log.push(Served {
             path: path.clone(),
             start,
             status: 0,
             sent: 0,
         });
-        (s.files.get(&path).cloned(), fault, s.log.len() - 1)
+        (file, fault, s.log.len() - 1, start)
     };
-    let (status, sent) = respond(conn, file.as_deref().map(Vec::as_slice), start, fault);
+    let (status, sent) = respond(conn, file.as_ref(), start, fault);
     let entry = &mut state.lock().unwrap().log[index];
     (entry.status, entry.sent) = (status, sent);
 }
 
-/// The path and the Range start of a GET.
-fn read_request(conn: &TcpStream) -> Option<(String, u64)> {
+/// The path, the Range start and the If-Range validator of a GET.
+fn read_request(conn: &TcpStream) -> Option<(String, u64, Option<String>)> {
     let mut reader = BufReader::new(conn);
     let mut line = String::new();
     reader.read_line(&mut line).ok()?;
     let path = line.split_whitespace().nth(1)?.to_owned();
     let mut start = 0;
+    let mut if_range = None;
     loop {
         let mut header = String::new();
         if reader.read_line(&mut header).ok()? == 0 || header.trim().is_empty() {
             break;
         }
         let lower = header.to_ascii_lowercase();
+        if lower.starts_with("if-range:") {
+            if_range = Some(header["if-range:".len()..].trim().to_owned());
+        }
         if let Some(range) = lower.strip_prefix("range:") {
             start = range
                 .trim()
@@ -145,12 +174,12 @@ fn read_request(conn: &TcpStream) -> Option<(String, u64)> {
                 .ok()?;
         }
     }
-    Some((path, start))
+    Some((path, start, if_range))
 }
 
 fn respond(
     mut conn: TcpStream,
-    file: Option<&[u8]>,
+    file: Option<&(Arc<Vec<u8>>, String)>,
     start: u64,
     fault: Option<Fault>,
 ) -> (u16, u64) {
@@ -164,7 +193,7 @@ fn respond(
         );
         (code, 0)
     };
-    let Some(file) = file else {
+    let Some((file, etag)) = file else {
         return status_page(&mut conn, 404);
     };
     if let Some(Fault::Status(code)) = fault {
@@ -183,7 +212,7 @@ fn respond(
         (200, String::new())
     };
     let head = format!(
-        "HTTP/1.1 {status} OK\r\nContent-Length: {}\r\n{range}Connection: close\r\n\r\n",
+        "HTTP/1.1 {status} OK\r\nContent-Length: {}\r\nETag: {etag}\r\n{range}Connection: close\r\n\r\n",
         len - start
     );
     if conn.write_all(head.as_bytes()).is_err() {
@@ -194,11 +223,18 @@ fn respond(
         _ => len - start,
     };
     let mut sent = 0;
-    for piece in file[start as usize..(start + limit) as usize].chunks(64 << 10) {
+    let piece_size = match fault {
+        Some(Fault::Throttle(rate)) => (rate / 20).max(1) as usize,
+        _ => 64 << 10,
+    };
+    for piece in file[start as usize..(start + limit) as usize].chunks(piece_size) {
         if conn.write_all(piece).is_err() {
             return (status, sent);
         }
         sent += piece.len() as u64;
+        if let Some(Fault::Throttle(_)) = fault {
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
     if let Some(Fault::StallAfter(_, pause)) = fault {
         let _ = conn.flush();
