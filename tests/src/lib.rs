@@ -10,6 +10,7 @@ pub mod console;
 pub mod demo;
 pub mod disk;
 pub mod http;
+pub mod nbd;
 pub mod powercut;
 pub mod qemu;
 pub mod registry;

@@ -1,6 +1,8 @@
 //! Power-cut campaign (issue 5): on one demo node, upgrade after upgrade, kill
 //! QEMU (SIGKILL) at a random point of prepare, arm, the reboot or the trial
-//! slot's first boot; then check the disk, boot again and check the node.
+//! slot's first boot; then check the disk, boot again and check the node. The
+//! disk is served by a forgetful NBD server (`nbd.rs`, issue 18): a cut loses
+//! the writes the guest had not flushed, all of them or a seeded random subset.
 //!
 //! After each cut: at least one env copy is valid (bootctl writes copy 1, then
 //! copy 2), every slot recorded `written` or `good` holds exactly the recorded
@@ -13,6 +15,7 @@ use crate::console::{Interactive, BOOT_MARKER};
 use crate::demo::{Artifacts, Bundle};
 use crate::disk::{self, Disk};
 use crate::http::FileServer;
+use crate::nbd::{ForgetfulDisk, Loss};
 use bootctl::record::{SlotRecord, SlotState};
 use bootctl::state::AbState;
 use bootctl::Slot;
@@ -86,6 +89,9 @@ pub struct Cut {
     pub recovered: (String, String),
     /// Whether the node runs the version the cut upgrade was for.
     pub upgraded: bool,
+    /// What the cut did to the disk's write cache (`None`: a plain file,
+    /// which keeps every write QEMU was handed).
+    pub loss: Option<Loss>,
     pub duration: Duration,
 }
 
@@ -102,13 +108,41 @@ pub fn campaign(
     let server = FileServer::start(&art.dir.join("bundles"))
         .map_err(|e| format!("start the HTTP server: {e}"))?;
     let mut rng = Rng::new(seed);
-    let mut m = Interactive::start(&image, &dir.join("logs/cut-0"));
+    // The guest's disk: behind a forgetful NBD server (unflushed writes are
+    // lost at a cut), unless POWERCUT_DISK=file (every write QEMU got survives).
+    let nbd = match std::env::var("POWERCUT_DISK").as_deref() {
+        Ok("file") => None,
+        _ => Some(
+            ForgetfulDisk::serve(&image, &dir.join("node.sock"))
+                .map_err(|e| format!("start the NBD server: {e}"))?,
+        ),
+    };
+    let boot_disk = nbd.as_ref().map_or(image.clone(), |d| d.socket.clone());
+    let mut m = Interactive::start(&boot_disk, &dir.join("logs/cut-0"));
     let mut running = wait_boot(&mut m)?;
+    if nbd.is_some() {
+        // The guest must see a volatile write cache, or it would never flush.
+        let (mode, _) = m.run(
+            "cat /sys/block/vda/queue/write_cache",
+            Duration::from_secs(60),
+        )?;
+        if !mode.contains("write back") {
+            return Err(format!("the guest's disk is not write-back: {mode:?}"));
+        }
+    }
     let mut done = vec![];
     for index in 1..=cuts {
         let phase = Phase::ALL[rng.below(4) as usize];
         let delay_ms = rng.below(phase.max_delay_ms());
-        let at = format!("seed {seed}, cut {index}: {phase:?} + {delay_ms} ms");
+        let loss = nbd.as_ref().map(|d| {
+            let loss = match rng.below(2) {
+                0 => Loss::All,
+                _ => Loss::Subset(rng.below(u64::MAX)),
+            };
+            d.set_loss(loss);
+            loss
+        });
+        let at = format!("seed {seed}, cut {index}: {phase:?} + {delay_ms} ms, {loss:?}");
         let start = Instant::now();
         let context = |e: String| format!("{at}: {e}");
         let target = next_bundle(art, &running);
@@ -117,8 +151,11 @@ pub fn campaign(
         m.wait_for(phase.marker(), TIMEOUT).map_err(context)?;
         std::thread::sleep(Duration::from_millis(delay_ms));
         m.close();
+        if let Some(d) = &nbd {
+            d.wait_idle();
+        }
         check_disk(&image).map_err(context)?;
-        m = Interactive::start(&image, &dir.join(format!("logs/cut-{index}")));
+        m = Interactive::start(&boot_disk, &dir.join(format!("logs/cut-{index}")));
         running = wait_boot(&mut m).map_err(context)?;
         check_running(&mut m, &running).map_err(context)?;
         narrate(&format!(
@@ -133,6 +170,7 @@ pub fn campaign(
             delay_ms,
             recovered: running.clone(),
             upgraded: running.1 == target.version,
+            loss,
             duration: start.elapsed(),
         });
     }
@@ -144,6 +182,10 @@ pub fn campaign(
         .map_err(|e| format!("{at}: {e}"))?;
     let after = wait_boot(&mut m).map_err(|e| format!("{at}: {e}"))?;
     m.close();
+    if let Some(d) = &nbd {
+        d.wait_idle();
+        narrate(&format!("disk: {:?}", d.stats()));
+    }
     if after.1 != target.version {
         return Err(format!("{at}: v{} runs, not v{}", after.1, target.version));
     }

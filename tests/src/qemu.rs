@@ -46,12 +46,24 @@ pub fn base_command(disk: &Path, vars: &Path) -> Command {
         .arg("-drive")
         .arg(format!("if=pflash,format=raw,file={}", vars.display()))
         .arg("-drive")
-        .arg(format!(
-            "if=virtio,format={},file={}",
-            disk_format(disk),
-            disk.display()
-        ));
+        .arg(drive(disk));
     qemu
+}
+
+/// The boot disk's `-drive` value: a file, or an NBD server's Unix socket
+/// (a path ending in `.sock`, see `nbd.rs`).
+fn drive(disk: &Path) -> String {
+    if disk.extension().and_then(|e| e.to_str()) == Some("sock") {
+        return format!(
+            "if=virtio,format=raw,file=nbd+unix:///?socket={}",
+            disk.display()
+        );
+    }
+    format!(
+        "if=virtio,format={},file={}",
+        disk_format(disk),
+        disk.display()
+    )
 }
 
 /// `qcow2` for a `.qcow2` file (what `os-image disk --format qcow2` writes), else `raw`.
