@@ -207,6 +207,7 @@ async fn lead(client: Client, config: &Config, metrics: Arc<Metrics>) -> Result<
                 instance: Some(config.identity.clone()),
             },
         ),
+        identity: config.identity.clone(),
         client,
         nodes,
         instances,

@@ -25,6 +25,8 @@ pub struct Shared {
     pub nodes: Store<Node>,
     pub instances: Store<OsInstance>,
     pub recorder: Recorder,
+    /// This operator's identity, the `reportingInstance` of its events.
+    pub identity: String,
     pub metrics: Arc<Metrics>,
     pub overlay: Overlay,
 }
@@ -138,6 +140,62 @@ impl OsCtx<'_> {
         };
         if let Err(e) = self.sh.recorder.publish(&ev, &self.os_ref).await {
             warn!(os = %self.key, reason, error = %e, "cannot publish event");
+        }
+    }
+
+    /// Publishes a node's result as an Event whose name follows from the OS,
+    /// the node and the result (`key`): published again (an operator killed
+    /// before it recorded the announcement), it already exists and is not
+    /// repeated. So a result is announced exactly once across restarts.
+    async fn announce_once(
+        &self,
+        type_: EventType,
+        reason: &str,
+        node: &str,
+        note: String,
+        key: &str,
+    ) -> Result<(), kube::Error> {
+        use k8s_openapi::api::events::v1::Event as K8sEvent;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+        let os = self.os_ref.name.clone().unwrap_or_default();
+        // FNV-1a: a stable, short suffix (not a security boundary).
+        let hash = format!("{os}\0{node}\0{reason}\0{key}")
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+        let namespace = self.os_ref.namespace.clone();
+        let event = K8sEvent {
+            metadata: ObjectMeta {
+                name: Some(format!("{os}.{node}.{hash:016x}")),
+                namespace: namespace.clone(),
+                ..ObjectMeta::default()
+            },
+            action: Some(reason.to_owned()),
+            reason: Some(reason.to_owned()),
+            note: Some(note),
+            event_time: Some(MicroTime(Timestamp::now())),
+            regarding: Some(self.os_ref.clone()),
+            related: Some(node_ref(node)),
+            reporting_controller: Some("os-operator".into()),
+            reporting_instance: Some(self.sh.identity.clone()),
+            type_: Some(
+                match type_ {
+                    EventType::Normal => "Normal",
+                    EventType::Warning => "Warning",
+                }
+                .into(),
+            ),
+            ..K8sEvent::default()
+        };
+        let api: Api<K8sEvent> = Api::namespaced(
+            self.sh.client.clone(),
+            namespace.as_deref().unwrap_or("default"),
+        );
+        match api.create(&kube::api::PostParams::default(), &event).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
@@ -272,22 +330,33 @@ impl OsCtx<'_> {
             if osi.annotations().get(REPORTED_ANNOTATION) == Some(&reported) {
                 continue;
             }
+            // The event first, under a name of its own (idempotent), then the
+            // annotation: killed in between, the next operator publishes the
+            // same event again, which already exists.
+            let (type_, reason, note) = if phase == NodePhase::Succeeded {
+                let note = format!("node {node} reached {}", plan.target);
+                (EventType::Normal, "NodeSucceeded", note)
+            } else {
+                let error = status.last_error.as_deref().unwrap_or("no reason reported");
+                let note = format!("node {node} failed {}: {error}", plan.target);
+                (EventType::Warning, "NodeFailed", note)
+            };
+            if let Err(e) = self
+                .announce_once(type_, reason, &node, note, &reported)
+                .await
+            {
+                warn!(os = %self.key, %node, reason, error = %e, "cannot publish event");
+                continue;
+            }
             if let Err(e) = self.writer.mark_reported(osi, &reported).await {
-                // Not announced now; the next pass tries again.
+                // Announced; the next pass records it (the event is not repeated).
                 warn!(os = %self.key, %node, error = %e, "cannot record the announced result");
                 continue;
             }
             if phase == NodePhase::Succeeded {
                 self.sh.metrics.inc_node_succeeded(&self.key);
-                let note = format!("node {node} reached {}", plan.target);
-                self.event(EventType::Normal, "NodeSucceeded", Some(&node), note)
-                    .await;
             } else {
                 self.sh.metrics.inc_node_failed(&self.key);
-                let error = status.last_error.as_deref().unwrap_or("no reason reported");
-                let note = format!("node {node} failed {}: {error}", plan.target);
-                self.event(EventType::Warning, "NodeFailed", Some(&node), note)
-                    .await;
             }
         }
     }
