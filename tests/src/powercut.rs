@@ -110,10 +110,12 @@ pub fn campaign(
     let mut rng = Rng::new(seed);
     // The guest's disk: behind a forgetful NBD server (unflushed writes are
     // lost at a cut), unless POWERCUT_DISK=file (every write QEMU got survives).
+    // The socket in a short temp path: a Unix socket path has at most 107 bytes.
+    let sockets = tempfile::tempdir().map_err(|e| e.to_string())?;
     let nbd = match std::env::var("POWERCUT_DISK").as_deref() {
         Ok("file") => None,
         _ => Some(
-            ForgetfulDisk::serve(&image, &dir.join("node.sock"))
+            ForgetfulDisk::serve(&image, &sockets.path().join("node.sock"))
                 .map_err(|e| format!("start the NBD server: {e}"))?,
         ),
     };
@@ -267,6 +269,22 @@ fn check_disk(image: &Path) -> Result<(), String> {
     let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
     let persist = tmp.path().join("persist.img");
     disk::extract_partition(image, 4, &persist);
+    // After a cut PERSIST's journal may hold committed metadata not yet in
+    // place (the filesystem says needs_recovery); the node's kernel replays
+    // it at mount. Replay it on the copy before reading: debugfs alone would
+    // read stale inodes (campaign seed 20261204, cut 154: a record inode
+    // pointing at another file's old block).
+    let replay = Command::new("e2fsck")
+        .args(["-E", "journal_only", "-y"])
+        .arg(&persist)
+        .output()
+        .map_err(|e| format!("e2fsck: {e}"))?;
+    if !matches!(replay.status.code(), Some(0..=2)) {
+        return Err(format!(
+            "PERSIST's journal cannot be recovered after the cut: {}",
+            String::from_utf8_lossy(&replay.stdout)
+        ));
+    }
     for (slot, part) in [(Slot::A, 2), (Slot::B, 3)] {
         let rec = read_record(&persist, slot)?;
         if !matches!(rec.state, SlotState::Written | SlotState::Good) {
