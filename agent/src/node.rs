@@ -356,15 +356,8 @@ pub fn writable_slot(view: &NodeView) -> Result<Slot, Refusal> {
 /// What the inactive slot holds ready to arm: its record says `written`
 /// (verified, never booted), or it is armed already.
 pub fn prepared_in(view: &NodeView) -> Option<Prepared> {
-    let slot = view.booted.other();
-    let rec = view.record(slot);
-    (rec.state == SlotState::Written).then(|| Prepared {
-        slot,
-        version: rec.version.clone(),
-        digest: rec.digest.clone(),
-        size: rec.size,
-        source: rec.source.clone(),
-    })
+    let rec = view.record(view.booted.other());
+    (rec.state == SlotState::Written).then(|| Prepared::of(rec))
 }
 
 /// Whether `prepared` may be armed: it is the inactive slot's current record,

@@ -118,6 +118,19 @@ pub struct Prepared {
     pub source: String,
 }
 
+impl Prepared {
+    /// What a slot record says the slot holds.
+    pub fn of(rec: &SlotRecord) -> Prepared {
+        Prepared {
+            slot: rec.slot,
+            version: rec.version.clone(),
+            digest: rec.digest.clone(),
+            size: rec.size,
+            source: rec.source.clone(),
+        }
+    }
+}
+
 /// Writes, verifies and records `req`'s image in the inactive slot.
 pub fn prepare(
     cfg: &Config,
@@ -350,13 +363,7 @@ fn already_held(
         );
         return Ok(None);
     }
-    Ok(Some(Prepared {
-        slot,
-        version: rec.version,
-        digest: rec.digest,
-        size: rec.size,
-        source: rec.source,
-    }))
+    Ok(Some(Prepared::of(&rec)))
 }
 
 /// Step 5: the slot holds a verified image (not yet known to boot).
