@@ -442,7 +442,10 @@ fn slow_peers_cannot_hold_every_connection() {
     };
     assert!(reply.contains(r#""id":7"#), "{reply}");
     // The peers did fill the server: the client was told "busy" first.
-    assert!(turned_away > 0, "answered at once: the server was never full");
+    assert!(
+        turned_away > 0,
+        "answered at once: the server was never full"
+    );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for p in peers {
         p.join().unwrap();

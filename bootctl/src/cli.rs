@@ -426,7 +426,7 @@ fn env_create(file: &Path) -> CliResult {
     fs::File::open(&tmp)
         .and_then(|f| f.sync_all())
         .map_err(|e| io_fail("fsync", &tmp, e))?;
-    fs::rename(&tmp, file).map_err(|e| io_fail("rename to", file, e))
+    crate::durable::rename_over(&tmp, file).map_err(|e| io_fail("rename to", file, e))
 }
 
 /// Reads a block; like grub-editenv, a missing file is created first.

@@ -18,6 +18,8 @@ pub mod state;
 #[cfg(feature = "std")]
 pub mod cli;
 #[cfg(feature = "std")]
+pub mod durable;
+#[cfg(feature = "std")]
 pub mod grubcfg;
 #[cfg(feature = "std")]
 pub mod partitions;

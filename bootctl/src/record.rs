@@ -7,8 +7,9 @@
 //! live on an ordinary journaled ext4, so they are replaced atomically: write a
 //! temp file, fsync, rename over, fsync the directory.
 
+use crate::durable;
 use crate::state::Slot;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 pub use wire::record::{check_text, ConfirmPolicy, RescueNote, SlotRecord, SlotState};
@@ -117,7 +118,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RecordError> {
         move |source| RecordError::Io { op, path, source }
     };
     let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(io("create directory", dir))?;
+    durable::create_dirs(dir).map_err(io("create directory", dir))?;
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let tmp = dir.join(format!(".{name}.tmp"));
     let mut f = OpenOptions::new()
@@ -128,10 +129,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RecordError> {
         .map_err(io("create", &tmp))?;
     f.write_all(bytes).map_err(io("write", &tmp))?;
     f.sync_all().map_err(io("fsync", &tmp))?;
-    fs::rename(&tmp, path).map_err(io("rename to", path))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("fsync directory", dir))
+    durable::rename_over(&tmp, path).map_err(io("rename to", path))
 }
 
 /// File name of the [`RescueNote`] under [`RECORD_DIR`].

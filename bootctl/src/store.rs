@@ -11,6 +11,7 @@
 //! All operations hold an exclusive flock on the ESP directory, so two writers
 //! (agent and CLI, say) cannot interleave their copy-1/copy-2 sequences.
 
+use crate::durable;
 use crate::envblk;
 use crate::grub_model::Source;
 use crate::state::{AbState, Slot, StateError, TransitionError};
@@ -374,7 +375,7 @@ fn write_in_place(path: &Path, bytes: &[u8], state: &AbState) -> Result<(), Stor
 /// Creates a missing copy: write, fsync the file, fsync its directory.
 fn create_copy(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(|e| io_err("create directory", dir, e))?;
+    durable::create_dirs(dir).map_err(|e| io_err("create directory", dir, e))?;
     let file = OpenOptions::new()
         .read(true)
         .write(true)

@@ -1,6 +1,7 @@
 //! Power-cut campaign (issue 5): on one demo node, upgrade after upgrade, kill
-//! QEMU (SIGKILL) at a random point of prepare, arm, the reboot or the trial
-//! slot's first boot; then check the disk, boot again and check the node. The
+//! QEMU (SIGKILL) at a random point of prepare, arm, the reboot, the trial
+//! slot's first boot or a `configure` transaction; then check the disk, boot
+//! again and check the node. The
 //! disk is served by a forgetful NBD server (`nbd.rs`, issue 18): a cut loses
 //! the writes the guest had not flushed, all of them or a seeded random subset.
 //!
@@ -10,6 +11,14 @@
 //! it holds that version and is not `failed`/`empty`, and the agent's after-boot
 //! check completes; after the campaign both env copies are valid and one more
 //! upgrade, uncut, is confirmed. Failures name the seed and the cut.
+//!
+//! A `configure` cut sets 300 sysctl lines in /etc/sysctl.conf (PERSIST's /etc
+//! overlay, two filesystem blocks) and a kernel argument of the running slot
+//! (`args-<slot>` on the FAT ESP), all to the cut's number. After it each file
+//! holds the old values or the new ones, whole; both new if the command had
+//! answered before the cut; and the kernel booted with the argument the ESP
+//! file holds. (A cut between the two files may leave one old and one new:
+//! a transaction is all-or-nothing on errors, not across a power cut.)
 
 use crate::console::{Interactive, BOOT_MARKER};
 use crate::demo::{Artifacts, Bundle};
@@ -37,17 +46,47 @@ pub enum Phase {
     Reboot,
     /// The trial slot's first boot: kernel, os-init, health gate, confirm.
     TrialBoot,
+    /// `os-agent configure` replacing a file on PERSIST and one on the ESP.
+    Configure,
+    /// Up to 2 s after `os-agent configure` answered success: inside the
+    /// kernel's writeback delay, so only what the agent flushed survives.
+    Configured,
 }
 
 impl Phase {
-    pub const ALL: [Phase; 4] = [Phase::Prepare, Phase::Arm, Phase::Reboot, Phase::TrialBoot];
+    pub const ALL: [Phase; 6] = [
+        Phase::Prepare,
+        Phase::Arm,
+        Phase::Reboot,
+        Phase::TrialBoot,
+        Phase::Configure,
+        Phase::Configured,
+    ];
 
-    fn marker(self) -> &'static str {
+    /// The phase named `name` (`prepare`, `arm`, `reboot`, `trial`,
+    /// `configure`, `configured`).
+    pub fn named(name: &str) -> Option<Phase> {
+        Some(match name.trim() {
+            "prepare" => Phase::Prepare,
+            "arm" => Phase::Arm,
+            "reboot" => Phase::Reboot,
+            "trial" => Phase::TrialBoot,
+            "configure" => Phase::Configure,
+            "configured" => Phase::Configured,
+            _ => return None,
+        })
+    }
+
+    /// What the console shows when the phase of cut `index` begins.
+    fn marker(self, index: usize) -> String {
         match self {
-            Phase::Prepare => "agent::job] prepare: http",
-            Phase::Arm => "agent::job] prepare: slot",
-            Phase::Reboot => "rebooting: upgrade",
-            Phase::TrialBoot => BOOT_MARKER,
+            Phase::Prepare => "agent::job] prepare: http".into(),
+            Phase::Arm => "agent::job] prepare: slot".into(),
+            Phase::Reboot => "rebooting: upgrade".into(),
+            Phase::TrialBoot => BOOT_MARKER.into(),
+            Phase::Configure => "configure: kernel.sysctl.persist writes".into(),
+            // The shell's answer; its echo of the command line shows `$?`.
+            Phase::Configured => format!("{}0", answer_prefix(index)),
         }
     }
 
@@ -59,6 +98,9 @@ impl Phase {
             Phase::Arm => 40,
             Phase::Reboot => 4_000,
             Phase::TrialBoot => 15_000,
+            // Two small files replaced and fsynced: tens of milliseconds.
+            Phase::Configure => 80,
+            Phase::Configured => 2_000,
         }
     }
 }
@@ -95,14 +137,35 @@ pub struct Cut {
     pub duration: Duration,
 }
 
-/// Runs `cuts` cuts with `seed` on a fresh disk at `dir/node.img`.
+/// What a campaign does.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub cuts: usize,
+    /// Draws each cut's phase, delay and loss.
+    pub seed: u64,
+    /// Where cuts may fall.
+    pub phases: Vec<Phase>,
+    /// Every cut loses every unflushed write (otherwise half the cuts lose a
+    /// random subset).
+    pub lose_all: bool,
+}
+
+/// Runs `plan` on a fresh disk at `dir/node.img`.
 pub fn campaign(
     art: &Artifacts,
     dir: &Path,
-    cuts: usize,
-    seed: u64,
+    plan: &Plan,
     narrate: &mut dyn FnMut(&str),
 ) -> Result<Vec<Cut>, String> {
+    let Plan {
+        cuts,
+        seed,
+        ref phases,
+        lose_all,
+    } = *plan;
+    if phases.is_empty() {
+        return Err("no phase to cut in".into());
+    }
     let image = dir.join("node.img");
     art.build_disk(&image);
     let server = FileServer::start(&art.dir.join("bundles"))
@@ -134,10 +197,11 @@ pub fn campaign(
     }
     let mut done = vec![];
     for index in 1..=cuts {
-        let phase = Phase::ALL[rng.below(4) as usize];
+        let phase = phases[rng.below(phases.len() as u64) as usize];
         let delay_ms = rng.below(phase.max_delay_ms());
         let loss = nbd.as_ref().map(|d| {
             let loss = match rng.below(2) {
+                _ if lose_all => Loss::All,
                 0 => Loss::All,
                 _ => Loss::Subset(rng.below(u64::MAX)),
             };
@@ -148,18 +212,56 @@ pub fn campaign(
         let start = Instant::now();
         let context = |e: String| format!("{at}: {e}");
         let target = next_bundle(art, &running);
-        m.send_line(&upgrade_cmd(&server, target))
-            .map_err(context)?;
-        m.wait_for(phase.marker(), TIMEOUT).map_err(context)?;
+        let before = match phase {
+            Phase::Configure | Phase::Configured => {
+                let before = read_configured(&mut m, &running.0).map_err(context)?;
+                m.run(&configure_request(index), Duration::from_secs(60))
+                    .map_err(context)?;
+                m.send_line(&format!(
+                    "os-agent configure --file /tmp/powercut.json; echo {}$?",
+                    answer_prefix(index)
+                ))
+                .map_err(context)?;
+                Some(before)
+            }
+            _ => {
+                m.send_line(&upgrade_cmd(&server, target))
+                    .map_err(context)?;
+                None
+            }
+        };
+        m.wait_for(&phase.marker(index), TIMEOUT).map_err(context)?;
         std::thread::sleep(Duration::from_millis(delay_ms));
+        let console = m.dir.join("console.log");
         m.close();
         if let Some(d) = &nbd {
             d.wait_idle();
         }
         check_disk(&image).map_err(context)?;
+        let was_running = running.clone();
         m = Interactive::start(&boot_disk, &dir.join(format!("logs/cut-{index}")));
         running = wait_boot(&mut m).map_err(context)?;
         check_running(&mut m, &running).map_err(context)?;
+        if let Some(before) = before {
+            // What the console showed before the power went (the log is
+            // complete once `close` returned).
+            let shown =
+                String::from_utf8_lossy(&std::fs::read(&console).unwrap_or_default()).into_owned();
+            let answered = shown
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix(&answer_prefix(index)))
+                // Not the echo of the command line (`$?`): the shell's answer.
+                .find(|rc| !rc.is_empty() && rc.bytes().all(|b| b.is_ascii_digit()))
+                .map(str::to_owned);
+            if running.0 != was_running.0 {
+                return Err(context(format!(
+                    "slot {} runs after a configure cut on slot {}",
+                    running.0, was_running.0
+                )));
+            }
+            let after = read_configured(&mut m, &running.0).map_err(context)?;
+            check_configured(&before, &after, index, answered.as_deref()).map_err(context)?;
+        }
         narrate(&format!(
             "{at}: recovered, v{} runs from slot {} ({:.0} s)",
             running.1,
@@ -239,6 +341,139 @@ fn wait_boot(m: &mut Interactive) -> Result<(String, String), String> {
         }
         return Ok((field("slot="), field("version=")));
     }
+}
+
+/// What the configure cuts set, as the running node sees it: the value of
+/// every `powercut.kNNN` line of /etc/sysctl.conf, of `powercut.gen` in the
+/// ESP's `ab/args-<slot>` and on the kernel command line (`None`: absent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Configured {
+    sysctl: Option<String>,
+    args: Option<String>,
+    cmdline: Option<String>,
+}
+
+const CONFIGURE_KEYS: usize = 300;
+
+/// What the shell prints before `os-agent configure`'s exit status in cut `index`.
+fn answer_prefix(index: usize) -> String {
+    format!("CONFIGURE-DONE-{index}-RC=")
+}
+
+/// A shell command writing /tmp/powercut.json: a KubeOS ConfigureRequest
+/// setting every sysctl line and the kernel argument to `gen`. Built in the
+/// guest: the request is longer than a terminal line may be.
+fn configure_request(gen: usize) -> String {
+    format!(
+        "{{ printf '[{{\"configs\":[{{\"model\":\"kernel.sysctl.persist\",\"config_path\":\"/etc/sysctl.conf\",\"contents\":{{'; \
+         i=0; while [ $i -lt {CONFIGURE_KEYS} ]; do [ $i -gt 0 ] && printf ','; \
+         printf '\"powercut.k%03d\":{{\"value\":\"{gen}\",\"operation\":\"update\"}}' $i; i=$((i+1)); done; \
+         printf '}}}},{{\"model\":\"grub.cmdline.current\",\"config_path\":\"\",\"contents\":{{\"powercut.gen\":{{\"value\":\"{gen}\",\"operation\":\"update\"}}}}}}]}}]'; }} >/tmp/powercut.json"
+    )
+}
+
+fn read_configured(m: &mut Interactive, slot: &str) -> Result<Configured, String> {
+    // The sysctl file: absent, or its line count, the lines that are not
+    // `powercut.kNNN = VALUE` and each value's count.
+    let (out, _) = m.run(
+        "f=/etc/sysctl.conf; if [ -e $f ]; then echo SYSCTL-LINES $(wc -l <$f); \
+         echo SYSCTL-OTHER $(grep -avc '^powercut[.]k[0-9][0-9][0-9] *= *[0-9][0-9]*$' $f); \
+         sed -n 's/^powercut[.]k[0-9]* *= *//p' $f | sort | uniq -c | sed 's/^/SYSCTL-VALUE /'; \
+         else echo SYSCTL-ABSENT; fi",
+        Duration::from_secs(60),
+    )?;
+    let field = |tag: &str| {
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix(tag).map(|v| v.trim().to_owned()))
+    };
+    let sysctl = if field("SYSCTL-ABSENT").is_some() {
+        None
+    } else {
+        let lines = field("SYSCTL-LINES ").unwrap_or_default();
+        let other = field("SYSCTL-OTHER ").unwrap_or_default();
+        let values: Vec<(String, String)> = out
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("SYSCTL-VALUE "))
+            .filter_map(|v| {
+                let mut w = v.split_whitespace();
+                Some((w.next()?.to_owned(), w.next()?.to_owned()))
+            })
+            .collect();
+        let whole = lines == CONFIGURE_KEYS.to_string()
+            && other == "0"
+            && values.len() == 1
+            && values[0].0 == CONFIGURE_KEYS.to_string();
+        if !whole {
+            return Err(format!(
+                "/etc/sysctl.conf is neither absent nor {CONFIGURE_KEYS} lines of one value:\n{out}"
+            ));
+        }
+        Some(values[0].1.clone())
+    };
+    // A word of the command line, or of the env block's `os_args=` line.
+    let gen = |text: &str| {
+        text.split_whitespace()
+            .find_map(|w| {
+                w.strip_prefix("os_args=")
+                    .unwrap_or(w)
+                    .strip_prefix("powercut.gen=")
+            })
+            .map(str::to_owned)
+    };
+    let (args, rc) = m.run(
+        &format!("cat /boot/efi/ab/args-{slot}"),
+        Duration::from_secs(60),
+    )?;
+    // Absent is a value (before the first configure); present, it must hold
+    // the argument: only the campaign writes this file.
+    let args = match (rc, gen(&args)) {
+        (0, None) => return Err(format!("ab/args-{slot} exists but holds {args:?}")),
+        (0, g) => g,
+        _ if args.contains("No such file") => None,
+        _ => return Err(format!("cannot read ab/args-{slot}: {args}")),
+    };
+    let (cmdline, _) = m.run("cat /proc/cmdline", Duration::from_secs(60))?;
+    Ok(Configured {
+        sysctl,
+        args,
+        cmdline: gen(&cmdline),
+    })
+}
+
+/// After a configure cut: each file holds its old value or `gen`, both `gen`
+/// if the command had answered success; the kernel got the ESP file's value.
+fn check_configured(
+    before: &Configured,
+    after: &Configured,
+    gen: usize,
+    answered: Option<&str>,
+) -> Result<(), String> {
+    let new = Some(gen.to_string());
+    let what = format!("before the cut {before:?}, after {after:?}");
+    if after.sysctl != before.sysctl && after.sysctl != new {
+        return Err(format!("/etc/sysctl.conf is neither old nor new: {what}"));
+    }
+    if after.args != before.args && after.args != new {
+        return Err(format!(
+            "the ESP's args file is neither old nor new: {what}"
+        ));
+    }
+    match answered {
+        Some("0") if after.sysctl != new || after.args != new => {
+            return Err(format!(
+                "configure answered success but a file is old: {what}"
+            ))
+        }
+        Some(rc) if rc != "0" => return Err(format!("configure failed (status {rc}): {what}")),
+        _ => {}
+    }
+    if after.cmdline != after.args {
+        return Err(format!(
+            "the kernel booted with powercut.gen={:?} but the ESP holds {:?}",
+            after.cmdline, after.args
+        ));
+    }
+    Ok(())
 }
 
 fn read_record(part: &Path, slot: Slot) -> Result<SlotRecord, String> {

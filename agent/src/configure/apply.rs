@@ -15,9 +15,10 @@
 use super::paths::{check_below, file_id};
 use super::plan::{Change, Plan, Target};
 use super::{ConfigureError, Model, Restored, Settings};
+use bootctl::durable;
 use log::{error, info, warn};
 use std::collections::BTreeSet;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
@@ -156,7 +157,7 @@ fn write(c: &Change, bytes: &[u8]) -> io::Result<()> {
         Target::File => replace(&c.path, bytes, true),
         Target::GrubArgs => {
             if let Some(dir) = c.path.parent() {
-                fs::create_dir_all(dir)?;
+                durable::create_dirs(dir)?;
             }
             replace(&c.path, bytes, false)
         }
@@ -168,7 +169,7 @@ fn remove(path: &Path) -> io::Result<()> {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    sync_dir(path)
+    durable::sync_parent(path)
 }
 
 /// Atomic replace (see the module doc); `keep_owner` carries the old file's
@@ -196,18 +197,12 @@ fn replace(path: &Path, bytes: &[u8], keep_owner: bool) -> io::Result<()> {
             f.set_permissions(fs::Permissions::from_mode(mode))?;
         }
         f.sync_all()?;
-        fs::rename(&tmp, path)
+        durable::rename_over(&tmp, path)
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
-    result?;
-    sync_dir(path)
-}
-
-fn sync_dir(path: &Path) -> io::Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-    File::open(dir.unwrap_or(Path::new(".")))?.sync_all()
+    result
 }
 
 /// Runs the restart command for `unit`, killed after the timeout.
