@@ -66,8 +66,9 @@ mod tests {
         assert!(deep.is_dir());
         create_dirs(&deep).unwrap();
         fs::write(t.path().join("file"), b"x").unwrap();
-        let err = create_dirs(&t.path().join("file/d")).unwrap_err();
-        assert_ne!(err.kind(), io::ErrorKind::AlreadyExists, "{err}");
+        // A file where a directory must be is an error, not a success.
+        assert!(create_dirs(&t.path().join("file/d")).is_err());
+        assert!(t.path().join("file").is_file());
     }
 
     #[test]
