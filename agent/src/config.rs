@@ -26,6 +26,8 @@ pub const DEFAULT_CERTS_DIR: &str = "/etc/KubeOS/certs";
 /// Docker-style registry credentials (`{"auths": {HOST: {"auth": …}}}`), read
 /// when it exists.
 pub const DEFAULT_REGISTRY_AUTH: &str = "/etc/os-agent/registry-auth.json";
+/// Bundle-signing keys shipped in the read-only image (docs/signing.md).
+pub const DEFAULT_KEYS_DIR: &str = "/usr/share/os-agent/keys";
 
 /// How this node reaches OCI registries (docs/oci.md). Node settings, never
 /// from the custom resource.
@@ -109,6 +111,8 @@ pub struct Config {
     pub reboot: bool,
     /// Node configuration (`configure`): root, allow-list, restarts.
     pub configure: configure::Settings,
+    /// Where trusted bundle-signing keys are read from, image's first.
+    pub keys_dirs: Vec<PathBuf>,
     /// OCI registries: credentials, CA, mirrors.
     pub registry: RegistrySettings,
 }
@@ -331,6 +335,11 @@ settings! {
             }
         },
         "mirrors tried in order before REGISTRY";
+    one keys_dir: PathBuf = "keys-dir" "DIR", default Some(DEFAULT_KEYS_DIR), path,
+        "bundle-signing keys (*.pub) of the read-only image; with a key here or in \
+         node-keys-dir, only bundles signed by one of them are written";
+    one node_keys_dir: PathBuf = "node-keys-dir" "DIR", default None, path,
+        "more trusted keys kept on the node (rotation; default none)";
     many registry_plain_http: String = "registry-plain-http" "HOST[:PORT]", default None,
         |v| match v.is_empty() || v.contains(['/', ' ']) {
             true => Err(format!("`{v}` is not a host[:port]")),
@@ -403,6 +412,10 @@ impl Overrides {
             file_sources: o.file_sources,
             certs_dir: o.certs_dir.expect(set),
             reboot: o.reboot.expect(set),
+            keys_dirs: [o.keys_dir, o.node_keys_dir]
+                .into_iter()
+                .flatten()
+                .collect(),
             configure: configure::Settings {
                 root: o.config_root.expect(set),
                 proc_dir: o.proc_dir.expect(set),

@@ -32,3 +32,4 @@ pub mod rpc;
 pub mod status;
 pub mod stream;
 mod sys;
+pub mod trust;

@@ -45,6 +45,7 @@ pub use slot::fault;
 
 use crate::config::Config;
 use crate::progress::{Phase, Progress};
+use crate::trust::Trust;
 use bootctl::record::{self, SlotRecord, SlotState};
 use bootctl::store::Esp;
 use bootctl::Slot;
@@ -55,6 +56,10 @@ use slot::{Flags, ReadBack, SlotDevice};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
+use wire::rpc::Reason;
+use wire::signature::{
+    PublicKey, Signature, SignatureError, MAX_FILE_BYTES as SIG_MAX_BYTES, SIG_SUFFIX,
+};
 use writer::Writer;
 
 /// The saved download checkpoint, under the agent's state directory.
@@ -176,6 +181,38 @@ pub fn prepare_with(
     let slot = cfg.inactive();
     check_not_bootable(&Esp::new(&cfg.esp), slot)?;
     let device = SlotDevice::open(slot, cfg.slot_device(slot))?;
+    // With trusted keys, the signature is checked before anything else, also
+    // before a slot that holds the image already is armed again.
+    let trust = Trust::load(&cfg.keys_dirs);
+    let mut checked = None;
+    if trust.required() {
+        match &origin {
+            Origin::Registry(_) => {
+                return Err(PrepareError::Signature {
+                    url: req.url.clone(),
+                    reason: Reason::Unsigned,
+                    detail: "signed bundles are taken from a URL only so far (the \
+                             registry artifact does not carry the signature yet)"
+                        .into(),
+                })
+            }
+            Origin::Url(pin, fetcher) => {
+                let job = Job {
+                    fetcher,
+                    url: &req.url,
+                    manifest: None,
+                    device: &device,
+                    progress,
+                    cancel,
+                    retry,
+                    read_timeout: cfg.read_timeout,
+                    layer: None,
+                    saver: None,
+                };
+                checked = Some(load_manifest(&job, req, pin.blake3(), &trust)?);
+            }
+        }
+    }
     if let Some(done) = already_held(cfg, req, &origin, &device, progress, cancel)? {
         return Ok(done);
     }
@@ -197,7 +234,10 @@ pub fn prepare_with(
                 layer: None,
                 saver: None,
             };
-            let manifest = load_manifest(&job, req, pin.blake3())?;
+            let manifest = match checked {
+                Some(m) => m,
+                None => load_manifest(&job, req, pin.blake3(), &trust)?,
+            };
             let (anchor, layer, pinned) = match pin {
                 Pin::Blake3(b) => (Some(b), None, String::new()),
                 Pin::Sha256(d) => (
@@ -469,12 +509,25 @@ impl Pin {
 
 /// Fetches and checks the manifest beside the image; `None` if there is none.
 /// `anchor`: the BLAKE3 the manifest's `image_digest` must be, when known.
+/// When `trust` requires signatures, a manifest signed by a trusted key.
 fn load_manifest(
     job: &Job,
     req: &PrepareRequest,
     anchor: Option<&[u8; 32]>,
+    trust: &Trust,
 ) -> Result<Option<Manifest>, PrepareError> {
+    let unsigned = |url: &str, detail: &str| PrepareError::Signature {
+        url: url.to_owned(),
+        reason: Reason::Unsigned,
+        detail: detail.to_owned(),
+    };
     let Some(url) = manifest_url(&req.url) else {
+        if trust.required() {
+            return Err(unsigned(
+                &req.url,
+                "not a bundle URL (NAME.img.zst), so no signed manifest can come with it",
+            ));
+        }
         log::info!("{}: not a .img.zst URL, no manifest to look for", req.url);
         return Ok(None);
     };
@@ -491,9 +544,15 @@ fn load_manifest(
         .map_err(|e| fetch_failure(&url, e, false))
     })?;
     let Some(text) = text else {
+        if trust.required() {
+            return Err(unsigned(&url, "no manifest beside the image"));
+        }
         log::info!("{url}: no manifest; resuming at zstd frames, verifying end to end");
         return Ok(None);
     };
+    if trust.required() {
+        check_signature(job, &url, &text, trust)?;
+    }
     let m = Manifest::parse(&text).map_err(|reason| PrepareError::BadManifest {
         url: url.clone(),
         reason,
@@ -515,6 +574,55 @@ fn load_manifest(
         return Err(mismatch("os_version", m.os_version.clone(), v.clone()));
     }
     Ok(Some(m))
+}
+
+/// The manifest `text` fetched from `url` is signed by a key of `trust`.
+fn check_signature(job: &Job, url: &str, text: &str, trust: &Trust) -> Result<(), PrepareError> {
+    let failure = |at: &str, reason: Reason, detail: String| PrepareError::Signature {
+        url: at.to_owned(),
+        reason,
+        detail,
+    };
+    let keys = trust.public_keys();
+    if keys.is_empty() {
+        return Err(failure(
+            url,
+            Reason::UntrustedKey,
+            format!(
+                "signatures are required but no trusted key is usable ({})",
+                trust.unusable.join("; ")
+            ),
+        ));
+    }
+    let sig_url = format!("{url}{SIG_SUFFIX}");
+    let sig = with_retries(job, &sig_url, || {
+        let (fetcher, at) = (job.fetcher.clone(), sig_url.clone());
+        cancellable::run(job.cancel, move || fetcher.read_small(&at, SIG_MAX_BYTES))
+            .map_err(|_| {
+                resume::Failure::Fatal(PrepareError::Cancelled {
+                    slot: job.device.slot,
+                })
+            })?
+            .map_err(|e| fetch_failure(&sig_url, e, false))
+    })?
+    .ok_or_else(|| {
+        failure(
+            &sig_url,
+            Reason::Unsigned,
+            "no signature beside the manifest".into(),
+        )
+    })?;
+    let key = Signature::parse(&sig)
+        .and_then(|s| s.verify(text.as_bytes(), &keys).map(PublicKey::id))
+        .map_err(|e| {
+            let reason = match e {
+                SignatureError::UntrustedKey { .. } => Reason::UntrustedKey,
+                _ => Reason::BadSignature,
+            };
+            failure(&sig_url, reason, e.to_string())
+        })?;
+    log::info!("{url}: signed by trusted key {key}");
+    Ok(())
 }
 
 /// Steps 3 and 4: stream into the slot, fsync, finish the read-back, compare.

@@ -4,6 +4,7 @@
 use crate::job::{Agent, AgentError, Job};
 use crate::node::{self, Failure, NodeView};
 use crate::progress::Snapshot;
+use crate::trust::Trust;
 use bootctl::grub_model::Source;
 use bootctl::record::{self, RescueNote};
 use bootctl::Slot;
@@ -40,6 +41,8 @@ pub struct Report {
     pub job: Option<JobReport>,
     /// The lock holder's line when another process runs a job.
     pub other_job: Option<String>,
+    /// Which signing keys the node trusts.
+    pub trust: Trust,
 }
 
 pub fn report(agent: &Agent) -> Result<Report, AgentError> {
@@ -58,6 +61,7 @@ pub fn report(agent: &Agent) -> Result<Report, AgentError> {
         view,
         job,
         other_job: agent.other_holder(),
+        trust: Trust::load(&cfg.keys_dirs),
     })
 }
 
@@ -111,6 +115,7 @@ impl Report {
             rescue: self.rescue.clone(),
             job: self.job.as_ref().map(JobReport::to_wire),
             other_job: self.other_job.clone(),
+            trust: Some(self.trust.report()),
         }
     }
 
@@ -165,6 +170,30 @@ impl Report {
                 "rescued:    slot {} could not be used, os-init tried slot {}: {}",
                 r.from, r.to, r.reason
             );
+        }
+        let t = &self.trust;
+        let _ = match (t.required(), t.keys.is_empty()) {
+            (false, _) => writeln!(
+                s,
+                "signatures: not checked (no trusted keys installed): any bundle \
+                 matching the request's digest is written"
+            ),
+            (true, false) => writeln!(
+                s,
+                "signatures: required, trusted keys {}",
+                t.keys
+                    .iter()
+                    .map(|(path, k)| format!("{} ({})", k.id(), path.display()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            (true, true) => writeln!(
+                s,
+                "signatures: required, but no key is usable: every bundle is refused"
+            ),
+        };
+        for u in &t.unusable {
+            let _ = writeln!(s, "            unusable key: {u}");
         }
         let _ = match (&self.job, &self.other_job) {
             (Some(j), _) => writeln!(s, "job:        {}", progress_line(j)),

@@ -198,6 +198,7 @@ fn child_bundle(args: &[String]) {
         os_init: Some(PathBuf::from(&args[2])),
         chunk_size: image_builder::manifest::DEFAULT_CHUNK_SIZE,
         level: 3,
+        sign: None,
     })
     .unwrap();
     print_rusage();

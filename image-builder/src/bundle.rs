@@ -34,6 +34,8 @@ pub struct BundleOptions {
     pub os_init: Option<PathBuf>,
     pub chunk_size: u64,
     pub level: i32,
+    /// Secret key to sign the manifest with (`NAME.manifest.json.sig`).
+    pub sign: Option<PathBuf>,
 }
 
 /// Paths of the files a bundle build wrote, and what the manifest says of the image.
@@ -41,6 +43,8 @@ pub struct BundleOptions {
 pub struct BundleOutput {
     pub image: PathBuf,
     pub manifest: PathBuf,
+    /// `NAME.manifest.json.sig`, when signed.
+    pub signature: Option<PathBuf>,
     /// `blake3:<hex>` of the uncompressed root image.
     pub image_digest: String,
     pub image_size: u64,
@@ -78,6 +82,12 @@ pub fn run(opts: &BundleOptions) -> Result<BundleOutput> {
         tools::find(tool)?;
     }
     let os_init = find_os_init(opts.os_init.as_deref())?;
+    // A bad key fails the build before any work.
+    let key = opts
+        .sign
+        .as_deref()
+        .map(crate::sign::load_key)
+        .transpose()?;
     let source_date_epoch = std::env::var("SOURCE_DATE_EPOCH").ok();
     check_out_not_in_rootfs(&opts.out, &opts.rootfs)?;
     fs::create_dir_all(&opts.out).with_context(|| format!("create {}", opts.out.display()))?;
@@ -101,7 +111,7 @@ pub fn run(opts: &BundleOptions) -> Result<BundleOutput> {
     )?;
     let image = make_root_image(opts, &name, &staged, &staging, work.path(), as_root)?;
     fs::remove_dir_all(&staging).with_context(|| format!("remove {}", staging.display()))?;
-    publish(opts, &name, &image)
+    publish(opts, &name, &image, key.as_ref())
 }
 
 /// The ext4 image of the staging tree, `work/root.ext4`.
@@ -295,7 +305,12 @@ fn image_size(stats: &TreeStats, root_size: Option<u64>) -> Result<u64> {
 }
 
 /// Compresses `image` into `OUTDIR/NAME.img.zst` and writes the manifest.
-fn publish(opts: &BundleOptions, name: &str, image: &Path) -> Result<BundleOutput> {
+fn publish(
+    opts: &BundleOptions,
+    name: &str,
+    image: &Path,
+    key: Option<&wire::signature::SecretKey>,
+) -> Result<BundleOutput> {
     let image_name = format!("{name}.img.zst");
     let temp = |suffix: &str| {
         tempfile::Builder::new()
@@ -324,11 +339,41 @@ fn publish(opts: &BundleOptions, name: &str, image: &Path) -> Result<BundleOutpu
     let json = temp("manifest.json")?;
     manifest.save(json.path())?;
     json.as_file().sync_all()?;
-    // Image first: a manifest with the final name always has its image beside it.
+    // The signature covers the manifest's bytes exactly as written.
+    let sig = match key {
+        Some(key) => {
+            let bytes = fs::read(json.path())?;
+            let sig = crate::sign::sign_bytes(key, &bytes)?;
+            let mut file = temp("manifest.json.sig")?;
+            io::Write::write_all(&mut file, sig.to_json().as_bytes())?;
+            file.as_file().sync_all()?;
+            Some(file)
+        }
+        None => None,
+    };
+    // Image first, then the signature: a manifest with the final name always
+    // has its image (and its signature, when signed) beside it.
     let image_path = opts.out.join(&image_name);
     let manifest_path = opts.out.join(format!("{name}.manifest.json"));
+    let sig_path = crate::sign::sig_path(&manifest_path);
     zst.persist(&image_path)
         .with_context(|| format!("rename into {}", image_path.display()))?;
+    let signature = match sig {
+        Some(file) => {
+            file.persist(&sig_path)
+                .with_context(|| format!("rename into {}", sig_path.display()))?;
+            Some(sig_path)
+        }
+        None => {
+            // An older signature would not match this manifest.
+            match fs::remove_file(&sig_path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("remove {}", sig_path.display()))
+                }
+                _ => None,
+            }
+        }
+    };
     json.persist(&manifest_path)
         .with_context(|| format!("rename into {}", manifest_path.display()))?;
     File::open(&opts.out)
@@ -342,6 +387,7 @@ fn publish(opts: &BundleOptions, name: &str, image: &Path) -> Result<BundleOutpu
     Ok(BundleOutput {
         image: image_path,
         manifest: manifest_path,
+        signature,
         image_digest: manifest.image_digest.to_string(),
         image_size,
     })
@@ -389,6 +435,7 @@ mod tests {
             os_init: None,
             chunk_size: 4 << 20,
             level: 3,
+            sign: None,
         }
     }
 

@@ -54,6 +54,23 @@ pub enum Command {
         /// zstd compression level (1-19)
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
         level: i32,
+        /// Sign the manifest with this secret key (from `os-image keygen`): writes NAME.manifest.json.sig
+        #[arg(long, value_name = "KEY")]
+        sign: Option<PathBuf>,
+    },
+    /// Make a bundle-signing key pair: STEM.key (secret, mode 0600; keep it offline) and STEM.pub (for nodes' /usr/share/os-agent/keys)
+    Keygen {
+        /// Path and name of the key files without extension, e.g. keys/vendor-2026
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sign a bundle manifest: writes MANIFEST.sig beside it
+    Sign {
+        /// Secret key (PEM PKCS#8: `os-image keygen` or `openssl genpkey -algorithm ed25519`)
+        #[arg(long)]
+        key: PathBuf,
+        /// The bundle's NAME.manifest.json
+        manifest: PathBuf,
     },
     /// Build a bootable GPT disk (ESP with GRUB, ROOT-A, ROOT-B, PERSIST) from bundles
     Disk {
@@ -195,6 +212,7 @@ pub fn main() -> i32 {
             os_init,
             chunk_size,
             level,
+            sign,
         } => bundle::run(&bundle::BundleOptions {
             rootfs,
             version,
@@ -204,8 +222,11 @@ pub fn main() -> i32 {
             os_init,
             chunk_size,
             level,
+            sign,
         })
         .map(|_| ()),
+        Command::Keygen { out } => crate::sign::keygen(&out).map(|_| ()),
+        Command::Sign { key, manifest } => crate::sign::sign_file(&key, &manifest).map(|_| ()),
         Command::Disk {
             bundle,
             bundle_b,

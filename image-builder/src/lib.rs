@@ -20,5 +20,6 @@ pub mod manifest;
 pub mod oci;
 pub mod progress;
 pub mod rootfs;
+pub mod sign;
 pub mod tools;
 pub mod unpack;

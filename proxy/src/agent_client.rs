@@ -299,6 +299,7 @@ mod tests {
                 rate: 1.5,
             }),
             other_job: None,
+            trust: None,
         };
         miniserde::json::to_string(&status)
     }

@@ -43,6 +43,7 @@ fn agent(mut b: SlotRecord) -> AgentStatus {
         rescue: None,
         job: None,
         other_job: None,
+        trust: None,
     }
 }
 

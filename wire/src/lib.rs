@@ -7,6 +7,8 @@
 //! - [`record`]: slot states, slot records and os-init's rescue note, as the
 //!   text files on PERSIST spell them;
 //! - [`manifest`]: the bundle manifest (parse, check, write);
+//! - [`signature`]: detached ed25519 signatures of manifests and their key
+//!   files (feature `signature`);
 //! - [`rpc`]: os-agent's JSON-RPC messages, the status report, error codes
 //!   and error kinds.
 //!
@@ -30,3 +32,5 @@ pub mod manifest;
 pub mod record;
 #[cfg(feature = "std")]
 pub mod rpc;
+#[cfg(feature = "signature")]
+pub mod signature;

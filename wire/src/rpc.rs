@@ -178,6 +178,9 @@ reasons! {
     // The content.
     BadManifest = "bad-manifest", Failed;
     ManifestMismatch = "manifest-mismatch", Failed;
+    Unsigned = "unsigned", Refused;
+    UntrustedKey = "untrusted-key", Refused;
+    BadSignature = "bad-signature", Refused;
     Corrupt = "corrupt", Failed;
     DigestMismatch = "digest-mismatch", Failed;
     VerifyFailed = "verify-failed", Failed;
@@ -424,6 +427,22 @@ pub struct JobStatus {
     pub rate: f64,
 }
 
+/// Which bundle signatures the node requires (docs/signing.md).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[cfg_attr(
+    feature = "miniserde",
+    derive(miniserde::Serialize, miniserde::Deserialize)
+)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct Trust {
+    /// Only signed bundles are written: some key file is installed.
+    pub signatures_required: bool,
+    /// Ids of the trusted keys.
+    pub keys: Vec<String>,
+    /// Key files that could not be used, with the reason.
+    pub unusable: Vec<String>,
+}
+
 /// The `status` result.
 #[derive(Debug, Clone, PartialEq)]
 #[cfg_attr(
@@ -450,6 +469,8 @@ pub struct Status {
     pub job: Option<JobStatus>,
     /// The lock holder's line when another process runs a job.
     pub other_job: Option<String>,
+    /// Signature policy (absent from agents before signing).
+    pub trust: Option<Trust>,
 }
 
 impl Status {

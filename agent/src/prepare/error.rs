@@ -85,6 +85,13 @@ pub enum PrepareError {
         url: String,
         reason: String,
     },
+    /// A node with trusted keys got a bundle without a valid signature by one
+    /// of them (`reason`: unsigned, untrusted-key, bad-signature).
+    Signature {
+        url: String,
+        reason: Reason,
+        detail: String,
+    },
     /// The manifest disagrees with the request (digest or version).
     ManifestMismatch {
         url: String,
@@ -251,6 +258,11 @@ impl PrepareError {
                 "{url}: stream truncated at compressed byte {offset} on {attempts} attempt(s)"
             ),
             E::BadManifest { url, reason } => write!(f, "bundle manifest for {url}: {reason}"),
+            E::Signature { url, detail, .. } => write!(
+                f,
+                "{url}: {detail}; this node writes only bundles signed by a key it trusts \
+                 (`os-agent status` lists them)"
+            ),
             E::ManifestMismatch {
                 url,
                 field,
@@ -314,6 +326,7 @@ impl PrepareError {
             E::Tls { .. } => Reason::Tls,
             E::Network { .. } | E::Stalled { .. } | E::Truncated { .. } => Reason::Network,
             E::BadManifest { .. } => Reason::BadManifest,
+            E::Signature { reason, .. } => *reason,
             E::ManifestMismatch { .. } => Reason::ManifestMismatch,
             E::Corrupt { .. } => Reason::Corrupt,
             E::ChunkMismatch { .. } | E::DigestMismatch { .. } | E::LayerMismatch { .. } => {

@@ -239,6 +239,7 @@ impl FakeAgent {
             rescue: None,
             job: None,
             other_job: None,
+            trust: None,
         };
         let agent = FakeAgent {
             socket: socket.clone(),
