@@ -49,6 +49,7 @@ use crate::trust::Trust;
 use bootctl::record::{self, SlotRecord, SlotState};
 use bootctl::store::Esp;
 use bootctl::Slot;
+use fetch::FetchError;
 use fetch::Fetcher;
 use manifest::{format_blake3, manifest_url, parse_blake3, Manifest, MAX_MANIFEST_BYTES};
 use resume::{fetch_failure, with_retries, Job, Saver};
@@ -603,7 +604,14 @@ fn check_signature(job: &Job, url: &str, text: &str, trust: &Trust) -> Result<()
                     slot: job.device.slot,
                 })
             })?
-            .map_err(|e| fetch_failure(&sig_url, e, false))
+            .map_err(|e| match e {
+                FetchError::Oversized { max } => resume::Failure::Fatal(failure(
+                    &sig_url,
+                    Reason::BadSignature,
+                    format!("the signature file is larger than {max} bytes"),
+                )),
+                e => fetch_failure(&sig_url, e, false),
+            })
     })?
     .ok_or_else(|| {
         failure(

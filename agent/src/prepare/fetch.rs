@@ -29,6 +29,8 @@ pub enum FetchError {
     File(io::Error),
     /// A registry refused the request (credentials, access); retrying cannot help.
     Registry(String),
+    /// A small file (manifest, signature) is larger than it may be.
+    Oversized { max: u64 },
 }
 
 impl FetchError {
@@ -40,7 +42,8 @@ impl FetchError {
             | FetchError::Tls(_)
             | FetchError::BadRange(_)
             | FetchError::File(_)
-            | FetchError::Registry(_) => false,
+            | FetchError::Registry(_)
+            | FetchError::Oversized { .. } => false,
         }
     }
 }
@@ -54,6 +57,7 @@ impl std::fmt::Display for FetchError {
             }
             FetchError::Status { code, detail } => write!(f, "HTTP status {code} ({detail})"),
             FetchError::Stalled => write!(f, "stalled"),
+            FetchError::Oversized { max } => write!(f, "larger than {max} bytes"),
             FetchError::Network(e) => write!(f, "{e}"),
             FetchError::Tls(e) => write!(f, "TLS: {e}"),
             FetchError::BadRange(e) => write!(f, "{e}"),
@@ -195,7 +199,7 @@ impl Fetcher {
             Err(e) => return Err(e),
         };
         if body.total.is_some_and(|t| t > max) {
-            return Err(FetchError::Network(format!("larger than {max} bytes")));
+            return Err(FetchError::Oversized { max });
         }
         let mut text = String::new();
         body.reader
@@ -203,7 +207,7 @@ impl Fetcher {
             .read_to_string(&mut text)
             .map_err(classify_io)?;
         if text.len() as u64 > max {
-            return Err(FetchError::Network(format!("larger than {max} bytes")));
+            return Err(FetchError::Oversized { max });
         }
         Ok(Some(text))
     }

@@ -340,6 +340,11 @@ pub fn fetch_failure(url: &str, e: FetchError, progressed: bool) -> Failure {
             url: url.to_owned(),
             reason,
         }),
+        // Only the manifest and its signature are read whole.
+        FetchError::Oversized { max } => Failure::Fatal(PrepareError::BadManifest {
+            url: url.to_owned(),
+            reason: format!("larger than {max} bytes"),
+        }),
         FetchError::Registry(reason) => Failure::Fatal(PrepareError::Registry {
             image: url.to_owned(),
             reason,

@@ -1,0 +1,226 @@
+//! Signed bundles (issue 15, docs/signing.md) through the real write path
+//! against a loopback HTTP server: a node with trusted keys writes a bundle
+//! signed by one of them and refuses, before writing a byte, an unsigned
+//! bundle, one signed by another key, a manifest changed after signing, and
+//! every bundle when its only key file is damaged. A node without keys takes
+//! unsigned bundles as before. After every refusal the active slot, the boot
+//! state and slot B's record are untouched and slot B's bytes are unchanged.
+
+mod common;
+
+use agent::prepare::{prepare_with, PrepareError, PrepareRequest, Tls};
+use agent::progress::Progress;
+use common::server::Server;
+use common::{bundle, quick_retry, synthetic_image, Bundle, Node};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use wire::rpc::Reason;
+use wire::signature::SecretKey;
+
+const CHUNK: usize = 64 << 10;
+const SLOT: u64 = 1 << 20;
+const IMG: &str = "/os/os-2.img.zst";
+const MANIFEST: &str = "/os/os-2.manifest.json";
+const SIG: &str = "/os/os-2.manifest.json.sig";
+
+fn v2() -> Bundle {
+    bundle(synthetic_image(6 * CHUNK + 999, 2), CHUNK, "2")
+}
+
+/// A node whose key directories are `DIR/image-keys` and `DIR/node-keys`,
+/// holding the public halves of `image` and `node`.
+fn node_trusting(image: &[&SecretKey], node: &[&SecretKey]) -> Node {
+    let mut n = Node::new(SLOT);
+    let dirs: Vec<PathBuf> = ["image-keys", "node-keys"]
+        .iter()
+        .map(|d| n.dir.path().join(d))
+        .collect();
+    for (dir, keys) in dirs.iter().zip([image, node]) {
+        std::fs::create_dir_all(dir).unwrap();
+        for (i, k) in keys.iter().enumerate() {
+            std::fs::write(dir.join(format!("key{i}.pub")), k.public().to_pem()).unwrap();
+        }
+    }
+    n.cfg.keys_dirs = dirs;
+    n
+}
+
+fn serve(b: &Bundle, manifest: &str, sig: Option<String>) -> Server {
+    let server = Server::start();
+    server.put(IMG, b.zst.clone());
+    server.put(MANIFEST, manifest.as_bytes().to_vec());
+    if let Some(sig) = sig {
+        server.put(SIG, sig.into_bytes());
+    }
+    server
+}
+
+fn request(server: &Server, digest: &str) -> PrepareRequest {
+    PrepareRequest {
+        url: server.url(IMG),
+        digest: digest.into(),
+        version: Some("2".into()),
+        tls: Tls::default(),
+        allow_http: true,
+    }
+}
+
+fn prepare(node: &Node, req: &PrepareRequest) -> Result<agent::prepare::Prepared, PrepareError> {
+    prepare_with(
+        &node.cfg,
+        req,
+        &Progress::default(),
+        &AtomicBool::new(false),
+        &quick_retry(),
+    )
+}
+
+/// The refusal's reason and message; nothing written, nothing armed, and the
+/// image itself was never requested.
+fn refused(node: &Node, server: &Server, req: &PrepareRequest) -> (Reason, String) {
+    let before = node.slot_b();
+    let err = prepare(node, req).expect_err("the bundle must be refused");
+    node.assert_untouched();
+    assert!(node.slot_b() == before, "slot B was written");
+    assert!(
+        server.served(IMG).is_empty(),
+        "the image was fetched before the signature was checked"
+    );
+    (err.reason(), err.to_string())
+}
+
+#[test]
+fn a_bundle_signed_by_a_trusted_key_is_written() {
+    let (vendor, _) = SecretKey::generate().unwrap();
+    let b = v2();
+    let sig = vendor.sign(b.meta.manifest.as_bytes()).to_json();
+    let node = node_trusting(&[&vendor], &[]);
+    let server = serve(&b, &b.meta.manifest, Some(sig));
+    let done = prepare(&node, &request(&server, &b.meta.digest)).unwrap();
+    assert_eq!(done.digest, b.meta.digest);
+    assert!(node.slot_b()[..b.image.len()] == b.image[..]);
+    // KubeOS's check_sum (the file's sha256) with a signed manifest.
+    let node = node_trusting(&[], &[&vendor]);
+    let sha = format!("sha256:{}", sha256_hex(&b.zst));
+    prepare(&node, &request(&server, &sha)).unwrap();
+}
+
+#[test]
+fn a_rotated_key_in_the_node_directory_is_trusted_beside_the_image_key() {
+    let (old, _) = SecretKey::generate().unwrap();
+    let (new, _) = SecretKey::generate().unwrap();
+    let b = v2();
+    let node = node_trusting(&[&old], &[&new]);
+    let server = serve(
+        &b,
+        &b.meta.manifest,
+        Some(new.sign(b.meta.manifest.as_bytes()).to_json()),
+    );
+    prepare(&node, &request(&server, &b.meta.digest)).unwrap();
+}
+
+#[test]
+fn an_unsigned_bundle_is_refused_before_a_byte_is_written() {
+    let (vendor, _) = SecretKey::generate().unwrap();
+    let b = v2();
+    let node = node_trusting(&[&vendor], &[]);
+    let server = serve(&b, &b.meta.manifest, None);
+    let (reason, msg) = refused(&node, &server, &request(&server, &b.meta.digest));
+    assert_eq!(reason, Reason::Unsigned, "{msg}");
+    assert!(msg.contains("no signature beside the manifest"), "{msg}");
+    assert!(msg.contains(SIG), "names the signature URL: {msg}");
+}
+
+#[test]
+fn a_bundle_signed_by_another_key_is_refused() {
+    let (vendor, _) = SecretKey::generate().unwrap();
+    let (attacker, _) = SecretKey::generate().unwrap();
+    let b = v2();
+    let node = node_trusting(&[&vendor], &[]);
+    let sig = attacker.sign(b.meta.manifest.as_bytes()).to_json();
+    let server = serve(&b, &b.meta.manifest, Some(sig));
+    let (reason, msg) = refused(&node, &server, &request(&server, &b.meta.digest));
+    assert_eq!(reason, Reason::UntrustedKey, "{msg}");
+    assert!(msg.contains(&attacker.public().id()), "{msg}");
+    assert!(
+        msg.contains(&vendor.public().id()),
+        "lists the trusted keys: {msg}"
+    );
+}
+
+#[test]
+fn a_manifest_changed_after_signing_is_refused() {
+    let (vendor, _) = SecretKey::generate().unwrap();
+    let b = v2();
+    let sig = vendor.sign(b.meta.manifest.as_bytes()).to_json();
+    // Another image under the signed bundle's name: its own manifest, the
+    // original signature.
+    let evil = bundle(synthetic_image(6 * CHUNK + 999, 66), CHUNK, "2");
+    let node = node_trusting(&[&vendor], &[]);
+    let server = serve(&evil, &evil.meta.manifest, Some(sig.clone()));
+    let (reason, msg) = refused(&node, &server, &request(&server, &evil.meta.digest));
+    assert_eq!(reason, Reason::BadSignature, "{msg}");
+    // One byte of whitespace is a change too.
+    let server = serve(&b, &format!("{} ", b.meta.manifest), Some(sig));
+    let (reason, _) = refused(&node, &server, &request(&server, &b.meta.digest));
+    assert_eq!(reason, Reason::BadSignature);
+}
+
+#[test]
+fn malformed_signatures_are_refused() {
+    let (vendor, _) = SecretKey::generate().unwrap();
+    let b = v2();
+    let node = node_trusting(&[&vendor], &[]);
+    for sig in ["", "{}", "not json", &"x".repeat(5000)] {
+        let server = serve(&b, &b.meta.manifest, Some(sig.to_owned()));
+        let shown = &sig[..sig.len().min(20)];
+        let err = prepare(&node, &request(&server, &b.meta.digest)).expect_err(shown);
+        node.assert_untouched();
+        assert_eq!(err.reason(), Reason::BadSignature, "{shown:?}: {err}");
+    }
+}
+
+#[test]
+fn a_damaged_key_file_refuses_everything_rather_than_nothing() {
+    let (vendor, _) = SecretKey::generate().unwrap();
+    let b = v2();
+    let node = node_trusting(&[&vendor], &[]);
+    std::fs::write(node.cfg.keys_dirs[0].join("key0.pub"), "garbage").unwrap();
+    let server = serve(
+        &b,
+        &b.meta.manifest,
+        Some(vendor.sign(b.meta.manifest.as_bytes()).to_json()),
+    );
+    let (reason, msg) = refused(&node, &server, &request(&server, &b.meta.digest));
+    assert_eq!(reason, Reason::UntrustedKey, "{msg}");
+    assert!(
+        msg.contains("no trusted key is usable") && msg.contains("key0.pub"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_signed_node_refuses_an_image_without_a_manifest() {
+    let (vendor, _) = SecretKey::generate().unwrap();
+    let b = v2();
+    let node = node_trusting(&[&vendor], &[]);
+    let server = Server::start();
+    server.put(IMG, b.zst.clone());
+    let (reason, msg) = refused(&node, &server, &request(&server, &b.meta.digest));
+    assert_eq!(reason, Reason::Unsigned, "{msg}");
+    assert!(msg.contains("no manifest beside the image"), "{msg}");
+}
+
+#[test]
+fn a_node_without_keys_takes_unsigned_bundles_as_before() {
+    let b = v2();
+    let node = node_trusting(&[], &[]);
+    let server = serve(&b, &b.meta.manifest, None);
+    prepare(&node, &request(&server, &b.meta.digest)).unwrap();
+    assert!(server.served(SIG).is_empty(), "no signature is asked for");
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    wire::digest::hex(&sha2::Sha256::digest(bytes))
+}
