@@ -68,6 +68,40 @@ fn status_text_and_json() {
 }
 
 #[test]
+fn status_says_whether_bundles_must_be_signed() {
+    let node = Node::new();
+    let out = os_agent(&node, Slot::A, &["status"]);
+    let s = text(&out.stdout);
+    assert!(
+        s.contains("signatures: not checked (no trusted keys installed)"),
+        "{s}"
+    );
+    let keys = node.dir.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let (key, _) = wire::signature::SecretKey::generate().unwrap();
+    std::fs::write(keys.join("vendor.pub"), key.public().to_pem()).unwrap();
+    std::fs::write(keys.join("broken.pub"), "garbage").unwrap();
+    let out = os_agent(&node, Slot::A, &["status"]);
+    let s = text(&out.stdout);
+    let id = key.public().id();
+    assert!(
+        s.contains(&format!("signatures: required, trusted keys {id}")),
+        "{s}"
+    );
+    assert!(
+        s.contains("unusable key:") && s.contains("broken.pub"),
+        "{s}"
+    );
+    let out = os_agent(&node, Slot::A, &["status", "--json"]);
+    let s = text(&out.stdout);
+    let status: wire::rpc::Status = miniserde::json::from_str(s.trim()).expect(&s);
+    let trust = status.trust.expect("trust reported");
+    assert!(trust.signatures_required);
+    assert_eq!(trust.keys, vec![id]);
+    assert_eq!(trust.unusable.len(), 1, "{:?}", trust.unusable);
+}
+
+#[test]
 fn upgrade_then_confirm_then_rollback() {
     let node = Node::new();
     let img = image(300 << 10);

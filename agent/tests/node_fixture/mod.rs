@@ -65,6 +65,8 @@ impl Node {
             ("check-timeout", "5".into()),
             ("tries", "3".into()),
             ("certs-dir", s(&self.dir.path().join("certs"))),
+            // Trusted signing keys, when a test puts some here.
+            ("keys-dir", s(&self.dir.path().join("keys"))),
             // Requests over the socket may name bundles the tests write here.
             ("file-sources", s(&self.dir.path().join("bundles"))),
             // Never reboot the machine running the tests.
