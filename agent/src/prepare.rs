@@ -188,15 +188,9 @@ pub fn prepare_with(
     let mut checked = None;
     if trust.required() {
         match &origin {
-            Origin::Registry(_) => {
-                return Err(PrepareError::Signature {
-                    url: req.url.clone(),
-                    reason: Reason::Unsigned,
-                    detail: "signed bundles are taken from a URL only so far (the \
-                             registry artifact does not carry the signature yet)"
-                        .into(),
-                })
-            }
+            // Checked while resolving the artifact, below; the slot is
+            // written again rather than trusted from its record.
+            Origin::Registry(_) => {}
             Origin::Url(pin, fetcher) => {
                 let job = Job {
                     fetcher,
@@ -214,7 +208,11 @@ pub fn prepare_with(
             }
         }
     }
-    if let Some(done) = already_held(cfg, req, &origin, &device, progress, cancel)? {
+    let unchecked = trust.required() && matches!(origin, Origin::Registry(_));
+    if let Some(done) = match unchecked {
+        true => None,
+        false => already_held(cfg, req, &origin, &device, progress, cancel)?,
+    } {
         return Ok(done);
     }
     progress.start_phase(Phase::Connecting, 0);
@@ -577,24 +575,9 @@ fn load_manifest(
     Ok(Some(m))
 }
 
-/// The manifest `text` fetched from `url` is signed by a key of `trust`.
+/// The manifest `text` fetched from `url` is signed by a key of `trust`
+/// (its signature is `url.sig`).
 fn check_signature(job: &Job, url: &str, text: &str, trust: &Trust) -> Result<(), PrepareError> {
-    let failure = |at: &str, reason: Reason, detail: String| PrepareError::Signature {
-        url: at.to_owned(),
-        reason,
-        detail,
-    };
-    let keys = trust.public_keys();
-    if keys.is_empty() {
-        return Err(failure(
-            url,
-            Reason::UntrustedKey,
-            format!(
-                "signatures are required but no trusted key is usable ({})",
-                trust.unusable.join("; ")
-            ),
-        ));
-    }
     let sig_url = format!("{url}{SIG_SUFFIX}");
     let sig = with_retries(job, &sig_url, || {
         let (fetcher, at) = (job.fetcher.clone(), sig_url.clone());
@@ -605,31 +588,60 @@ fn check_signature(job: &Job, url: &str, text: &str, trust: &Trust) -> Result<()
                 })
             })?
             .map_err(|e| match e {
-                FetchError::Oversized { max } => resume::Failure::Fatal(failure(
-                    &sig_url,
-                    Reason::BadSignature,
-                    format!("the signature file is larger than {max} bytes"),
-                )),
+                FetchError::Oversized { max } => resume::Failure::Fatal(PrepareError::Signature {
+                    url: sig_url.clone(),
+                    reason: Reason::BadSignature,
+                    detail: format!("the signature file is larger than {max} bytes"),
+                }),
                 e => fetch_failure(&sig_url, e, false),
             })
-    })?
-    .ok_or_else(|| {
+    })?;
+    verify_signed(url, &sig_url, text, sig.as_deref(), trust)
+}
+
+/// Checks `sig` (found at `sig_at`; `None`: there is none) over the manifest
+/// `text` from `at` against the trusted keys. One check for bundles from a
+/// URL and from a registry.
+pub(crate) fn verify_signed(
+    at: &str,
+    sig_at: &str,
+    text: &str,
+    sig: Option<&str>,
+    trust: &Trust,
+) -> Result<(), PrepareError> {
+    let failure = |url: &str, reason: Reason, detail: String| PrepareError::Signature {
+        url: url.to_owned(),
+        reason,
+        detail,
+    };
+    let keys = trust.public_keys();
+    if keys.is_empty() {
+        return Err(failure(
+            at,
+            Reason::UntrustedKey,
+            format!(
+                "signatures are required but no trusted key is usable ({})",
+                trust.unusable.join("; ")
+            ),
+        ));
+    }
+    let sig = sig.ok_or_else(|| {
         failure(
-            &sig_url,
+            sig_at,
             Reason::Unsigned,
             "no signature beside the manifest".into(),
         )
     })?;
-    let key = Signature::parse(&sig)
+    let key = Signature::parse(sig)
         .and_then(|s| s.verify(text.as_bytes(), &keys).map(PublicKey::id))
         .map_err(|e| {
             let reason = match e {
                 SignatureError::UntrustedKey { .. } => Reason::UntrustedKey,
                 _ => Reason::BadSignature,
             };
-            failure(&sig_url, reason, e.to_string())
+            failure(sig_at, reason, e.to_string())
         })?;
-    log::info!("{url}: signed by trusted key {key}");
+    log::info!("{at}: signed by trusted key {key}");
     Ok(())
 }
 

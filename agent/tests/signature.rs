@@ -224,3 +224,73 @@ fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     wire::digest::hex(&sha2::Sha256::digest(bytes))
 }
+
+/// The bundle as a registry artifact at `/v2/os/…` (the loopback server
+/// serves the distribution API's read paths as files); `sig` goes in the
+/// manifest's signature annotation, as `os-image oci` puts it there.
+fn publish(b: &Bundle, sig: Option<String>) -> (Server, String) {
+    use oci::artifact::{
+        BundleArtifact, Descriptor, CONFIG_MEDIA_TYPE, LAYER_MEDIA_TYPE, SIGNATURE,
+    };
+    use oci::digest::sha256;
+    let manifest = BundleArtifact {
+        config: Descriptor::new(
+            CONFIG_MEDIA_TYPE,
+            &sha256(b.meta.manifest.as_bytes()),
+            b.meta.manifest.len() as u64,
+        ),
+        layer: Descriptor::new(LAYER_MEDIA_TYPE, &sha256(&b.zst), b.zst.len() as u64),
+        annotations: sig.map(|s| (SIGNATURE.to_owned(), s)).into_iter().collect(),
+    }
+    .to_json();
+    let server = Server::start();
+    let digest = sha256(&manifest);
+    server.put(&format!("/v2/os/manifests/{digest}"), manifest);
+    let config = b.meta.manifest.clone().into_bytes();
+    server.put(&format!("/v2/os/blobs/{}", sha256(&config)), config);
+    server.put(&format!("/v2/os/blobs/{}", sha256(&b.zst)), b.zst.clone());
+    (server, digest)
+}
+
+fn oci_request(server: &Server, digest: &str) -> PrepareRequest {
+    PrepareRequest {
+        url: format!(
+            "oci://{}/os@{digest}",
+            server.url("").trim_start_matches("http://")
+        ),
+        digest: String::new(),
+        version: Some("2".into()),
+        tls: Tls::default(),
+        allow_http: true,
+    }
+}
+
+#[test]
+fn a_registry_bundle_carries_its_signature_in_an_annotation() {
+    let (vendor, _) = SecretKey::generate().unwrap();
+    let (attacker, _) = SecretKey::generate().unwrap();
+    let b = v2();
+    let node = node_trusting(&[&vendor], &[]);
+    let sign = |k: &SecretKey| Some(k.sign(b.meta.manifest.as_bytes()).to_json());
+
+    let (server, digest) = publish(&b, sign(&vendor));
+    let done = prepare(&node, &oci_request(&server, &digest)).unwrap();
+    assert_eq!(done.digest, b.meta.digest);
+
+    let node = node_trusting(&[&vendor], &[]);
+    for (sig, want) in [
+        (None, Reason::Unsigned),
+        (sign(&attacker), Reason::UntrustedKey),
+        (Some("{}".to_owned()), Reason::BadSignature),
+    ] {
+        let (server, digest) = publish(&b, sig);
+        let err = prepare(&node, &oci_request(&server, &digest)).expect_err("refused");
+        node.assert_untouched();
+        assert_eq!(err.reason(), want, "{err}");
+        let layer = format!("/v2/os/blobs/{}", oci::digest::sha256(&b.zst));
+        assert!(
+            server.served(&layer).is_empty(),
+            "the layer was fetched: {err}"
+        );
+    }
+}

@@ -16,7 +16,7 @@ pub mod push;
 use crate::manifest::{Manifest, ManifestFile};
 use ::oci::artifact::{
     layout_index, parse_layout_index, BundleArtifact, Descriptor, CONFIG_MEDIA_TYPE, IMAGE_DIGEST,
-    LAYER_MEDIA_TYPE, OCI_MANIFEST, TITLE, VERSION,
+    LAYER_MEDIA_TYPE, OCI_MANIFEST, SIGNATURE, TITLE, VERSION,
 };
 use ::oci::digest;
 use anyhow::{bail, ensure, Context, Result};
@@ -125,6 +125,7 @@ pub fn write_layout(
         .with_context(|| format!("bundle manifest {}", manifest_path.display()))?;
     let tag = tag.unwrap_or(&bundle.os_version).to_owned();
     check_tag(&tag)?;
+    let signature = read_signature(manifest_path)?;
     let image = bundle.image_path(manifest_path);
     let (layer_digest, layer_size) = sha256_file(&image)?;
     ensure!(
@@ -146,10 +147,14 @@ pub fn write_layout(
         config: Descriptor::new(CONFIG_MEDIA_TYPE, &config_digest, config.len() as u64),
         layer,
         // In key order, as the JSON has them: the value equals its own parse.
-        annotations: vec![
-            (IMAGE_DIGEST.into(), bundle.image_digest.to_string()),
-            (VERSION.into(), bundle.os_version.clone()),
-        ],
+        annotations: signature
+            .map(|sig| (SIGNATURE.to_owned(), sig))
+            .into_iter()
+            .chain([
+                (IMAGE_DIGEST.into(), bundle.image_digest.to_string()),
+                (VERSION.into(), bundle.os_version.clone()),
+            ])
+            .collect(),
     };
     let manifest = artifact.to_json();
     let manifest_digest = digest::sha256(&manifest);
@@ -166,6 +171,22 @@ pub fn write_layout(
         digest: manifest_digest,
         layer_write,
     })
+}
+
+/// The bundle's `NAME.manifest.json.sig`, if there is one: checked for form
+/// (the key is the node's business) and carried as an annotation.
+fn read_signature(manifest_path: &Path) -> Result<Option<String>> {
+    let path = crate::sign::sig_path(manifest_path);
+    let text = match std::fs::read(&path) {
+        Ok(bytes) => String::from_utf8(bytes)
+            .map_err(|_| anyhow::anyhow!("{}: not UTF-8", path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+    };
+    let sig =
+        wire::signature::Signature::parse(&text).with_context(|| format!("{}", path.display()))?;
+    log::info!("carrying {} (key {})", path.display(), sig.key_id);
+    Ok(Some(sig.to_json().trim_end().to_owned()))
 }
 
 /// The distribution spec's tag grammar: `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`.

@@ -461,3 +461,101 @@ fn bad_input_is_refused_with_a_clear_error() {
         "{err}"
     );
 }
+
+fn os_image(args: &[&std::ffi::OsStr]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_os-image"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_signed_bundle_verifies_with_the_public_key_and_travels_in_the_oci_artifact() {
+    use wire::signature::{PublicKey, Signature};
+    let r = reference();
+    let dir = r.dir.join("signed");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let stem = dir.join("vendor");
+    let o = os_image(&["keygen".as_ref(), "--out".as_ref(), stem.as_os_str()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (key, public) = (dir.join("vendor.key"), dir.join("vendor.pub"));
+    let o = os_image(&["keygen".as_ref(), "--out".as_ref(), stem.as_os_str()]);
+    assert!(!o.status.success(), "keygen overwrote a key");
+
+    let out = dir.join("out");
+    let o = bundle(
+        &r.rootfs,
+        &out,
+        &r.os_init,
+        &["--sign", key.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let manifest = manifest_path(&out);
+    // Signing changes nothing else: the same image and manifest as unsigned.
+    assert_eq!(
+        std::fs::read(&manifest).unwrap(),
+        std::fs::read(manifest_path(&r.out)).unwrap()
+    );
+    let sig_path = dir
+        .join("out")
+        .join(format!("os-{VERSION}.manifest.json.sig"));
+    let sig = Signature::parse(&std::fs::read_to_string(&sig_path).unwrap()).unwrap();
+    let trusted = [PublicKey::from_pem(&std::fs::read_to_string(&public).unwrap()).unwrap()];
+    let bytes = std::fs::read(&manifest).unwrap();
+    sig.verify(&bytes, &trusted).unwrap();
+    let mut edited = bytes.clone();
+    edited.push(b' ');
+    assert!(sig.verify(&edited, &trusted).is_err());
+
+    // `os-image sign` on an existing bundle gives a signature that verifies too.
+    std::fs::remove_file(&sig_path).unwrap();
+    let o = os_image(&[
+        "sign".as_ref(),
+        "--key".as_ref(),
+        key.as_os_str(),
+        manifest.as_os_str(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let again = Signature::parse(&std::fs::read_to_string(&sig_path).unwrap()).unwrap();
+    again.verify(&bytes, &trusted).unwrap();
+    // A file that is not a bundle manifest is not signed.
+    let o = os_image(&[
+        "sign".as_ref(),
+        "--key".as_ref(),
+        key.as_os_str(),
+        public.as_os_str(),
+    ]);
+    assert!(!o.status.success());
+
+    // The OCI artifact carries the signature as an annotation.
+    let layout = dir.join("layout");
+    let o = os_image(&[
+        "oci".as_ref(),
+        "--manifest".as_ref(),
+        manifest.as_os_str(),
+        "--layout".as_ref(),
+        layout.as_os_str(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let index = std::fs::read(layout.join("index.json")).unwrap();
+    let entries = oci::artifact::parse_layout_index(&index).unwrap();
+    let digest = entries[0]
+        .0
+        .digest
+        .strip_prefix("sha256:")
+        .unwrap()
+        .to_owned();
+    let art_bytes = std::fs::read(layout.join("blobs/sha256").join(digest)).unwrap();
+    let art = oci::artifact::BundleArtifact::parse(&art_bytes, "").unwrap();
+    let carried = art
+        .annotations
+        .iter()
+        .find(|(k, _)| k == oci::artifact::SIGNATURE)
+        .map(|(_, v)| v.clone())
+        .expect("signature annotation");
+    Signature::parse(&carried)
+        .unwrap()
+        .verify(&bytes, &trusted)
+        .unwrap();
+}

@@ -29,6 +29,9 @@ pub const VERSION: &str = "org.opencontainers.image.version";
 /// Our annotation on the manifest: `blake3:<hex>` of the uncompressed image
 /// (informative; the agent checks the config blob's `image_digest`).
 pub const IMAGE_DIGEST: &str = "org.ab-os.image.digest";
+/// Annotation: the bundle manifest's detached signature (the `.sig` file's
+/// JSON, docs/signing.md), over the config blob's bytes.
+pub const SIGNATURE: &str = "org.ab-os.bundle.signature";
 /// Largest manifest read (containerd uses the same bound).
 pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
 

@@ -24,7 +24,8 @@ use super::slot::SlotDevice;
 use super::{Pin, PrepareError, PrepareRequest, Source};
 use crate::config::Config;
 use crate::progress::Progress;
-use oci::artifact::BundleArtifact;
+use crate::trust::Trust;
+use oci::artifact::{BundleArtifact, SIGNATURE};
 use oci::auth::AuthFile;
 use oci::{Client, ClientOptions, Reference};
 use std::sync::atomic::AtomicBool;
@@ -111,6 +112,7 @@ pub fn resolve(
     retry: &Retry,
 ) -> Result<Source, PrepareError> {
     let pins = pins(req, reference)?;
+    let trust = &Trust::load(&cfg.keys_dirs);
     let auth = if cfg.registry.auth_file.exists() {
         AuthFile::load(&cfg.registry.auth_file).map_err(|e| PrepareError::Registry {
             image: reference.to_string(),
@@ -162,7 +164,7 @@ pub fn resolve(
                 layer: None,
                 saver: None,
             };
-            resolve_at(&job, req, reference, &pins, &image)
+            resolve_at(&job, req, reference, &pins, &image, trust)
         };
         match found {
             Ok((artifact, manifest, manifest_digest)) => {
@@ -207,6 +209,7 @@ fn resolve_at(
     reference: &Reference,
     pins: &Pins,
     image: &str,
+    trust: &Trust,
 ) -> Result<(BundleArtifact, Manifest, String), PrepareError> {
     let Fetcher::Registry(blob) = job.fetcher else {
         unreachable!("resolve_at runs on a registry fetcher")
@@ -255,6 +258,15 @@ fn resolve_at(
         url: config_what.clone(),
         reason: "not UTF-8".into(),
     })?;
+    if trust.required() {
+        let sig = artifact
+            .annotations
+            .iter()
+            .find(|(k, _)| k == SIGNATURE)
+            .map(|(_, v)| v.as_str());
+        let sig_at = format!("{image} manifest {} annotation {SIGNATURE}", fetched.digest);
+        super::verify_signed(&config_what, &sig_at, &text, sig, trust)?;
+    }
     let m = Manifest::parse(&text).map_err(|reason| PrepareError::BadManifest {
         url: config_what.clone(),
         reason,
