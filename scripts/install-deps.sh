@@ -6,7 +6,7 @@ set -eu
 
 packages="qemu-system-x86 ovmf grub-efi-amd64-bin grub2-common mtools dosfstools
 e2fsprogs gdisk busybox-static kmod zstd file openssl nginx musl-tools
-docker-registry skopeo qemu-utils"
+docker-registry skopeo qemu-utils cryptsetup-bin"
 
 missing=""
 for p in $packages; do

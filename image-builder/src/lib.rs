@@ -23,3 +23,4 @@ pub mod rootfs;
 pub mod sign;
 pub mod tools;
 pub mod unpack;
+pub mod verity;

@@ -9,6 +9,7 @@
 //! - [`manifest`]: the bundle manifest (parse, check, write);
 //! - [`signature`]: detached ed25519 signatures of manifests and their key
 //!   files (feature `signature`);
+//! - [`verity`]: the dm-verity tree layout of a root image and its table line;
 //! - [`rpc`]: os-agent's JSON-RPC messages, the status report, error codes
 //!   and error kinds.
 //!
@@ -34,3 +35,5 @@ pub mod record;
 pub mod rpc;
 #[cfg(feature = "signature")]
 pub mod signature;
+#[cfg(feature = "std")]
+pub mod verity;

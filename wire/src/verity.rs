@@ -1,0 +1,170 @@
+//! dm-verity parameters of a root image (docs/bundle.md, "Verity"): the
+//! layout of the hash tree `os-image` appends to the image, and the kernel's
+//! table line for it. One definition for the builder, the agent and os-init.
+//!
+//! Format 1 of the kernel's dm-verity (as `veritysetup format
+//! --no-superblock` writes it): SHA-256, 4096-byte data and hash blocks, each
+//! hash over `salt || block`; the tree's levels stored top level first,
+//! right after the data. Levels are computed as cryptsetup does, so
+//! `veritysetup verify` accepts the same tree.
+
+use crate::digest::{hex, parse_hex32};
+
+/// Data and hash block size.
+pub const BLOCK: u64 = 4096;
+/// SHA-256 digests per hash block.
+const PER_BLOCK: u64 = BLOCK / 32;
+
+/// Where the tree of an image of `data_blocks` blocks sits and what its root is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verity {
+    /// Data blocks covered (the ext4 image; its size is a multiple of [`BLOCK`]).
+    pub data_blocks: u64,
+    /// Byte offset of the tree in the slot: right after the data.
+    pub hash_offset: u64,
+    pub salt: [u8; 32],
+    pub root_hash: [u8; 32],
+}
+
+/// Hash blocks of each level, level 0 (hashes of data blocks) first.
+pub fn level_sizes(data_blocks: u64) -> Vec<u64> {
+    let mut levels = 0u32;
+    while 7 * levels < 64 && (data_blocks.saturating_sub(1) >> (7 * levels)) != 0 {
+        levels += 1;
+    }
+    (0..levels)
+        .map(|i| {
+            let shift = 7 * (i + 1);
+            if shift >= 64 {
+                1
+            } else {
+                data_blocks.div_ceil(1u64 << shift)
+            }
+        })
+        .collect()
+}
+
+/// Bytes of the whole tree of an image of `data_blocks` blocks.
+pub fn tree_bytes(data_blocks: u64) -> u64 {
+    level_sizes(data_blocks).iter().sum::<u64>() * BLOCK
+}
+
+/// Byte offset of each level in the tree (top level at 0), level 0 first.
+pub fn level_offsets(data_blocks: u64) -> Vec<u64> {
+    let sizes = level_sizes(data_blocks);
+    let mut offsets = vec![0; sizes.len()];
+    let mut at = 0;
+    for i in (0..sizes.len()).rev() {
+        offsets[i] = at;
+        at += sizes[i] * BLOCK;
+    }
+    offsets
+}
+
+impl Verity {
+    /// The device-mapper table line for the root `dev` holding data and tree
+    /// (`dev` is `MAJOR:MINOR` or a path), as os-init loads it.
+    pub fn table(&self, dev: &str) -> String {
+        let sectors = self.data_blocks * (BLOCK / 512);
+        format!(
+            "0 {sectors} verity 1 {dev} {dev} {BLOCK} {BLOCK} {} {} sha256 {} {}",
+            self.data_blocks,
+            self.hash_offset / BLOCK,
+            hex(&self.root_hash),
+            hex(&self.salt)
+        )
+    }
+
+    /// The compact form carried on the kernel command line and in slot
+    /// records: `DATA_BLOCKS:HASH_OFFSET:ROOT_HEX:SALT_HEX`.
+    pub fn to_arg(&self) -> String {
+        format!(
+            "{}:{}:{}:{}",
+            self.data_blocks,
+            self.hash_offset,
+            hex(&self.root_hash),
+            hex(&self.salt)
+        )
+    }
+
+    pub fn parse_arg(text: &str) -> Result<Verity, String> {
+        let bad = || format!("{text:?} is not DATA_BLOCKS:HASH_OFFSET:ROOT_HEX:SALT_HEX");
+        let mut parts = text.trim().split(':');
+        let mut next = || parts.next().ok_or_else(bad);
+        let data_blocks: u64 = next()?.parse().map_err(|_| bad())?;
+        let hash_offset: u64 = next()?.parse().map_err(|_| bad())?;
+        let root_hash = parse_hex32(next()?).ok_or_else(bad)?;
+        let salt = parse_hex32(next()?).ok_or_else(bad)?;
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        let v = Verity {
+            data_blocks,
+            hash_offset,
+            salt,
+            root_hash,
+        };
+        v.check()?;
+        Ok(v)
+    }
+
+    /// The tree starts where the data ends, and there is data.
+    pub fn check(&self) -> Result<(), String> {
+        if self.data_blocks == 0 {
+            return Err("verity covers no data".into());
+        }
+        if self.data_blocks.checked_mul(BLOCK) != Some(self.hash_offset) {
+            return Err(format!(
+                "verity tree at byte {} does not follow {} data blocks",
+                self.hash_offset, self.data_blocks
+            ));
+        }
+        Ok(())
+    }
+
+    /// Bytes of data plus tree: what the slot holds.
+    pub fn total_bytes(&self) -> u64 {
+        self.hash_offset + tree_bytes(self.data_blocks)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_follow_cryptsetup() {
+        assert_eq!(level_sizes(1), Vec::<u64>::new());
+        assert_eq!(level_sizes(2), vec![1]);
+        assert_eq!(level_sizes(128), vec![1]);
+        assert_eq!(level_sizes(129), vec![2, 1]);
+        assert_eq!(level_sizes(128 * 128), vec![128, 1]);
+        assert_eq!(level_sizes(128 * 128 + 1), vec![129, 2, 1]);
+        // 48 MiB: 12288 blocks, 96 + 1 hash blocks, the top one first.
+        assert_eq!(level_sizes(12288), vec![96, 1]);
+        assert_eq!(level_offsets(12288), vec![BLOCK, 0]);
+        assert_eq!(tree_bytes(12288), 97 * BLOCK);
+    }
+
+    #[test]
+    fn the_arg_form_round_trips_and_refuses_what_is_not_it() {
+        let v = Verity {
+            data_blocks: 12288,
+            hash_offset: 12288 * BLOCK,
+            salt: [7; 32],
+            root_hash: [9; 32],
+        };
+        assert_eq!(Verity::parse_arg(&v.to_arg()).unwrap(), v);
+        assert!(v
+            .table("253:0")
+            .starts_with("0 98304 verity 1 253:0 253:0 4096 4096 12288 12288 sha256 0909"));
+        for bad in ["", "1:2:3:4", &format!("{}:extra", v.to_arg()), "0:0:aa:bb"] {
+            assert!(Verity::parse_arg(bad).is_err(), "{bad}");
+        }
+        let shifted = Verity {
+            hash_offset: 5,
+            ..v
+        };
+        assert!(Verity::parse_arg(&shifted.to_arg()).is_err());
+    }
+}
