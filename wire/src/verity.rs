@@ -12,8 +12,8 @@ use crate::digest::{hex, parse_hex32};
 
 /// Data and hash block size.
 pub const BLOCK: u64 = 4096;
-/// SHA-256 digests per hash block.
-const PER_BLOCK: u64 = BLOCK / 32;
+/// SHA-256 digests per hash block is 128 = 2^7: each level up divides by it.
+const LEVEL_BITS: u32 = 7;
 
 /// Where the tree of an image of `data_blocks` blocks sits and what its root is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,12 +29,13 @@ pub struct Verity {
 /// Hash blocks of each level, level 0 (hashes of data blocks) first.
 pub fn level_sizes(data_blocks: u64) -> Vec<u64> {
     let mut levels = 0u32;
-    while 7 * levels < 64 && (data_blocks.saturating_sub(1) >> (7 * levels)) != 0 {
+    while LEVEL_BITS * levels < 64 && (data_blocks.saturating_sub(1) >> (LEVEL_BITS * levels)) != 0
+    {
         levels += 1;
     }
     (0..levels)
         .map(|i| {
-            let shift = 7 * (i + 1);
+            let shift = LEVEL_BITS * (i + 1);
             if shift >= 64 {
                 1
             } else {
