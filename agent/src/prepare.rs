@@ -192,18 +192,15 @@ pub fn prepare_with(
             // written again rather than trusted from its record.
             Origin::Registry(_) => {}
             Origin::Url(pin, fetcher) => {
-                let job = Job {
+                let job = Job::plain(
                     fetcher,
-                    url: &req.url,
-                    manifest: None,
-                    device: &device,
+                    &req.url,
+                    &device,
                     progress,
                     cancel,
                     retry,
-                    read_timeout: cfg.read_timeout,
-                    layer: None,
-                    saver: None,
-                };
+                    cfg.read_timeout,
+                );
                 checked = Some(load_manifest(&job, req, pin.blake3(), &trust)?);
             }
         }
@@ -221,18 +218,15 @@ pub fn prepare_with(
             registry::resolve(cfg, req, &reference, &device, progress, cancel, retry)?
         }
         Origin::Url(pin, fetcher) => {
-            let job = Job {
-                fetcher: &fetcher,
-                url: &req.url,
-                manifest: None,
-                device: &device,
+            let job = Job::plain(
+                &fetcher,
+                &req.url,
+                &device,
                 progress,
                 cancel,
                 retry,
-                read_timeout: cfg.read_timeout,
-                layer: None,
-                saver: None,
-            };
+                cfg.read_timeout,
+            );
             let manifest = match checked {
                 Some(m) => m,
                 None => load_manifest(&job, req, pin.blake3(), &trust)?,

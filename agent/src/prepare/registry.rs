@@ -152,18 +152,15 @@ pub fn resolve(
             digest: String::new(),
         });
         let found = {
-            let job = Job {
-                fetcher: &fetcher,
-                url: &image,
-                manifest: None,
+            let job = Job::plain(
+                &fetcher,
+                &image,
                 device,
                 progress,
                 cancel,
                 retry,
-                read_timeout: cfg.read_timeout,
-                layer: None,
-                saver: None,
-            };
+                cfg.read_timeout,
+            );
             resolve_at(&job, req, reference, &pins, &image, trust)
         };
         match found {

@@ -101,6 +101,34 @@ pub struct Job<'a> {
     pub saver: Option<&'a Saver>,
 }
 
+impl<'a> Job<'a> {
+    /// A job reading `url` with `fetcher` for `device`, before a manifest, a
+    /// layer pin or a checkpoint file is known (the manifest, the registry's
+    /// artifact).
+    pub fn plain(
+        fetcher: &'a Fetcher,
+        url: &'a str,
+        device: &'a SlotDevice,
+        progress: &'a Progress,
+        cancel: &'a AtomicBool,
+        retry: &'a Retry,
+        read_timeout: Duration,
+    ) -> Job<'a> {
+        Job {
+            fetcher,
+            url,
+            manifest: None,
+            device,
+            progress,
+            cancel,
+            retry,
+            read_timeout,
+            layer: None,
+            saver: None,
+        }
+    }
+}
+
 /// Saves download checkpoints to a file (`PERSIST/os-agent/resume`) under an
 /// identity that names the download: a checkpoint is used only by the very
 /// same request for the very same bundle (slot, URL, pin, manifest).
