@@ -72,6 +72,28 @@ pub fn build_versions(dir: &Path, versions: &[&str]) -> Artifacts {
 /// One demo bundle `out/os-VERSION.{img.zst,manifest.json}`, its root filesystem built under
 /// `dir` (and removed); `broken`: its demo service never starts, so its health gate fails.
 pub fn build_bundle(dir: &Path, out: &Path, version: &str, broken: bool) -> Bundle {
+    let spec = Spec {
+        broken,
+        ..Spec::default()
+    };
+    build_bundle_spec(dir, out, version, &spec)
+}
+
+/// What else goes into a demo bundle.
+#[derive(Debug, Clone, Default)]
+pub struct Spec {
+    /// Its demo service never starts, so its health gate fails.
+    pub broken: bool,
+    /// Public keys installed as the image's trusted signing keys
+    /// (`/usr/share/os-agent/keys`).
+    pub trusted_keys: Vec<PathBuf>,
+    /// Secret key the manifest is signed with (`os-image bundle --sign`).
+    pub sign: Option<PathBuf>,
+}
+
+/// [`build_bundle`] with keys and a signature.
+pub fn build_bundle_spec(dir: &Path, out: &Path, version: &str, spec: &Spec) -> Bundle {
+    let broken = spec.broken;
     let os_image = crate::host_binary("image-builder", "os-image");
     let os_init = crate::musl_binary("initramfs", "os-init");
     let os_agent = crate::musl_binary("agent", "os-agent");
@@ -89,13 +111,25 @@ pub fn build_bundle(dir: &Path, out: &Path, version: &str, broken: bool) -> Bund
         cmd.arg("--broken");
     }
     run(&mut cmd);
-    run(Command::new(&os_image)
+    if !spec.trusted_keys.is_empty() {
+        let keys = rootfs.join("usr/share/os-agent/keys");
+        std::fs::create_dir_all(&keys).unwrap();
+        for k in &spec.trusted_keys {
+            std::fs::copy(k, keys.join(k.file_name().unwrap())).unwrap();
+        }
+    }
+    let mut bundle = Command::new(&os_image);
+    bundle
         .args(["bundle", "--version", version, "--rootfs"])
         .arg(&rootfs)
         .arg("--out")
         .arg(out)
         .arg("--os-init")
-        .arg(&os_init));
+        .arg(&os_init);
+    if let Some(key) = &spec.sign {
+        bundle.arg("--sign").arg(key);
+    }
+    run(&mut bundle);
     let _ = std::fs::remove_dir_all(&rootfs);
     let text = std::fs::read_to_string(out.join(format!("os-{version}.manifest.json"))).unwrap();
     let manifest = wire::manifest::Manifest::parse(&text).expect("os-image wrote a bad manifest");
