@@ -2,7 +2,8 @@
 //! one run, on the same input bundle and the same target file:
 //!
 //! - os-agent prepare (file:// source): decompress, hash, write, fsync, read
-//!   back from the device and verify, record;
+//!   back from the device and verify, record; and the same on a node with a
+//!   trusted key, the manifest signed (docs/signing.md);
 //! - `zstd -dc IN | dd of=TARGET bs=1M conv=fsync` (no verification at all);
 //! - download-to-temp-then-copy, as KubeOS does it: copy the bundle to a temp
 //!   dir, decompress it there, sha256sum it, dd it to the target with fsync.
@@ -38,7 +39,14 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("child-prepare") => {
-            return child_prepare(&args[2], &args[3], Path::new(&args[4]), Path::new(&args[5]))
+            let keys = args.get(6).map(Path::new);
+            return child_prepare(
+                &args[2],
+                &args[3],
+                Path::new(&args[4]),
+                Path::new(&args[5]),
+                keys,
+            );
         }
         Some("measure") => return measure_child(&args[2..]),
         _ => {}
@@ -64,7 +72,7 @@ fn main() {
 }
 
 /// The bench binary re-run as the process whose RSS is measured.
-fn child_prepare(url: &str, digest: &str, target: &Path, node: &Path) {
+fn child_prepare(url: &str, digest: &str, target: &Path, node: &Path, keys: Option<&Path>) {
     let esp = node.join("esp");
     fs::create_dir_all(&esp).unwrap();
     Esp::new(&esp).init(Slot::A, true).unwrap();
@@ -75,6 +83,10 @@ fn child_prepare(url: &str, digest: &str, target: &Path, node: &Path) {
         ("root-b", target.to_path_buf()),
         ("esp", esp),
         ("state-dir", node.join("persist")),
+        (
+            "keys-dir",
+            keys.map_or(node.join("no-keys"), Path::to_path_buf),
+        ),
     ] {
         o.set(k, v.to_str().unwrap()).unwrap();
     }
@@ -146,8 +158,28 @@ fn bench_size(work: &Path, size: usize) {
         target.display(),
         dir.join("node").display()
     );
-    let methods: [(String, Vec<String>); 3] = [
-        (label("os-agent prepare"), [std::env::current_exe().unwrap().display().to_string()].into_iter().chain(agent.split(' ').map(String::from)).collect()),
+    // The signed variant: a node trusting one key, the manifest signed by it.
+    let (key, _) = wire::signature::SecretKey::generate().unwrap();
+    let keys = dir.join("keys");
+    fs::create_dir_all(&keys).unwrap();
+    fs::write(keys.join("bench.pub"), key.public().to_pem()).unwrap();
+    let manifest = fs::read(dir.join("os-2.manifest.json")).unwrap();
+    fs::write(
+        dir.join("os-2.manifest.json.sig"),
+        key.sign(&manifest).to_json(),
+    )
+    .unwrap();
+    let exe = std::env::current_exe().unwrap().display().to_string();
+    let agent_argv = |extra: &str| -> Vec<String> {
+        [exe.clone()]
+            .into_iter()
+            .chain(agent.split(' ').map(String::from))
+            .chain((!extra.is_empty()).then(|| extra.to_owned()))
+            .collect()
+    };
+    let methods: [(String, Vec<String>); 4] = [
+        (label("os-agent prepare"), agent_argv("")),
+        (label("os-agent prepare, signed"), agent_argv(&keys.display().to_string())),
         (label("zstd -dc | dd"), shell(&format!("zstd -dc {} | dd of={} bs=1M conv=fsync,notrunc status=none", input.zst.display(), target.display()))),
         (label("download, unpack, copy (KubeOS)"), shell(&format!(
             "cp {zst} img.zst && zstd -dq img.zst -o img && sha256sum img >/dev/null && dd if=img of={t} bs=1M conv=fsync,notrunc status=none",
