@@ -34,6 +34,8 @@ fn main() {
     let (rootfs, os_init) = make_rootfs(work.path());
     let (content, files) = apparent_size(&rootfs);
     let out = work.path().join("out");
+    let (key, _) = image_builder::sign::keygen(&work.path().join("bench")).unwrap();
+    let mut signed = Best::default();
     let mut ours = Best::default();
     let mut base = Best::default();
     let mut image_size = 0;
@@ -45,6 +47,16 @@ fn main() {
             path(&out),
             path(&os_init),
             "0",
+            "-",
+        ]));
+        let _ = std::fs::remove_dir_all(work.path().join("out-signed"));
+        signed.add(child(&[
+            "child-bundle",
+            path(&rootfs),
+            path(&work.path().join("out-signed")),
+            path(&os_init),
+            "0",
+            path(&key),
         ]));
         let manifest = out.join(format!("os-{VERSION}.manifest.json"));
         image_size =
@@ -63,6 +75,7 @@ fn main() {
         path(&out),
         path(&os_init),
         &bigger,
+        "-",
     ]);
 
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -84,6 +97,11 @@ fn main() {
                 ours.rss_self >> 10,
                 ours.rss_children >> 10
             ),
+        ),
+        (
+            "os-image bundle --sign",
+            &signed,
+            format!("own {} MiB", signed.rss_self >> 10),
         ),
         (
             "mkfs.ext4 -d + zstd -3 (baseline)",
@@ -198,7 +216,7 @@ fn child_bundle(args: &[String]) {
         os_init: Some(PathBuf::from(&args[2])),
         chunk_size: image_builder::manifest::DEFAULT_CHUNK_SIZE,
         level: 3,
-        sign: None,
+        sign: (args[4] != "-").then(|| PathBuf::from(&args[4])),
     })
     .unwrap();
     print_rusage();
