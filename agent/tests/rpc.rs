@@ -429,9 +429,8 @@ fn slow_peers_cannot_hold_every_connection() {
         if got.is_ok() && line.contains(r#""booted":"A""#) {
             break line;
         }
-        if line.contains("-32000") {
-            turned_away += 1;
-        }
+        // Told "busy", or closed on before an answer: not served.
+        turned_away += 1;
         assert!(
             start.elapsed() < Duration::from_secs(15),
             "locked out for {:?} by 40 slow peers (last answer {line:?})\n{}",
@@ -441,7 +440,7 @@ fn slow_peers_cannot_hold_every_connection() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert!(reply.contains(r#""id":7"#), "{reply}");
-    // The peers did fill the server: the client was told "busy" first.
+    // The peers did fill the server: the client's first tries were not served.
     assert!(
         turned_away > 0,
         "answered at once: the server was never full"
