@@ -111,7 +111,21 @@ pub fn run(opts: &BundleOptions) -> Result<BundleOutput> {
     )?;
     let image = make_root_image(opts, &name, &staged, &staging, work.path(), as_root)?;
     fs::remove_dir_all(&staging).with_context(|| format!("remove {}", staging.display()))?;
-    publish(opts, &name, &image, key.as_ref())
+    // The dm-verity tree goes after the file system, in the same image; the
+    // salt is derived from the bundle's name and version (same input, same
+    // bytes).
+    let salt = blake3::derive_key(
+        "ab-os os-image 2026 verity salt",
+        format!("{name}\0{}", opts.version).as_bytes(),
+    );
+    let verity = crate::verity::append_tree(&image, salt)?;
+    log::info!(
+        "verity: {} data blocks, tree at byte {}, root {}",
+        verity.data_blocks,
+        verity.hash_offset,
+        wire::digest::hex(&verity.root_hash)
+    );
+    publish(opts, &name, &image, key.as_ref(), verity)
 }
 
 /// The ext4 image of the staging tree, `work/root.ext4`.
@@ -310,6 +324,7 @@ fn publish(
     name: &str,
     image: &Path,
     key: Option<&wire::signature::SecretKey>,
+    verity: wire::verity::Verity,
 ) -> Result<BundleOutput> {
     let image_name = format!("{name}.img.zst");
     let temp = |suffix: &str| {
@@ -331,6 +346,7 @@ fn publish(
         compressed_size: chunks.iter().map(|c| c.zsize).sum(),
         chunk_size: opts.chunk_size,
         chunks,
+        verity: Some(verity),
     };
     manifest
         .check()

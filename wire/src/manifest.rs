@@ -9,6 +9,7 @@
 //! anchor, and every chunk is hashed as it arrives.
 
 use crate::digest::{self, Digest};
+use crate::verity::Verity;
 use miniserde::{Deserialize, Serialize};
 
 /// The manifest layout written and read (`format`).
@@ -53,6 +54,9 @@ pub struct Manifest {
     pub compressed_size: u64,
     pub chunk_size: u64,
     pub chunks: Vec<Chunk>,
+    /// The dm-verity tree the image ends with (`image_size` covers data and
+    /// tree); absent in bundles built before it.
+    pub verity: Option<Verity>,
 }
 
 /// The JSON layout, field for field.
@@ -74,6 +78,8 @@ struct RawManifest {
     image_digest: String,
     compressed_size: u64,
     chunk_size: u64,
+    /// [`Verity::to_arg`]; written only when present.
+    verity: Option<String>,
     chunks: Vec<RawChunk>,
 }
 
@@ -116,6 +122,7 @@ impl Manifest {
             compressed_size: zoffset,
             chunk_size,
             chunks,
+            verity: None,
         }
     }
 
@@ -176,6 +183,12 @@ impl Manifest {
             compressed_size: raw.compressed_size,
             chunk_size: raw.chunk_size,
             chunks,
+            verity: raw
+                .verity
+                .as_deref()
+                .map(Verity::parse_arg)
+                .transpose()
+                .map_err(|e| format!("verity: {e}"))?,
         };
         m.check()?;
         Ok(m)
@@ -219,6 +232,16 @@ impl Manifest {
                 self.compressed_size
             ));
         }
+        if let Some(v) = &self.verity {
+            v.check()?;
+            if v.total_bytes() != self.image_size {
+                return Err(format!(
+                    "verity data and tree make {} bytes, image_size says {}",
+                    v.total_bytes(),
+                    self.image_size
+                ));
+            }
+        }
         // The version is recorded with the slot: one line of text.
         crate::record::check_text(&self.os_version).map_err(|e| format!("os_version {e}"))?;
         let image = std::path::Path::new(&self.image);
@@ -250,6 +273,7 @@ impl Manifest {
             image_digest: self.image_digest.to_string(),
             compressed_size: self.compressed_size,
             chunk_size: self.chunk_size,
+            verity: self.verity.as_ref().map(Verity::to_arg),
             chunks: vec![],
         };
         let head = miniserde::json::to_string(&raw);
@@ -259,7 +283,11 @@ impl Manifest {
             .and_then(|s| s.strip_suffix(r#","chunks":[]}"#))
             .unwrap_or_default();
         let mut out = String::from("{\n");
-        for field in split_top_level(fields) {
+        // A manifest without verity is byte for byte what older builds wrote.
+        for field in split_top_level(fields)
+            .into_iter()
+            .filter(|f| *f != r#""verity":null"#)
+        {
             out.push_str("  ");
             out.push_str(field);
             out.push_str(",\n");
@@ -412,5 +440,38 @@ mod tests {
             Some("https://h/os-2.manifest.json?sig=1")
         );
         assert_eq!(manifest_url("file:///srv/os-2.img"), None);
+    }
+
+    #[test]
+    fn verity_is_written_only_when_present_and_must_cover_the_image() {
+        let data_blocks = 256u64;
+        let size = data_blocks * 4096 + crate::verity::tree_bytes(data_blocks);
+        let frames = (0..size.div_ceil(1 << 20)).map(|_| ([1u8; 32], 10));
+        let mut m = Manifest::from_chunks(
+            "os-2",
+            "2",
+            "os-2.img.zst",
+            size,
+            Digest::blake3([2; 32]),
+            1 << 20,
+            frames,
+        );
+        assert!(!m.to_json().contains("verity"), "{}", m.to_json());
+        assert_eq!(Manifest::parse(&m.to_json()).unwrap().verity, None);
+        m.verity = Some(Verity {
+            data_blocks,
+            hash_offset: data_blocks * 4096,
+            salt: [3; 32],
+            root_hash: [4; 32],
+        });
+        assert_eq!(Manifest::parse(&m.to_json()).unwrap(), m);
+        m.verity.as_mut().unwrap().data_blocks = 255;
+        m.verity.as_mut().unwrap().hash_offset = 255 * 4096;
+        let err = Manifest::parse(&m.to_json()).unwrap_err();
+        assert!(err.contains("image_size"), "{err}");
+        let text = m
+            .to_json()
+            .replace(&m.verity.as_ref().unwrap().to_arg(), "1:2:3:4");
+        assert!(Manifest::parse(&text).unwrap_err().starts_with("verity:"));
     }
 }

@@ -27,6 +27,7 @@ fn bundle(dir: &Path, version: &str) -> PathBuf {
         compressed_size: chunks.iter().map(|c| c.zsize).sum(),
         chunk_size: CHUNK as u64,
         chunks,
+        verity: None,
     };
     let path = dir.join(format!("{name}.manifest.json"));
     manifest.save(&path).unwrap();
