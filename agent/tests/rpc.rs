@@ -445,7 +445,8 @@ fn slow_peers_cannot_hold_every_connection() {
     // The peers did fill the server: the client's first tries were not served.
     assert!(
         turned_away > 0,
-        "answered at once: the server was never full"
+        "answered at once: the server was never full\n{}",
+        server.log()
     );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for p in peers {
