@@ -183,34 +183,30 @@ pub fn prepare_with(
     check_not_bootable(&Esp::new(&cfg.esp), slot)?;
     let device = SlotDevice::open(slot, cfg.slot_device(slot))?;
     // With trusted keys, the signature is checked before anything else, also
-    // before a slot that holds the image already is armed again.
+    // before a slot that holds the image already is armed again. A registry
+    // bundle's signature is checked while its artifact is resolved, below, so
+    // its slot is written again rather than trusted from the record.
     let trust = Trust::load(&cfg.keys_dirs);
-    let mut checked = None;
-    if trust.required() {
-        match &origin {
-            // Checked while resolving the artifact, below; the slot is
-            // written again rather than trusted from its record.
-            Origin::Registry(_) => {}
-            Origin::Url(pin, fetcher) => {
-                let job = Job::plain(
-                    fetcher,
-                    &req.url,
-                    &device,
-                    progress,
-                    cancel,
-                    retry,
-                    cfg.read_timeout,
-                );
-                checked = Some(load_manifest(&job, req, pin.blake3(), &trust)?);
-            }
+    let checked = match &origin {
+        Origin::Url(pin, fetcher) if trust.required() => {
+            let job = Job::plain(
+                fetcher,
+                &req.url,
+                &device,
+                progress,
+                cancel,
+                retry,
+                cfg.read_timeout,
+            );
+            Some(load_manifest(&job, req, pin.blake3(), &trust)?)
         }
-    }
-    let unchecked = trust.required() && matches!(origin, Origin::Registry(_));
-    if let Some(done) = match unchecked {
-        true => None,
-        false => already_held(cfg, req, &origin, &device, progress, cancel)?,
-    } {
-        return Ok(done);
+        _ => None,
+    };
+    let from_record = !(trust.required() && matches!(origin, Origin::Registry(_)));
+    if from_record {
+        if let Some(done) = already_held(cfg, req, &origin, &device, progress, cancel)? {
+            return Ok(done);
+        }
     }
     progress.start_phase(Phase::Connecting, 0);
     let source = match origin {
