@@ -5,12 +5,12 @@
 
 mod common;
 
-use agent::prepare::{prepare_with, PrepareError, PrepareRequest, Prepared, Tls};
+use agent::prepare::{prepare_with, PrepareError, PrepareRequest, Prepared};
 use agent::progress::Progress;
 use bootctl::record::SlotState;
 use bootctl::Slot;
 use common::server::{Fault, Server};
-use common::{bundle, quick_retry, synthetic_image, Bundle, Node};
+use common::{bundle, quick_retry, request, synthetic_image, Bundle, Node};
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
@@ -27,16 +27,6 @@ fn serve(b: &Bundle, with_manifest: bool) -> Server {
         server.put(MANIFEST, b.meta.manifest.clone().into_bytes());
     }
     server
-}
-
-fn request(url: String, digest: &str) -> PrepareRequest {
-    PrepareRequest {
-        url,
-        digest: digest.into(),
-        version: Some("2".into()),
-        tls: Tls::default(),
-        allow_http: true,
-    }
 }
 
 fn run(node: &Node, req: &PrepareRequest) -> (Result<Prepared, PrepareError>, Progress) {

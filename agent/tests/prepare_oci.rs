@@ -8,7 +8,7 @@
 
 mod common;
 
-use agent::prepare::{prepare_with, PrepareError, PrepareRequest, Tls};
+use agent::prepare::{prepare_with, PrepareError, PrepareRequest};
 use agent::progress::Progress;
 use bootctl::record::SlotState;
 use common::server::{Fault, Server};
@@ -71,23 +71,11 @@ fn host(server: &Server) -> String {
 }
 
 fn request(p: &Published, reference: &str, digest: &str) -> PrepareRequest {
-    PrepareRequest {
-        url: format!("oci://{}/{reference}", host(&p.server)),
-        digest: digest.into(),
-        version: Some("2".into()),
-        tls: Tls::default(),
-        allow_http: true,
-    }
+    common::request(format!("oci://{}/{reference}", host(&p.server)), digest)
 }
 
 fn run(node: &Node, req: &PrepareRequest) -> Result<agent::prepare::Prepared, PrepareError> {
-    prepare_with(
-        &node.cfg,
-        req,
-        &Progress::default(),
-        &AtomicBool::new(false),
-        &quick_retry(),
-    )
+    common::prepare(node, req)
 }
 
 fn assert_written(node: &Node, p: &Published) {

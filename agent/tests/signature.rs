@@ -8,12 +8,10 @@
 
 mod common;
 
-use agent::prepare::{prepare_with, PrepareError, PrepareRequest, Tls};
-use agent::progress::Progress;
+use agent::prepare::PrepareRequest;
 use common::server::Server;
-use common::{bundle, quick_retry, synthetic_image, Bundle, Node};
+use common::{bundle, prepare, synthetic_image, Bundle, Node};
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
 use wire::rpc::Reason;
 use wire::signature::SecretKey;
 
@@ -56,23 +54,7 @@ fn serve(b: &Bundle, manifest: &str, sig: Option<String>) -> Server {
 }
 
 fn request(server: &Server, digest: &str) -> PrepareRequest {
-    PrepareRequest {
-        url: server.url(IMG),
-        digest: digest.into(),
-        version: Some("2".into()),
-        tls: Tls::default(),
-        allow_http: true,
-    }
-}
-
-fn prepare(node: &Node, req: &PrepareRequest) -> Result<agent::prepare::Prepared, PrepareError> {
-    prepare_with(
-        &node.cfg,
-        req,
-        &Progress::default(),
-        &AtomicBool::new(false),
-        &quick_retry(),
-    )
+    common::request(server.url(IMG), digest)
 }
 
 /// The refusal's reason and message; nothing written, nothing armed, and the
@@ -253,16 +235,9 @@ fn publish(b: &Bundle, sig: Option<String>) -> (Server, String) {
 }
 
 fn oci_request(server: &Server, digest: &str) -> PrepareRequest {
-    PrepareRequest {
-        url: format!(
-            "oci://{}/os@{digest}",
-            server.url("").trim_start_matches("http://")
-        ),
-        digest: String::new(),
-        version: Some("2".into()),
-        tls: Tls::default(),
-        allow_http: true,
-    }
+    let host = server.url("");
+    let host = host.trim_start_matches("http://");
+    common::request(format!("oci://{host}/os@{digest}"), "")
 }
 
 #[test]

@@ -154,6 +154,31 @@ pub fn bundle(image: Vec<u8>, chunk_size: usize, version: &str) -> Bundle {
     Bundle { image, zst, meta }
 }
 
+/// A request for version 2 of the image at `url`, plain HTTP allowed.
+pub fn request(url: String, digest: &str) -> agent::prepare::PrepareRequest {
+    agent::prepare::PrepareRequest {
+        url,
+        digest: digest.into(),
+        version: Some("2".into()),
+        tls: agent::prepare::Tls::default(),
+        allow_http: true,
+    }
+}
+
+/// Prepares `req` on `node` with [`quick_retry`], not cancelled.
+pub fn prepare(
+    node: &Node,
+    req: &agent::prepare::PrepareRequest,
+) -> Result<agent::prepare::Prepared, agent::prepare::PrepareError> {
+    agent::prepare::prepare_with(
+        &node.cfg,
+        req,
+        &agent::progress::Progress::default(),
+        &std::sync::atomic::AtomicBool::new(false),
+        &quick_retry(),
+    )
+}
+
 /// Retries fast enough for tests.
 pub fn quick_retry() -> Retry {
     Retry {
