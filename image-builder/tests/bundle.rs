@@ -385,12 +385,18 @@ fn bundle_verifies_is_reproducible_and_holds_kernel_and_initramfs() {
 #[test]
 fn tarball_input_gives_the_same_image_as_the_directory() {
     let r = reference();
+    // Other tests build from r.rootfs meanwhile, and a build hard-links the
+    // rootfs into its staging directory, which changes the files' ctime: GNU
+    // tar would fail with "file changed as we read it". Tar a private copy.
+    let copy = r.dir.join("rootfs-for-tar");
+    let _ = std::fs::remove_dir_all(&copy);
+    run(Command::new("cp").arg("-a").arg(&r.rootfs).arg(&copy));
     let tarball = r.dir.join("rootfs.tar.zst");
     run(Command::new("tar")
         .args(["--zstd", "--numeric-owner", "-cf"])
         .arg(&tarball)
         .arg("-C")
-        .arg(&r.rootfs)
+        .arg(&copy)
         .arg("."));
     let out = r.dir.join("from-tar");
     let o = bundle(&tarball, &out, &r.os_init, &[]);
