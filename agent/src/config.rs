@@ -113,6 +113,8 @@ pub struct Config {
     pub configure: configure::Settings,
     /// Where trusted bundle-signing keys are read from, image's first.
     pub keys_dirs: Vec<PathBuf>,
+    /// os-init's dm-verity report ([`wire::verity::BootCheck`]).
+    pub boot_check: PathBuf,
     /// OCI registries: credentials, CA, mirrors.
     pub registry: RegistrySettings,
 }
@@ -340,6 +342,8 @@ settings! {
          node-keys-dir, only bundles signed by one of them are written";
     one node_keys_dir: PathBuf = "node-keys-dir" "DIR", default None, path,
         "more trusted keys kept on the node (rotation; default none)";
+    one boot_check: PathBuf = "boot-check" "FILE", default Some(wire::verity::BOOT_CHECK_FILE), path,
+        "os-init's dm-verity report on the booted root, shown by status";
     many registry_plain_http: String = "registry-plain-http" "HOST[:PORT]", default None,
         |v| match v.is_empty() || v.contains(['/', ' ']) {
             true => Err(format!("`{v}` is not a host[:port]")),
@@ -416,6 +420,7 @@ impl Overrides {
                 .into_iter()
                 .flatten()
                 .collect(),
+            boot_check: o.boot_check.expect(set),
             configure: configure::Settings {
                 root: o.config_root.expect(set),
                 proc_dir: o.proc_dir.expect(set),

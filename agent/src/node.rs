@@ -652,6 +652,7 @@ mod tests {
             written_at: 100,
             confirm: None,
             source: String::new(),
+            verity: None,
         }
     }
 
@@ -677,6 +678,7 @@ mod tests {
             digest: digest.into(),
             size: 1,
             source: String::new(),
+            verity: None,
         }
     }
 

@@ -122,6 +122,9 @@ pub struct Prepared {
     /// For an image from a registry, `oci://REGISTRY/REPO@sha256:<manifest>`
     /// (recorded with the slot); empty for URL bundles.
     pub source: String,
+    /// The image's dm-verity parameters from its manifest (recorded with
+    /// the slot; os-init mounts the slot through them).
+    pub verity: Option<String>,
 }
 
 impl Prepared {
@@ -133,6 +136,7 @@ impl Prepared {
             digest: rec.digest.clone(),
             size: rec.size,
             source: rec.source.clone(),
+            verity: rec.verity.clone(),
         }
     }
 }
@@ -323,6 +327,10 @@ pub fn prepare_with(
     }
     let (size, anchor) = written?;
     progress.set_phase(Phase::Recording);
+    let verity = manifest
+        .as_ref()
+        .and_then(|m| m.verity.as_ref())
+        .map(wire::verity::Verity::to_arg);
     let version = req
         .version
         .clone()
@@ -333,6 +341,7 @@ pub fn prepare_with(
         digest: format_blake3(&anchor),
         size,
         source: pinned,
+        verity,
     };
     record_written(cfg, &done)?;
     log::info!(
@@ -409,6 +418,7 @@ fn record_written(cfg: &Config, done: &Prepared) -> Result<(), PrepareError> {
         written_at,
         confirm: None,
         source: done.source.clone(),
+        verity: done.verity.clone(),
     };
     record::write(&cfg.state_dir, &rec).map_err(|source| PrepareError::Record {
         slot: done.slot,

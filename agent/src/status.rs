@@ -10,6 +10,7 @@ use bootctl::record::{self, RescueNote};
 use bootctl::Slot;
 use std::fmt::Write;
 use wire::rpc as msg;
+use wire::verity::{BootCheck, CheckState};
 
 #[derive(Debug, Clone)]
 pub struct JobReport {
@@ -43,6 +44,9 @@ pub struct Report {
     pub other_job: Option<String>,
     /// Which signing keys the node trusts.
     pub trust: Trust,
+    /// os-init's dm-verity report on the booted root: `Err` when it is
+    /// there but unreadable.
+    pub verity: Option<Result<BootCheck, String>>,
 }
 
 pub fn report(agent: &Agent) -> Result<Report, AgentError> {
@@ -62,7 +66,23 @@ pub fn report(agent: &Agent) -> Result<Report, AgentError> {
         job,
         other_job: agent.other_holder(),
         trust: Trust::load(&cfg.keys_dirs),
+        verity: read_boot_check(&cfg.boot_check),
     })
+}
+
+/// os-init's report; `None` when there is none (an os-init before verity).
+fn read_boot_check(path: &std::path::Path) -> Option<Result<BootCheck, String>> {
+    use std::io::Read;
+    let mut text = String::new();
+    let read = std::fs::File::open(path).and_then(|f| {
+        f.take(wire::verity::MAX_BOOT_CHECK_BYTES as u64 + 1)
+            .read_to_string(&mut text)
+    });
+    match read {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => Some(Err(format!("{}: {e}", path.display()))),
+        Ok(_) => Some(BootCheck::parse(&text).map_err(|e| format!("{}: {e}", path.display()))),
+    }
 }
 
 fn source_str(s: Source) -> &'static str {
@@ -116,6 +136,7 @@ impl Report {
             job: self.job.as_ref().map(JobReport::to_wire),
             other_job: self.other_job.clone(),
             trust: Some(self.trust.report()),
+            verity: self.verity.as_ref().and_then(|v| v.as_ref().ok()).cloned(),
         }
     }
 
@@ -195,6 +216,22 @@ impl Report {
         for u in &t.unusable {
             let _ = writeln!(s, "            unusable key: {u}");
         }
+        let _ = match &self.verity {
+            None => writeln!(s, "verity:     no report from os-init"),
+            Some(Err(e)) => writeln!(s, "verity:     unreadable report: {e}"),
+            Some(Ok(c)) => writeln!(
+                s,
+                "verity:     slot {} {}{}: {}",
+                c.slot,
+                c.state.as_str(),
+                match c.state {
+                    CheckState::Corrupt => " (CORRUPT: its bytes changed after they were written)",
+                    CheckState::Unavailable => " (mounted WITHOUT integrity checking)",
+                    _ => "",
+                },
+                c.detail
+            ),
+        };
         let _ = match (&self.job, &self.other_job) {
             (Some(j), _) => writeln!(s, "job:        {}", progress_line(j)),
             (None, Some(o)) => writeln!(s, "job:        {o}"),

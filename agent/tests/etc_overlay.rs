@@ -146,6 +146,7 @@ fn upgrade_seeds_the_trial_slot_before_arming_it() {
                     written_at: 1,
                     confirm: None,
                     source: String::new(),
+                    verity: None,
                 };
                 bootctl::record::write(&cfg.state_dir, &rec).map_err(|source| {
                     agent::prepare::PrepareError::Record {
@@ -159,6 +160,7 @@ fn upgrade_seeds_the_trial_slot_before_arming_it() {
                     digest: rec.digest,
                     size: rec.size,
                     source: String::new(),
+                    verity: None,
                 })
             },
         ),

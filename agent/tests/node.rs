@@ -34,6 +34,7 @@ fn fake_prepare() -> PrepareFn {
                     .as_nanos() as u64,
                 confirm: None,
                 source: String::new(),
+                verity: None,
             };
             record::write(&cfg.state_dir, &rec)
                 .map_err(|source| PrepareError::Record { slot, source })?;
@@ -43,6 +44,7 @@ fn fake_prepare() -> PrepareFn {
                 digest: rec.digest,
                 size: rec.size,
                 source: String::new(),
+                verity: None,
             })
         },
     )

@@ -59,6 +59,7 @@ fn assert_landed(node: &Node, b: &Bundle, done: Prepared) {
             digest: b.meta.digest.clone(),
             size: IMAGE as u64,
             source: String::new(),
+            verity: None,
         }
     );
     let slot = node.slot_b();

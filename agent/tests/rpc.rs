@@ -156,7 +156,7 @@ fn kubeos_prepare_upgrade_then_upgrade() {
     let status = server.call(r#"{"jsonrpc":"2.0","method":"status","id":3}"#);
     assert!(status.contains(r#""trial":"B""#), "{status}");
     assert!(
-        status.contains(r#""state":"written","version":"2""#),
+        status.contains(r#""state":"written","verity":null,"version":"2""#),
         "{status}"
     );
 }

@@ -198,6 +198,7 @@ mod tests {
             written_at: 1_700_000_000,
             confirm: Some(ConfirmPolicy::Initramfs),
             source: String::new(),
+            verity: None,
         };
         write(dir.path(), &rec).unwrap();
         assert_eq!(read(dir.path(), Slot::B).unwrap(), rec);
@@ -213,6 +214,54 @@ mod tests {
         write(dir.path(), &oci).unwrap();
         assert_eq!(read(dir.path(), Slot::B).unwrap(), oci);
         assert!(!dir.path().join("ab/.slot-B.tmp").exists());
+        let text = fs::read_to_string(record_path(dir.path(), Slot::B)).unwrap();
+        assert!(
+            !text.contains("verity="),
+            "no verity line when there is none"
+        );
+    }
+
+    #[test]
+    fn verity_parameters_round_trip_and_malformed_ones_make_the_record_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let arg = format!(
+            "12288:{}:{}:{}",
+            12288 * 4096,
+            "ab".repeat(32),
+            "cd".repeat(32)
+        );
+        let rec = SlotRecord {
+            state: SlotState::Written,
+            version: "2".into(),
+            verity: Some(arg.clone()),
+            ..SlotRecord::empty(Slot::A)
+        };
+        write(dir.path(), &rec).unwrap();
+        let back = read(dir.path(), Slot::A).unwrap();
+        assert_eq!(back, rec);
+        assert_eq!(back.verity().unwrap().unwrap().data_blocks, 12288);
+        // A tree that does not follow the data, a short hash, trailing junk.
+        for bad in [
+            format!("12288:4096:{}:{}", "ab".repeat(32), "cd".repeat(32)),
+            format!("12288:{}:abcd:{}", 12288 * 4096, "cd".repeat(32)),
+            format!("{arg}:1"),
+        ] {
+            let invalid = SlotRecord {
+                verity: Some(bad.clone()),
+                ..rec.clone()
+            };
+            assert!(matches!(
+                write(dir.path(), &invalid),
+                Err(RecordError::Invalid { .. })
+            ));
+            fs::write(
+                record_path(dir.path(), Slot::A),
+                format!("slot=A\nstate=written\nverity={bad}\n"),
+            )
+            .unwrap();
+            let err = read(dir.path(), Slot::A).unwrap_err();
+            assert!(err.to_string().contains("invalid verity"), "{err}");
+        }
     }
 
     #[test]

@@ -148,6 +148,7 @@ pub fn run(opts: &DiskOptions) -> Result<()> {
             written_at: now,
             confirm: opts.confirm,
             source: String::new(),
+            verity: m.verity.as_ref().map(wire::verity::Verity::to_arg),
         },
     };
     // The installer vouches for the committed slot; slot B has yet to boot.

@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 /// Modules for the disks of the usual virtual and physical machines, the root
 /// and persistent filesystems, the ESP (FAT with its code pages) and the /etc
 /// overlay. crc32c_generic provides "crypto-crc32c", which ext4 and jbd2 ask
-/// the crypto API for when they mount a metadata_csum filesystem.
+/// the crypto API for when they mount a metadata_csum filesystem. dm_verity
+/// (with dm_mod, dm_bufio): os-init mounts the root through it.
 pub const WANTED: &[&str] = &[
     "virtio_pci",
     "virtio_blk",
@@ -29,6 +30,7 @@ pub const WANTED: &[&str] = &[
     "nls_ascii",
     "overlay",
     "crc32c_generic",
+    "dm_verity",
 ];
 
 /// A module file to put in the initramfs.

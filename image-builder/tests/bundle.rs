@@ -26,6 +26,7 @@ const MODULE_DIRS: &[&str] = &[
     "drivers/block",
     "drivers/ata",
     "drivers/nvme",
+    "drivers/md",
     "crypto",
     "lib",
     "block",

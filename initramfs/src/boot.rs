@@ -23,6 +23,7 @@ use crate::modules;
 use crate::mounts::{self, Mounts};
 use crate::switch_root::switch_root;
 use crate::sys;
+use crate::verity;
 use bootctl::record::{self, ConfirmPolicy, SlotRecord, SlotState};
 use bootctl::store::Esp;
 use bootctl::{AbState, Slot};
@@ -31,6 +32,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::thread::sleep;
 use std::time::Duration;
+use wire::verity::{BootCheck, CheckState, BOOT_CHECK_FILE};
 
 /// How often a stopped boot repeats its message on the console.
 const HALT_REPEAT: Duration = Duration::from_secs(60);
@@ -253,6 +255,117 @@ impl Shell<'_> {
         }
     }
 
+    /// The device to mount the slot from: through dm-verity when its record
+    /// names a tree, after reading every block through it. On a trial, a
+    /// tree that cannot be set up or a corrupt block fails the trial; on
+    /// other boots both are reported (console, [`BOOT_CHECK_FILE`] for
+    /// `os-agent status`) and the slot boots: through dm-verity when it is
+    /// set up (a corrupt block reads as an I/O error, never as wrong data),
+    /// else from the partition.
+    fn open_root(
+        &mut self,
+        slot: Slot,
+        trial: bool,
+        device: &Path,
+        record: &Result<SlotRecord, String>,
+    ) -> Result<PathBuf, CheckFailure> {
+        let report = |state: CheckState, detail: String| {
+            self.report_verity(BootCheck {
+                slot,
+                state,
+                detail,
+            })
+        };
+        let params = match record
+            .as_ref()
+            .map_err(String::clone)
+            .and_then(SlotRecord::verity)
+        {
+            Ok(Some(v)) => v,
+            Ok(None) => {
+                log::info!("slot {slot}: its image has no dm-verity tree; mounting it as it is");
+                report(
+                    CheckState::Off,
+                    "the slot's image has no verity tree".into(),
+                );
+                return Ok(device.to_path_buf());
+            }
+            // The record check below reports an unusable record.
+            Err(e) => {
+                report(CheckState::Off, format!("no usable slot record: {e}"));
+                return Ok(device.to_path_buf());
+            }
+        };
+        let name = format!("os-root-{slot}");
+        let dev = match verity::activate(&self.cfg.root.join("dev"), &name, device, &params) {
+            Ok(d) => d,
+            Err(e) => {
+                let problem = format!("cannot set up dm-verity for {}: {e}", device.display());
+                report(CheckState::Unavailable, problem.clone());
+                if trial {
+                    return Err(CheckFailure::Verity { problem });
+                }
+                log::error!(
+                    "slot {slot}: {problem}; booting the committed slot from {} WITHOUT \
+                     integrity checking",
+                    device.display()
+                );
+                return Ok(device.to_path_buf());
+            }
+        };
+        let size = params.hash_offset;
+        log::info!(
+            "slot {slot}: dm-verity device {} over {}, root hash {}; reading all {} MiB",
+            dev.path.display(),
+            device.display(),
+            wire::digest::hex(&params.root_hash),
+            size >> 20
+        );
+        let problem = match verity::scan(&dev.path, size) {
+            Ok(s) if s.corrupt_blocks == 0 => {
+                let secs = s.elapsed.as_secs_f64();
+                let detail = format!(
+                    "{} MiB read and verified in {secs:.1} s ({:.0} MiB/s)",
+                    s.bytes >> 20,
+                    s.bytes as f64 / f64::from(1 << 20) / secs.max(1e-3)
+                );
+                log::info!("slot {slot}: verity: {detail}");
+                report(CheckState::Verified, detail);
+                return Ok(dev.path);
+            }
+            Ok(s) => format!(
+                "{} block(s) of the root do not match its verity tree, the first at byte {} \
+                 (its bytes changed after the image was written)",
+                s.corrupt_blocks,
+                s.first_corrupt.unwrap_or(0)
+            ),
+            Err(e) => format!("reading {} failed: {e}", dev.path.display()),
+        };
+        report(CheckState::Corrupt, problem.clone());
+        if trial {
+            return Err(CheckFailure::Verity { problem });
+        }
+        log::error!("slot {slot}: CORRUPT ROOT: {problem}");
+        log::error!(
+            "slot {slot}: booting it through dm-verity: a corrupt block reads as an I/O error, \
+             never as wrong data. Write a good image to this node (upgrade, or rollback to a \
+             good slot) soon."
+        );
+        Ok(dev.path)
+    }
+
+    /// Leaves the verity outcome where `os-agent status` reads it.
+    fn report_verity(&self, check: BootCheck) {
+        let path = self.cfg.root.join(BOOT_CHECK_FILE.trim_start_matches('/'));
+        let written = path
+            .parent()
+            .map_or(Ok(()), fs::create_dir_all)
+            .and_then(|()| fs::write(&path, check.to_text()));
+        if let Err(e) = written {
+            log::warn!("cannot write {}: {e}", path.display());
+        }
+    }
+
     /// Mounts the slot read-only at the sysroot.
     fn mount_slot(&mut self, device: &Path, slot: Slot) -> Result<(), CheckFailure> {
         let at = self.cfg.sysroot.clone();
@@ -319,8 +432,10 @@ impl Shell<'_> {
         let slot = boot.slot();
         let record = self.read_record(slot);
         let sysroot = self.cfg.sysroot.clone();
+        let trial = matches!(boot, Boot::Trial { .. });
         let checks = self
-            .mount_slot(device, slot)
+            .open_root(slot, trial, device, &record)
+            .and_then(|root| self.mount_slot(&root, slot))
             .and_then(|()| self.layer_persist(slot))
             .and_then(|()| checks::check_slot(&sysroot, init, &record));
         let policy = self.report_checks(boot, params, &record, &checks);

@@ -26,6 +26,9 @@ pub enum CheckFailure {
     Record { problem: String },
     /// The slot holds another version than its record says was written.
     VersionMismatch { image: String, record: String },
+    /// The slot's dm-verity root could not be set up, or some block of it
+    /// does not match the tree (its bytes changed after they were written).
+    Verity { problem: String },
 }
 
 impl CheckFailure {
@@ -45,6 +48,7 @@ impl std::fmt::Display for CheckFailure {
             }
             CheckFailure::OsRelease { problem } => write!(f, "os-release: {problem}"),
             CheckFailure::Record { problem } => write!(f, "slot record: {problem}"),
+            CheckFailure::Verity { problem } => write!(f, "verity: {problem}"),
             CheckFailure::VersionMismatch { image, record } => write!(
                 f,
                 "the slot holds version {image:?} (VERSION_ID in its os-release) but its \

@@ -319,6 +319,9 @@ mod tests {
                 image: "1".into(),
                 record: "2".into(),
             },
+            CheckFailure::Verity {
+                problem: "1 corrupt block".into(),
+            },
         ]
     }
 

@@ -7,7 +7,8 @@
 //! [`decide`] (what this boot is and what to do), [`checks`] (sanity checks
 //! against a directory standing in for /sysroot), [`modules`] (the load-order
 //! list). I/O parts, thin and taking their root paths as parameters: [`disk`],
-//! [`mounts`], [`switch_root`], [`boot`] (the sequence). All `unsafe` is in
+//! [`mounts`], [`switch_root`], [`verity`] (dm-verity set-up and the
+//! whole-device read), [`boot`] (the sequence). All `unsafe` is in
 //! `sys`.
 
 pub mod boot;
@@ -20,6 +21,7 @@ pub mod modules;
 pub mod mounts;
 pub mod switch_root;
 mod sys;
+pub mod verity;
 
 #[cfg(test)]
 mod testutil;

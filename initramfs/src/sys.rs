@@ -113,3 +113,46 @@ pub fn is_ram_filesystem(path: &Path) -> io::Result<bool> {
     let magic = i128::from(buf.f_type);
     Ok(magic == RAMFS_MAGIC || magic == TMPFS_MAGIC)
 }
+
+/// `struct dm_ioctl` (linux/dm-ioctl.h), the fixed header of every
+/// device-mapper request: 312 bytes.
+pub const DM_IOCTL_SIZE: usize = 312;
+
+/// ioctl(2) on the device-mapper control node: `cmd` is the command number
+/// (`DM_DEV_CREATE_CMD` …), `buf` a `struct dm_ioctl` and its payload, whose
+/// `data_size` field must not exceed `buf.len()`; the kernel writes its
+/// answer back into `buf`.
+pub fn dm_ioctl(control: &File, cmd: u8, buf: &mut [u8]) -> io::Result<()> {
+    if buf.len() < DM_IOCTL_SIZE
+        || u32::from_ne_bytes(buf[12..16].try_into().expect("4 bytes")) as usize > buf.len()
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "device-mapper request shorter than its data_size",
+        ));
+    }
+    // _IOWR(DM_IOCTL = 0xfd, cmd, struct dm_ioctl)
+    let request = (3u32 << 30) | ((DM_IOCTL_SIZE as u32) << 16) | (0xfd << 8) | u32::from(cmd);
+    // SAFETY: `buf` is valid for reads and writes of `buf.len()` bytes, and
+    // the kernel touches at most `data_size` of them, checked above to fit.
+    let rc = unsafe {
+        libc::ioctl(
+            control.as_raw_fd(),
+            request as _,
+            buf.as_mut_ptr().cast::<libc::c_void>(),
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// mknod(2) of a block device node, mode 0600.
+pub fn mknod_block(path: &Path, major: u32, minor: u32) -> io::Result<()> {
+    let path = cstr(path.as_os_str())?;
+    let dev = libc::makedev(major, minor);
+    // SAFETY: `path` is a valid C string for the duration of the call.
+    check(unsafe { libc::mknod(path.as_ptr(), libc::S_IFBLK | 0o600, dev) })
+}

@@ -271,6 +271,7 @@ mod tests {
             written_at: 1,
             confirm: None,
             source: String::new(),
+            verity: None,
         };
         let status = AgentStatus {
             booted: Slot::A,
@@ -300,6 +301,7 @@ mod tests {
             }),
             other_job: None,
             trust: None,
+            verity: None,
         };
         miniserde::json::to_string(&status)
     }

@@ -21,6 +21,7 @@ fn rec(state: SlotState, version: &str, d: char) -> SlotRecord {
         written_at: 1,
         confirm: None,
         source: String::new(),
+        verity: None,
     }
 }
 
@@ -44,6 +45,7 @@ fn agent(mut b: SlotRecord) -> AgentStatus {
         job: None,
         other_job: None,
         trust: None,
+        verity: None,
     }
 }
 

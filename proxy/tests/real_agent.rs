@@ -52,6 +52,7 @@ impl FileNode {
             written_at: 1_700_000_000,
             confirm: None,
             source: String::new(),
+            verity: None,
         };
         record::write(&node.path("persist"), &rec).unwrap();
         node

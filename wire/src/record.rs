@@ -130,6 +130,11 @@ pub struct SlotRecord {
     /// (so a request pinned by the manifest digest recognises it); empty
     /// otherwise.
     pub source: String,
+    /// The dm-verity tree at the end of the image, in
+    /// [`Verity::to_arg`](crate::verity::Verity::to_arg) form, from the
+    /// manifest the image was verified against; os-init mounts the slot
+    /// through dm-verity when it is there. `None`: a bundle without a tree.
+    pub verity: Option<String>,
 }
 
 impl SlotRecord {
@@ -144,7 +149,16 @@ impl SlotRecord {
             written_at: 0,
             confirm: None,
             source: String::new(),
+            verity: None,
         }
+    }
+
+    /// The verity parameters, checked; `None` when the record has none.
+    pub fn verity(&self) -> Result<Option<crate::verity::Verity>, String> {
+        self.verity
+            .as_deref()
+            .map(|v| crate::verity::Verity::parse_arg(v).map_err(|e| format!("verity {e}")))
+            .transpose()
     }
 
     pub fn to_text(&self) -> String {
@@ -163,6 +177,9 @@ impl SlotRecord {
         if !self.source.is_empty() {
             s.push_str(&format!("source={}\n", self.source));
         }
+        if let Some(v) = &self.verity {
+            s.push_str(&format!("verity={v}\n"));
+        }
         s
     }
 
@@ -175,7 +192,7 @@ impl SlotRecord {
         ] {
             check_text(value).map_err(|e| format!("{name} {e}"))?;
         }
-        Ok(())
+        self.verity().map(drop)
     }
 
     /// Parses a record; unknown keys are ignored so newer writers stay
@@ -206,6 +223,11 @@ impl SlotRecord {
                 "written_at" => rec.written_at = value.parse().map_err(|_| bad())?,
                 "confirm" => rec.confirm = Some(ConfirmPolicy::parse(value).ok_or_else(bad)?),
                 "source" => rec.source = value.to_owned(),
+                "verity" => {
+                    crate::verity::Verity::parse_arg(value)
+                        .map_err(|e| format!("{} ({e})", bad()))?;
+                    rec.verity = Some(value.to_owned());
+                }
                 _ => {}
             }
         }

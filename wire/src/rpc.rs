@@ -471,6 +471,9 @@ pub struct Status {
     pub other_job: Option<String>,
     /// Signature policy (absent from agents before signing).
     pub trust: Option<Trust>,
+    /// What os-init found checking the booted root with dm-verity (absent
+    /// when os-init left no report: an older os-init, or a test rig).
+    pub verity: Option<crate::verity::BootCheck>,
 }
 
 impl Status {

@@ -66,9 +66,18 @@ impl Verity {
     /// The device-mapper table line for the root `dev` holding data and tree
     /// (`dev` is `MAJOR:MINOR` or a path), as os-init loads it.
     pub fn table(&self, dev: &str) -> String {
-        let sectors = self.data_blocks * (BLOCK / 512);
+        format!("0 {} verity {}", self.sectors(), self.target_params(dev))
+    }
+
+    /// 512-byte sectors of the verity device: the data.
+    pub fn sectors(&self) -> u64 {
+        self.data_blocks * (BLOCK / 512)
+    }
+
+    /// The `verity` target's parameters (the table line after `verity`).
+    pub fn target_params(&self, dev: &str) -> String {
         format!(
-            "0 {sectors} verity 1 {dev} {dev} {BLOCK} {BLOCK} {} {} sha256 {} {}",
+            "1 {dev} {dev} {BLOCK} {BLOCK} {} {} sha256 {} {}",
             self.data_blocks,
             self.hash_offset / BLOCK,
             hex(&self.root_hash),
@@ -129,6 +138,143 @@ impl Verity {
     }
 }
 
+/// Where os-init leaves its [`BootCheck`] for os-agent: on /run, which the
+/// booted system inherits from the initramfs.
+pub const BOOT_CHECK_FILE: &str = "/run/os-init/verity";
+
+/// What os-init found when it set up and read the booted slot's dm-verity
+/// root: `slot=`, `state=`, `detail=` lines in [`BOOT_CHECK_FILE`], shown
+/// by `os-agent status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "miniserde",
+    derive(miniserde::Serialize, miniserde::Deserialize)
+)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct BootCheck {
+    pub slot: crate::Slot,
+    pub state: CheckState,
+    /// Figures (bytes read, time) or the error, one line.
+    pub detail: String,
+}
+
+/// The outcome of os-init's verity step for the booted slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "miniserde",
+    derive(miniserde::Serialize, miniserde::Deserialize)
+)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum CheckState {
+    /// The root is mounted through dm-verity and every block read back verified.
+    #[cfg_attr(
+        any(feature = "serde", feature = "miniserde"),
+        serde(rename = "verified")
+    )]
+    Verified,
+    /// The root is mounted through dm-verity; the whole-device read was skipped.
+    #[cfg_attr(
+        any(feature = "serde", feature = "miniserde"),
+        serde(rename = "active")
+    )]
+    Active,
+    /// Some block does not match the tree: the slot's bytes changed after
+    /// they were written. Reads of those blocks fail with EIO.
+    #[cfg_attr(
+        any(feature = "serde", feature = "miniserde"),
+        serde(rename = "corrupt")
+    )]
+    Corrupt,
+    /// The slot record names a tree but dm-verity could not be set up; the
+    /// committed slot was mounted without it.
+    #[cfg_attr(
+        any(feature = "serde", feature = "miniserde"),
+        serde(rename = "unavailable")
+    )]
+    Unavailable,
+    /// The slot's image has no tree (a bundle from before verity).
+    #[cfg_attr(any(feature = "serde", feature = "miniserde"), serde(rename = "off"))]
+    Off,
+}
+
+impl CheckState {
+    pub const ALL: [CheckState; 5] = [
+        CheckState::Verified,
+        CheckState::Active,
+        CheckState::Corrupt,
+        CheckState::Unavailable,
+        CheckState::Off,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckState::Verified => "verified",
+            CheckState::Active => "active",
+            CheckState::Corrupt => "corrupt",
+            CheckState::Unavailable => "unavailable",
+            CheckState::Off => "off",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<CheckState> {
+        CheckState::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+/// Bound on the file: a few lines.
+pub const MAX_BOOT_CHECK_BYTES: usize = 4096;
+
+impl BootCheck {
+    /// The file's text; the detail is kept to one line.
+    pub fn to_text(&self) -> String {
+        let detail: String = self
+            .detail
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        format!(
+            "slot={}\nstate={}\ndetail={detail}\n",
+            self.slot,
+            self.state.as_str()
+        )
+    }
+
+    pub fn parse(text: &str) -> Result<BootCheck, String> {
+        if text.len() > MAX_BOOT_CHECK_BYTES {
+            return Err(format!(
+                "{} bytes, more than {MAX_BOOT_CHECK_BYTES}",
+                text.len()
+            ));
+        }
+        let (mut slot, mut state, mut detail) = (None, None, None);
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            crate::record::check_text(line).map_err(|e| format!("line {e}"))?;
+            let (key, value) = line
+                .split_once('=')
+                .ok_or_else(|| format!("line without '=': {line:?}"))?;
+            let bad = || format!("invalid {key}: {value:?}");
+            let repeated = match key {
+                "slot" => slot
+                    .replace(crate::Slot::parse(value).ok_or_else(bad)?)
+                    .is_some(),
+                "state" => state
+                    .replace(CheckState::parse(value).ok_or_else(bad)?)
+                    .is_some(),
+                "detail" => detail.replace(value.to_owned()).is_some(),
+                _ => false,
+            };
+            if repeated {
+                return Err(format!("{key}= appears more than once"));
+            }
+        }
+        Ok(BootCheck {
+            slot: slot.ok_or("no slot= line")?,
+            state: state.ok_or("no state= line")?,
+            detail: detail.unwrap_or_default(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,5 +313,31 @@ mod tests {
             ..v
         };
         assert!(Verity::parse_arg(&shifted.to_arg()).is_err());
+    }
+
+    #[test]
+    fn boot_checks_round_trip_and_hostile_files_are_refused() {
+        for state in CheckState::ALL {
+            let c = BootCheck {
+                slot: crate::Slot::B,
+                state,
+                detail: "read 48 MiB\nin 1 s".into(),
+            };
+            let back = BootCheck::parse(&c.to_text()).unwrap();
+            assert_eq!(back.state, state);
+            assert_eq!(back.detail, "read 48 MiB in 1 s");
+        }
+        for bad in [
+            "slot=A\n",
+            "state=verified\n",
+            "slot=C\nstate=verified\n",
+            "slot=A\nstate=fine\n",
+            "slot=A\nstate=verified\nstate=corrupt\n",
+            "slot=A\nstate=verified\ndetail=\x1b[2J\n",
+        ] {
+            assert!(BootCheck::parse(bad).is_err(), "{bad:?}");
+        }
+        let huge = format!("slot=A\nstate=verified\ndetail={}\n", "x".repeat(5000));
+        assert!(BootCheck::parse(&huge).is_err());
     }
 }

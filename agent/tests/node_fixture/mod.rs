@@ -117,6 +117,7 @@ impl Node {
             written_at: 1_700_000_000,
             confirm: None,
             source: String::new(),
+            verity: None,
         };
         record::write(&self.state, &rec).unwrap();
     }

@@ -216,6 +216,7 @@ impl FakeAgent {
             written_at,
             confirm: None,
             source: String::new(),
+            verity: None,
         };
         let status = AgentStatus {
             booted: Slot::A,
@@ -240,6 +241,7 @@ impl FakeAgent {
             job: None,
             other_job: None,
             trust: None,
+            verity: None,
         };
         let agent = FakeAgent {
             socket: socket.clone(),

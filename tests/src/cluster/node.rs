@@ -105,6 +105,7 @@ impl SimNode {
             written_at: 1_700_000_000,
             confirm: None,
             source: String::new(),
+            verity: None,
         };
         record::write(&node.state, &rec).unwrap();
         node
