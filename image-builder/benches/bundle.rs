@@ -36,6 +36,7 @@ fn main() {
     let out = work.path().join("out");
     let (key, _) = image_builder::sign::keygen(&work.path().join("bench")).unwrap();
     let mut signed = Best::default();
+    let mut plain = Best::default();
     let mut ours = Best::default();
     let mut base = Best::default();
     let mut image_size = 0;
@@ -48,6 +49,17 @@ fn main() {
             path(&os_init),
             "0",
             "-",
+            "verity",
+        ]));
+        let _ = std::fs::remove_dir_all(work.path().join("out-plain"));
+        plain.add(child(&[
+            "child-bundle",
+            path(&rootfs),
+            path(&work.path().join("out-plain")),
+            path(&os_init),
+            "0",
+            "-",
+            "no-verity",
         ]));
         let _ = std::fs::remove_dir_all(work.path().join("out-signed"));
         signed.add(child(&[
@@ -57,6 +69,7 @@ fn main() {
             path(&os_init),
             "0",
             path(&key),
+            "verity",
         ]));
         let manifest = out.join(format!("os-{VERSION}.manifest.json"));
         image_size =
@@ -76,6 +89,7 @@ fn main() {
         path(&os_init),
         &bigger,
         "-",
+        "verity",
     ]);
 
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -99,6 +113,11 @@ fn main() {
             ),
         ),
         (
+            "os-image bundle --no-verity",
+            &plain,
+            format!("own {} MiB", plain.rss_self >> 10),
+        ),
+        (
             "os-image bundle --sign",
             &signed,
             format!("own {} MiB", signed.rss_self >> 10),
@@ -116,6 +135,12 @@ fn main() {
             image_size as f64 / 1e6 / secs
         );
     }
+    let ratio = |a: &Best, b: &Best| a.time.as_secs_f64() / b.time.as_secs_f64();
+    println!(
+        "time ratios: verity tree {:.2}x (bundle / --no-verity), signature {:.2}x (--sign / bundle)",
+        ratio(&ours, &plain),
+        ratio(&signed, &ours)
+    );
     println!(
         "os-image bundle, --root-size {} MiB: {:.2} s, own peak RSS {} MiB (image 4x larger)",
         (image_size * 4) >> 20,
@@ -217,6 +242,7 @@ fn child_bundle(args: &[String]) {
         chunk_size: image_builder::manifest::DEFAULT_CHUNK_SIZE,
         level: 3,
         sign: (args[4] != "-").then(|| PathBuf::from(&args[4])),
+        no_verity: args[5] == "no-verity",
     })
     .unwrap();
     print_rusage();

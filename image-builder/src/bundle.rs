@@ -36,6 +36,9 @@ pub struct BundleOptions {
     pub level: i32,
     /// Secret key to sign the manifest with (`NAME.manifest.json.sig`).
     pub sign: Option<PathBuf>,
+    /// Leave out the dm-verity tree (for kernels without dm-verity): the
+    /// slot is then mounted as plain ext4.
+    pub no_verity: bool,
 }
 
 /// Paths of the files a bundle build wrote, and what the manifest says of the image.
@@ -114,17 +117,23 @@ pub fn run(opts: &BundleOptions) -> Result<BundleOutput> {
     // The dm-verity tree goes after the file system, in the same image; the
     // salt is derived from the bundle's name and version (same input, same
     // bytes).
-    let salt = blake3::derive_key(
-        "ab-os os-image 2026 verity salt",
-        format!("{name}\0{}", opts.version).as_bytes(),
-    );
-    let verity = crate::verity::append_tree(&image, salt)?;
-    log::info!(
-        "verity: {} data blocks, tree at byte {}, root {}",
-        verity.data_blocks,
-        verity.hash_offset,
-        wire::digest::hex(&verity.root_hash)
-    );
+    let verity = if opts.no_verity {
+        log::warn!("--no-verity: the image has no dm-verity tree; nodes mount it unchecked");
+        None
+    } else {
+        let salt = blake3::derive_key(
+            "ab-os os-image 2026 verity salt",
+            format!("{name}\0{}", opts.version).as_bytes(),
+        );
+        let verity = crate::verity::append_tree(&image, salt)?;
+        log::info!(
+            "verity: {} data blocks, tree at byte {}, root {}",
+            verity.data_blocks,
+            verity.hash_offset,
+            wire::digest::hex(&verity.root_hash)
+        );
+        Some(verity)
+    };
     publish(opts, &name, &image, key.as_ref(), verity)
 }
 
@@ -251,7 +260,12 @@ fn prepare_staging(
     let (release, modules_dir) = rootfs::find_modules(staging)?;
     rootfs::check_kernel_release(&kernel, &release)?;
     let tree = kmod::ModuleTree::scan(&modules_dir)?;
-    let modules = tree.resolve(kmod::WANTED)?;
+    let wanted: Vec<&str> = kmod::WANTED
+        .iter()
+        .copied()
+        .filter(|m| !(opts.no_verity && *m == kmod::VERITY_MODULE))
+        .collect();
+    let modules = tree.resolve(&wanted)?;
     rootfs::place_kernel(staging, &kernel)?;
     let path = staging.join("boot/initramfs.img");
     // Never write through what the rootfs brought: a symlink may point
@@ -324,7 +338,7 @@ fn publish(
     name: &str,
     image: &Path,
     key: Option<&wire::signature::SecretKey>,
-    verity: wire::verity::Verity,
+    verity: Option<wire::verity::Verity>,
 ) -> Result<BundleOutput> {
     let image_name = format!("{name}.img.zst");
     let temp = |suffix: &str| {
@@ -346,7 +360,7 @@ fn publish(
         compressed_size: chunks.iter().map(|c| c.zsize).sum(),
         chunk_size: opts.chunk_size,
         chunks,
-        verity: Some(verity),
+        verity,
     };
     manifest
         .check()
@@ -452,6 +466,7 @@ mod tests {
             chunk_size: 4 << 20,
             level: 3,
             sign: None,
+            no_verity: false,
         }
     }
 

@@ -57,6 +57,9 @@ pub enum Command {
         /// Sign the manifest with this secret key (from `os-image keygen`): writes NAME.manifest.json.sig
         #[arg(long, value_name = "KEY")]
         sign: Option<PathBuf>,
+        /// Leave out the dm-verity tree (for kernels without dm-verity; nodes then mount the root unchecked)
+        #[arg(long)]
+        no_verity: bool,
     },
     /// Make a bundle-signing key pair: STEM.key (secret, mode 0600; keep it offline) and STEM.pub (for nodes' /usr/share/os-agent/keys)
     Keygen {
@@ -213,6 +216,7 @@ pub fn main() -> i32 {
             chunk_size,
             level,
             sign,
+            no_verity,
         } => bundle::run(&bundle::BundleOptions {
             rootfs,
             version,
@@ -223,6 +227,7 @@ pub fn main() -> i32 {
             chunk_size,
             level,
             sign,
+            no_verity,
         })
         .map(|_| ()),
         Command::Keygen { out } => crate::sign::keygen(&out).map(|_| ()),

@@ -30,8 +30,11 @@ pub const WANTED: &[&str] = &[
     "nls_ascii",
     "overlay",
     "crc32c_generic",
-    "dm_verity",
+    VERITY_MODULE,
 ];
+
+/// Left out of bundles built with `--no-verity`.
+pub const VERITY_MODULE: &str = "dm_verity";
 
 /// A module file to put in the initramfs.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -243,6 +243,25 @@ fn position(order: &[&str], name: &str) -> usize {
         .unwrap_or_else(|| panic!("{name} not in {order:?}"))
 }
 
+/// The initramfs's `modules/load-order` lines.
+fn load_order(image: &Path) -> Vec<String> {
+    let gz = debugfs(image, "cat /boot/initramfs.img");
+    let mut cpio = Vec::new();
+    flate2::read::GzDecoder::new(&gz[..])
+        .read_to_end(&mut cpio)
+        .unwrap();
+    let entries = read_cpio(&cpio);
+    let list = &entries
+        .iter()
+        .find(|e| e.0 == "modules/load-order")
+        .expect("a load-order")
+        .3;
+    String::from_utf8_lossy(list)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
 fn check_initramfs(image: &Path, os_init: &Path) {
     let gz = debugfs(image, "cat /boot/initramfs.img");
     let mut cpio = Vec::new();
@@ -286,6 +305,11 @@ fn check_initramfs(image: &Path, os_init: &Path) {
     );
     assert!(
         position(&order, "nvme-core.ko") < position(&order, "nvme.ko"),
+        "{order:?}"
+    );
+    assert!(
+        position(&order, "dm-mod.ko") < position(&order, "dm-bufio.ko")
+            && position(&order, "dm-bufio.ko") < position(&order, "dm-verity.ko"),
         "{order:?}"
     );
     for m in &order {
@@ -405,6 +429,24 @@ fn tarball_input_gives_the_same_image_as_the_directory() {
     let from_dir = Manifest::load(&manifest_path(&r.out)).unwrap();
     let from_tar = Manifest::load(&manifest_path(&out)).unwrap();
     assert_eq!(from_tar.image_digest, from_dir.image_digest);
+}
+
+#[test]
+fn no_verity_leaves_out_the_tree_and_the_module() {
+    let r = reference();
+    let out = r.dir.join("no-verity");
+    let _ = std::fs::remove_dir_all(&out);
+    let o = bundle(&r.rootfs, &out, &r.os_init, &["--no-verity"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let image = r.dir.join("no-verity.ext4");
+    let m = unpack(&manifest_path(&out), &image);
+    assert_eq!(m.verity, None);
+    assert_eq!(m.image_size % (16 << 20), 0, "the file system alone");
+    let with = Manifest::load(&manifest_path(&r.out)).unwrap();
+    assert_eq!(with.verity.unwrap().hash_offset, m.image_size);
+    let order = load_order(&image);
+    assert!(!order.iter().any(|m| m.starts_with("dm-")), "{order:?}");
+    let _ = std::fs::remove_file(&image);
 }
 
 /// Runs a build expected to fail; returns its stderr.
