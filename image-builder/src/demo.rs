@@ -134,6 +134,19 @@ pub fn run(opts: &DemoOptions) -> Result<()> {
     install_busybox(out)?;
     install_kernel(&opts.kernel_deb, out)?;
     write_etc(out, &opts.version)?;
+    // Factory content under /var: os-init copies what PERSIST's /var lacks
+    // on the first boot of each image (`first` stays as v1 wrote it).
+    let factory = out.join("var/lib/demo-factory");
+    std::fs::create_dir_all(&factory)?;
+    std::fs::write(factory.join("first"), format!("{}\n", opts.version))?;
+    std::fs::write(
+        factory.join(format!("from-v{}", opts.version)),
+        format!("{}\n", opts.version),
+    )?;
+    // /opt/cni is writable through PERSIST, seeded like /var (a CNI
+    // DaemonSet installs its plugins there).
+    std::fs::create_dir_all(out.join("opt/cni/bin"))?;
+    std::fs::write(out.join("opt/cni/bin/demo-plugin"), "#!/bin/sh\n")?;
     let init = INIT.replace("@BROKEN@", if opts.broken { "1" } else { "0" });
     write_exec(&out.join("sbin/init"), init.as_bytes())?;
     for (name, script) in HEALTH_CHECKS {

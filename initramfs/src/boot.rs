@@ -21,6 +21,7 @@ use crate::decide::{self, choose_policy, Boot, LastResort, Next, Write};
 use crate::disk;
 use crate::modules;
 use crate::mounts::{self, Mounts};
+use crate::seed;
 use crate::switch_root::switch_root;
 use crate::sys;
 use crate::verity;
@@ -33,6 +34,14 @@ use std::path::{Path, PathBuf};
 use std::thread::sleep;
 use std::time::Duration;
 use wire::verity::{BootCheck, CheckState, BOOT_CHECK_FILE};
+
+/// Directories of the new root kept on PERSIST: the path in the image, the
+/// directory on PERSIST, and whether the image must have it (otherwise it is
+/// bound only when the image has the directory to mount on).
+const PERSISTENT_DIRS: [(&str, &str, bool); 2] =
+    [("var", "var", true), ("opt/cni", "opt-cni", false)];
+/// Directory on PERSIST for os-init's seed markers.
+const SEED_MARKERS: &str = "os-init";
 
 /// How often a stopped boot repeats its message on the console.
 const HALT_REPEAT: Duration = Duration::from_secs(60);
@@ -387,8 +396,10 @@ impl Shell<'_> {
     }
 
     /// Layers PERSIST on the mounted slot: PERSIST at /persist, its `var` bound
-    /// on /var, and /etc as an overlay with this slot's upper layer on PERSIST.
-    fn layer_persist(&mut self, slot: Slot) -> Result<(), CheckFailure> {
+    /// on /var (and `opt-cni` on /opt/cni when the image has that directory),
+    /// each seeded from the image's own copy on the first boot of `image`,
+    /// and /etc as an overlay with this slot's upper layer on PERSIST.
+    fn layer_persist(&mut self, slot: Slot, image: &str) -> Result<(), CheckFailure> {
         let root = self.cfg.sysroot.clone();
         let fail = |what: String| {
             move |e: std::io::Error| CheckFailure::Mount {
@@ -403,11 +414,25 @@ impl Shell<'_> {
             .map_err(fail(format!("PERSIST at {}", target.display())))?;
         self.persist = target.clone();
 
-        let (var, var_src) = (root.join("var"), target.join("var"));
-        log::info!("binding {} onto {}", var_src.display(), var.display());
-        fs::create_dir_all(&var_src)
-            .and_then(|()| self.mounts.bind(&var_src, &var))
-            .map_err(fail(format!("{} on {}", var_src.display(), var.display())))?;
+        for (dir, on_persist, required) in PERSISTENT_DIRS {
+            let resolved = checks::resolve_in_root(&root, Path::new(dir));
+            let present = resolved
+                .as_ref()
+                .is_ok_and(|at| fs::symlink_metadata(at).is_ok_and(|m| m.is_dir()));
+            if !required && !present {
+                continue;
+            }
+            let at = resolved.map_err(fail(format!("/{dir} in slot {slot}")))?;
+            let src = target.join(on_persist);
+            fs::create_dir_all(&src).map_err(fail(format!("{} on PERSIST", src.display())))?;
+            self.seed_once(dir, &at, &src, image);
+            log::info!("binding {} onto {}", src.display(), at.display());
+            self.mounts.bind(&src, &at).map_err(fail(format!(
+                "{} on {}",
+                src.display(),
+                at.display()
+            )))?;
+        }
 
         let etc = root.join("etc");
         let layer = target.join("etc-overlay").join(slot.as_str());
@@ -417,6 +442,43 @@ impl Shell<'_> {
             .and_then(|()| fs::create_dir_all(&work))
             .and_then(|()| self.mounts.overlay(&etc, &upper, &work, &etc))
             .map_err(fail(format!("the /etc overlay on {}", etc.display())))
+    }
+
+    /// Copies what PERSIST's copy of `/dir` lacks from the image's (`at`,
+    /// before the bind hides it), once per image: the marker
+    /// `PERSIST/os-init/seeded-<dir>` names the image last seeded from. A
+    /// failure is logged, not fatal: the directory works, maybe incomplete.
+    fn seed_once(&self, dir: &str, at: &Path, on_persist: &Path, image: &str) {
+        let marker = self
+            .persist
+            .join(SEED_MARKERS)
+            .join(format!("seeded-{}", dir.replace('/', "-")));
+        if !image.is_empty() && fs::read_to_string(&marker).is_ok_and(|m| m.trim() == image) {
+            return;
+        }
+        match seed::seed(at, on_persist) {
+            Ok(done) => {
+                log::info!(
+                    "seeded /{dir} on PERSIST from the image: {} entries added ({} KiB), {} kept, \
+                     {} special files skipped",
+                    done.created,
+                    done.bytes >> 10,
+                    done.kept,
+                    done.skipped
+                );
+                let written = marker
+                    .parent()
+                    .map_or(Ok(()), fs::create_dir_all)
+                    .and_then(|()| fs::write(&marker, format!("{image}\n")));
+                if let Err(e) = written {
+                    log::warn!("cannot write {}: {e}", marker.display());
+                }
+            }
+            Err(e) => log::error!(
+                "seeding /{dir} on PERSIST from {} failed: {e}; it may lack files the image ships",
+                at.display()
+            ),
+        }
     }
 
     /// Everything after classification: mount, check, decide, write, leave.
@@ -433,10 +495,12 @@ impl Shell<'_> {
         let record = self.read_record(slot);
         let sysroot = self.cfg.sysroot.clone();
         let trial = matches!(boot, Boot::Trial { .. });
+        // What the image is, for "first boot of this image" (seeding).
+        let image = record.as_ref().map_or(String::new(), |r| r.digest.clone());
         let checks = self
             .open_root(slot, trial, device, &record)
             .and_then(|root| self.mount_slot(&root, slot))
-            .and_then(|()| self.layer_persist(slot))
+            .and_then(|()| self.layer_persist(slot, &image))
             .and_then(|()| checks::check_slot(&sysroot, init, &record));
         let policy = self.report_checks(boot, params, &record, &checks);
         let plan = decide::decide(boot, &checks, policy);

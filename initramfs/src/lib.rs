@@ -19,6 +19,7 @@ pub mod disk;
 pub mod log;
 pub mod modules;
 pub mod mounts;
+pub mod seed;
 pub mod switch_root;
 mod sys;
 pub mod verity;

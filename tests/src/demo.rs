@@ -276,7 +276,10 @@ impl Driver<'_> {
         for l in status.lines().filter(|l| !l.trim().is_empty()) {
             (self.narrate)(&format!("  | {l}"));
         }
-        let (notes, _) = self.shell("cat /etc/demo-note /var/lib/demo/note 2>&1 | tr '\\n' ' '")?;
+        let (notes, _) = self.shell(
+            "cat /etc/demo-note /var/lib/demo/note 2>&1 | tr '\\n' ' '; \
+             echo \"factory: first=$(cat /var/lib/demo-factory/first) $(ls /var/lib/demo-factory | grep from- | tr '\\n' ' ')cni=$(ls /opt/cni/bin | tr '\\n' ,)\"",
+        )?;
         (self.narrate)(&format!(
             "  data written on v1 (/etc, /var): {}",
             notes.trim()
@@ -502,7 +505,7 @@ fn boot_v1(d: &mut Driver, _: &Artifacts) -> Result<(), String> {
         let (v, s, t) = d.wait_boot(Some("after boot: "))?;
         d.shell(&format!(
             "echo {ETC_NOTE} >/etc/demo-note; mkdir -p /var/lib/demo; \
-             echo {VAR_NOTE} >/var/lib/demo/note; sync"
+             echo {VAR_NOTE} >/var/lib/demo/note; touch /opt/cni/bin/from-node; sync"
         ))?;
         Ok((v, s, t))
     })

@@ -85,6 +85,27 @@ fn upgrade_rollback_fallback_and_refusal_keep_etc_and_var() {
             "after {step:?}: {notes}"
         );
     }
+    // /var's factory content: what each image ships is added on its first
+    // boot, what PERSIST has is kept (`first` as v1 wrote it), and what a
+    // newer image added stays after going back. /opt/cni likewise, and what
+    // the node wrote there on v1 stays.
+    let factory: Vec<&str> = report
+        .notes
+        .iter()
+        .map(|(_, n)| n.rsplit_once("factory: ").map_or("", |(_, f)| f.trim()))
+        .collect();
+    assert_eq!(
+        factory,
+        [
+            "first=1 from-v1 cni=demo-plugin,from-node,",
+            "first=1 from-v1 from-v2 cni=demo-plugin,from-node,",
+            "first=1 from-v1 from-v2 cni=demo-plugin,from-node,",
+            "first=1 from-v1 from-v2 from-v3 cni=demo-plugin,from-node,",
+            "first=1 from-v1 from-v2 from-v3 cni=demo-plugin,from-node,",
+        ],
+        "{:?}",
+        report.notes
+    );
 
     // The disk agrees: A committed, B's failed trial on record.
     let esp = Disk::open(&image);
