@@ -19,17 +19,20 @@ use crate::checks::{self, CheckFailure};
 use crate::cmdline::{parse_cmdline, BootParams};
 use crate::decide::{self, choose_policy, Boot, LastResort, Next, Write};
 use crate::disk;
+use crate::gpt;
 use crate::modules;
 use crate::mounts::{self, Mounts};
 use crate::seed;
 use crate::switch_root::switch_root;
 use crate::sys;
 use crate::verity;
+use bootctl::partitions::{self, Partitions};
 use bootctl::record::{self, ConfirmPolicy, SlotRecord, SlotState};
 use bootctl::store::Esp;
 use bootctl::{AbState, Slot};
 use std::ffi::OsString;
-use std::fs;
+use std::fs::{self, File};
+use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::thread::sleep;
 use std::time::Duration;
@@ -138,7 +141,9 @@ pub fn run(cfg: &Config, init_args: &[OsString]) -> ! {
         parts.persist.display()
     );
     let env = sh.read_env(&parts.esp);
+    grow_persist(&sys_dir, &dev_dir, &parts);
     sh.mount_persist(&parts.persist);
+    sh.grow_persist_fs(&parts.persist);
     let boot = match decide::classify(&params, env.as_ref()) {
         Ok(b) => b,
         Err(e) => sh.give_up(&e.to_string()),
@@ -153,6 +158,56 @@ pub fn run(cfg: &Config, init_args: &[OsString]) -> ! {
         &init,
         init_args,
     )
+}
+
+/// Extends PERSIST to the end of a disk bigger than the image it was
+/// written from ([`gpt`]). Anything odd is logged and left alone.
+fn grow_persist(sys_dir: &Path, dev_dir: &Path, parts: &Partitions) {
+    let block = sys_dir.join("block").join(&parts.disk);
+    let read = |name: &str| -> Option<u64> {
+        fs::read_to_string(block.join(name))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    };
+    match read("queue/logical_block_size") {
+        Some(gpt::SECTOR) => {}
+        other => {
+            log::info!("not growing PERSIST: logical block size {other:?}, only 512 is handled");
+            return;
+        }
+    }
+    // In 512-byte sectors, whatever the device's own size.
+    let Some(sectors) = read("size") else {
+        log::warn!("not growing PERSIST: no size in {}", block.display());
+        return;
+    };
+    let path = dev_dir.join(&parts.disk);
+    let disk = match fs::OpenOptions::new().read(true).write(true).open(&path) {
+        Ok(f) => f,
+        Err(e) => {
+            log::warn!("not growing PERSIST: open {}: {e}", path.display());
+            return;
+        }
+    };
+    match gpt::grow(&disk, sectors, partitions::NAME_PERSIST) {
+        Ok(None) => {}
+        Ok(Some(g)) => {
+            log::info!(
+                "grew PERSIST (partition {}) from {} to {} MiB: the disk is larger than the image \
+                 it was written from",
+                g.number,
+                ((g.old_last - g.first + 1) * gpt::SECTOR) >> 20,
+                g.bytes() >> 20
+            );
+            if let Err(e) = sys::resize_partition(&disk, g.number, g.first * gpt::SECTOR, g.bytes())
+            {
+                log::warn!(
+                    "the kernel did not take PERSIST's new size now ({e}); it will after a reboot"
+                );
+            }
+        }
+        Err(e) => log::warn!("not growing PERSIST: {e}"),
+    }
 }
 
 fn read_params(path: &Path) -> BootParams {
@@ -372,6 +427,40 @@ impl Shell<'_> {
             .and_then(|()| fs::write(&path, check.to_text()));
         if let Err(e) = written {
             log::warn!("cannot write {}: {e}", path.display());
+        }
+    }
+
+    /// Grows the mounted PERSIST file system to its partition (after
+    /// [`grow_persist`], or a power cut between the two on an earlier boot).
+    fn grow_persist_fs(&self, device: &Path) {
+        let sizes = File::open(device)
+            .map_err(|e| e.to_string())
+            .and_then(|mut f| {
+                let (blocks, size) = gpt::ext4_blocks(&f)?;
+                let bytes = f.seek(SeekFrom::End(0)).map_err(|e| e.to_string())?;
+                Ok((blocks, size, bytes))
+            });
+        let (blocks, size, bytes) = match sizes {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("not growing the PERSIST file system: {e}");
+                return;
+            }
+        };
+        let want = bytes / size;
+        if want < blocks + gpt::MIN_GROWTH * gpt::SECTOR / size {
+            return;
+        }
+        let start = std::time::Instant::now();
+        let resized = File::open(&self.persist).and_then(|dir| sys::ext4_resize(&dir, want));
+        match resized {
+            Ok(()) => log::info!(
+                "grew the PERSIST file system from {} to {} MiB in {:.1} s",
+                (blocks * size) >> 20,
+                (want * size) >> 20,
+                start.elapsed().as_secs_f64()
+            ),
+            Err(e) => log::warn!("cannot grow the PERSIST file system: {e}"),
         }
     }
 

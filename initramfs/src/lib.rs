@@ -16,6 +16,7 @@ pub mod checks;
 pub mod cmdline;
 pub mod decide;
 pub mod disk;
+pub mod gpt;
 pub mod log;
 pub mod modules;
 pub mod mounts;

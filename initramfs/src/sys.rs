@@ -156,3 +156,74 @@ pub fn mknod_block(path: &Path, major: u32, minor: u32) -> io::Result<()> {
     // SAFETY: `path` is a valid C string for the duration of the call.
     check(unsafe { libc::mknod(path.as_ptr(), libc::S_IFBLK | 0o600, dev) })
 }
+
+/// `struct blkpg_partition` (linux/blkpg.h).
+#[repr(C)]
+struct BlkpgPartition {
+    start: libc::c_longlong,
+    length: libc::c_longlong,
+    pno: libc::c_int,
+    devname: [libc::c_char; 64],
+    volname: [libc::c_char; 64],
+}
+
+/// `struct blkpg_ioctl_arg`.
+#[repr(C)]
+struct BlkpgIoctlArg {
+    op: libc::c_int,
+    flags: libc::c_int,
+    datalen: libc::c_int,
+    data: *mut libc::c_void,
+}
+
+const BLKPG: libc::c_ulong = 0x1269;
+const BLKPG_RESIZE_PARTITION: libc::c_int = 3;
+/// `EXT4_IOC_RESIZE_FS`: `_IOW('f', 16, __u64)`.
+const EXT4_IOC_RESIZE_FS: libc::c_ulong = 0x4008_6610;
+
+/// Tells the kernel that partition `number` of `disk` now spans `length`
+/// bytes from `start` (BLKPG_RESIZE_PARTITION; the start must not change).
+pub fn resize_partition(disk: &File, number: u32, start: u64, length: u64) -> io::Result<()> {
+    let too_big = || io::Error::new(io::ErrorKind::InvalidInput, "partition beyond 2^63 bytes");
+    let mut part = BlkpgPartition {
+        start: start.try_into().map_err(|_| too_big())?,
+        length: length.try_into().map_err(|_| too_big())?,
+        pno: number.try_into().map_err(|_| too_big())?,
+        devname: [0; 64],
+        volname: [0; 64],
+    };
+    let mut arg = BlkpgIoctlArg {
+        op: BLKPG_RESIZE_PARTITION,
+        flags: 0,
+        datalen: std::mem::size_of::<BlkpgPartition>() as libc::c_int,
+        data: (&mut part as *mut BlkpgPartition).cast(),
+    };
+    // SAFETY: `arg` and the `part` it points to live until the call returns
+    // and have the kernel's layout; the kernel only reads them.
+    let rc = unsafe { libc::ioctl(disk.as_raw_fd(), BLKPG as _, &mut arg as *mut BlkpgIoctlArg) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Grows the mounted ext4 file system that `dir` (a directory on it) is on
+/// to `blocks` blocks, online.
+pub fn ext4_resize(dir: &File, blocks: u64) -> io::Result<()> {
+    let count: u64 = blocks;
+    // SAFETY: the kernel reads one u64 from the pointer, which is valid for
+    // the duration of the call.
+    let rc = unsafe {
+        libc::ioctl(
+            dir.as_raw_fd(),
+            EXT4_IOC_RESIZE_FS as _,
+            &count as *const u64,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
