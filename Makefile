@@ -47,3 +47,28 @@ DEMO_REGISTRY_DIR ?= target/ab-demo-registry
 .PHONY: demo-registry
 demo-registry: deps
 	$(CARGO) run --release -p e2e --bin ab-demo -- --from-registry --out $(DEMO_REGISTRY_DIR)
+
+# Container images of os-operator and os-proxy without Docker: static musl
+# binaries, each in an OCI image layout under target/images (docs/install.md).
+# `make push-images` also pushes them to $(REGISTRY)/os-operator:$(TAG) and
+# $(REGISTRY)/os-proxy:$(TAG) (PUSH_FLAGS, e.g. --plain-http or --auth-file F);
+# `make deploy-config` points deploy/kustomization.yaml at the same two names.
+REGISTRY ?= localhost:5000/ab-os
+TAG ?= 0.1.0
+IMAGES ?= target/images
+PUSH_FLAGS ?=
+.PHONY: images push-images deploy-config
+images:
+	$(CARGO) build --release --target $(MUSL) -p operator -p proxy
+	$(CARGO) build --release -p image-builder --bin os-image
+	@for b in os-operator os-proxy; do file target/$(MUSL)/release/$$b | grep -Eq 'statically linked|static-pie linked' || { echo "$$b is not static"; exit 1; }; done
+	target/release/os-image container --binary target/$(MUSL)/release/os-operator --user 6552:6552 --layout $(IMAGES)/os-operator --tag $(TAG)
+	target/release/os-image container --binary target/$(MUSL)/release/os-proxy --layout $(IMAGES)/os-proxy --tag $(TAG)
+
+push-images: images
+	target/release/os-image container --binary target/$(MUSL)/release/os-operator --user 6552:6552 --layout $(IMAGES)/os-operator --tag $(TAG) --push $(REGISTRY)/os-operator:$(TAG) $(PUSH_FLAGS)
+	target/release/os-image container --binary target/$(MUSL)/release/os-proxy --layout $(IMAGES)/os-proxy --tag $(TAG) --push $(REGISTRY)/os-proxy:$(TAG) $(PUSH_FLAGS)
+
+deploy-config:
+	sed -i -e '/name: os-operator$$/{n;s|newName: .*|newName: $(REGISTRY)/os-operator|;n;s|newTag: .*|newTag: $(TAG)|}' \
+	       -e '/name: os-proxy$$/{n;s|newName: .*|newName: $(REGISTRY)/os-proxy|;n;s|newTag: .*|newTag: $(TAG)|}' deploy/kustomization.yaml

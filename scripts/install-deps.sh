@@ -8,6 +8,9 @@ packages="qemu-system-x86 ovmf grub-efi-amd64-bin grub2-common mtools dosfstools
 e2fsprogs gdisk busybox-static kmod zstd file openssl nginx musl-tools
 docker-registry skopeo qemu-utils cryptsetup-bin"
 
+# kubectl renders deploy/ with kustomize in the tests; any kubectl will do.
+command -v kubectl >/dev/null 2>&1 || packages="$packages kubernetes-client"
+
 missing=""
 for p in $packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

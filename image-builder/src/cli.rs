@@ -144,6 +144,39 @@ pub enum Command {
         #[arg(long, value_name = "USER:PASS", requires = "push")]
         creds: Option<String>,
     },
+    /// Build an OCI container image of one static program (os-operator, os-proxy) into an OCI image layout, optionally pushed
+    Container {
+        /// The static program (e.g. target/x86_64-unknown-linux-musl/release/os-operator)
+        #[arg(long)]
+        binary: PathBuf,
+        /// Its name in the image, at /usr/local/bin/NAME [default: the file's name]
+        #[arg(long)]
+        name: Option<String>,
+        /// Run as UID:GID (added to the image's /etc/passwd) [default: root]
+        #[arg(long, value_name = "UID:GID")]
+        user: Option<String>,
+        /// OCI image layout directory (created if missing)
+        #[arg(long)]
+        layout: PathBuf,
+        /// Tag in the layout
+        #[arg(long)]
+        tag: String,
+        /// Also push to this registry repository [default tag: --tag]
+        #[arg(long, value_name = "REGISTRY/REPO[:TAG]")]
+        push: Option<String>,
+        /// Speak plain HTTP to the registry (no TLS)
+        #[arg(long, requires = "push", conflicts_with = "ca_cert")]
+        plain_http: bool,
+        /// PEM file of the CA that signs the registry's certificate [default: the web roots]
+        #[arg(long, value_name = "PEM", requires = "push")]
+        ca_cert: Option<PathBuf>,
+        /// Docker-style auth file to take the registry's credentials from
+        #[arg(long, value_name = "FILE", requires = "push", conflicts_with = "creds")]
+        auth_file: Option<PathBuf>,
+        /// Registry credentials
+        #[arg(long, value_name = "USER:PASS", requires = "push")]
+        creds: Option<String>,
+    },
     /// Build the minimal demo root filesystem (busybox + a Debian kernel package)
     DemoRootfs {
         /// Version written to /etc/os-release and printed at boot
@@ -266,6 +299,34 @@ pub fn main() -> i32 {
             creds,
         } => oci::run(&oci::OciOptions {
             manifest,
+            layout,
+            tag,
+            push: push.map(|target| PushOptions {
+                target,
+                plain_http,
+                ca_cert,
+                auth: match (auth_file, creds) {
+                    (Some(file), _) => Auth::File(file),
+                    (None, Some(creds)) => Auth::Creds(creds),
+                    (None, None) => Auth::Anonymous,
+                },
+            }),
+        }),
+        Command::Container {
+            binary,
+            name,
+            user,
+            layout,
+            tag,
+            push,
+            plain_http,
+            ca_cert,
+            auth_file,
+            creds,
+        } => crate::container::run(&crate::container::ContainerOptions {
+            binary,
+            name,
+            user,
             layout,
             tag,
             push: push.map(|target| PushOptions {

@@ -6,6 +6,7 @@
 pub mod bundle;
 pub mod chunked;
 pub mod cli;
+pub mod container;
 pub mod cpio;
 pub mod demo;
 pub mod disk;

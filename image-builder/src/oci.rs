@@ -227,7 +227,7 @@ fn blob_path(layout: &Path, digest: &str) -> PathBuf {
 }
 
 /// Creates the layout skeleton (or checks an existing one); returns `blobs/sha256`.
-fn prepare_layout(layout: &Path) -> Result<PathBuf> {
+pub(crate) fn prepare_layout(layout: &Path) -> Result<PathBuf> {
     let marker = layout.join(OCI_LAYOUT);
     match std::fs::read(&marker) {
         Ok(content) => {
@@ -274,7 +274,7 @@ fn blob_present(path: &Path, size: u64) -> Result<bool> {
     }
 }
 
-fn put_blob_bytes(layout: &Path, digest: &str, bytes: &[u8]) -> Result<()> {
+pub(crate) fn put_blob_bytes(layout: &Path, digest: &str, bytes: &[u8]) -> Result<()> {
     let path = blob_path(layout, digest);
     if !blob_present(&path, bytes.len() as u64)? {
         let dir = path.parent().expect("blob path has a parent");
@@ -357,7 +357,7 @@ impl<W: Write> Write for HashingWriter<W> {
 /// The tagged entries of `index.json` (none when there is none yet).
 /// `layout_index` names every entry, so an index with untagged manifests
 /// (written by another tool) is refused rather than rewritten wrongly.
-fn read_index(layout: &Path) -> Result<Vec<(Descriptor, String)>> {
+pub(crate) fn read_index(layout: &Path) -> Result<Vec<(Descriptor, String)>> {
     let path = layout.join(INDEX);
     let bytes = match std::fs::read(&path) {
         Ok(bytes) => bytes,
@@ -381,7 +381,7 @@ fn read_index(layout: &Path) -> Result<Vec<(Descriptor, String)>> {
 
 /// Writes `index` plus `entry` under `tag` as `index.json`, replacing the
 /// entry that had that tag in place, so the order of the others stays.
-fn write_index(
+pub(crate) fn write_index(
     layout: &Path,
     mut index: Vec<(Descriptor, String)>,
     entry: Descriptor,
@@ -417,7 +417,7 @@ fn temp_file(dir: &Path, prefix: &str) -> Result<tempfile::NamedTempFile> {
         .with_context(|| format!("create a temp file in {}", dir.display()))
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .with_context(|| format!("sync {}", dir.display()))

@@ -4,6 +4,7 @@
 //! - [`Reference`]: `registry/repo:tag` or `registry/repo@sha256:…`;
 //! - [`artifact`]: the bundle artifact's media types and its image manifest
 //!   (config blob = the bundle manifest, one layer = the compressed image);
+//! - [`image`]: a container image of one static program (config, manifest);
 //! - [`auth`]: credentials from a docker-style auth file, and the
 //!   `WWW-Authenticate` challenges (Bearer token and Basic);
 //! - [`Client`]: one registry endpoint: manifests and blobs, pulled (blobs at
@@ -17,6 +18,7 @@ pub mod auth;
 mod client;
 pub mod digest;
 mod error;
+pub mod image;
 pub mod reference;
 
 pub use client::{check_content_range, Blob, Client, ClientOptions, Fetched};

@@ -213,6 +213,14 @@ fn check_daemonset(ds: &DaemonSet) {
         .as_deref()
         .unwrap()
         .starts_with(&mount.mount_path));
+    assert_eq!(
+        pod.node_selector
+            .as_ref()
+            .and_then(|s| s.get("upgrade.openeuler.org/os-agent"))
+            .map(String::as_str),
+        Some("true"),
+        "the proxy runs only where os-agent does"
+    );
     let tolerations = pod.tolerations.as_deref().unwrap_or_default();
     assert!(
         tolerations
@@ -488,4 +496,62 @@ status:
     let view = operator::rollout::InstanceView::from_instance(&osi);
     assert_eq!(view.phase, Some(NodePhase::Assigned));
     assert_eq!(view.applied_config_version.as_deref(), Some("v1"));
+}
+
+/// `kubectl kustomize deploy/` (the real kubectl): every object of the four
+/// files comes out, the images are the kustomization's (one registry and tag
+/// setting, `make deploy-config`), and the namespace allows the proxy's
+/// privileged pod under Pod Security admission.
+#[test]
+fn kustomize_renders_every_object_with_the_configured_images() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let out = std::process::Command::new("kubectl")
+        .arg("kustomize")
+        .arg(&dir)
+        .output()
+        .expect("kubectl (Debian package kubernetes-client)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs = documents(&String::from_utf8(out.stdout).unwrap());
+    let files: usize = ["crds.yaml", "operator.yaml", "admission.yaml", "proxy.yaml"]
+        .iter()
+        .map(|f| documents(&deploy(f)).len())
+        .sum();
+    assert_eq!(docs.len(), files, "objects lost or added by kustomize");
+    let kustomization: Value = serde_yaml::from_str(&deploy("kustomization.yaml")).unwrap();
+    let image_of = |name: &str| {
+        let i = kustomization["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in kustomization.yaml"));
+        format!(
+            "{}:{}",
+            i["newName"].as_str().unwrap(),
+            i["newTag"].as_str().unwrap()
+        )
+    };
+    let find = |kind: &str, name: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} {name}"))
+    };
+    let container = |d: &Value| d["spec"]["template"]["spec"]["containers"][0].clone();
+    assert_eq!(
+        container(find("Deployment", "os-operator"))["image"],
+        image_of("os-operator")
+    );
+    assert_eq!(
+        container(find("DaemonSet", "os-proxy"))["image"],
+        image_of("os-proxy")
+    );
+    let ns = find("Namespace", "os-upgrade-system");
+    assert_eq!(
+        ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "privileged"
+    );
 }
