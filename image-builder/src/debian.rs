@@ -36,7 +36,8 @@ pub struct RootfsOptions {
 
 /// Packages of every node root, beside the recipe's. `usr-is-merged`
 /// satisfies init-system-helpers' `usrmerge | usr-is-merged` without
-/// usrmerge's perl dependencies (the root is merged-/usr from the start).
+/// usrmerge's perl dependencies (the root is merged-/usr from the start,
+/// made so by mmdebstrap's merged-usr hook, [`MERGED_USR_HOOKS`]).
 pub const BASE_PACKAGES: &[&str] = &[
     "systemd",
     "systemd-sysv",
@@ -47,6 +48,10 @@ pub const BASE_PACKAGES: &[&str] = &[
     "iproute2",
     "usr-is-merged",
 ];
+
+/// mmdebstrap's hook directory that lays out merged-/usr before the
+/// essential packages (debootstrap's way) instead of installing usrmerge.
+pub const MERGED_USR_HOOKS: &str = "/usr/share/mmdebstrap/hooks/merged-usr";
 
 /// dpkg filters: no manuals, documentation (copyrights stay), info pages,
 /// translations. mmdebstrap keeps them in /etc/dpkg/dpkg.cfg.d, so packages
@@ -156,6 +161,10 @@ pub fn run(opts: &RootfsOptions) -> Result<()> {
         },
     )?;
     check_bundle_ready(&opts.out, &opts.version)?;
+    if let Some(epoch) = &plan.source_date_epoch {
+        // The files added after mmdebstrap get its timestamps too.
+        tools::set_tree_mtime(&opts.out, epoch.trim().parse()?)?;
+    }
     let stats = rootfs::tree_stats(&opts.out)?;
     log::info!(
         "node root for version {} in {}: {} MiB, {} inodes, {:.1} s",
@@ -232,6 +241,8 @@ struct Plan {
     /// Canonical text of the inputs; its digest names the cache entry.
     inputs: String,
     source_date_epoch: Option<String>,
+    /// mmdebstrap ships [`MERGED_USR_HOOKS`].
+    merged_usr: bool,
 }
 
 impl Plan {
@@ -264,6 +275,7 @@ impl Plan {
             ),
         };
         let hook = KERNEL_HOOK.replace("@FETCH@", &fetch);
+        let merged_usr = Path::new(MERGED_USR_HOOKS).is_dir();
         let source_date_epoch = std::env::var("SOURCE_DATE_EPOCH").ok();
         if let Some(s) = &source_date_epoch {
             if s.trim().parse::<u64>().is_err() {
@@ -271,7 +283,7 @@ impl Plan {
             }
         }
         let inputs = format!(
-            "os-image debian base 1\nmmdebstrap: {version}\nsuite: {}\nmirror: {}\nvariant: minbase\npackages: {}\nkernel: {kernel_id}\ndpkg: {}\nhook: {}\nSOURCE_DATE_EPOCH: {}\n",
+            "os-image debian base 1\nmmdebstrap: {version}\nsuite: {}\nmirror: {}\nvariant: minbase\npackages: {}\nkernel: {kernel_id}\ndpkg: {}\nhook: {}\nmerged-usr hook: {merged_usr}\nSOURCE_DATE_EPOCH: {}\n",
             recipe.suite,
             recipe.mirror,
             packages.join(","),
@@ -284,6 +296,7 @@ impl Plan {
             hook,
             inputs,
             source_date_epoch,
+            merged_usr,
         })
     }
 
@@ -392,6 +405,11 @@ fn mmdebstrap(plan: &Plan, recipe: &Recipe, hook: &Path, tar: &Path, as_root: bo
     .arg(format!("--include={}", plan.packages.join(",")));
     for f in DPKG_FILTERS {
         cmd.arg(format!("--dpkgopt={f}"));
+    }
+    if plan.merged_usr {
+        cmd.arg(format!("--hook-dir={MERGED_USR_HOOKS}"));
+    } else {
+        log::warn!("{MERGED_USR_HOOKS} not found: mmdebstrap installs usrmerge (and perl) for merged-/usr");
     }
     let hook = hook
         .to_str()
