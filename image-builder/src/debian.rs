@@ -143,7 +143,13 @@ pub fn run(opts: &RootfsOptions) -> Result<()> {
     }
     let as_root = is_root(&opts.out)?;
     let plan = Plan::new(&recipe, &mmdebstrap)?;
-    let base_tar = base_tarball(&plan, &recipe, opts.cache_dir.as_deref(), &opts.out, as_root)?;
+    let base_tar = base_tarball(
+        &plan,
+        &recipe,
+        opts.cache_dir.as_deref(),
+        &opts.out,
+        as_root,
+    )?;
 
     let t = Instant::now();
     fs::create_dir_all(&opts.out).with_context(|| format!("create {}", opts.out.display()))?;
@@ -261,9 +267,9 @@ impl Plan {
                 let digest = blake3::hash(
                     &fs::read(deb).with_context(|| format!("read {}", deb.display()))?,
                 );
-                let path = deb.to_str().with_context(|| {
-                    format!("kernel-deb {} is not a UTF-8 path", deb.display())
-                })?;
+                let path = deb
+                    .to_str()
+                    .with_context(|| format!("kernel-deb {} is not a UTF-8 path", deb.display()))?;
                 (
                     FETCH_DEB.replace("@DEB@", &shell_quote(path)),
                     format!("deb blake3:{}", digest.to_hex()),
@@ -309,7 +315,10 @@ impl Plan {
 enum BaseTar {
     Cached(PathBuf),
     /// The work directory (removed on drop) and the tarball in it.
-    Temp { _work: tempfile::TempDir, tar: PathBuf },
+    Temp {
+        _work: tempfile::TempDir,
+        tar: PathBuf,
+    },
 }
 
 impl BaseTar {
@@ -409,7 +418,9 @@ fn mmdebstrap(plan: &Plan, recipe: &Recipe, hook: &Path, tar: &Path, as_root: bo
     if plan.merged_usr {
         cmd.arg(format!("--hook-dir={MERGED_USR_HOOKS}"));
     } else {
-        log::warn!("{MERGED_USR_HOOKS} not found: mmdebstrap installs usrmerge (and perl) for merged-/usr");
+        log::warn!(
+            "{MERGED_USR_HOOKS} not found: mmdebstrap installs usrmerge (and perl) for merged-/usr"
+        );
     }
     let hook = hook
         .to_str()
@@ -479,12 +490,11 @@ fn mmdebstrap(plan: &Plan, recipe: &Recipe, hook: &Path, tar: &Path, as_root: bo
 /// root, owners are lost (the bundle makes every file 0:0).
 fn unpack(tar: &Path, out: &Path, as_root: bool) -> Result<()> {
     let mut cmd = tools::command("tar")?;
-    cmd.arg("-x")
-        .arg("-f")
-        .arg(tar)
-        .arg("-C")
-        .arg(out)
-        .args(["--numeric-owner", "--same-permissions", "--exclude=./dev/*"]);
+    cmd.arg("-x").arg("-f").arg(tar).arg("-C").arg(out).args([
+        "--numeric-owner",
+        "--same-permissions",
+        "--exclude=./dev/*",
+    ]);
     if as_root {
         cmd.args(["--same-owner", "--xattrs", "--xattrs-include=*"]);
     } else {

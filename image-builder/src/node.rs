@@ -224,7 +224,8 @@ fn install_agent(root: &Path, recipe: &Recipe, agent: &Path) -> Result<()> {
             0o755,
         )?;
     }
-    let mut allowed = String::from("# Failed units that do not fail the health gate (recipe: allow-failed).\n");
+    let mut allowed =
+        String::from("# Failed units that do not fail the health gate (recipe: allow-failed).\n");
     for unit in &recipe.allow_failed {
         allowed.push_str(unit);
         allowed.push('\n');
@@ -279,9 +280,15 @@ fn add_users(root: &Path, recipe: &Recipe, as_root: bool) -> Result<()> {
     };
     let mut next = 1000;
     for u in &recipe.users {
-        let exists = passwd.lines().any(|l| l.split(':').next() == Some(u.name.as_str()));
+        let exists = passwd
+            .lines()
+            .any(|l| l.split(':').next() == Some(u.name.as_str()));
         if exists {
-            bail!("recipe line {}: user {} exists in the Debian base already", u.line, u.name);
+            bail!(
+                "recipe line {}: user {} exists in the Debian base already",
+                u.line,
+                u.name
+            );
         }
         let uid = match u.uid {
             Some(uid) => {
@@ -302,7 +309,11 @@ fn add_users(root: &Path, recipe: &Recipe, as_root: bool) -> Result<()> {
             }
         };
         let name = &u.name;
-        rootwrite::append(root, "etc/passwd", &format!("{name}:x:{uid}:{uid}::/home/{name}:/bin/bash\n"))?;
+        rootwrite::append(
+            root,
+            "etc/passwd",
+            &format!("{name}:x:{uid}:{uid}::/home/{name}:/bin/bash\n"),
+        )?;
         rootwrite::append(root, "etc/group", &format!("{name}:x:{uid}:\n"))?;
         // `*`: no password login; SSH keys work.
         rootwrite::append(root, "etc/shadow", &format!("{name}:*::0:99999:7:::\n"))?;
@@ -337,7 +348,12 @@ fn add_users(root: &Path, recipe: &Recipe, as_root: bool) -> Result<()> {
         }
         let ssh = rootwrite::ensure_dir(root, &format!("{home}/.ssh"))?;
         fs::set_permissions(&ssh, fs::Permissions::from_mode(0o700))?;
-        let file = rootwrite::write(root, &format!("{home}/.ssh/authorized_keys"), keys.as_bytes(), 0o600)?;
+        let file = rootwrite::write(
+            root,
+            &format!("{home}/.ssh/authorized_keys"),
+            keys.as_bytes(),
+            0o600,
+        )?;
         chown(&ssh, uid, as_root)?;
         chown(&file, uid, as_root)?;
     }
@@ -401,13 +417,26 @@ mod tests {
         let (ok, err) = systemd_check("starting", &[], &[]);
         assert!(!ok && err.contains("systemd is starting"), "{err}");
         let (ok, err) = systemd_check("", &[], &[]);
-        assert!(!ok && err.contains("did not finish booting within 5s"), "{err}");
+        assert!(
+            !ok && err.contains("did not finish booting within 5s"),
+            "{err}"
+        );
         let allowed = ["systemd-networkd-wait-online.service"];
         assert!(systemd_check("degraded", &allowed, &allowed).0);
         let (ok, err) = systemd_check("degraded", &["containerd.service", allowed[0]], &allowed);
         assert!(!ok, "{err}");
-        assert!(err.contains(": containerd.service") && !err.contains("wait-online"), "{err}");
+        assert!(
+            err.contains(": containerd.service") && !err.contains("wait-online"),
+            "{err}"
+        );
         // A prefix of an allowed name is not allowed.
-        assert!(!systemd_check("degraded", &["systemd-networkd.service"], &["systemd-networkd.service.d"]).0);
+        assert!(
+            !systemd_check(
+                "degraded",
+                &["systemd-networkd.service"],
+                &["systemd-networkd.service.d"]
+            )
+            .0
+        );
     }
 }

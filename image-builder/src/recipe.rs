@@ -251,7 +251,12 @@ pub fn parse(text: &str, base: &Path) -> Result<Recipe, RecipeError> {
             "boot-timeout" => {
                 r.boot_timeout = match value.parse::<u32>() {
                     Ok(s @ 10..=3600) => s,
-                    _ => return err(n, format!("boot-timeout {value:?} is not 10 to 3600 seconds")),
+                    _ => {
+                        return err(
+                            n,
+                            format!("boot-timeout {value:?} is not 10 to 3600 seconds"),
+                        )
+                    }
                 }
             }
             "network" => {
@@ -298,7 +303,10 @@ fn check_cross(r: &Recipe) -> Result<(), RecipeError> {
         if let Some(first) = r.users[..i].iter().find(|o| o.name == u.name) {
             return err(
                 u.line,
-                format!("user {} is declared twice (first on line {})", u.name, first.line),
+                format!(
+                    "user {} is declared twice (first on line {})",
+                    u.name, first.line
+                ),
             );
         }
         if let Some(uid) = u.uid {
@@ -325,7 +333,10 @@ fn check_cross(r: &Recipe) -> Result<(), RecipeError> {
         if let Some(first) = r.files[..i].iter().find(|o| o.dest == f.dest) {
             return err(
                 f.line,
-                format!("/{} is written twice (first on line {})", f.dest, first.line),
+                format!(
+                    "/{} is written twice (first on line {})",
+                    f.dest, first.line
+                ),
             );
         }
     }
@@ -346,7 +357,10 @@ fn check_suite(n: usize, v: &str) -> Result<String, RecipeError> {
         && v.chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if !ok {
-        return err(n, format!("suite {v:?} is not a Debian suite name (e.g. bookworm)"));
+        return err(
+            n,
+            format!("suite {v:?} is not a Debian suite name (e.g. bookworm)"),
+        );
     }
     Ok(v.into())
 }
@@ -386,7 +400,14 @@ pub fn check_package(n: usize, v: &str) -> Result<String, RecipeError> {
 
 /// Unit suffixes `enable` and `allow-failed` accept.
 const UNIT_TYPES: &[&str] = &[
-    "service", "socket", "timer", "target", "path", "mount", "automount", "swap",
+    "service",
+    "socket",
+    "timer",
+    "target",
+    "path",
+    "mount",
+    "automount",
+    "swap",
 ];
 
 /// A systemd unit name (`name.type`, `name@instance.type`).
@@ -454,17 +475,28 @@ fn parse_user(n: usize, v: &str) -> Result<User, RecipeError> {
     let mut words = v.split_whitespace();
     let name = check_user_name(n, words.next().unwrap_or_default())?;
     if name == "root" {
-        return err(n, "root exists already; give root keys with authorized-key = root ...");
+        return err(
+            n,
+            "root exists already; give root keys with authorized-key = root ...",
+        );
     }
     let uid = match words.next() {
         None => None,
         Some(u) => match u.parse::<u32>() {
             Ok(uid @ 1000..=59999) => Some(uid),
-            _ => return err(n, format!("uid {u:?} is not 1000 to 59999 (Debian's range for users)")),
+            _ => {
+                return err(
+                    n,
+                    format!("uid {u:?} is not 1000 to 59999 (Debian's range for users)"),
+                )
+            }
         },
     };
     if let Some(extra) = words.next() {
-        return err(n, format!("unexpected {extra:?} after user {name} (user = NAME [UID])"));
+        return err(
+            n,
+            format!("unexpected {extra:?} after user {name} (user = NAME [UID])"),
+        );
     }
     Ok(User { name, uid, line: n })
 }
@@ -555,7 +587,9 @@ fn parse_file(n: usize, v: &str, base: &Path) -> Result<ExtraFile, RecipeError> 
 /// `..`, empty), not under a reserved place. Returns it relative (`etc/motd`).
 pub fn check_dest(dest: &str) -> Result<String, String> {
     let Some(rel) = dest.strip_prefix('/') else {
-        return Err(format!("file destination {dest:?} must be an absolute path"));
+        return Err(format!(
+            "file destination {dest:?} must be an absolute path"
+        ));
     };
     let parts: Vec<&str> = rel.split('/').collect();
     if rel.is_empty()
@@ -641,7 +675,10 @@ file = files/motd -> /etc/motd
             r.authorized_keys[0].key,
             "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGV4YW1wbGU= alice@laptop"
         );
-        assert_eq!(r.files[0].base.join(&r.files[0].src), PathBuf::from("/recipes/files/motd"));
+        assert_eq!(
+            r.files[0].base.join(&r.files[0].src),
+            PathBuf::from("/recipes/files/motd")
+        );
         assert_eq!(r.files[0].dest, "etc/motd");
         assert_eq!(r.files[1].dest, "etc/systemd/timesyncd.conf.d/ntp.conf");
         assert_eq!(r.network, Network::Dhcp);
@@ -665,13 +702,25 @@ file = files/motd -> /etc/motd
             ("no equals sign\n", 1, "expected `key = value`"),
             ("# c\n\ncolour = blue\n", 3, "unknown key \"colour\""),
             ("hostname =\n", 1, "hostname needs a value"),
-            ("hostname = a\nhostname = b\n", 2, "set twice (first on line 1)"),
+            (
+                "hostname = a\nhostname = b\n",
+                2,
+                "set twice (first on line 1)",
+            ),
             ("hostname = Node_1\n", 1, "not a host name"),
             ("hostname = a\r\n", 1, "carriage return"),
             ("hostname = a\u{1b}[1m\n", 1, "control character"),
-            ("packages = curl Foo\n", 1, "\"Foo\" is not a Debian package name"),
+            (
+                "packages = curl Foo\n",
+                1,
+                "\"Foo\" is not a Debian package name",
+            ),
             ("packages = curl;rm\n", 1, "not a Debian package name"),
-            ("mirror = ftp://x/debian\n", 1, "not an http:// or https:// URL"),
+            (
+                "mirror = ftp://x/debian\n",
+                1,
+                "not an http:// or https:// URL",
+            ),
             ("mirror = http://x/de bian\n", 1, "not an http://"),
             ("mirror = http://x/$(id)\n", 1, "not an http://"),
             ("enable = ssh\n", 1, "not a systemd unit name"),
@@ -684,25 +733,65 @@ file = files/motd -> /etc/motd
             ("user = root\n", 1, "root exists already"),
             ("user = a 99\n", 1, "not 1000 to 59999"),
             ("user = a 1000 x\n", 1, "unexpected \"x\""),
-            ("user = a\nuser = a\n", 2, "declared twice (first on line 1)"),
-            ("user = a 1001\nuser = b 1001\n", 2, "uid 1001 is given twice"),
-            ("authorized-key = root ssh-dss AAAAB3NzaC1yc2EAAAADAQAB\n", 1, "not an SSH key type"),
-            ("authorized-key = root ssh-rsa AAAA!!!!AAAAAAAAAAAA\n", 1, "not base64"),
-            ("authorized-key = root command=\"x\" ssh-rsa AAAAB3NzaC1yc2EAAAADAQAB\n", 1, "not an SSH key type"),
-            ("authorized-key = eve ssh-rsa AAAAB3NzaC1yc2EAAAADAQAB\n", 1, "neither root nor a `user`"),
+            (
+                "user = a\nuser = a\n",
+                2,
+                "declared twice (first on line 1)",
+            ),
+            (
+                "user = a 1001\nuser = b 1001\n",
+                2,
+                "uid 1001 is given twice",
+            ),
+            (
+                "authorized-key = root ssh-dss AAAAB3NzaC1yc2EAAAADAQAB\n",
+                1,
+                "not an SSH key type",
+            ),
+            (
+                "authorized-key = root ssh-rsa AAAA!!!!AAAAAAAAAAAA\n",
+                1,
+                "not base64",
+            ),
+            (
+                "authorized-key = root command=\"x\" ssh-rsa AAAAB3NzaC1yc2EAAAADAQAB\n",
+                1,
+                "not an SSH key type",
+            ),
+            (
+                "authorized-key = eve ssh-rsa AAAAB3NzaC1yc2EAAAADAQAB\n",
+                1,
+                "neither root nor a `user`",
+            ),
             ("file = motd\n", 1, "SRC -> DEST"),
             ("file = motd -> \n", 1, "SRC -> DEST"),
-            ("file = ../secret -> /etc/x\n", 1, "inside the recipe's directory"),
-            ("file = /etc/shadow -> /etc/x\n", 1, "inside the recipe's directory"),
+            (
+                "file = ../secret -> /etc/x\n",
+                1,
+                "inside the recipe's directory",
+            ),
+            (
+                "file = /etc/shadow -> /etc/x\n",
+                1,
+                "inside the recipe's directory",
+            ),
             ("file = a -> etc/x\n", 1, "must be an absolute path"),
             ("file = a -> /etc/../x\n", 1, "plain components"),
             ("file = a -> /etc//x\n", 1, "plain components"),
             ("file = a -> /etc/\n", 1, "plain components"),
             ("file = a -> /var/lib/x\n", 1, "under /var"),
             ("file = a -> /etc/os-release\n", 1, "under /etc/os-release"),
-            ("file = a -> /usr/lib/modules/x.ko\n", 1, "under /usr/lib/modules"),
+            (
+                "file = a -> /usr/lib/modules/x.ko\n",
+                1,
+                "under /usr/lib/modules",
+            ),
             ("file = a -> /lib/x\n", 1, "under /lib"),
-            ("file = a -> /etc/x\nfile = b -> /etc/x\n", 2, "written twice (first on line 1)"),
+            (
+                "file = a -> /etc/x\nfile = b -> /etc/x\n",
+                2,
+                "written twice (first on line 1)",
+            ),
             ("kernel-deb = k.tar\n", 1, "not a .deb"),
             ("kernel-deb = ../k.deb\n", 1, "`..` is not allowed"),
             ("kernel-package = vim\n", 1, "not a linux-image-* package"),
@@ -732,10 +821,24 @@ file = files/motd -> /etc/motd
 
     #[test]
     fn unit_names() {
-        for good in ["ssh.service", "serial-getty@ttyS0.service", "a:b\\x2d.mount", "x.timer"] {
+        for good in [
+            "ssh.service",
+            "serial-getty@ttyS0.service",
+            "a:b\\x2d.mount",
+            "x.timer",
+        ] {
             assert!(is_unit_name(good), "{good}");
         }
-        for bad in ["ssh", ".service", "-x.service", "a/b.service", "a b.service", "x.exe", "a@b@c.service", "@x.service"] {
+        for bad in [
+            "ssh",
+            ".service",
+            "-x.service",
+            "a/b.service",
+            "a b.service",
+            "x.exe",
+            "a@b@c.service",
+            "@x.service",
+        ] {
             assert!(!is_unit_name(bad), "{bad}");
         }
     }

@@ -131,7 +131,9 @@ mod tests {
         fs::create_dir_all(&outside).unwrap();
         symlink(&outside, root.join("escape")).unwrap();
         symlink("/etc", root.join("etc-link")).unwrap();
-        let e = write(&root, "escape/x", b"1", 0o644).unwrap_err().to_string();
+        let e = write(&root, "escape/x", b"1", 0o644)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("is a symlink"), "{e}");
         assert!(write(&root, "etc-link/passwd", b"1", 0o644).is_err());
         assert!(write(&root, "a/../escape/x", b"1", 0o644).is_err());
@@ -150,7 +152,13 @@ mod tests {
         append(&root, "d/e/f", "b\n").unwrap();
         assert_eq!(read(&root, "d/e/f").unwrap(), "a\nb\n");
         link(&root, "d/l", "/usr/lib/x").unwrap();
-        assert_eq!(fs::read_link(root.join("d/l")).unwrap(), Path::new("/usr/lib/x"));
-        assert!(write(&root, "d/e", b"x", 0o644).unwrap_err().to_string().contains("directory"));
+        assert_eq!(
+            fs::read_link(root.join("d/l")).unwrap(),
+            Path::new("/usr/lib/x")
+        );
+        assert!(write(&root, "d/e", b"x", 0o644)
+            .unwrap_err()
+            .to_string()
+            .contains("directory"));
     }
 }

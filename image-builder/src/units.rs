@@ -156,7 +156,10 @@ fn enable_one(
             None => bail!("cannot enable the template {unit} without an instance (name it as {}: NAME@INSTANCE.{kind})", unit),
         }
     }
-    for (targets, dir) in [(&install.wanted_by, "wants"), (&install.required_by, "requires")] {
+    for (targets, dir) in [
+        (&install.wanted_by, "wants"),
+        (&install.required_by, "requires"),
+    ] {
         for target in targets {
             if !is_unit_name(target) || target.contains('%') {
                 bail!("{path}: cannot enable {unit}: {target:?} is not a unit name");
@@ -193,7 +196,10 @@ mod tests {
         assert_eq!(i.alias, ["x.service"]);
         assert_eq!(i.also, ["y.socket"]);
         assert_eq!(i.default_instance.as_deref(), Some("ttyS0"));
-        assert_eq!(template_of("getty@tty1.service").as_deref(), Some("getty@.service"));
+        assert_eq!(
+            template_of("getty@tty1.service").as_deref(),
+            Some("getty@.service")
+        );
         assert_eq!(template_of("getty@.service"), None);
     }
 
@@ -206,11 +212,27 @@ mod tests {
         fs::create_dir_all(root.join("etc/systemd/system")).unwrap();
         symlink("usr/lib", root.join("lib")).unwrap();
         fs::write(units.join("a.service"), "[Service]\nExecStart=/x\n[Install]\nWantedBy=multi-user.target\nAlias=b.service\nAlso=a.socket\n").unwrap();
-        fs::write(units.join("a.socket"), "[Install]\nWantedBy=sockets.target\n").unwrap();
-        fs::write(units.join("getty@.service"), "[Install]\nWantedBy=getty.target\nDefaultInstance=tty1\n").unwrap();
+        fs::write(
+            units.join("a.socket"),
+            "[Install]\nWantedBy=sockets.target\n",
+        )
+        .unwrap();
+        fs::write(
+            units.join("getty@.service"),
+            "[Install]\nWantedBy=getty.target\nDefaultInstance=tty1\n",
+        )
+        .unwrap();
         fs::write(units.join("static.service"), "[Service]\nExecStart=/x\n").unwrap();
-        fs::write(units.join("evil.service"), "[Install]\nWantedBy=../../../tmp/x.target\n").unwrap();
-        fs::write(units.join("evil2.service"), "[Install]\nAlias=../../x.service\n").unwrap();
+        fs::write(
+            units.join("evil.service"),
+            "[Install]\nWantedBy=../../../tmp/x.target\n",
+        )
+        .unwrap();
+        fs::write(
+            units.join("evil2.service"),
+            "[Install]\nAlias=../../x.service\n",
+        )
+        .unwrap();
         let links = enable(root, "a.service").unwrap();
         assert_eq!(
             links,
@@ -225,13 +247,19 @@ mod tests {
             Path::new("/usr/lib/systemd/system/a.service")
         );
         let links = enable(root, "getty@ttyS0.service").unwrap();
-        assert_eq!(links, ["etc/systemd/system/getty.target.wants/getty@ttyS0.service"]);
+        assert_eq!(
+            links,
+            ["etc/systemd/system/getty.target.wants/getty@ttyS0.service"]
+        );
         assert_eq!(
             fs::read_link(root.join(&links[0])).unwrap(),
             Path::new("/usr/lib/systemd/system/getty@.service")
         );
         let links = enable(root, "getty@.service").unwrap();
-        assert_eq!(links, ["etc/systemd/system/getty.target.wants/getty@tty1.service"]);
+        assert_eq!(
+            links,
+            ["etc/systemd/system/getty.target.wants/getty@tty1.service"]
+        );
         let e = enable(root, "static.service").unwrap_err().to_string();
         assert!(e.contains("no [Install] section"), "{e}");
         let e = enable(root, "nope.service").unwrap_err().to_string();
@@ -240,7 +268,11 @@ mod tests {
         assert!(enable(root, "evil2.service").is_err());
         assert!(!root.join("tmp").exists());
         symlink("/dev/null", root.join("etc/systemd/system/masked.service")).unwrap();
-        fs::write(units.join("masked.service"), "[Install]\nWantedBy=multi-user.target\n").unwrap();
+        fs::write(
+            units.join("masked.service"),
+            "[Install]\nWantedBy=multi-user.target\n",
+        )
+        .unwrap();
         let e = enable(root, "masked.service").unwrap_err().to_string();
         assert!(e.contains("masked"), "{e}");
     }
