@@ -230,7 +230,7 @@ pub fn parse(text: &str, base: &Path) -> Result<Recipe, RecipeError> {
                 kernel_line = Some(n);
                 r.kernel = if key == "kernel-deb" {
                     let p = local_path(n, key, value, base)?;
-                    if p.extension().is_none_or(|e| e != "deb") {
+                    if p.extension() != Some(std::ffi::OsStr::new("deb")) {
                         return err(n, format!("kernel-deb {value:?} is not a .deb file name"));
                     }
                     Kernel::Deb(p)
