@@ -104,6 +104,8 @@ linux-image-[0-9]*) ;;
 *) pkg=$(chroot "$root" apt-cache depends "$pkg" | sed -n 's/^ *Depends: *\(linux-image-[0-9][^ ]*\)$/\1/p' | head -n 1) ;;
 esac
 [ -n "$pkg" ] || { echo "os-image: cannot resolve the kernel package "@PKG@ >&2; exit 1; }
+# apt downloads as _apt: let it write there (else it warns and downloads as root).
+chroot "$root" chown _apt /tmp/os-image-kernel
 chroot "$root" sh -c 'cd /tmp/os-image-kernel && apt-get download -q "$1"' sh "$pkg"
 mv "$work/$pkg"_*.deb "$work/kernel.deb""#;
 
@@ -262,7 +264,9 @@ impl Plan {
         packages.dedup();
         let version = tools::run(std::process::Command::new(mmdebstrap).arg("--version"))?;
         let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
-        let (fetch, kernel_id) = match &recipe.kernel {
+        // The key covers the hook's text with the fetch step as a template
+        // (the .deb's path does not matter, its digest does).
+        let (fetch, kernel_id, fetch_template) = match &recipe.kernel {
             Kernel::Deb(deb) => {
                 let digest = blake3::hash(
                     &fs::read(deb).with_context(|| format!("read {}", deb.display()))?,
@@ -273,11 +277,13 @@ impl Plan {
                 (
                     FETCH_DEB.replace("@DEB@", &shell_quote(path)),
                     format!("deb blake3:{}", digest.to_hex()),
+                    FETCH_DEB,
                 )
             }
             Kernel::Package(name) => (
                 FETCH_PACKAGE.replace("@PKG@", &shell_quote(name)),
                 format!("package {name}"),
+                FETCH_PACKAGE,
             ),
         };
         let hook = KERNEL_HOOK.replace("@FETCH@", &fetch);
@@ -294,7 +300,7 @@ impl Plan {
             recipe.mirror,
             packages.join(","),
             DPKG_FILTERS.join(" "),
-            blake3::hash(KERNEL_HOOK.as_bytes()).to_hex(),
+            blake3::hash(KERNEL_HOOK.replace("@FETCH@", fetch_template).as_bytes()).to_hex(),
             source_date_epoch.as_deref().unwrap_or("unset"),
         );
         Ok(Plan {
@@ -540,6 +546,55 @@ mod tests {
             .output()
             .unwrap();
         assert_eq!(out.stdout, b"$(id)'`x`\"");
+    }
+
+    /// The cache key follows what goes into the base, and only that.
+    #[test]
+    fn the_cache_key_covers_the_base_inputs_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let fake = d.join("mmdebstrap");
+        fs::write(&fake, "#!/bin/sh\necho mmdebstrap 1.3.5\n").unwrap();
+        fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        fs::create_dir(d.join("elsewhere")).unwrap();
+        fs::write(d.join("k.deb"), "kernel 1").unwrap();
+        fs::write(d.join("elsewhere/k.deb"), "kernel 1").unwrap();
+        let key = |text: &str| {
+            let r = recipe::parse(text, d).unwrap();
+            Plan::new(&r, &fake).unwrap().key()
+        };
+        let base = key("kernel-deb = k.deb\n");
+        assert_eq!(
+            base,
+            key("kernel-deb = k.deb\nhostname = other\nuser = u\nenable = x.service\n")
+        );
+        assert_eq!(
+            base,
+            key("kernel-deb = elsewhere/k.deb\n"),
+            "the path does not matter"
+        );
+        assert_ne!(base, key("kernel-deb = k.deb\npackages = curl\n"));
+        assert_ne!(
+            base,
+            key("kernel-deb = k.deb\nmirror = http://mirror.example/debian\n")
+        );
+        assert_ne!(base, key("kernel-deb = k.deb\nsuite = trixie\n"));
+        assert_ne!(base, key("kernel-package = linux-image-amd64\n"));
+        assert_ne!(
+            key("kernel-package = linux-image-amd64\n"),
+            key("kernel-package = linux-image-cloud-amd64\n")
+        );
+        // Package order and repeats do not matter.
+        assert_eq!(
+            key("kernel-deb = k.deb\npackages = jq curl\n"),
+            key("kernel-deb = k.deb\npackages = curl\npackages = jq curl systemd\n")
+        );
+        fs::write(d.join("k.deb"), "kernel 2").unwrap();
+        assert_ne!(
+            base,
+            key("kernel-deb = k.deb\n"),
+            "the kernel's content matters"
+        );
     }
 
     #[test]
