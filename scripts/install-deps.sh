@@ -6,7 +6,7 @@ set -eu
 
 packages="qemu-system-x86 ovmf grub-efi-amd64-bin grub2-common mtools dosfstools
 e2fsprogs gdisk busybox-static kmod zstd file openssl nginx musl-tools
-docker-registry skopeo qemu-utils cryptsetup-bin"
+docker-registry skopeo qemu-utils cryptsetup-bin mmdebstrap"
 
 # kubectl renders deploy/ with kustomize in the tests; any kubectl will do.
 command -v kubectl >/dev/null 2>&1 || packages="$packages kubernetes-client"

@@ -1,7 +1,7 @@
 //! `os-image` command line.
 
 use crate::oci::push::{Auth, PushOptions};
-use crate::{bundle, demo, disk, oci};
+use crate::{bundle, debian, demo, disk, oci};
 use bootctl::record::ConfirmPolicy;
 use bootctl::Slot;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -177,6 +177,33 @@ pub enum Command {
         #[arg(long, value_name = "USER:PASS", requires = "push")]
         creds: Option<String>,
     },
+    /// Build a node root filesystem (systemd, containerd, os-agent, a kernel) from a recipe
+    ///
+    /// The base comes from mmdebstrap (Debian package mmdebstrap; --mode=root as root,
+    /// --mode=unshare otherwise) and the recipe's mirror; the kernel package is unpacked
+    /// without running an initramfs generator. The result goes to `os-image bundle` as it is.
+    /// Recipe format: docs/node-image.md. SOURCE_DATE_EPOCH fixes the timestamps.
+    #[command(verbatim_doc_comment)]
+    Rootfs {
+        /// Distribution to build from
+        #[arg(long, value_parser = ["debian"])]
+        from: String,
+        /// The recipe (key = value lines; docs/node-image.md)
+        #[arg(long)]
+        recipe: PathBuf,
+        /// Version written to /etc/os-release (VERSION_ID); give the same to `os-image bundle`
+        #[arg(long)]
+        version: String,
+        /// Output directory (must not exist or be empty)
+        #[arg(long)]
+        out: PathBuf,
+        /// Static os-agent binary [default: the recipe's agent, else os-agent beside os-image]
+        #[arg(long)]
+        agent: Option<PathBuf>,
+        /// Keep and reuse the mmdebstrap base tarball here (debian-<digest of its inputs>.tar)
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+    },
     /// Build the minimal demo root filesystem (busybox + a Debian kernel package)
     DemoRootfs {
         /// Version written to /etc/os-release and printed at boot
@@ -339,6 +366,21 @@ pub fn main() -> i32 {
                     (None, None) => Auth::Anonymous,
                 },
             }),
+        }),
+        Command::Rootfs {
+            from,
+            recipe,
+            version,
+            out,
+            agent,
+            cache_dir,
+        } => debian::run(&debian::RootfsOptions {
+            from,
+            recipe,
+            out,
+            version,
+            agent,
+            cache_dir,
         }),
         Command::DemoRootfs {
             version,

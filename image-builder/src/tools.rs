@@ -16,6 +16,7 @@ fn package_of(tool: &str) -> &'static str {
         "qemu-img" => "qemu-utils",
         "busybox" => "busybox-static",
         "dpkg-deb" => "dpkg",
+        "mmdebstrap" => "mmdebstrap",
         _ => "the package that provides it",
     }
 }
