@@ -172,12 +172,6 @@ pub enum CheckState {
         serde(rename = "verified")
     )]
     Verified,
-    /// The root is mounted through dm-verity; the whole-device read was skipped.
-    #[cfg_attr(
-        any(feature = "serde", feature = "miniserde"),
-        serde(rename = "active")
-    )]
-    Active,
     /// Some block does not match the tree: the slot's bytes changed after
     /// they were written. Reads of those blocks fail with EIO.
     #[cfg_attr(
@@ -198,9 +192,8 @@ pub enum CheckState {
 }
 
 impl CheckState {
-    pub const ALL: [CheckState; 5] = [
+    pub const ALL: [CheckState; 4] = [
         CheckState::Verified,
-        CheckState::Active,
         CheckState::Corrupt,
         CheckState::Unavailable,
         CheckState::Off,
@@ -209,7 +202,6 @@ impl CheckState {
     pub fn as_str(self) -> &'static str {
         match self {
             CheckState::Verified => "verified",
-            CheckState::Active => "active",
             CheckState::Corrupt => "corrupt",
             CheckState::Unavailable => "unavailable",
             CheckState::Off => "off",
