@@ -271,7 +271,7 @@ async fn publish_drain_failed(p: &Proxy, message: &str) {
     let event = Event {
         type_: EventType::Warning,
         reason: "DrainFailed".into(),
-        note: Some(message.chars().take(1000).collect()),
+        note: Some(operator::note::note(message)),
         action: "Drain".into(),
         secondary: None,
     };

@@ -134,7 +134,7 @@ impl OsCtx<'_> {
         let ev = Event {
             type_,
             reason: reason.to_string(),
-            note: Some(note),
+            note: Some(crate::note::note(&note)),
             action: reason.to_string(),
             secondary: node.map(node_ref),
         };
@@ -173,7 +173,7 @@ impl OsCtx<'_> {
             },
             action: Some(reason.to_owned()),
             reason: Some(reason.to_owned()),
-            note: Some(note),
+            note: Some(crate::note::note(&note)),
             event_time: Some(MicroTime(Timestamp::now())),
             regarding: Some(self.os_ref.clone()),
             related: Some(node_ref(node)),

@@ -128,12 +128,25 @@ impl Cluster {
     /// Plays proxy and agent on every node until the returned handle is dropped: nodes in
     /// `bad` fall back to the old version and report a failure.
     pub fn simulate_nodes(&self, names: &[String], bad: &[&str], step: Duration) -> Simulation {
+        self.simulate_nodes_failing_with(names, bad, step, None)
+    }
+
+    /// As [`simulate_nodes`](Self::simulate_nodes), the bad nodes reporting `error` as their
+    /// `lastError` (a default message when `None`).
+    pub fn simulate_nodes_failing_with(
+        &self,
+        names: &[String],
+        bad: &[&str],
+        step: Duration,
+        error: Option<String>,
+    ) -> Simulation {
         let mut tasks = Vec::new();
         for name in names {
             let client = self.client.clone();
             let name = name.clone();
             let bad = bad.contains(&name.as_str());
-            tasks.push(tokio::spawn(node_loop(client, name, bad, step)));
+            let error = error.clone();
+            tasks.push(tokio::spawn(node_loop(client, name, bad, step, error)));
         }
         Simulation { tasks }
     }
@@ -264,7 +277,7 @@ async fn set_phase(api: &Api<OsInstance>, name: &str, status: Value) {
 
 /// One node: waits for its OSInstance to ask for an upgrade, then walks the steps a real proxy
 /// and agent take, in the order that keeps the node counted unavailable throughout.
-async fn node_loop(client: Client, name: String, bad: bool, step: Duration) {
+async fn node_loop(client: Client, name: String, bad: bool, step: Duration, error: Option<String>) {
     let nodes: Api<Node> = Api::all(client.clone());
     let instances: Api<OsInstance> = Api::namespaced(client, NS);
     loop {
@@ -296,8 +309,11 @@ async fn node_loop(client: Client, name: String, bad: bool, step: Duration) {
         set_node(&nodes, &name, true, running).await;
         cordon(&nodes, &name, false).await;
         let result = if bad {
+            let error = error
+                .clone()
+                .unwrap_or_else(|| format!("trial boot of {target} failed; fell back to {OLD}"));
             json!({ "phase": "Failed", "currentVersion": OLD, "finishedAt": now,
-                    "lastError": format!("trial boot of {target} failed; fell back to {OLD}") })
+                    "lastError": error })
         } else {
             json!({ "phase": "Succeeded", "currentVersion": target, "progress": 100, "finishedAt": now })
         };
