@@ -238,6 +238,11 @@ fn http_get(port: u16, path: &str) -> std::io::Result<String> {
     Ok(out)
 }
 
+/// The kubelet's report: Ready, running `os_image`.
+pub async fn set_node_ready(nodes: &Api<Node>, name: &str, os_image: &str) {
+    set_node(nodes, name, true, os_image).await;
+}
+
 async fn set_node(nodes: &Api<Node>, name: &str, ready: bool, os_image: &str) {
     let status = json!({ "status": {
         "conditions": [{ "type": "Ready", "status": if ready { "True" } else { "False" } }],
