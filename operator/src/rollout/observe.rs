@@ -6,13 +6,18 @@ use std::collections::{BTreeMap, HashMap};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Node;
 
+use super::plan::Plan;
 use super::selector::is_control_plane;
-use crate::crd::{ownership, NodePhase, NodeStatus, OpsType, OsInstance, Ownership};
+use super::selects;
+use crate::crd::{ownership, NodePhase, NodeStatus, OpsType, OsInstance, OsSpec, Ownership};
 
 /// Every node of the cluster, each with its OSInstance if the proxy on it created one.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Observed {
     pub nodes: Vec<NodeView>,
+    /// Nodes that other OS resources select for another target: node name to those
+    /// resources (`namespace/name`). See [`Observed::with_contested`].
+    pub contested: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -124,7 +129,36 @@ impl Observed {
                 NodeView::from_node(node, instance)
             })
             .collect();
-        Observed { nodes }
+        Observed {
+            nodes,
+            contested: BTreeMap::new(),
+        }
+    }
+
+    /// Records the nodes both `spec` and one of `others` (`namespace/name`, spec) select,
+    /// when that other resource wants another operation or target: two OS resources driving
+    /// one node to different versions would undo each other's work forever. Others whose
+    /// spec is invalid start nothing and are left out.
+    pub fn with_contested(mut self, spec: &OsSpec, others: &[(String, &OsSpec)]) -> Observed {
+        let want = |s: &OsSpec| Plan::from_spec(s).ok().map(|p| (p.operation, p.target));
+        let mine = want(spec);
+        for (key, other) in others {
+            let theirs = want(other);
+            if theirs.is_none() || theirs == mine {
+                continue;
+            }
+            for node in self
+                .nodes
+                .iter()
+                .filter(|n| selects(spec, n) && selects(other, n))
+            {
+                self.contested
+                    .entry(node.name.clone())
+                    .or_default()
+                    .push(key.clone());
+            }
+        }
+        self
     }
 }
 

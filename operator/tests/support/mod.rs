@@ -83,6 +83,29 @@ impl Cluster {
         api.create(&PostParams::default(), &os).await.unwrap()
     }
 
+    /// An OS resource named `name` (the others are named `os`).
+    pub async fn create_named_os(&self, name: &str, spec: Value) -> Os {
+        let os: Os = serde_json::from_value(json!({
+            "apiVersion": "upgrade.openeuler.org/v1alpha1", "kind": "OS",
+            "metadata": { "name": name, "namespace": NS },
+            "spec": spec,
+        }))
+        .unwrap();
+        let api: Api<Os> = Api::namespaced(self.client.clone(), NS);
+        api.create(&PostParams::default(), &os).await.unwrap()
+    }
+
+    /// Sets the node's `upgrade.openeuler.org/node-selector` label (`nodeselector` values).
+    pub async fn label_node(&self, name: &str, value: &str) {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let patch = json!({"metadata": {"labels": {
+            operator::rollout::NODE_SELECTOR_LABEL: value}}});
+        nodes
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+    }
+
     pub async fn os(&self) -> Os {
         let api: Api<Os> = Api::namespaced(self.client.clone(), NS);
         api.get("os").await.unwrap()
