@@ -222,7 +222,7 @@ pub async fn run(
         .map(|pod| evict_until_gone(client, pod, cfg, deadline));
     let waits = plan.wait.iter().map(|pod| async move {
         let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
-        wait_gone(&api, pod, cfg.poll, deadline)
+        wait_gone(&api, pod, cfg.poll, deadline, "not deleted")
             .await
             .map_err(|message| Blocker {
                 pod: key(pod),
@@ -282,6 +282,8 @@ async fn evict_until_gone(
         ..EvictParams::default()
     };
     let mut last = String::from("eviction not answered in time");
+    // What a pod that never gets a deletionTimestamp is waiting for.
+    let mut pending = "evicted, but not deleted";
     for attempt in 0.. {
         match timeout_at(deadline, api.evict(&pod.name_any(), &params)).await {
             Err(_) => return Err(blocker(last)),
@@ -293,6 +295,7 @@ async fn evict_until_gone(
                     pod = key(pod),
                     "namespace being deleted; waiting for the pod to go"
                 );
+                pending = "its namespace is being deleted, but the pod is not deleted yet";
                 break;
             }
             // 429: a budget refuses for now; 5xx: KubeOS sees misconfigured budgets here.
@@ -309,16 +312,19 @@ async fn evict_until_gone(
         }
         sleep_until(next).await;
     }
-    wait_gone(&api, pod, cfg.poll, deadline)
+    wait_gone(&api, pod, cfg.poll, deadline, pending)
         .await
         .map_err(blocker)
 }
 
+/// Waits until `pod` is gone; at the deadline, says why it is not (`pending` when it has not
+/// even started terminating).
 async fn wait_gone(
     api: &Api<Pod>,
     pod: &Pod,
     poll: Duration,
     deadline: Instant,
+    pending: &str,
 ) -> Result<(), String> {
     let uid = pod.uid();
     let mut last = pod.clone();
@@ -332,14 +338,14 @@ async fn wait_gone(
             }
         }
         if Instant::now() + poll >= deadline {
-            return Err(still_terminating(&last));
+            return Err(still_terminating(&last, pending));
         }
         sleep_until(Instant::now() + poll).await;
     }
 }
 
 /// Why a pod blocks a drain at its deadline: it was asked to go, and has not.
-fn still_terminating(pod: &Pod) -> String {
+fn still_terminating(pod: &Pod, pending: &str) -> String {
     match (
         &pod.metadata.deletion_timestamp,
         pod.metadata.deletion_grace_period_seconds,
@@ -348,8 +354,7 @@ fn still_terminating(pod: &Pod) -> String {
             "still terminating; its grace period of {grace} s ends at {}",
             at.0
         ),
-        // Its namespace is being deleted and the namespace controller has not reached it.
-        _ => "not deleted yet".into(),
+        _ => pending.into(),
     }
 }
 
