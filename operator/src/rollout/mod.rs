@@ -27,6 +27,8 @@
 
 mod observe;
 mod plan;
+#[cfg(test)]
+mod selection_tests;
 mod selector;
 mod status;
 #[cfg(test)]
