@@ -1,4 +1,4 @@
-//! The OS status written after each decision: counts, a one-word state and the four
+//! The OS status written after each decision: counts, a one-word state and the five
 //! conditions, with `lastTransitionTime` kept while a condition's status does not change.
 
 use jiff::Timestamp;
