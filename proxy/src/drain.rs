@@ -68,9 +68,6 @@ pub fn classify(pod: &Pod, force: bool) -> Verdict {
     if matches!(phase, Some("Succeeded" | "Failed")) {
         return Verdict::Skip("finished");
     }
-    if meta.deletion_timestamp.is_some() {
-        return Verdict::Wait;
-    }
     let controller = meta
         .owner_references
         .iter()
@@ -78,6 +75,10 @@ pub fn classify(pod: &Pod, force: bool) -> Verdict {
         .find(|o| o.controller == Some(true));
     if controller.is_some_and(|o| o.kind == "DaemonSet") {
         return Verdict::Skip("DaemonSet pod");
+    }
+    // Going anyway: nothing to refuse or evict, but the node must not reboot under it.
+    if meta.deletion_timestamp.is_some() {
+        return Verdict::Wait;
     }
     if force {
         return Verdict::Evict;
@@ -400,6 +401,19 @@ mod tests {
             Verdict::Wait,
             "waited for, not skipped"
         );
+        let unmanaged_going = pod(json!({"metadata": {"ownerReferences": null,
+            "deletionTimestamp": "2026-01-01T00:00:00Z"}}));
+        assert_eq!(
+            classify(&unmanaged_going, false),
+            Verdict::Wait,
+            "going anyway"
+        );
+        let ds_going = pod(
+            json!({"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z",
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "d",
+                                 "uid": "d", "controller": true}]}}),
+        );
+        assert_eq!(classify(&ds_going, false), Verdict::Skip("DaemonSet pod"));
         for phase in ["Succeeded", "Failed"] {
             let done = pod(json!({"status": {"phase": phase}}));
             assert_eq!(classify(&done, false), Verdict::Skip("finished"));
