@@ -14,7 +14,9 @@
 //! # }
 //! ```
 
+mod controllers;
 mod eviction;
+mod graceful;
 mod list;
 mod patch;
 mod registry;
@@ -23,11 +25,14 @@ mod selector;
 mod server;
 mod status;
 mod store;
+mod validate;
 mod watch;
+
+pub use controllers::Controller;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
@@ -108,13 +113,14 @@ impl Shared {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Runs a write and wakes the watches.
+    /// Runs a write, lets the simulated controllers react to it, and wakes the watches.
     pub(crate) fn mutate<T>(
         &self,
         write: impl FnOnce(&mut Store) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
         let mut store = self.lock_store();
         let result = write(&mut store);
+        controllers::settle(&mut store, Instant::now());
         let rv = store.resource_version();
         self.rv_tx
             .send_if_modified(|latest| std::mem::replace(latest, rv) != rv);
@@ -164,7 +170,12 @@ pub struct FakeApiServer {
     shared: Arc<Shared>,
     addr: SocketAddr,
     task: JoinHandle<()>,
+    /// Runs the controllers for what waits on time (grace periods, pods starting).
+    ticker: JoinHandle<()>,
 }
+
+/// How often the simulated controllers look at the clock.
+const TICK: Duration = Duration::from_millis(20);
 
 impl FakeApiServer {
     /// Binds 127.0.0.1 on a free port and serves in a background task.
@@ -189,8 +200,14 @@ impl FakeApiServer {
             faults: Mutex::new(Vec::new()),
         });
         let task = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
+        let ticker = tokio::spawn(tick_loop(Arc::clone(&shared)));
         tracing::debug!(%addr, "fakekube serving");
-        FakeApiServer { shared, addr, task }
+        FakeApiServer {
+            shared,
+            addr,
+            task,
+            ticker,
+        }
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -262,6 +279,51 @@ impl FakeApiServer {
         self.shared.lock_store().compact();
     }
 
+    /// Stops a simulated controller (the kubelet, the disruption controller, ...) until
+    /// [`resume`](Self::resume): what it would do waits.
+    pub fn pause(&self, controller: Controller) {
+        self.shared.lock_store().sim.paused.insert(controller);
+    }
+
+    pub fn resume(&self, controller: Controller) {
+        self.shared
+            .mutate(|s| {
+                s.sim.paused.remove(&controller);
+                Ok(())
+            })
+            .ok();
+    }
+
+    /// The pod's containers ignore the stop signal: once deleted, it stays terminating until
+    /// its grace period ends or [`release_termination`](Self::release_termination).
+    pub fn hold_termination(&self, namespace: &str, pod: &str) {
+        let key = (namespace.to_string(), pod.to_string());
+        self.shared.lock_store().sim.held.insert(key);
+    }
+
+    /// The held pod's containers stop now: a terminating pod is removed.
+    pub fn release_termination(&self, namespace: &str, pod: &str) {
+        let key = (namespace.to_string(), pod.to_string());
+        self.shared
+            .mutate(|s| {
+                s.sim.held.remove(&key);
+                Ok(())
+            })
+            .ok();
+    }
+
+    /// How long a deleted pod's containers take to stop (default: at once); its grace period
+    /// bounds it.
+    pub fn set_pod_shutdown(&self, after: Duration) {
+        self.shared.lock_store().sim.pod_shutdown = after;
+    }
+
+    /// How long a pod the ReplicaSet controller created takes from being scheduled to Ready
+    /// (default 1 s).
+    pub fn set_pod_startup(&self, after: Duration) {
+        self.shared.lock_store().sim.pod_startup = after;
+    }
+
     /// Stops serving; the same as dropping the server.
     pub fn shutdown(self) {}
 }
@@ -271,6 +333,15 @@ impl Drop for FakeApiServer {
         // Aborting the accept loop drops its JoinSet, which aborts every connection and so
         // ends every open watch.
         self.task.abort();
+        self.ticker.abort();
+    }
+}
+
+async fn tick_loop(shared: Arc<Shared>) {
+    loop {
+        tokio::time::sleep(TICK).await;
+        // `mutate` runs the controllers; the closure itself changes nothing.
+        let _ = shared.mutate(|_| Ok(()));
     }
 }
 

@@ -123,6 +123,7 @@ pub(crate) static RESOURCES: &[ResourceType] = &[
         true,
     ),
     rt("apps", "v1", "daemonsets", "DaemonSet", true, true),
+    rt("apps", "v1", "replicasets", "ReplicaSet", true, true),
 ];
 
 pub(crate) fn find(group: &str, version: &str, plural: &str) -> Option<&'static ResourceType> {

@@ -13,6 +13,7 @@ use hyper::{Method, Request, Response};
 use serde_json::{json, Value};
 
 use crate::eviction;
+use crate::graceful;
 use crate::list;
 use crate::patch::{self, PatchType};
 use crate::registry;
@@ -148,7 +149,16 @@ impl Call {
                 {
                     return Err(ApiError::new(405, format!("{method} is not allowed here")));
                 }
-                Ok((201, store.create(rt, self.target.ns(), self.json_body()?)?))
+                let body = self.json_body()?;
+                if rt.namespaced && graceful::namespace_terminating(store, self.target.ns()) {
+                    let name = body["metadata"]["name"].as_str().unwrap_or("");
+                    return Err(graceful::namespace_terminating_error(
+                        rt,
+                        name,
+                        self.target.ns(),
+                    ));
+                }
+                Ok((201, store.create(rt, self.target.ns(), body)?))
             }
             "update" => {
                 let body = self.json_body()?;
@@ -164,19 +174,23 @@ impl Call {
             }
             "patch" => self.patch(store),
             "delete" => {
-                let options = if self.body.is_empty() {
+                let mut options = if self.body.is_empty() {
                     json!({})
                 } else {
                     self.json_body()?
                 };
+                // `?gracePeriodSeconds=N` counts when the body does not say.
+                if let Some(grace) = self.query.get("gracePeriodSeconds") {
+                    if options["gracePeriodSeconds"].is_null() {
+                        let grace: i64 = grace.parse().map_err(|_| {
+                            ApiError::bad_request(format!("invalid gracePeriodSeconds {grace:?}"))
+                        })?;
+                        options["gracePeriodSeconds"] = json!(grace);
+                    }
+                }
                 Ok((
                     200,
-                    store.delete(
-                        rt,
-                        self.target.ns(),
-                        self.name()?,
-                        &options["preconditions"],
-                    )?,
+                    store.delete(rt, self.target.ns(), self.name()?, &options)?,
                 ))
             }
             "evict" => self.evict(store),
@@ -220,41 +234,49 @@ impl Call {
                 "name in URL does not match name in Eviction object: {body_name} != {name}"
             )));
         }
+        // NamespaceLifecycle admission comes before the eviction itself.
+        if graceful::namespace_terminating(store, ns) {
+            return Err(graceful::namespace_terminating_error(rt, name, ns));
+        }
         let pod = store
             .get(rt, ns, name)
             .cloned()
             .ok_or_else(|| ApiError::not_found(rt, name))?;
         if !eviction::ignores_budgets(&pod) {
-            check_budgets(store, ns, &pod)?;
+            spend_budget(store, ns, &pod)?;
         }
-        store.delete(rt, ns, name, &eviction["deleteOptions"]["preconditions"])?;
+        store.delete(rt, ns, name, &eviction["deleteOptions"])?;
         store.log_eviction(rt, ns, &pod);
         Ok((201, success_status(201)))
     }
 }
 
-fn check_budgets(store: &Store, ns: &str, pod: &Value) -> Result<(), ApiError> {
-    let (Some(pdbs), Some(pods)) = (
-        registry::find("policy", "v1", "poddisruptionbudgets"),
-        registry::find("", "v1", "pods"),
-    ) else {
+/// Refuses the eviction unless the pod's budget allows it, and records the disruption in the
+/// budget's status (the real eviction's `checkAndDecrement`).
+fn spend_budget(store: &mut Store, ns: &str, pod: &Value) -> Result<(), ApiError> {
+    let Some(pdbs) = registry::find("policy", "v1", "poddisruptionbudgets") else {
         return Ok(());
     };
-    let matching: Vec<&Value> = store
+    let matching: Vec<Value> = store
         .list(pdbs, Some(ns))
         .map(|(_, pdb)| pdb)
         .filter(|pdb| eviction::selects(pdb, pod))
+        .cloned()
         .collect();
     if matching.len() > 1 {
         return Err(eviction::too_many_budgets());
     }
-    if let Some(pdb) = matching.first() {
-        let pods: Vec<&Value> = store.list(pods, Some(ns)).map(|(_, p)| p).collect();
-        let budget = eviction::budget(pdb, &pods)?;
-        if budget.disruptions_allowed() <= 0 {
-            return Err(eviction::refused(&budget));
-        }
-    }
+    let Some(pdb) = matching.first() else {
+        return Ok(());
+    };
+    let status =
+        eviction::check_and_decrement(pdb, pod["metadata"]["name"].as_str().unwrap_or(""))?;
+    let name = pdb["metadata"]["name"].as_str().unwrap_or("");
+    store.update(pdbs, ns, name, Part::Status, "update", |p| {
+        let mut p = p.clone();
+        p["status"] = status;
+        Ok(p)
+    })?;
     Ok(())
 }
 

@@ -2,14 +2,17 @@
 //! the mutation log. Every write goes through [`Store::commit`], which is where the real
 //! server's invariants (resourceVersion bump, no-op suppression, generation) live.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::{json, Value};
 
+use crate::controllers::Sim;
+use crate::graceful;
 use crate::registry::ResourceType;
 use crate::status::ApiError;
+use crate::validate;
 use crate::LogEntry;
 
 /// How many changes a watch can be behind and still resume (the real server keeps a window
@@ -54,6 +57,13 @@ pub(crate) struct Store {
     log: Vec<LogEntry>,
     uid_counter: u64,
     random: u64,
+    /// Every uid this server handed out: an owner reference to one of them whose object is
+    /// gone names an absent owner (see the garbage collector in `controllers`).
+    issued_uids: HashSet<String>,
+    /// The simulated controllers and kubelet: their settings and timers.
+    pub(crate) sim: Sim,
+    /// Something was deleted (or created with owners) since the garbage collector last ran.
+    pub(crate) gc_due: bool,
 }
 
 impl Store {
@@ -66,6 +76,9 @@ impl Store {
             log: Vec::new(),
             uid_counter: 0,
             random: seed | 1,
+            issued_uids: HashSet::new(),
+            sim: Sim::default(),
+            gc_due: false,
         }
     }
 
@@ -119,6 +132,7 @@ impl Store {
         body: Value,
     ) -> Result<Value, ApiError> {
         let mut obj = prepare_create(rt, ns, body)?;
+        graceful::on_create(rt, &mut obj);
         if obj["metadata"]["name"].as_str().unwrap_or("").is_empty() {
             let prefix = obj["metadata"]["generateName"]
                 .as_str()
@@ -130,12 +144,16 @@ impl Store {
         if self.get(rt, ns, &name).is_some() {
             return Err(ApiError::already_exists(rt, &name));
         }
+        validate::object(rt, &name, &obj)?;
         self.uid_counter += 1;
-        let meta = &mut obj["metadata"];
-        meta["uid"] = json!(format!(
+        let uid = format!(
             "{:08x}-0000-4000-8000-{:012x}",
             self.random as u32, self.uid_counter
-        ));
+        );
+        self.issued_uids.insert(uid.clone());
+        self.gc_due |= obj["metadata"]["ownerReferences"].is_array();
+        let meta = &mut obj["metadata"];
+        meta["uid"] = json!(uid);
         meta["creationTimestamp"] = json!(now_timestamp());
         meta["generation"] = json!(1);
         Ok(self.commit(rt, ns, None, obj, "create"))
@@ -163,40 +181,44 @@ impl Store {
             // The real server skips writes that change nothing: no new resourceVersion, no event.
             return Ok(existing);
         }
-        let terminating = !merged["metadata"]["deletionTimestamp"].is_null();
-        if terminating && finalizers(&merged).is_empty() {
+        validate::object(rt, name, &merged)?;
+        // Gone once terminating with no finalizers left and no grace period running (a pod's
+        // kubelet ends its grace period with a delete of grace 0).
+        if graceful::can_remove(&merged) {
             return Ok(self.remove(rt, ns, name, merged));
         }
+        self.gc_due |=
+            merged["metadata"]["ownerReferences"] != existing["metadata"]["ownerReferences"];
         Ok(self.commit(rt, ns, Some(existing), merged, verb))
     }
 
-    /// Deletes an object, or only marks it terminating while finalizers remain.
+    /// Deletes an object as the real registry does (`rest.BeforeDelete`): preconditions, then
+    /// a namespace only starts terminating, a pod gets its grace period (`deletionTimestamp` in
+    /// the future, removed by its kubelet), and finalizers keep any object until removed.
+    /// `options` is the `DeleteOptions` body (`preconditions`, `gracePeriodSeconds`).
     pub fn delete(
         &mut self,
         rt: &'static ResourceType,
         ns: &str,
         name: &str,
-        preconditions: &Value,
+        options: &Value,
     ) -> Result<Value, ApiError> {
         let existing = self
             .get(rt, ns, name)
             .ok_or_else(|| ApiError::not_found(rt, name))?
             .clone();
         for field in ["uid", "resourceVersion"] {
-            let wanted = &preconditions[field];
+            let wanted = &options["preconditions"][field];
             if !wanted.is_null() && *wanted != existing["metadata"][field] {
                 return Err(ApiError::conflict(rt, name));
             }
         }
-        if finalizers(&existing).is_empty() {
-            return Ok(self.remove(rt, ns, name, existing));
-        }
-        if !existing["metadata"]["deletionTimestamp"].is_null() {
-            return Ok(existing);
-        }
-        let mut marked = existing.clone();
-        marked["metadata"]["deletionTimestamp"] = json!(now_timestamp());
-        marked["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+        let now = Instant::now();
+        let marked = match graceful::on_delete(rt, &existing, options, now, &mut self.sim) {
+            graceful::Deletion::Remove => return Ok(self.remove(rt, ns, name, existing)),
+            graceful::Deletion::Unchanged => return Ok(existing),
+            graceful::Deletion::Mark(marked) => marked,
+        };
         Ok(self.commit(rt, ns, Some(existing), marked, "update"))
     }
 
@@ -209,6 +231,10 @@ impl Store {
 
     fn remove(&mut self, rt: &'static ResourceType, ns: &str, name: &str, last: Value) -> Value {
         self.rv += 1;
+        self.gc_due = true;
+        if let Some(uid) = last["metadata"]["uid"].as_str() {
+            self.sim.forget(uid);
+        }
         let key = (ns.to_string(), name.to_string());
         let old = self.objects.entry(table(rt)).or_default().remove(&key);
         let mut gone = last.clone();
@@ -307,11 +333,27 @@ fn table(rt: &'static ResourceType) -> (&'static str, &'static str) {
     (rt.group, rt.plural)
 }
 
-fn finalizers(obj: &Value) -> Vec<Value> {
+pub(crate) fn finalizers(obj: &Value) -> Vec<Value> {
     obj["metadata"]["finalizers"]
         .as_array()
         .cloned()
         .unwrap_or_default()
+}
+
+impl Store {
+    /// Whether `uid` was handed out by this server.
+    pub(crate) fn issued(&self, uid: &str) -> bool {
+        self.issued_uids.contains(uid)
+    }
+
+    /// Object types held, for the controllers that walk everything (garbage collector,
+    /// namespace controller).
+    pub(crate) fn types(&self) -> Vec<&'static ResourceType> {
+        crate::registry::RESOURCES
+            .iter()
+            .filter(|rt| self.objects.get(&table(rt)).is_some_and(|t| !t.is_empty()))
+            .collect()
+    }
 }
 
 pub(crate) fn now_timestamp() -> String {
@@ -629,7 +671,7 @@ mod tests {
             )
             .unwrap();
         let err = store
-            .delete(pods, "d", "p", &json!({"uid": "other"}))
+            .delete(pods, "d", "p", &json!({"preconditions": {"uid": "other"}}))
             .unwrap_err();
         assert_eq!(err.code, 409);
         let gone = store.delete(pods, "d", "p", &Value::Null).unwrap();

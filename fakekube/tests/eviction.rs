@@ -85,7 +85,9 @@ async fn eviction_follows_the_disruption_budget() {
         .filter(|e| e.name == "a")
         .map(|e| e.verb)
         .collect();
-    assert_eq!(evictions, ["create", "patch", "delete", "evict"]);
+    // The eviction starts the pod's grace period (update) and is logged; the kubelet then
+    // removes the pod (its containers stop at once here).
+    assert_eq!(evictions, ["create", "patch", "update", "evict", "delete"]);
     assert_eq!(server.request_counts().evict, 2);
 }
 

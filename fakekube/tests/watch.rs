@@ -54,7 +54,7 @@ async fn watcher_sees_added_modified_deleted_in_order_across_bookmarks() {
     pods.delete("p", &DeleteParams::default()).await.unwrap();
 
     let mut seen = Vec::new();
-    while seen.len() < 3 {
+    while seen.len() < 4 {
         match within("watch events", events.next())
             .await
             .unwrap()
@@ -66,9 +66,16 @@ async fn watcher_sees_added_modified_deleted_in_order_across_bookmarks() {
         }
     }
     let two = Some("2".to_string());
+    // The delete first starts the pod's grace period (a modification), then its kubelet
+    // removes it.
     assert_eq!(
         seen,
-        [("apply", None), ("apply", two.clone()), ("delete", two)]
+        [
+            ("apply", None),
+            ("apply", two.clone()),
+            ("apply", two.clone()),
+            ("delete", two)
+        ]
     );
     assert_eq!(
         server.request_counts().watch,

@@ -172,7 +172,10 @@ fn observed(stands: &[Stand], started: Timestamp) -> Observed {
         .enumerate()
         .map(|(i, s)| node_view(i, *s, started))
         .collect();
-    Observed { nodes }
+    Observed {
+        nodes,
+        ..Observed::default()
+    }
 }
 
 struct Stats {

@@ -8,4 +8,5 @@ pub mod audit;
 pub mod cli;
 pub mod controller;
 pub mod crd;
+pub mod note;
 pub mod rollout;

@@ -82,7 +82,10 @@ fn node_view(index: usize) -> impl Strategy<Value = NodeView> {
 fn observed() -> impl Strategy<Value = Observed> {
     (0usize..24)
         .prop_flat_map(|n| (0..n).map(node_view).collect::<Vec<_>>())
-        .prop_map(|nodes| Observed { nodes })
+        .prop_map(|nodes| Observed {
+            nodes,
+            ..Observed::default()
+        })
 }
 
 fn os_spec() -> impl Strategy<Value = OsSpec> {
@@ -119,14 +122,22 @@ fn os_spec() -> impl Strategy<Value = OsSpec> {
         )
 }
 
+/// The rollout's nodes: those the spec selects, and those in an operation for its target
+/// (a node relabelled mid-operation stays one until the operation ends).
 fn selected<'a>(spec: &OsSpec, observed: &'a Observed) -> Vec<&'a NodeView> {
-    let selection = operator::rollout::NodeSelection::parse(&spec.nodeselector);
+    let (operation, target) = match operator::rollout::Plan::from_spec(spec) {
+        Ok(p) => (p.operation, p.target),
+        Err(_) => (spec.opstype, spec.osversion.clone()),
+    };
+    let in_flight = |n: &NodeView| {
+        n.instance
+            .as_ref()
+            .is_some_and(|i| i.is_active() && i.is_for(operation, &target))
+    };
     observed
         .nodes
         .iter()
-        .filter(|n| {
-            selection.matches(&n.labels) && (spec.include_control_plane || !n.control_plane)
-        })
+        .filter(|n| operator::rollout::selects(spec, n) || in_flight(n))
         .collect()
 }
 
@@ -249,7 +260,10 @@ proptest! {
         let mut final_state = RolloutState::Progressing;
         for step in 0..400 {
             let now = at(NOW + step);
-            let d = decide(&spec, &Observed { nodes: nodes.clone() }, now);
+            let d = decide(&spec, &Observed {
+                nodes: nodes.clone(),
+                ..Observed::default()
+            }, now);
             for name in &d.start {
                 let i: usize = name[1..].parse().unwrap();
                 steps_left[i] = outcomes[i].0;

@@ -121,6 +121,44 @@ async fn two_failures_with_budget_two_halt_the_rollout() {
         .contains("os_operator_nodes_failed_total{os=\"default/os\"} 2"));
 }
 
+/// Issue 17: events.k8s.io refuses notes over 1024 bytes, and a node's `lastError` (which
+/// the NodeFailed note embeds) can be longer: the note is cut, at a character boundary, and
+/// the failure is still announced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_with_a_long_error_is_announced_with_a_cut_note() {
+    let cluster = Cluster::start("long_error").await;
+    let nodes = cluster.add_nodes(2).await;
+    // Three-byte characters: no cut at 1024 bytes falls on a character boundary by luck.
+    let error = format!("drain failed; blocking pods: {}", "ü€".repeat(800));
+    let _sim = cluster.simulate_nodes_failing_with(&nodes, &["node-00"], STEP, Some(error));
+    cluster.create_os(upgrade_spec(1, 1)).await;
+    let _op = cluster.operator("op-a");
+    cluster
+        .wait_os(Duration::from_secs(60), "Halted", |os| {
+            state(os) == Some(RolloutState::Halted)
+        })
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let note = loop {
+        let log = cluster.log();
+        let failed = events(mutations(&log))
+            .into_iter()
+            .find(|e| e.reason == "NodeFailed")
+            .map(|e| e.note);
+        if let Some(note) = failed {
+            break note;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no NodeFailed event was accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(note.len() <= 1024, "{} bytes", note.len());
+    assert!(note.starts_with("node node-00 failed"), "{note}");
+    assert!(note.ends_with('…'), "the cut is marked: {note}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_replica_waits_until_the_leaders_lease_expires() {
     let cluster = Cluster::start("two_replicas").await;

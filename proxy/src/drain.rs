@@ -6,14 +6,19 @@
 //! - DaemonSet pods would be recreated at once (the DaemonSet controller ignores cordons):
 //!   skipped, as `kubectl drain --ignore-daemonsets` (KubeOS refuses the drain instead unless
 //!   `evictpodforce`; a DaemonSet on every node would then block every upgrade);
-//! - pods already terminating, Succeeded or Failed: skipped;
+//! - Succeeded or Failed pods: skipped;
+//! - pods already terminating (deleted by someone, or evicted before this proxy restarted) are
+//!   not evicted again but waited for: the node must not reboot under a pod still in its
+//!   grace period;
 //! - with `evictpodforce: false`, a pod with no controller (nothing would recreate it) or with
 //!   an `emptyDir` volume (its data dies with it) refuses the whole drain before anything is
 //!   evicted; with `true` they are evicted like the rest (KubeOS semantics).
 //!
 //! A budget that refuses (429) is retried with exponential backoff, 1 s doubling to 10 s, until
 //! the overall deadline; `evictpodforce` never bypasses a budget (KubeOS retries too). An
-//! evicted pod counts as gone when a get answers 404 or a pod with another uid.
+//! eviction refused with 403 because the pod's namespace is being deleted (`NamespaceTerminating`)
+//! is no failure: the namespace controller deletes the pod, and the drain waits for it, as
+//! `kubectl drain` does. A pod counts as gone when a get answers 404 or a pod with another uid.
 //! Failing to list the pods fails the drain: an unknown set of pods is never "drained".
 
 use futures::future::join_all;
@@ -43,6 +48,8 @@ pub struct DrainConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Evict,
+    /// Already terminating: not evicted again, but the drain waits until it is gone.
+    Wait,
     Skip(&'static str),
     /// The drain may not proceed (without `evictpodforce`): why.
     Refuse(&'static str),
@@ -57,9 +64,6 @@ pub fn classify(pod: &Pod, force: bool) -> Verdict {
     {
         return Verdict::Skip("mirror pod");
     }
-    if meta.deletion_timestamp.is_some() {
-        return Verdict::Skip("terminating already");
-    }
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
     if matches!(phase, Some("Succeeded" | "Failed")) {
         return Verdict::Skip("finished");
@@ -71,6 +75,10 @@ pub fn classify(pod: &Pod, force: bool) -> Verdict {
         .find(|o| o.controller == Some(true));
     if controller.is_some_and(|o| o.kind == "DaemonSet") {
         return Verdict::Skip("DaemonSet pod");
+    }
+    // Going anyway: nothing to refuse or evict, but the node must not reboot under it.
+    if meta.deletion_timestamp.is_some() {
+        return Verdict::Wait;
     }
     if force {
         return Verdict::Evict;
@@ -145,13 +153,22 @@ fn key(pod: &Pod) -> String {
     format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any())
 }
 
-/// The pods to evict, or the refusal. Pure, so the filter is testable without a server.
-pub fn select(node: &str, pods: Vec<Pod>, force: bool) -> Result<Vec<Pod>, DrainError> {
-    let mut evict = vec![];
+/// What a drain does: the pods to evict, and those already terminating to wait for.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub evict: Vec<Pod>,
+    pub wait: Vec<Pod>,
+}
+
+/// The pods to evict and to wait for, or the refusal. Pure, so the filter is testable without
+/// a server.
+pub fn select(node: &str, pods: Vec<Pod>, force: bool) -> Result<Plan, DrainError> {
+    let mut plan = Plan::default();
     let mut refused = vec![];
     for pod in pods {
         match classify(&pod, force) {
-            Verdict::Evict => evict.push(pod),
+            Verdict::Evict => plan.evict.push(pod),
+            Verdict::Wait => plan.wait.push(pod),
             Verdict::Skip(why) => tracing::debug!(pod = key(&pod), why, "not evicting"),
             Verdict::Refuse(why) => refused.push(Blocker {
                 pod: key(&pod),
@@ -160,7 +177,7 @@ pub fn select(node: &str, pods: Vec<Pod>, force: bool) -> Result<Vec<Pod>, Drain
         }
     }
     if refused.is_empty() {
-        Ok(evict)
+        Ok(plan)
     } else {
         Err(DrainError::Refused {
             node: node.into(),
@@ -169,11 +186,8 @@ pub fn select(node: &str, pods: Vec<Pod>, force: bool) -> Result<Vec<Pod>, Drain
     }
 }
 
-/// Evicts every pod of `node` that should go and waits until they are gone. Returns how many
-/// were evicted.
-pub async fn drain(client: &Client, node: &str, cfg: &DrainConfig) -> Result<usize, DrainError> {
-    let start = Instant::now();
-    let deadline = start + cfg.timeout;
+/// Lists the node's pods and decides what the drain does with each.
+pub async fn plan(client: &Client, node: &str, force: bool) -> Result<Plan, DrainError> {
     let lp = ListParams::default().fields(&format!("spec.nodeName={node}"));
     let all: Api<Pod> = Api::all(client.clone());
     let pods = all
@@ -184,16 +198,46 @@ pub async fn drain(client: &Client, node: &str, cfg: &DrainConfig) -> Result<usi
             source,
         })?
         .items;
-    let pods = select(node, pods, cfg.force)?;
-    tracing::info!(node, pods = pods.len(), "draining");
-    let results = join_all(
-        pods.iter()
-            .map(|pod| evict_until_gone(client, pod, cfg, deadline)),
-    )
-    .await;
-    let blockers: Vec<Blocker> = results.into_iter().filter_map(Result::err).collect();
+    select(node, pods, force)
+}
+
+/// Evicts the plan's pods and waits until they and the terminating ones are gone, within
+/// `cfg.timeout` from `start`. Returns how many were evicted.
+pub async fn run(
+    client: &Client,
+    node: &str,
+    plan: &Plan,
+    cfg: &DrainConfig,
+    start: Instant,
+) -> Result<usize, DrainError> {
+    let deadline = start + cfg.timeout;
+    tracing::info!(
+        node,
+        evict = plan.evict.len(),
+        terminating = plan.wait.len(),
+        "draining"
+    );
+    let evictions = plan
+        .evict
+        .iter()
+        .map(|pod| evict_until_gone(client, pod, cfg, deadline));
+    let waits = plan.wait.iter().map(|pod| async move {
+        let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
+        wait_gone(&api, pod, cfg.poll, deadline, "not deleted")
+            .await
+            .map_err(|message| Blocker {
+                pod: key(pod),
+                message,
+            })
+    });
+    let (evicted, waited) = futures::join!(join_all(evictions), join_all(waits));
+    let blockers: Vec<Blocker> = evicted
+        .into_iter()
+        .chain(waited)
+        .filter_map(Result::err)
+        .collect();
     if blockers.is_empty() {
-        Ok(pods.len())
+        Ok(plan.evict.len())
     } else {
         Err(DrainError::Blocked {
             node: node.into(),
@@ -201,6 +245,23 @@ pub async fn drain(client: &Client, node: &str, cfg: &DrainConfig) -> Result<usi
             blockers,
         })
     }
+}
+
+/// Plans and runs a drain: evicts every pod of `node` that should go and waits until they,
+/// and the pods already terminating, are gone. Returns how many were evicted.
+pub async fn drain(client: &Client, node: &str, cfg: &DrainConfig) -> Result<usize, DrainError> {
+    let start = Instant::now();
+    let plan = plan(client, node, cfg.force).await?;
+    run(client, node, &plan, cfg, start).await
+}
+
+/// Whether an eviction was refused because the pod's namespace is being deleted
+/// (NamespaceLifecycle's 403 with a `NamespaceTerminating` cause).
+fn namespace_terminating(e: &kube::core::Status) -> bool {
+    e.code == 403
+        && e.details
+            .as_ref()
+            .is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating"))
 }
 
 async fn evict_until_gone(
@@ -222,11 +283,22 @@ async fn evict_until_gone(
         ..EvictParams::default()
     };
     let mut last = String::from("eviction not answered in time");
+    // What a pod that never gets a deletionTimestamp is waiting for.
+    let mut pending = "evicted, but not deleted";
     for attempt in 0.. {
         match timeout_at(deadline, api.evict(&pod.name_any(), &params)).await {
             Err(_) => return Err(blocker(last)),
             Ok(Ok(_)) => break,
             Ok(Err(kube::Error::Api(e))) if e.code == 404 => return Ok(()),
+            // kubectl drain's rule: the namespace controller deletes the pod; wait for it.
+            Ok(Err(kube::Error::Api(e))) if namespace_terminating(&e) => {
+                tracing::info!(
+                    pod = key(pod),
+                    "namespace being deleted; waiting for the pod to go"
+                );
+                pending = "its namespace is being deleted, but the pod is not deleted yet";
+                break;
+            }
             // 429: a budget refuses for now; 5xx: KubeOS sees misconfigured budgets here.
             Ok(Err(kube::Error::Api(e))) if e.code == 429 || e.code >= 500 => {
                 tracing::info!(pod = key(pod), code = e.code, message = %e.message, "eviction refused; retrying");
@@ -241,31 +313,49 @@ async fn evict_until_gone(
         }
         sleep_until(next).await;
     }
-    wait_gone(&api, pod, cfg.poll, deadline)
+    wait_gone(&api, pod, cfg.poll, deadline, pending)
         .await
         .map_err(blocker)
 }
 
+/// Waits until `pod` is gone; at the deadline, says why it is not (`pending` when it has not
+/// even started terminating).
 async fn wait_gone(
     api: &Api<Pod>,
     pod: &Pod,
     poll: Duration,
     deadline: Instant,
+    pending: &str,
 ) -> Result<(), String> {
     let uid = pod.uid();
+    let mut last = pod.clone();
     loop {
         match api.get(&pod.name_any()).await {
             Ok(p) if p.uid() != uid => return Ok(()),
-            Ok(_) => {}
+            Ok(p) => last = p,
             Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
             Err(e) => {
                 tracing::warn!(pod = key(pod), error = %e, "cannot tell whether the pod is gone")
             }
         }
         if Instant::now() + poll >= deadline {
-            return Err("evicted, but still terminating".into());
+            return Err(still_terminating(&last, pending));
         }
         sleep_until(Instant::now() + poll).await;
+    }
+}
+
+/// Why a pod blocks a drain at its deadline: it was asked to go, and has not.
+fn still_terminating(pod: &Pod, pending: &str) -> String {
+    match (
+        &pod.metadata.deletion_timestamp,
+        pod.metadata.deletion_grace_period_seconds,
+    ) {
+        (Some(at), Some(grace)) => format!(
+            "still terminating; its grace period of {grace} s ends at {}",
+            at.0
+        ),
+        _ => pending.into(),
     }
 }
 
@@ -298,7 +388,7 @@ mod tests {
     }
 
     #[test]
-    fn skips_mirror_daemonset_terminating_and_finished_pods() {
+    fn skips_mirror_daemonset_and_finished_pods_and_waits_for_terminating_ones() {
         let mirror = pod(json!({"metadata": {"annotations": {MIRROR: "x"}}}));
         assert_eq!(classify(&mirror, false), Verdict::Skip("mirror pod"));
         let ds = pod(json!({"metadata": {"ownerReferences": [
@@ -308,8 +398,22 @@ mod tests {
         let going = pod(json!({"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z"}}));
         assert_eq!(
             classify(&going, false),
-            Verdict::Skip("terminating already")
+            Verdict::Wait,
+            "waited for, not skipped"
         );
+        let unmanaged_going = pod(json!({"metadata": {"ownerReferences": null,
+            "deletionTimestamp": "2026-01-01T00:00:00Z"}}));
+        assert_eq!(
+            classify(&unmanaged_going, false),
+            Verdict::Wait,
+            "going anyway"
+        );
+        let ds_going = pod(
+            json!({"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z",
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "d",
+                                 "uid": "d", "controller": true}]}}),
+        );
+        assert_eq!(classify(&ds_going, false), Verdict::Skip("DaemonSet pod"));
         for phase in ["Succeeded", "Failed"] {
             let done = pod(json!({"status": {"phase": phase}}));
             assert_eq!(classify(&done, false), Verdict::Skip("finished"));
@@ -347,7 +451,13 @@ mod tests {
             "node n1 cannot be drained without evictpodforce: ns/lonely has no controller to \
              recreate it"
         );
-        assert_eq!(select("n1", vec![pod(json!({}))], false).unwrap().len(), 1);
+        assert_eq!(
+            select("n1", vec![pod(json!({}))], false)
+                .unwrap()
+                .evict
+                .len(),
+            1
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use crate::lifecycle::{AfterDrain, NodeState, Step};
 use crate::report::{self, ProgressThrottle};
 use crate::run::{Error, Proxy};
 use kube::runtime::events::{Event, EventType};
-use kube::Resource;
+use kube::{Resource, ResourceExt};
 use operator::crd::{NodePhase, SysConfigs};
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -199,14 +199,21 @@ async fn report_progress(
 }
 
 async fn drain_then(p: &Proxy, s: &NodeState, after: AfterDrain) -> Result<(), Error> {
-    write(p, &report::step_patch("evicting pods", now())).await?;
     let cfg = DrainConfig {
         timeout: p.cfg.drain_timeout,
         grace_seconds: p.cfg.pod_grace_seconds,
         force: s.os.as_ref().is_some_and(|o| o.evictpodforce),
         poll: p.cfg.poll_interval,
     };
-    if let Err(e) = drain::drain(&p.client, &p.cfg.node_name, &cfg).await {
+    let start = tokio::time::Instant::now();
+    let drained = match drain::plan(&p.client, &p.cfg.node_name, cfg.force).await {
+        Ok(plan) => {
+            write(p, &report::step_patch(&drain_step(&plan), now())).await?;
+            drain::run(&p.client, &p.cfg.node_name, &plan, &cfg, start).await
+        }
+        Err(e) => Err(e),
+    };
+    if let Err(e) = drained {
         let message = e.to_string();
         publish_drain_failed(p, &message).await;
         return fail(p, s, &message).await;
@@ -228,6 +235,31 @@ async fn drain_then(p: &Proxy, s: &NodeState, after: AfterDrain) -> Result<(), E
     }
 }
 
+/// The step shown while draining: what is evicted, and which pods are waited for.
+fn drain_step(plan: &drain::Plan) -> String {
+    let mut step = format!("evicting {} pods", plan.evict.len());
+    if !plan.wait.is_empty() {
+        let names: Vec<String> = plan
+            .wait
+            .iter()
+            .take(5)
+            .map(|p| format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()))
+            .collect();
+        let more = plan.wait.len().saturating_sub(names.len());
+        step += &format!(
+            ", waiting for {} terminating: {}{}",
+            plan.wait.len(),
+            names.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        );
+    }
+    step
+}
+
 async fn publish_drain_failed(p: &Proxy, message: &str) {
     let node = match p.nodes.get(&p.cfg.node_name).await {
         Ok(n) => n,
@@ -239,7 +271,7 @@ async fn publish_drain_failed(p: &Proxy, message: &str) {
     let event = Event {
         type_: EventType::Warning,
         reason: "DrainFailed".into(),
-        note: Some(message.chars().take(1000).collect()),
+        note: Some(operator::note::note(message)),
         action: "Drain".into(),
         secondary: None,
     };

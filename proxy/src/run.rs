@@ -11,11 +11,13 @@ use crate::report::Reporter;
 use crate::{cordon, execute};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, ObjectMeta, PostParams};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Recorder, Reporter as EventReporter};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Client;
-use operator::crd::{NodeStatus, Os, OsInstance, OsInstanceSpec};
+use operator::crd::{
+    node_owner, owner_uids, ownership, NodeStatus, Os, OsInstance, OsInstanceSpec, Ownership,
+};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -137,13 +139,11 @@ impl Proxy {
         }
     }
 
-    /// The current state, or `None` right after creating a missing OSInstance.
+    /// The current state, or `None` when there is nothing to act on yet: right after creating
+    /// a missing OSInstance or claiming an unclaimed one, and while the OSInstance is one a
+    /// deleted Node of the same name left behind (the garbage collector removes it).
     pub async fn observe(&self) -> Result<Option<NodeState>, Error> {
         let name = &self.cfg.node_name;
-        let Some(instance) = self.read_instance().await? else {
-            self.create_instance().await?;
-            return Ok(None);
-        };
         let node = self
             .nodes
             .get(name)
@@ -152,6 +152,25 @@ impl Proxy {
                 name: name.clone(),
                 source,
             })?;
+        let Some(instance) = self.read_instance().await? else {
+            self.create_instance(&node).await?;
+            return Ok(None);
+        };
+        match ownership(&instance, node.metadata.uid.as_deref().unwrap_or_default()) {
+            Ownership::Owned => {}
+            Ownership::Unclaimed => {
+                self.claim_instance(&instance, &node).await?;
+                return Ok(None);
+            }
+            Ownership::Stale => {
+                tracing::warn!(
+                    node = %name,
+                    owners = ?owner_uids(&instance),
+                    "the OSInstance belongs to a deleted node of this name; waiting for its removal"
+                );
+                return Ok(None);
+            }
+        }
         let os = self.read_os(&instance.spec).await?;
         let agent = self.agent_status().await;
         Ok(Some(NodeState {
@@ -175,12 +194,14 @@ impl Proxy {
             })
     }
 
-    /// KubeOS's proxy creates its node's OSInstance, idle, when it is missing.
-    async fn create_instance(&self) -> Result<(), Error> {
+    /// KubeOS's proxy creates its node's OSInstance, idle, when it is missing; here owned by
+    /// the Node (its uid), so it goes with the Node.
+    async fn create_instance(&self, node: &Node) -> Result<(), Error> {
         let instance = OsInstance {
             metadata: ObjectMeta {
                 name: Some(self.cfg.node_name.clone()),
                 namespace: Some(self.cfg.namespace.clone()),
+                owner_references: node_owner(node).map(|o| vec![o]),
                 ..ObjectMeta::default()
             },
             spec: OsInstanceSpec::default(),
@@ -198,6 +219,44 @@ impl Proxy {
             Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
             Err(source) => Err(Error::CreateInstance {
                 namespace: self.cfg.namespace.clone(),
+                name: self.cfg.node_name.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// Adds the Node's owner reference to an OSInstance created without one (by an older
+    /// proxy, or by hand), keeping its other owners. A 409 means it changed: the next tick
+    /// looks again.
+    async fn claim_instance(&self, instance: &OsInstance, node: &Node) -> Result<(), Error> {
+        let Some(owner) = node_owner(node) else {
+            return Ok(());
+        };
+        let mut owners = instance
+            .metadata
+            .owner_references
+            .clone()
+            .unwrap_or_default();
+        owners.push(owner);
+        let patch = serde_json::json!({"metadata": {
+            "ownerReferences": owners,
+            "resourceVersion": instance.metadata.resource_version,
+        }});
+        match self
+            .instances
+            .patch(
+                &self.cfg.node_name,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(node = %self.cfg.node_name, "claimed the OSInstance for this node");
+                Ok(())
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+            Err(source) => Err(Error::Write {
                 name: self.cfg.node_name.clone(),
                 source,
             }),

@@ -413,3 +413,244 @@ async fn settings_written_into_an_osinstance_are_not_applied() {
         "the OSInstance's setting: {conf}"
     );
 }
+
+/// Pods labelled `app: APP` Ready and not terminating after each entry of the server's log.
+fn ready_pods_over_time(log: &[fakekube::LogEntry], app: &str) -> Vec<(u64, usize)> {
+    let mut pods = std::collections::BTreeMap::new();
+    let mut counts = Vec::new();
+    for e in log.iter().filter(|e| e.resource == "pods") {
+        match e.verb {
+            "delete" => {
+                pods.remove(&e.name);
+            }
+            "evict" => {}
+            _ => {
+                pods.insert(e.name.clone(), e.object.clone());
+            }
+        }
+        let ready = pods
+            .values()
+            .filter(|p| p["metadata"]["labels"]["app"] == app)
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .filter(|p| {
+                p["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+            .count();
+        counts.push((e.seq, ready));
+    }
+    counts
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !done().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Issue 17: a proxy killed while its drain waits for an evicted pod's grace period comes back
+/// to find the pod terminating; it waits for the pod to be gone before the node reboots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_terminating_across_a_proxy_restart_is_gone_before_the_reboot() {
+    let (mut c, files) = cluster("cluster_terminating_pod", 1, |_| {}).await;
+    c.add_pod("node-0", "web-0", "web").await;
+    // Its containers ignore SIGTERM: it stays for its 30 s grace period unless let go.
+    c.server.hold_termination(e2e::cluster::NS, "web-0");
+    c.create_os(upgrade_spec(&files, 1, 1)).await;
+    c.start_operator();
+    let pods: Api<k8s_openapi::api::core::v1::Pod> =
+        Api::namespaced(c.client.clone(), e2e::cluster::NS);
+    wait_until("web-0 evicted", Duration::from_secs(120), async || {
+        pods.get("web-0")
+            .await
+            .is_ok_and(|p| p.metadata.deletion_timestamp.is_some())
+    })
+    .await;
+    let node = c.node("node-0");
+    assert!(node.kill_proxy());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    node.start_proxy();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(node.boots(), 0, "rebooted while web-0 was terminating");
+    assert!(
+        !node.wants_reboot(),
+        "the agent was asked to reboot while web-0 was terminating"
+    );
+    c.server.release_termination(e2e::cluster::NS, "web-0");
+    c.wait_os(Duration::from_secs(120), "Complete", |os| {
+        state(os) == Some(RolloutState::Complete)
+    })
+    .await;
+    assert_eq!(node.boots(), 1);
+    let log = c.log();
+    let gone = log
+        .iter()
+        .find(|e| e.verb == "delete" && e.name == "web-0")
+        .unwrap()
+        .seq;
+    let rebooting = log
+        .iter()
+        .find(|e| e.resource == "osinstances" && e.object["status"]["phase"] == "Rebooting")
+        .unwrap()
+        .seq;
+    assert!(
+        gone < rebooting,
+        "Rebooting (log {rebooting}) before web-0 was gone (log {gone})"
+    );
+}
+
+/// Issue 17: three replicas behind `minAvailable: 2` on two nodes that drain at once. The
+/// budget allows one eviction until a replacement (on the third node) is Ready; both drains
+/// retry and finish, and two replicas are Ready throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_over_replicas_on_two_nodes_draining_at_once_keeps_two_ready() {
+    let (mut c, files) = cluster("cluster_pdb_two_nodes", 3, |_| {}).await;
+    c.server.set_pod_startup(Duration::from_millis(300));
+    c.server.set_pod_shutdown(Duration::from_millis(300));
+    // The replicas land on node-0 and node-1 (node-2 is cordoned meanwhile), and only those
+    // two are upgraded, both at once.
+    c.cordon("node-2").await;
+    c.add_replica_set("db", 3).await;
+    let pods: Api<k8s_openapi::api::core::v1::Pod> =
+        Api::namespaced(c.client.clone(), e2e::cluster::NS);
+    wait_until(
+        "three replicas Ready",
+        Duration::from_secs(30),
+        async || {
+            let listed = pods.list(&Default::default()).await.unwrap().items;
+            listed
+                .iter()
+                .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+                .count()
+                == 3
+        },
+    )
+    .await;
+    c.uncordon("node-2").await;
+    c.add_min_available_pdb("db", 2).await;
+    for n in ["node-0", "node-1"] {
+        c.label_node(n, "pool").await;
+    }
+    let mut spec = upgrade_spec(&files, 2, 1);
+    spec["nodeselector"] = "pool".into();
+    c.create_os(spec).await;
+    c.start_operator();
+    c.wait_os(Duration::from_secs(240), "Complete", |os| {
+        state(os) == Some(RolloutState::Complete)
+    })
+    .await;
+    let log = c.log();
+    let (max, _) = max_unavailable(mutations(&log));
+    assert_eq!(max, 2, "the two nodes drained at once");
+    let counts = ready_pods_over_time(&log, "db");
+    let from = counts.iter().position(|(_, n)| *n == 3).unwrap();
+    let low = counts[from..].iter().find(|(_, n)| *n < 2);
+    assert!(
+        low.is_none(),
+        "fewer than two replicas Ready at log entry {low:?}"
+    );
+    assert_eq!(log.iter().filter(|e| e.verb == "evict").count(), 3);
+    for n in ["node-0", "node-1"] {
+        assert_eq!(c.node(n).running_version(), fixture().v2.version, "{n}");
+    }
+}
+
+/// Issue 17: a Node deleted from the cluster takes its OSInstance with it, and the machine
+/// joining again under the same name (a new Node uid) starts fresh and is upgraded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_node_loses_its_osinstance_and_starts_fresh_when_it_returns() {
+    let (mut c, files) = cluster("cluster_deleted_node", 2, |_| {}).await;
+    let instances: Api<OsInstance> = Api::namespaced(c.client.clone(), e2e::cluster::NS);
+    wait_until("node-1's OSInstance", Duration::from_secs(60), async || {
+        instances.get_opt("node-1").await.unwrap().is_some()
+    })
+    .await;
+    // Its last operation failed: a fresh Node must not inherit that.
+    let failed = json!({ "status": { "phase": "Failed", "operation": "upgrade",
+        "targetVersion": fixture().v2.version, "lastError": "an old failure" } });
+    instances
+        .patch_status("node-1", &PatchParams::default(), &Patch::Merge(failed))
+        .await
+        .unwrap();
+    c.delete_node("node-1").await;
+    wait_until(
+        "node-1's OSInstance to go",
+        Duration::from_secs(30),
+        async || instances.get_opt("node-1").await.unwrap().is_none(),
+    )
+    .await;
+    c.create_os(upgrade_spec(&files, 1, 1)).await;
+    c.start_operator();
+    let os = c
+        .wait_os(Duration::from_secs(180), "Complete", |os| {
+            state(os) == Some(RolloutState::Complete)
+        })
+        .await;
+    assert_eq!(
+        os.status.unwrap().target,
+        1,
+        "the deleted node is not part of it"
+    );
+
+    c.register_node_again("node-1").await;
+    c.wait_os(Duration::from_secs(180), "Complete with node-1", |os| {
+        state(os) == Some(RolloutState::Complete)
+            && os.status.as_ref().is_some_and(|s| s.updated == 2)
+    })
+    .await;
+    assert_eq!(c.node("node-1").running_version(), fixture().v2.version);
+    let status = c.instance("node-1").await.status.unwrap();
+    assert_eq!(status.phase, Some(NodePhase::Succeeded));
+    assert_eq!(status.last_error, None, "inherited the old node's failure");
+}
+
+/// Issue 17: a node relabelled out of the rollout mid-operation keeps counting against
+/// `maxunavailable` until it finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_deselected_mid_flight_still_holds_its_slot_until_it_finishes() {
+    let (mut c, files) = cluster("cluster_deselected", 2, |n| {
+        n.add_check("slow", "sleep 2");
+    })
+    .await;
+    for n in ["node-0", "node-1"] {
+        c.label_node(n, "pool").await;
+    }
+    let mut spec = upgrade_spec(&files, 1, 1);
+    spec["nodeselector"] = "pool".into();
+    c.create_os(spec).await;
+    c.start_operator();
+    wait_until("node-0 in flight", Duration::from_secs(60), async || {
+        c.try_instance("node-0")
+            .await
+            .and_then(|o| o.status)
+            .and_then(|s| s.phase)
+            .is_some_and(|p| p.is_active() && p != NodePhase::Assigned)
+    })
+    .await;
+    c.label_node("node-0", "elsewhere").await;
+    let os = c
+        .wait_os(Duration::from_secs(180), "Complete", |os| {
+            state(os) == Some(RolloutState::Complete)
+        })
+        .await;
+    assert_eq!(os.status.unwrap().target, 1);
+    let log = c.log();
+    let (max, seq) = max_unavailable(mutations(&log));
+    assert!(max <= 1, "{max} nodes unavailable at log entry {seq}");
+    for node in &c.nodes {
+        assert_eq!(
+            node.running_version(),
+            fixture().v2.version,
+            "{}",
+            node.name
+        );
+    }
+}

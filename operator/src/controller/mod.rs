@@ -2,6 +2,7 @@
 //! and a loop that reconciles every OS resource after a change or when a decision asked to be
 //! looked at again. The decisions themselves are `rollout::decide`.
 
+mod gc;
 pub mod lease;
 pub mod metrics;
 mod reconcile;
@@ -259,12 +260,14 @@ async fn reconcile_loop(
 
 /// One pass over every OS; returns how long to sleep without an event.
 async fn reconcile_all(shared: &Shared, oses: &Store<Os>, config: &Config) -> Duration {
+    gc::remove_orphaned_instances(shared).await;
     let mut wake = config.resync;
-    for os in oses.state() {
+    let all = oses.state();
+    for os in &all {
         let key = format!("{}/{}", os.namespace().unwrap_or_default(), os.name_any());
         let started = std::time::Instant::now();
         let now = Timestamp::now();
-        let result = reconcile_os(shared, &os, now).await;
+        let result = reconcile_os(shared, os, &all, now).await;
         let seconds = started.elapsed().as_secs_f64();
         shared
             .metrics

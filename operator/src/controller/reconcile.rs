@@ -50,7 +50,13 @@ pub struct Outcome {
     pub conflict: bool,
 }
 
-pub async fn reconcile_os(sh: &Shared, os: &Os, now: Timestamp) -> Result<Outcome, ReconcileError> {
+/// One pass over `os`; `oses` are all OS resources (to find others selecting its nodes).
+pub async fn reconcile_os(
+    sh: &Shared,
+    os: &Os,
+    oses: &[Arc<Os>],
+    now: Timestamp,
+) -> Result<Outcome, ReconcileError> {
     let namespace = os.namespace().unwrap_or_default();
     let cached = sh
         .instances
@@ -60,10 +66,17 @@ pub async fn reconcile_os(sh: &Shared, os: &Os, now: Timestamp) -> Result<Outcom
         .collect();
     let instances = sh.overlay.apply(cached);
     let nodes = sh.nodes.state();
+    let others: Vec<(String, &crate::crd::OsSpec)> = oses
+        .iter()
+        .filter(|o| o.namespace().as_deref() == Some(namespace.as_str()))
+        .filter(|o| o.name_any() != os.name_any())
+        .map(|o| (format!("{namespace}/{}", o.name_any()), &o.spec))
+        .collect();
     let observed = Observed::from_cluster(
         nodes.iter().map(|n| n.as_ref()),
         instances.iter().map(|i| i.as_ref()),
-    );
+    )
+    .with_contested(&os.spec, &others);
     let decision = decide(&os.spec, &observed, now);
     let by_name: HashMap<&str, &OsInstance> = instances
         .iter()
@@ -134,7 +147,7 @@ impl OsCtx<'_> {
         let ev = Event {
             type_,
             reason: reason.to_string(),
-            note: Some(note),
+            note: Some(crate::note::note(&note)),
             action: reason.to_string(),
             secondary: node.map(node_ref),
         };
@@ -173,7 +186,7 @@ impl OsCtx<'_> {
             },
             action: Some(reason.to_owned()),
             reason: Some(reason.to_owned()),
-            note: Some(note),
+            note: Some(crate::note::note(&note)),
             event_time: Some(MicroTime(Timestamp::now())),
             regarding: Some(self.os_ref.clone()),
             related: Some(node_ref(node)),
@@ -437,6 +450,16 @@ impl OsCtx<'_> {
     }
 
     async fn announce_transition(&self, previous: Option<&OsStatus>, status: &OsStatus) {
+        let conflict = |s: Option<&OsStatus>| {
+            s.and_then(|s| s.conditions.iter().find(|c| c.type_ == "SelectorConflict"))
+                .filter(|c| c.status == "True")
+                .map(|c| c.message.clone())
+        };
+        if let (None, Some(message)) = (conflict(previous), conflict(Some(status))) {
+            warn!(os = %self.key, %message, "nodes selected by two OS resources");
+            self.event(EventType::Warning, "SelectorConflict", None, message)
+                .await;
+        }
         let before = previous.and_then(|p| p.state);
         let (Some(state), true) = (status.state, status.state != before) else {
             return;

@@ -3,6 +3,7 @@
 
 mod os;
 mod osinstance;
+mod owner;
 mod sysconfig;
 
 pub use os::{
@@ -12,6 +13,7 @@ pub use os::{
 pub use osinstance::{
     NamespacedName, NodePhase, NodeStatus, OsInstance, OsInstanceSpec, OsInstanceStatus,
 };
+pub use owner::{node_owner, owner_uids, ownership, Ownership};
 pub use sysconfig::{Content, SysConfig, SysConfigs};
 
 use kube::CustomResourceExt;

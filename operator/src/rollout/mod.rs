@@ -2,7 +2,13 @@
 //!
 //! Rules (see `decide`):
 //! - The rollout's nodes are those `nodeselector` selects; control-plane nodes only with
-//!   `includeControlPlane` (KubeOS always skips them).
+//!   `includeControlPlane` (KubeOS always skips them). A node in an operation for this
+//!   rollout's target stays one of them until the operation ends or times out, even when it is
+//!   no longer selected (relabelled mid-operation), so it keeps counting against
+//!   `maxunavailable`.
+//! - A node another OS resource also selects for another target (`Observed::contested`) is not
+//!   started by either: the conflict is reported instead of the two upgrading it back and
+//!   forth.
 //! - A node in an operation longer than `nodeTimeoutSeconds` is marked failed; so is a node
 //!   whose operation "succeeded" but does not run the target. Neither waits for any gate.
 //! - Once `failureBudget` nodes failed the current target, the rollout halts: nothing starts
@@ -21,6 +27,8 @@
 
 mod observe;
 mod plan;
+#[cfg(test)]
+mod selection_tests;
 mod selector;
 mod status;
 #[cfg(test)]
@@ -35,6 +43,7 @@ pub use selector::{
 pub use status::os_status;
 pub use window::{Window, WindowError};
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use jiff::{SignedDuration, Timestamp};
@@ -59,6 +68,9 @@ pub struct Decision {
     pub failure_budget: u32,
     /// When the decision may change with no event: a timeout, the window, the interval.
     pub next_check: Option<Timestamp>,
+    /// Selected nodes another OS resource also selects for another target, with those
+    /// resources (`namespace/name`).
+    pub contested: BTreeMap<String, Vec<String>>,
 }
 
 /// Selected nodes by where they are relative to the target.
@@ -138,6 +150,11 @@ pub enum Hold {
     NodesNotStartable {
         nodes: u32,
     },
+    /// Pending nodes that other OS resources (`namespace/name`) also select.
+    Contested {
+        nodes: u32,
+        by: Vec<String>,
+    },
 }
 
 impl fmt::Display for Hold {
@@ -163,6 +180,12 @@ impl fmt::Display for Hold {
                 f,
                 "{nodes} pending nodes cannot start (NotReady, cordoned, no OSInstance yet, or \
                  another control-plane node unavailable)"
+            ),
+            Hold::Contested { nodes, by } => write!(
+                f,
+                "{nodes} pending nodes are also selected by {} for another target; neither \
+                 starts them until one nodeselector stops selecting them",
+                by.join(", ")
             ),
         }
     }
@@ -190,14 +213,18 @@ pub fn decide(spec: &OsSpec, observed: &Observed, now: Timestamp) -> Decision {
         Ok(p) => Ctx::new(spec, p.operation, &p.target, now),
         Err(_) => Ctx::new(spec, spec.opstype, &spec.osversion, now),
     };
-    let selection = NodeSelection::parse(&spec.nodeselector);
     let mut mark_failed = Vec::new();
     let rows: Vec<Row> = observed
         .nodes
         .iter()
-        .filter(|n| selection.matches(&n.labels))
-        .filter(|n| spec.include_control_plane || !n.control_plane)
-        .map(|node| classify(node, &ctx, &mut mark_failed))
+        .filter(|n| selects(spec, n) || in_flight_for(n, &ctx))
+        .map(|node| classify(node, &ctx, observed, &mut mark_failed))
+        .collect();
+    let contested: BTreeMap<String, Vec<String>> = observed
+        .contested
+        .iter()
+        .filter(|(name, _)| rows.iter().any(|r| &r.node.name == *name))
+        .map(|(name, by)| (name.clone(), by.clone()))
         .collect();
 
     let mut counts = count(&rows);
@@ -219,7 +246,7 @@ pub fn decide(spec: &OsSpec, observed: &Observed, now: Timestamp) -> Decision {
     };
     let (start, newly_unavailable, capacity_hold) = match gate {
         Some(_) => (Vec::new(), 0, None),
-        None => pick_starts(spec, observed, &rows, &mark_failed),
+        None => pick_starts(spec, observed, &rows, &mark_failed, &contested),
     };
     counts.unavailable += newly_unavailable;
     let pending_left = counts.pending as usize > start.len();
@@ -239,7 +266,21 @@ pub fn decide(spec: &OsSpec, observed: &Observed, now: Timestamp) -> Decision {
         failed_nodes,
         paused: spec.paused,
         failure_budget: spec.failure_budget,
+        contested,
     }
+}
+
+/// Whether `spec`'s `nodeselector` (and its control-plane rule) picks `node`.
+pub fn selects(spec: &OsSpec, node: &NodeView) -> bool {
+    NodeSelection::parse(&spec.nodeselector).matches(&node.labels)
+        && (spec.include_control_plane || !node.control_plane)
+}
+
+/// Whether `node` is in an operation this rollout started (its target and operation).
+fn in_flight_for(node: &NodeView, ctx: &Ctx) -> bool {
+    node.instance
+        .as_ref()
+        .is_some_and(|i| i.is_active() && i.is_for(ctx.operation, ctx.target))
 }
 
 /// What every node's classification needs.
@@ -276,7 +317,12 @@ fn rollout_state(valid: bool, halted: bool, paused: bool, counts: &Counts) -> Ro
     }
 }
 
-fn classify<'a>(node: &'a NodeView, ctx: &Ctx, mark_failed: &mut Vec<NodeFailure>) -> Row<'a> {
+fn classify<'a>(
+    node: &'a NodeView,
+    ctx: &Ctx,
+    observed: &Observed,
+    mark_failed: &mut Vec<NodeFailure>,
+) -> Row<'a> {
     let (spec, operation, target) = (ctx.spec, ctx.operation, ctx.target);
     let down = !node.ready || node.cordoned;
     let inst = node.instance.as_ref();
@@ -335,7 +381,7 @@ fn classify<'a>(node: &'a NodeView, ctx: &Ctx, mark_failed: &mut Vec<NodeFailure
     // A cordoned node is already unavailable: starting it costs no capacity, and its proxy
     // leaves it cordoned afterwards (it did not cordon it).
     row(Class::Pending {
-        startable: node.ready && inst.is_some(),
+        startable: node.ready && inst.is_some() && !observed.contested.contains_key(&node.name),
     })
 }
 
@@ -407,6 +453,7 @@ fn pick_starts(
     observed: &Observed,
     rows: &[Row],
     mark_failed: &[NodeFailure],
+    contested: &BTreeMap<String, Vec<String>>,
 ) -> (Vec<String>, u32, Option<Hold>) {
     let unavailable = rows.iter().filter(|r| r.unavailable).count() as u32;
     let limit = (spec.maxunavailable.max(0) as u64).min(rows.len() as u64) as u32;
@@ -466,12 +513,33 @@ fn pick_starts(
             unavailable: unavailable + added,
             limit,
         })
+    } else if let Some(hold) = contested_hold(rows, contested) {
+        Some(hold)
     } else {
         Some(Hold::NodesNotStartable {
             nodes: (pending - start.len()) as u32,
         })
     };
     (start, added, hold)
+}
+
+/// Pending nodes held back because other OS resources select them too.
+fn contested_hold(rows: &[Row], contested: &BTreeMap<String, Vec<String>>) -> Option<Hold> {
+    let held: Vec<&Vec<String>> = rows
+        .iter()
+        .filter(|r| matches!(r.class, Class::Pending { .. }))
+        .filter_map(|r| contested.get(&r.node.name))
+        .collect();
+    if held.is_empty() {
+        return None;
+    }
+    let mut by: Vec<String> = held.iter().flat_map(|b| b.iter().cloned()).collect();
+    by.sort();
+    by.dedup();
+    Some(Hold::Contested {
+        nodes: held.len() as u32,
+        by,
+    })
 }
 
 fn next_check(rows: &[Row], hold: &Option<Hold>, timeout: SignedDuration) -> Option<Timestamp> {

@@ -6,13 +6,18 @@ use std::collections::{BTreeMap, HashMap};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Node;
 
+use super::plan::Plan;
 use super::selector::is_control_plane;
-use crate::crd::{NodePhase, NodeStatus, OpsType, OsInstance};
+use super::selects;
+use crate::crd::{ownership, NodePhase, NodeStatus, OpsType, OsInstance, OsSpec, Ownership};
 
 /// Every node of the cluster, each with its OSInstance if the proxy on it created one.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Observed {
     pub nodes: Vec<NodeView>,
+    /// Nodes that other OS resources select for another target: node name to those
+    /// resources (`namespace/name`). See [`Observed::with_contested`].
+    pub contested: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -100,8 +105,8 @@ impl NodeView {
 }
 
 impl Observed {
-    /// Pairs each node with the OSInstance of the same name. `instances` are those of the OS
-    /// resource's namespace.
+    /// Pairs each node with the OSInstance of the same name, unless that one is owned by
+    /// another Node uid. `instances` are those of the OS resource's namespace.
     pub fn from_cluster<'a>(
         nodes: impl IntoIterator<Item = &'a Node>,
         instances: impl IntoIterator<Item = &'a OsInstance>,
@@ -114,11 +119,46 @@ impl Observed {
             .into_iter()
             .map(|node| {
                 let name = node.metadata.name.as_deref().unwrap_or_default();
-                let instance = by_name.get(name).map(|i| InstanceView::from_instance(i));
+                let uid = node.metadata.uid.as_deref().unwrap_or_default();
+                // One left by a deleted Node of the same name is not this node's: a node
+                // registered again starts fresh (the controller deletes the stale one).
+                let instance = by_name
+                    .get(name)
+                    .filter(|i| ownership(i, uid) != Ownership::Stale)
+                    .map(|i| InstanceView::from_instance(i));
                 NodeView::from_node(node, instance)
             })
             .collect();
-        Observed { nodes }
+        Observed {
+            nodes,
+            contested: BTreeMap::new(),
+        }
+    }
+
+    /// Records the nodes both `spec` and one of `others` (`namespace/name`, spec) select,
+    /// when that other resource wants another operation or target: two OS resources driving
+    /// one node to different versions would undo each other's work forever. Others whose
+    /// spec is invalid start nothing and are left out.
+    pub fn with_contested(mut self, spec: &OsSpec, others: &[(String, &OsSpec)]) -> Observed {
+        let want = |s: &OsSpec| Plan::from_spec(s).ok().map(|p| (p.operation, p.target));
+        let mine = want(spec);
+        for (key, other) in others {
+            let theirs = want(other);
+            if theirs.is_none() || theirs == mine {
+                continue;
+            }
+            for node in self
+                .nodes
+                .iter()
+                .filter(|n| selects(spec, n) && selects(other, n))
+            {
+                self.contested
+                    .entry(node.name.clone())
+                    .or_default()
+                    .push(key.clone());
+            }
+        }
+        self
     }
 }
 
@@ -215,6 +255,22 @@ mod tests {
         assert!(b.is_active() && b.is_for(OpsType::Upgrade, "KubeOS 2.0"));
         assert_eq!(b.applied_config_version.as_deref(), Some("c1"));
         assert_eq!(b.started_at, Some(started));
+    }
+
+    #[test]
+    fn an_instance_owned_by_a_deleted_node_of_the_same_name_is_not_paired() {
+        let mut n = node("a", "True", None);
+        n.metadata.uid = Some("new".into());
+        let mut stale = instance("a", NodeStatus::Upgrade, None);
+        let mut old = n.clone();
+        old.metadata.uid = Some("old".into());
+        stale.metadata.owner_references = Some(vec![crate::crd::node_owner(&old).unwrap()]);
+        let observed = Observed::from_cluster(&[n.clone()], &[stale]);
+        assert!(observed.nodes[0].instance.is_none());
+        let mut own = instance("a", NodeStatus::Upgrade, None);
+        own.metadata.owner_references = Some(vec![crate::crd::node_owner(&n).unwrap()]);
+        let observed = Observed::from_cluster(&[n], &[own]);
+        assert!(observed.nodes[0].instance.is_some());
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The OS status written after each decision: counts, a one-word state and the four
+//! The OS status written after each decision: counts, a one-word state and the five
 //! conditions, with `lastTransitionTime` kept while a condition's status does not change.
 
 use jiff::Timestamp;
@@ -86,6 +86,7 @@ pub fn os_status(
             complete_reason,
             format!("{} of {} nodes updated", c.updated, c.target),
         ),
+        conflict_condition(decision, &new),
     ];
     OsStatus {
         observed_generation: generation,
@@ -107,6 +108,38 @@ pub fn os_status(
     }
 }
 
+/// Nodes listed in the SelectorConflict message; the count has them all.
+const MAX_CONTESTED_NODES: usize = 10;
+
+/// `SelectorConflict`: other OS resources select some of this one's nodes for another target.
+fn conflict_condition(
+    decision: &Decision,
+    new: &dyn Fn(&str, bool, &str, String) -> Condition,
+) -> Condition {
+    if decision.contested.is_empty() {
+        return new("SelectorConflict", false, "NoConflict", String::new());
+    }
+    let mut by: Vec<&String> = decision.contested.values().flatten().collect();
+    by.sort();
+    by.dedup();
+    let nodes: Vec<&String> = decision
+        .contested
+        .keys()
+        .take(MAX_CONTESTED_NODES)
+        .collect();
+    let more = decision.contested.len() - nodes.len();
+    let message =
+        format!(
+        "{} nodes ({}{}) are also selected by {} for another target; neither starts them until \
+         one nodeselector stops selecting them or one OS is deleted",
+        decision.contested.len(),
+        nodes.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", "),
+        if more > 0 { format!(", {more} more") } else { String::new() },
+        by.iter().map(|b| b.as_str()).collect::<Vec<_>>().join(", "),
+    );
+    new("SelectorConflict", true, "NodesSelectedTwice", message)
+}
+
 fn hold_reason(hold: &Hold) -> &'static str {
     match hold {
         Hold::Invalid(_) => "InvalidSpec",
@@ -117,5 +150,6 @@ fn hold_reason(hold: &Hold) -> &'static str {
         Hold::NoCapacity { .. } => "WaitingForCapacity",
         Hold::Serial => "WaitingForSerialNode",
         Hold::NodesNotStartable { .. } => "WaitingForNodes",
+        Hold::Contested { .. } => "SelectorConflict",
     }
 }

@@ -7,10 +7,10 @@ use jiff::Timestamp;
 use super::*;
 use crate::crd::{ImageType, OsSpec, SysConfigs, TimeWindow};
 
-const V1: &str = "KubeOS 1.0";
-const V2: &str = "KubeOS 2.0";
+pub(super) const V1: &str = "KubeOS 1.0";
+pub(super) const V2: &str = "KubeOS 2.0";
 
-fn now() -> Timestamp {
+pub(super) fn now() -> Timestamp {
     "2024-05-01T12:00:00Z".parse().unwrap()
 }
 
@@ -18,7 +18,7 @@ fn secs_ago(s: i64) -> Timestamp {
     Timestamp::from_second(now().as_second() - s).unwrap()
 }
 
-fn spec(maxunavailable: i64) -> OsSpec {
+pub(super) fn spec(maxunavailable: i64) -> OsSpec {
     serde_json::from_value(serde_json::json!({
         "osversion": V2, "opstype": "upgrade", "maxunavailable": maxunavailable,
         "imagetype": "disk", "imageurl": "https://images/v2.img.zst", "checksum": "blake3:00",
@@ -34,7 +34,7 @@ fn idle() -> Option<InstanceView> {
     })
 }
 
-fn node(name: &str, version: &str) -> NodeView {
+pub(super) fn node(name: &str, version: &str) -> NodeView {
     NodeView {
         name: name.into(),
         labels: BTreeMap::new(),
@@ -54,7 +54,7 @@ fn control_plane(name: &str, version: &str) -> NodeView {
 }
 
 /// A node in the middle of an upgrade to V2 that started `started` seconds ago.
-fn running(name: &str, phase: NodePhase, started: i64) -> NodeView {
+pub(super) fn running(name: &str, phase: NodePhase, started: i64) -> NodeView {
     NodeView {
         instance: Some(InstanceView {
             phase: Some(phase),
@@ -80,11 +80,14 @@ fn failed(name: &str, operation: OpsType, target: &str) -> NodeView {
     }
 }
 
-fn cluster(nodes: Vec<NodeView>) -> Observed {
-    Observed { nodes }
+pub(super) fn cluster(nodes: Vec<NodeView>) -> Observed {
+    Observed {
+        nodes,
+        ..Observed::default()
+    }
 }
 
-fn names(v: &[&str]) -> Vec<String> {
+pub(super) fn names(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
 

@@ -83,6 +83,29 @@ impl Cluster {
         api.create(&PostParams::default(), &os).await.unwrap()
     }
 
+    /// An OS resource named `name` (the others are named `os`).
+    pub async fn create_named_os(&self, name: &str, spec: Value) -> Os {
+        let os: Os = serde_json::from_value(json!({
+            "apiVersion": "upgrade.openeuler.org/v1alpha1", "kind": "OS",
+            "metadata": { "name": name, "namespace": NS },
+            "spec": spec,
+        }))
+        .unwrap();
+        let api: Api<Os> = Api::namespaced(self.client.clone(), NS);
+        api.create(&PostParams::default(), &os).await.unwrap()
+    }
+
+    /// Sets the node's `upgrade.openeuler.org/node-selector` label (`nodeselector` values).
+    pub async fn label_node(&self, name: &str, value: &str) {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let patch = json!({"metadata": {"labels": {
+            operator::rollout::NODE_SELECTOR_LABEL: value}}});
+        nodes
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+    }
+
     pub async fn os(&self) -> Os {
         let api: Api<Os> = Api::namespaced(self.client.clone(), NS);
         api.get("os").await.unwrap()
@@ -128,12 +151,25 @@ impl Cluster {
     /// Plays proxy and agent on every node until the returned handle is dropped: nodes in
     /// `bad` fall back to the old version and report a failure.
     pub fn simulate_nodes(&self, names: &[String], bad: &[&str], step: Duration) -> Simulation {
+        self.simulate_nodes_failing_with(names, bad, step, None)
+    }
+
+    /// As [`simulate_nodes`](Self::simulate_nodes), the bad nodes reporting `error` as their
+    /// `lastError` (a default message when `None`).
+    pub fn simulate_nodes_failing_with(
+        &self,
+        names: &[String],
+        bad: &[&str],
+        step: Duration,
+        error: Option<String>,
+    ) -> Simulation {
         let mut tasks = Vec::new();
         for name in names {
             let client = self.client.clone();
             let name = name.clone();
             let bad = bad.contains(&name.as_str());
-            tasks.push(tokio::spawn(node_loop(client, name, bad, step)));
+            let error = error.clone();
+            tasks.push(tokio::spawn(node_loop(client, name, bad, step, error)));
         }
         Simulation { tasks }
     }
@@ -225,6 +261,11 @@ fn http_get(port: u16, path: &str) -> std::io::Result<String> {
     Ok(out)
 }
 
+/// The kubelet's report: Ready, running `os_image`.
+pub async fn set_node_ready(nodes: &Api<Node>, name: &str, os_image: &str) {
+    set_node(nodes, name, true, os_image).await;
+}
+
 async fn set_node(nodes: &Api<Node>, name: &str, ready: bool, os_image: &str) {
     let status = json!({ "status": {
         "conditions": [{ "type": "Ready", "status": if ready { "True" } else { "False" } }],
@@ -264,7 +305,7 @@ async fn set_phase(api: &Api<OsInstance>, name: &str, status: Value) {
 
 /// One node: waits for its OSInstance to ask for an upgrade, then walks the steps a real proxy
 /// and agent take, in the order that keeps the node counted unavailable throughout.
-async fn node_loop(client: Client, name: String, bad: bool, step: Duration) {
+async fn node_loop(client: Client, name: String, bad: bool, step: Duration, error: Option<String>) {
     let nodes: Api<Node> = Api::all(client.clone());
     let instances: Api<OsInstance> = Api::namespaced(client, NS);
     loop {
@@ -296,8 +337,11 @@ async fn node_loop(client: Client, name: String, bad: bool, step: Duration) {
         set_node(&nodes, &name, true, running).await;
         cordon(&nodes, &name, false).await;
         let result = if bad {
+            let error = error
+                .clone()
+                .unwrap_or_else(|| format!("trial boot of {target} failed; fell back to {OLD}"));
             json!({ "phase": "Failed", "currentVersion": OLD, "finishedAt": now,
-                    "lastError": format!("trial boot of {target} failed; fell back to {OLD}") })
+                    "lastError": error })
         } else {
             json!({ "phase": "Succeeded", "currentVersion": target, "progress": 100, "finishedAt": now })
         };

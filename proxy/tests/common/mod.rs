@@ -62,8 +62,11 @@ pub async fn start_operation(client: &kube::Client, nodestatus: &str, phase: &st
         .create(&PostParams::default(), &os)
         .await
         .unwrap();
+    // As the proxy creates it: owned by its Node.
+    let uid = node(client, NODE).await.metadata.uid;
     let osi: OsInstance = serde_json::from_value(json!({
-        "metadata": {"name": NODE, "namespace": "default"},
+        "metadata": {"name": NODE, "namespace": "default", "ownerReferences": [
+            {"apiVersion": "v1", "kind": "Node", "name": NODE, "uid": uid}]},
         "spec": {"nodestatus": nodestatus, "namespacedname": {"name": "os", "namespace": "default"}}
     }))
     .unwrap();

@@ -13,9 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fakekube::FakeApiServer;
+use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::Client;
 use operator::audit::Mutation;
 use operator::crd::{Os, OsInstance};
@@ -43,7 +44,8 @@ pub struct SimCluster {
     kubeconfig: PathBuf,
     binaries: Binaries,
     operator: Option<Child>,
-    kubelets: Vec<tokio::task::JoinHandle<()>>,
+    /// One per node, in the order of `nodes`.
+    kubelets: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl SimCluster {
@@ -63,7 +65,7 @@ impl SimCluster {
             kubeconfig,
             binaries,
             operator: None,
-            kubelets: Vec::new(),
+            kubelets: Default::default(),
         }
     }
 
@@ -97,6 +99,8 @@ impl SimCluster {
             let node = Arc::new(node);
             boot(&self.client, &node).await;
             self.kubelets
+                .lock()
+                .unwrap()
                 .push(tokio::spawn(kubelet(self.client.clone(), node.clone())));
             self.nodes.push(node);
         }
@@ -234,12 +238,82 @@ impl SimCluster {
         api.create(&PostParams::default(), &pdb).await.unwrap();
     }
 
+    /// A PodDisruptionBudget over `app: APP` with `minAvailable: MIN`.
+    pub async fn add_min_available_pdb(&self, app: &str, min: i32) {
+        let api: Api<PodDisruptionBudget> = Api::namespaced(self.client.clone(), NS);
+        let pdb: PodDisruptionBudget = serde_json::from_value(json!({
+            "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+            "metadata": { "name": format!("{app}-pdb"), "namespace": NS },
+            "spec": { "minAvailable": min, "selector": { "matchLabels": { "app": app } } },
+        }))
+        .unwrap();
+        api.create(&PostParams::default(), &pdb).await.unwrap();
+    }
+
+    /// A ReplicaSet of `replicas` pods labelled `app: APP`: the fake API server's controllers
+    /// schedule them on Ready, schedulable nodes, start them and replace evicted ones.
+    pub async fn add_replica_set(&self, app: &str, replicas: i32) {
+        let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), NS);
+        let set: ReplicaSet = serde_json::from_value(json!({
+            "apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "metadata": { "name": app, "namespace": NS },
+            "spec": { "replicas": replicas, "selector": { "matchLabels": { "app": app } },
+                "template": { "metadata": { "labels": { "app": app } },
+                    "spec": { "containers": [{ "name": "c", "image": "busybox" }] } } },
+        }))
+        .unwrap();
+        api.create(&PostParams::default(), &set).await.unwrap();
+    }
+
     pub async fn cordon(&self, node: &str) {
-        let body = json!({ "spec": { "unschedulable": true } });
+        self.set_unschedulable(node, true).await;
+    }
+
+    pub async fn uncordon(&self, node: &str) {
+        self.set_unschedulable(node, false).await;
+    }
+
+    async fn set_unschedulable(&self, node: &str, on: bool) {
+        let body = json!({ "spec": { "unschedulable": on } });
         Api::<Node>::all(self.client.clone())
             .patch(node, &PatchParams::default(), &Patch::Merge(&body))
             .await
             .unwrap();
+    }
+
+    /// Sets the node's `upgrade.openeuler.org/node-selector` label.
+    pub async fn label_node(&self, node: &str, value: &str) {
+        let body = json!({ "metadata": { "labels": {
+            operator::rollout::NODE_SELECTOR_LABEL: value } } });
+        Api::<Node>::all(self.client.clone())
+            .patch(node, &PatchParams::default(), &Patch::Merge(&body))
+            .await
+            .unwrap();
+    }
+
+    /// The machine is switched off and its Node object deleted (the node left the cluster).
+    pub async fn delete_node(&self, name: &str) {
+        let i = self.index(name);
+        self.kubelets.lock().unwrap()[i].abort();
+        self.nodes[i].kill_all();
+        Api::<Node>::all(self.client.clone())
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+
+    /// The machine joins again under its old name: a new Node object (a new uid), then it
+    /// boots as before (agent, kubelet, proxy).
+    pub async fn register_node_again(&self, name: &str) {
+        let i = self.index(name);
+        self.create_node_object(name).await;
+        let node = self.nodes[i].clone();
+        boot(&self.client, &node).await;
+        self.kubelets.lock().unwrap()[i] = tokio::spawn(kubelet(self.client.clone(), node));
+    }
+
+    fn index(&self, name: &str) -> usize {
+        self.nodes.iter().position(|n| n.name == name).unwrap()
     }
 
     pub fn log(&self) -> Vec<fakekube::LogEntry> {
@@ -249,7 +323,7 @@ impl SimCluster {
 
 impl Drop for SimCluster {
     fn drop(&mut self) {
-        for k in &self.kubelets {
+        for k in self.kubelets.lock().unwrap().iter() {
             k.abort();
         }
         if let Some(mut op) = self.operator.take() {
