@@ -242,7 +242,7 @@ pub struct OsStatus {
     /// Why nothing is starting right now, when that is the case.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-    /// `Progressing`, `Paused`, `Halted` and `Complete`.
+    /// `Progressing`, `Paused`, `Halted`, `Complete` and `SelectorConflict`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
