@@ -27,11 +27,12 @@ fn debian_node_upgrades_under_systemd_and_falls_back_from_a_broken_containerd() 
         images.cached
     );
     let logs = e2e::repo_root().join("target/e2e-logs/node-image");
-    let r = node_demo::run_scenario(&images, &dir.join("node.img"), &logs, &mut |l| {
-        eprintln!("{l}")
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
+    let disk = dir.join("node.img");
+    let r = node_demo::run_scenario(&images, &disk, &logs, &mut |l| eprintln!("{l}"))
+        .unwrap_or_else(|e| panic!("{e}"));
     eprintln!("{}", node_demo::timeline(&r));
+    // 1.7 GB written; the console logs stay for reading.
+    std::fs::remove_file(&disk).unwrap();
 
     // v1 under systemd.
     assert_eq!(r.get("pid1").0.trim(), "systemd");
