@@ -94,7 +94,8 @@ pub fn build(dir: &Path) -> NodeImages {
             images.cached.push(version.into());
         } else {
             let t = Instant::now();
-            build_into_cache(dir, &entry, version, &recipe, &os_agent, &os_init);
+            let tools = [os_image.as_path(), &os_init, &os_agent];
+            build_into_cache(dir, &entry, version, &recipe, tools);
             images.build_time += t.elapsed();
         }
         for ext in ["img.zst", "manifest.json"] {
@@ -169,20 +170,14 @@ fn cache_entry(version: &str, inputs: &[&Path]) -> PathBuf {
     base.join(name)
 }
 
-/// Builds the root of `version` under `dir` and bundles it into `entry`
-/// (written beside it and renamed, so an interrupted build leaves no entry).
-fn build_into_cache(
-    dir: &Path,
-    entry: &Path,
-    version: &str,
-    recipe: &Path,
-    agent: &Path,
-    os_init: &Path,
-) {
-    let os_image = crate::host_binary("image-builder", "os-image");
+/// Builds the root of `version` under `dir` with `[os_image, os_init,
+/// os_agent]` and bundles it into `entry` (written beside it and renamed, so
+/// an interrupted build leaves no entry).
+fn build_into_cache(dir: &Path, entry: &Path, version: &str, recipe: &Path, tools: [&Path; 3]) {
+    let [os_image, os_init, agent] = tools;
     let root = dir.join(format!("rootfs-v{version}"));
     let _ = std::fs::remove_dir_all(&root);
-    run(Command::new(&os_image)
+    run(Command::new(os_image)
         .env("SOURCE_DATE_EPOCH", EPOCH)
         .args(["rootfs", "--from", "debian", "--version", version])
         .arg("--recipe")
@@ -195,7 +190,7 @@ fn build_into_cache(
         .arg(cache_root()));
     let work = entry.with_extension("partial");
     let _ = std::fs::remove_dir_all(&work);
-    run(Command::new(&os_image)
+    run(Command::new(os_image)
         .args(["bundle", "--version", version, "--rootfs"])
         .arg(&root)
         .arg("--out")
