@@ -7,7 +7,7 @@
 //! under systemd and keeps /etc, /var and the imported image; the broken v3
 //! (containerd never starts) fails its trial and the node falls back to v2.
 //!
-//! Slow (three ~840 MiB roots, about ten minutes of TCG boots): it runs
+//! Slow (three ~840 MiB roots, 7-10 minutes with the TCG boots): it runs
 //! with NODE_IMAGE_TESTS=1 only.
 
 use e2e::node_demo::{self, ETC_NOTE, VAR_NOTE};
