@@ -48,6 +48,16 @@ DEMO_REGISTRY_DIR ?= target/ab-demo-registry
 demo-registry: deps
 	$(CARGO) run --release -p e2e --bin ab-demo -- --from-registry --out $(DEMO_REGISTRY_DIR)
 
+# The real Debian node image (systemd, containerd; docs/node-image.md): node roots
+# v1, v2 and a broken v3 (containerd never starts), a disk with v1, then upgrade,
+# confirm by the agent's health gate and automatic fallback, with a timeline.
+# Bundles are cached in /var/cache/ab-os-test/node-bundles; disk and logs stay in
+# target/ab-demo-node (DEMO_NODE_DIR overrides).
+DEMO_NODE_DIR ?= target/ab-demo-node
+.PHONY: demo-node
+demo-node: deps
+	$(CARGO) run --release -p e2e --bin ab-demo -- --node-image --out $(DEMO_NODE_DIR)
+
 # Container images of os-operator and os-proxy without Docker: static musl
 # binaries, each in an OCI image layout under target/images (docs/install.md).
 # `make push-images` also pushes them to $(REGISTRY)/os-operator:$(TAG) and

@@ -188,10 +188,20 @@ fn write_fstab(root: &Path) -> Result<()> {
         b"# Written by os-image rootfs. / is the read-only slot, /var and /etc come from\n\
           # PERSIST (mounted by os-init); the ESP holds the A/B boot state os-agent writes.\n\
           # <file system>\t<mount point>\t<type>\t<options>\t<dump>\t<pass>\n\
-          PARTLABEL=ESP\t/boot/efi\tvfat\tumask=0077,nofail,x-systemd.device-timeout=30s\t0\t0\n",
+          PARTLABEL=ESP\t/boot/efi\tvfat\tumask=0077,nofail,x-systemd.device-timeout=30s\t0\t0\n\
+          # The root is read-only; programs (ctr, for one) need a writable /tmp.\n\
+          tmpfs\t/tmp\ttmpfs\tmode=1777,nosuid,nodev,size=50%,nr_inodes=1m\t0\t0\n",
         0o644,
     )?;
-    Ok(())
+    // os-init owns the disk's layout. Left on, systemd's GPT generator takes
+    // the root for a discoverable partition and asks systemd-remount-fs to
+    // make it writable, which fails on the verity device and leaves every
+    // boot degraded (seen on the first QEMU boot of a Debian node).
+    rootwrite::link(
+        root,
+        "etc/systemd/system-generators/systemd-gpt-auto-generator",
+        "/dev/null",
+    )
 }
 
 fn install_agent(root: &Path, recipe: &Recipe, agent: &Path) -> Result<()> {
@@ -409,6 +419,19 @@ mod tests {
             out.status.success(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    }
+
+    #[test]
+    fn fstab_mounts_the_esp_and_tmp_and_the_gpt_generator_is_masked() {
+        let dir = tempfile::tempdir().unwrap();
+        write_fstab(dir.path()).unwrap();
+        let fstab = fs::read_to_string(dir.path().join("etc/fstab")).unwrap();
+        assert!(fstab.contains("PARTLABEL=ESP\t/boot/efi\tvfat"), "{fstab}");
+        assert!(fstab.contains("tmpfs\t/tmp\ttmpfs\tmode=1777"), "{fstab}");
+        let masked = dir
+            .path()
+            .join("etc/systemd/system-generators/systemd-gpt-auto-generator");
+        assert_eq!(fs::read_link(masked).unwrap(), Path::new("/dev/null"));
     }
 
     #[test]

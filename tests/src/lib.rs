@@ -11,6 +11,8 @@ pub mod demo;
 pub mod disk;
 pub mod http;
 pub mod nbd;
+pub mod node_demo;
+pub mod node_image;
 pub mod powercut;
 pub mod qemu;
 pub mod registry;
