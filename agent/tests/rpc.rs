@@ -397,13 +397,18 @@ fn slow_peers_cannot_hold_every_connection() {
     // A deadline well above the setup time even on a loaded machine: the
     // client's first tries must come while every peer still holds its slot.
     let server = Server::start(Node::new(), "request-deadline = 8\n");
+    // Twice the server's 32 connection slots: inside `make test` a run with 40
+    // once saw the server never full (every client served at once, no warning
+    // in the agent's log); the cause is not found yet (noted on issue 17's
+    // closing note), and the property under test is what happens once full.
+    const PEERS: usize = 64;
     // More peers than the server's 32 connection slots each trickle a byte
     // every half second of a request that never ends. (Exactly 33 was not
     // enough: a slot still held for a moment by an earlier connection turned
     // one more peer away, and the slot it freed let the client straight in.)
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut peers = vec![];
-    for _ in 0..40 {
+    for _ in 0..PEERS {
         let mut s = server.connect();
         let stop = stop.clone();
         peers.push(std::thread::spawn(move || {
@@ -436,7 +441,7 @@ fn slow_peers_cannot_hold_every_connection() {
         }
         assert!(
             start.elapsed() < Duration::from_secs(5),
-            "40 slow peers never filled the server (last answer {line:?})\n{}",
+            "{PEERS} slow peers never filled the server (last answer {line:?})\n{}",
             server.log()
         );
         std::thread::sleep(Duration::from_millis(100));
