@@ -250,6 +250,26 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("`{s}` is too large"))
 }
 
+/// The `--push` flags of `oci` and `container`, when `--push` is given.
+fn push_options(
+    push: Option<String>,
+    plain_http: bool,
+    ca_cert: Option<PathBuf>,
+    auth_file: Option<PathBuf>,
+    creds: Option<String>,
+) -> Option<PushOptions> {
+    push.map(|target| PushOptions {
+        target,
+        plain_http,
+        ca_cert,
+        auth: match (auth_file, creds) {
+            (Some(file), _) => Auth::File(file),
+            (None, Some(creds)) => Auth::Creds(creds),
+            (None, None) => Auth::Anonymous,
+        },
+    })
+}
+
 fn parse_confirm(s: &str) -> Result<ConfirmPolicy, String> {
     ConfirmPolicy::parse(s)
         .ok_or_else(|| format!("`{s}` is not a confirm policy (initramfs or agent)"))
@@ -328,16 +348,7 @@ pub fn main() -> i32 {
             manifest,
             layout,
             tag,
-            push: push.map(|target| PushOptions {
-                target,
-                plain_http,
-                ca_cert,
-                auth: match (auth_file, creds) {
-                    (Some(file), _) => Auth::File(file),
-                    (None, Some(creds)) => Auth::Creds(creds),
-                    (None, None) => Auth::Anonymous,
-                },
-            }),
+            push: push_options(push, plain_http, ca_cert, auth_file, creds),
         }),
         Command::Container {
             binary,
@@ -356,16 +367,7 @@ pub fn main() -> i32 {
             user,
             layout,
             tag,
-            push: push.map(|target| PushOptions {
-                target,
-                plain_http,
-                ca_cert,
-                auth: match (auth_file, creds) {
-                    (Some(file), _) => Auth::File(file),
-                    (None, Some(creds)) => Auth::Creds(creds),
-                    (None, None) => Auth::Anonymous,
-                },
-            }),
+            push: push_options(push, plain_http, ca_cert, auth_file, creds),
         }),
         Command::Rootfs {
             from,
