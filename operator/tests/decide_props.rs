@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use operator::crd::{ExecutionMode, NodePhase, OpsType, OsSpec, RolloutState};
 use operator::rollout::{decide, Decision, InstanceView, NodeView, Observed, NODE_SELECTOR_LABEL};
 use proptest::prelude::*;
@@ -56,15 +57,20 @@ fn instance() -> impl Strategy<Value = Option<InstanceView>> {
 
 fn node_view(index: usize) -> impl Strategy<Value = NodeView> {
     (
-        prop::option::of(prop::sample::select(vec!["a", "b"])),
-        prop::bool::weighted(0.85),
-        prop::bool::weighted(0.1),
-        prop::bool::weighted(0.2),
-        prop::sample::select(vec![V1, V2]),
-        instance(),
+        (
+            prop::option::of(prop::sample::select(vec!["a", "b"])),
+            prop::bool::weighted(0.85),
+            prop::bool::weighted(0.1),
+            prop::bool::weighted(0.2),
+        ),
+        (
+            prop::sample::select(vec![V1, V2]),
+            prop::bool::weighted(0.1),
+            instance(),
+        ),
     )
         .prop_map(
-            move |(label, ready, cordoned, control_plane, os, instance)| NodeView {
+            move |((label, ready, cordoned, control_plane), (os, skip, instance))| NodeView {
                 name: format!("node-{index:02}"),
                 labels: label
                     .map(|l| (NODE_SELECTOR_LABEL.to_string(), l.to_string()))
@@ -74,6 +80,7 @@ fn node_view(index: usize) -> impl Strategy<Value = NodeView> {
                 cordoned,
                 control_plane,
                 os_version: os.to_string(),
+                skip,
                 instance,
             },
         )
@@ -88,18 +95,49 @@ fn observed() -> impl Strategy<Value = Observed> {
         })
 }
 
+/// A node count or a percentage, as JSON.
+fn max_unavailable() -> impl Strategy<Value = serde_json::Value> {
+    prop_oneof![
+        (1i64..6).prop_map(serde_json::Value::from),
+        (1u32..=100).prop_map(|p| serde_json::Value::from(format!("{p}%"))),
+    ]
+}
+
+/// The unavailability limit among `selected` nodes, worked out here from the spec's JSON
+/// value: a percentage rounds down, at least 1; never more than the selection.
+fn limit(spec: &OsSpec, selected: usize) -> usize {
+    let n = match &spec.maxunavailable {
+        IntOrString::Int(n) => *n as usize,
+        IntOrString::String(p) => {
+            let p: usize = p.trim_end_matches('%').parse().unwrap();
+            (selected * p / 100).max(1)
+        }
+    };
+    n.min(selected)
+}
+
 fn os_spec() -> impl Strategy<Value = OsSpec> {
     (
-        (1i64..6, prop::bool::ANY, prop::bool::weighted(0.2), 1u32..4),
+        (
+            max_unavailable(),
+            prop::bool::ANY,
+            prop::bool::weighted(0.2),
+            1u32..4,
+        ),
         (
             60u64..7200,
             prop::bool::ANY,
             prop::sample::select(vec!["no-label", "all-label", "a"]),
+            prop::bool::weighted(0.1),
         ),
         (0i64..60, prop::sample::select(OPS.to_vec()), version()),
     )
         .prop_map(
-            |((max, serial, paused, budget), (timeout, cp, selector), (interval, ops, cfg))| {
+            |(
+                (max, serial, paused, budget),
+                (timeout, cp, selector, abort),
+                (interval, ops, cfg),
+            )| {
                 let mut spec: OsSpec = serde_json::from_value(serde_json::json!({
                     "osversion": V2, "opstype": ops, "maxunavailable": max,
                     "imagetype": "disk", "imageurl": "https://i/v2.img", "checksum": "blake3:00",
@@ -112,6 +150,7 @@ fn os_spec() -> impl Strategy<Value = OsSpec> {
                     ExecutionMode::Parallel
                 };
                 spec.paused = paused;
+                spec.abort = abort;
                 spec.failure_budget = budget;
                 spec.node_timeout_seconds = timeout;
                 spec.include_control_plane = cp;
@@ -158,7 +197,7 @@ proptest! {
         let d = decide(&spec, &observed, at(NOW));
         let pool = selected(&spec, &observed);
         let before = pool.iter().filter(|n| unavailable(n, &d)).count();
-        let limit = (spec.maxunavailable as usize).min(pool.len());
+        let limit = limit(&spec, pool.len());
         // Starting a cordoned node makes nothing more unavailable.
         let added = d.start.iter()
             .filter(|name| pool.iter().any(|n| &&n.name == name && !n.cordoned))
@@ -170,13 +209,21 @@ proptest! {
     }
 
     #[test]
-    fn halted_or_paused_rollouts_start_nothing(spec in os_spec(), observed in observed()) {
+    fn halted_paused_or_aborted_rollouts_start_nothing(spec in os_spec(), observed in observed()) {
         let d = decide(&spec, &observed, at(NOW));
-        if d.state != RolloutState::Invalid {
+        if d.state != RolloutState::Invalid && !spec.abort {
             prop_assert_eq!(d.state == RolloutState::Halted, d.counts.failed >= spec.failure_budget);
         }
-        if d.state == RolloutState::Halted || spec.paused {
+        if d.state == RolloutState::Halted || spec.paused || spec.abort {
             prop_assert!(d.start.is_empty());
+        }
+        if spec.abort && d.state != RolloutState::Invalid && d.state != RolloutState::Complete {
+            let expected = if d.counts.in_progress > 0 {
+                RolloutState::Aborting
+            } else {
+                RolloutState::Aborted
+            };
+            prop_assert_eq!(d.state, expected);
         }
     }
 
@@ -199,6 +246,7 @@ proptest! {
             prop_assert!(seen.insert(name.clone()), "{name} started twice");
             let n = pool.iter().find(|n| &n.name == name).expect("started node is selected");
             prop_assert!(n.ready && n.instance.is_some() && !active(n, &d));
+            prop_assert!(!n.skip, "{name} is annotated to be skipped");
             match spec.opstype {
                 OpsType::Config => prop_assert_eq!(&n.os_version, &spec.osversion),
                 _ => prop_assert_ne!(&n.os_version, &spec.osversion, "{} already at target", name),
@@ -253,7 +301,7 @@ proptest! {
         spec.executionmode = if serial { ExecutionMode::Serial } else { ExecutionMode::Parallel };
         let mut nodes: Vec<NodeView> = (0..20).map(|i| NodeView {
             name: format!("n{i:02}"), labels: BTreeMap::new(), ready: true, cordoned: false,
-            control_plane: false, os_version: V1.into(),
+            control_plane: false, os_version: V1.into(), skip: false,
             instance: Some(InstanceView { phase: Some(NodePhase::Idle), ..Default::default() }),
         }).collect();
         let mut steps_left = [0u32; 20];

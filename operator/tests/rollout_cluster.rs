@@ -6,8 +6,10 @@ mod support;
 
 use std::time::Duration;
 
+use kube::api::{Patch, PatchParams};
 use operator::audit::{events, max_unavailable, phase_changes, starts};
 use operator::crd::RolloutState;
+use serde_json::json;
 use support::*;
 
 const STEP: Duration = Duration::from_millis(150);
@@ -253,5 +255,92 @@ async fn restarting_the_operator_mid_rollout_repeats_nothing() {
     assert_eq!(
         succeeded, 12,
         "each success announced once across the restart"
+    );
+}
+
+/// Issue 17: `maxunavailable: "20%"`, a node annotated to be skipped, and an abort in the
+/// middle, with the real operator: at most 20% of the nodes are ever unavailable, the skipped
+/// node is never started, nothing starts once the operator has seen the abort, nodes already
+/// started finish, and the rollout ends `Aborted` with nodes left to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn percentage_budget_skip_annotation_and_abort() {
+    let cluster = Cluster::start("percent_skip_abort").await;
+    let nodes = cluster.add_nodes(10).await;
+    let node_api: kube::Api<k8s_openapi::api::core::v1::Node> =
+        kube::Api::all(cluster.client.clone());
+    let skip = json!({"metadata": {"annotations": {operator::rollout::SKIP_ANNOTATION: "true"}}});
+    node_api
+        .patch("node-01", &PatchParams::default(), &Patch::Merge(&skip))
+        .await
+        .unwrap();
+    // Slow nodes, so the abort lands while some are in flight.
+    let _sim = cluster.simulate_nodes(&nodes, &[], Duration::from_millis(400));
+    let mut spec = upgrade_spec(1, 1);
+    spec["maxunavailable"] = json!("20%");
+    cluster.create_os(spec).await;
+    let _op = cluster.operator("op-a");
+
+    cluster
+        .wait_os(Duration::from_secs(60), "two nodes updated", |os| {
+            os.status.as_ref().is_some_and(|s| s.updated >= 2)
+        })
+        .await;
+    let api: kube::Api<operator::crd::Os> = kube::Api::namespaced(cluster.client.clone(), NS);
+    api.patch(
+        "os",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"abort": true}})),
+    )
+    .await
+    .unwrap();
+    let os = cluster
+        .wait_os(Duration::from_secs(60), "Aborted", |os| {
+            state(os) == Some(RolloutState::Aborted)
+        })
+        .await;
+    let status = os.status.unwrap();
+    assert_eq!(status.in_progress, 0);
+    assert_eq!(status.skipped, 1);
+    assert!(status.pending > 0, "the abort left nodes to do: {status:?}");
+    assert_eq!(
+        status.updated + status.pending + status.skipped,
+        10,
+        "{status:?}"
+    );
+    assert_eq!(
+        condition(&cluster.os().await, "Aborted").as_deref(),
+        Some("True")
+    );
+
+    let log = cluster.log();
+    let (max, seq) = max_unavailable(mutations(&log));
+    assert_eq!(max, 2, "20% of 10 nodes, reached at log entry {seq}");
+    let starts = starts(mutations(&log));
+    assert!(
+        !starts.iter().any(|s| s.1 == "node-01"),
+        "the skipped node was started: {starts:?}"
+    );
+    // The first status the operator wrote after seeing the abort.
+    let seen = mutations(&log)
+        .find(|m| {
+            m.resource == "os" && m.object["status"]["state"] == "Aborting"
+                || m.resource == "os" && m.object["status"]["state"] == "Aborted"
+        })
+        .expect("an Aborting or Aborted status")
+        .seq;
+    let late: Vec<_> = starts.iter().filter(|s| s.0 > seen).collect();
+    assert!(
+        late.is_empty(),
+        "nodes started after the abort was seen: {late:?}"
+    );
+    // Every node started finished: updated = started.
+    assert_eq!(status.updated as usize, starts.len(), "{starts:?}");
+    let events = events(mutations(&log));
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.reason == "RolloutAborted")
+            .count(),
+        1
     );
 }

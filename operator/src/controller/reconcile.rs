@@ -471,11 +471,21 @@ impl OsCtx<'_> {
             RolloutState::Complete => (
                 EventType::Normal,
                 "RolloutComplete",
-                format!(
-                    "all {} selected nodes run {}",
-                    status.target,
-                    self.target_name()
-                ),
+                if status.skipped == 0 {
+                    format!(
+                        "all {} selected nodes run {}",
+                        status.target,
+                        self.target_name()
+                    )
+                } else {
+                    format!(
+                        "{} of {} selected nodes run {}; {} skipped",
+                        status.updated,
+                        status.target,
+                        self.target_name(),
+                        status.skipped
+                    )
+                },
             ),
             RolloutState::Incomplete => (
                 EventType::Warning,
@@ -483,6 +493,22 @@ impl OsCtx<'_> {
                 format!("every node was tried; {} failed", status.failed),
             ),
             RolloutState::Paused => (EventType::Normal, "RolloutPaused", message),
+            RolloutState::Aborting => (
+                EventType::Normal,
+                "RolloutAborting",
+                format!(
+                    "spec.abort: nothing new starts; waiting for {} nodes in flight",
+                    status.in_progress
+                ),
+            ),
+            RolloutState::Aborted => (
+                EventType::Normal,
+                "RolloutAborted",
+                format!(
+                    "spec.abort: {} of {} nodes updated, {} failed, {} never started",
+                    status.updated, status.target, status.failed, status.pending
+                ),
+            ),
             RolloutState::Progressing => return,
         };
         info!(os = %self.key, ?state, "rollout state changed");

@@ -9,6 +9,7 @@
 //! Fields KubeOS lacks are camelCase, as Kubernetes API conventions ask.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -46,7 +47,7 @@ pub const ALL_LABEL: &str = "all-label";
     printcolumn(name = "Failed", type_ = "integer", json_path = ".status.failed"),
     printcolumn(
         name = "Max-Unavailable",
-        type_ = "integer",
+        type_ = "string",
         json_path = ".spec.maxunavailable",
         priority = "1"
     ),
@@ -77,8 +78,9 @@ pub struct OsSpec {
     #[serde(default)]
     pub imageurl: String,
     /// Most nodes of the selected set that may be unavailable at once: NotReady, cordoned, or
-    /// in an operation. Capped at the number of selected nodes.
-    pub maxunavailable: i64,
+    /// in an operation. A number (KubeOS), or a percentage of the selected nodes such as
+    /// `"20%"`, rounded down but never below one node. Capped at the number of selected nodes.
+    pub maxunavailable: IntOrString,
     /// Digest of the disk image (`sha256:`/`blake3:` or bare SHA-256 hex), or for
     /// docker/containerd the OCI manifest's `sha256:` (the image digest) or the root image's
     /// `blake3:`; may be empty when `containerimage` is pinned with `@sha256:`.
@@ -128,9 +130,15 @@ pub struct OsSpec {
     #[serde(default)]
     pub executionmode: ExecutionMode,
 
-    /// Start no new node while true; nodes already started finish.
+    /// Start no new node while true; nodes already started finish. A hold: set it back to
+    /// false and the rollout goes on.
     #[serde(default)]
     pub paused: bool,
+    /// End the rollout: no new node starts, nodes already started finish, and the state
+    /// becomes `Aborted` once none is left in flight. Unlike `paused`, it says the rollout is
+    /// given up; write a new `osversion` (or `opstype: rollback`) to go somewhere else.
+    #[serde(default)]
+    pub abort: bool,
     /// Halt the rollout (start nothing more) once this many selected nodes failed the current
     /// operation.
     #[serde(default = "default_failure_budget", rename = "failureBudget")]
@@ -233,7 +241,8 @@ pub struct OsStatus {
     /// Selected nodes still to do.
     #[serde(default)]
     pub pending: u32,
-    /// `opstype: config` only: selected nodes not at `osversion`, which are not configured.
+    /// Selected nodes left alone: annotated `upgrade.openeuler.org/skip: "true"`, or with
+    /// `opstype: config`, not at `osversion`.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub skipped: u32,
     /// Names of the failed nodes (at most 20, sorted).
@@ -242,7 +251,7 @@ pub struct OsStatus {
     /// Why nothing is starting right now, when that is the case.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-    /// `Progressing`, `Paused`, `Halted`, `Complete` and `SelectorConflict`.
+    /// `Progressing`, `Paused`, `Aborted`, `Halted`, `Complete` and `SelectorConflict`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
@@ -256,6 +265,10 @@ pub enum RolloutState {
     Paused,
     /// The failure budget is spent: nothing new starts until the spec changes.
     Halted,
+    /// `spec.abort`: nothing new starts; nodes already started are finishing.
+    Aborting,
+    /// `spec.abort`, and no node is in flight any more.
+    Aborted,
     /// Every selected node is at the target.
     Complete,
     /// Every selected node was tried; some failed, fewer than the failure budget.

@@ -13,10 +13,14 @@
 //!   whose operation "succeeded" but does not run the target. Neither waits for any gate.
 //! - Once `failureBudget` nodes failed the current target, the rollout halts: nothing starts
 //!   until the spec changes (a new target starts a new count) or the budget is raised.
-//! - `paused`, a closed `timewindow` and `timeinterval` only hold back new starts; nodes
-//!   already started go on.
+//! - `paused`, `abort`, a closed `timewindow` and `timeinterval` only hold back new starts;
+//!   nodes already started go on. `abort` also ends the rollout: `Aborting` while nodes are
+//!   still in flight, then `Aborted`.
+//! - A node annotated `upgrade.openeuler.org/skip: "true"` is not started (it is counted as
+//!   skipped); one already in an operation finishes it.
 //! - A node is unavailable when NotReady, cordoned (by anyone) or in an operation; starts are
-//!   capped so unavailable nodes never exceed `min(maxunavailable, selected nodes)`. Failed
+//!   capped so unavailable nodes never exceed `min(maxunavailable, selected nodes)`, where a
+//!   percentage is of the selected nodes, rounded down, at least one. Failed
 //!   nodes release their operation slot but still count while NotReady or cordoned.
 //! - `serial` runs one node at a time. At most one control-plane node is started, and only
 //!   while no control-plane node of the cluster is unavailable.
@@ -35,8 +39,8 @@ mod status;
 mod tests;
 mod window;
 
-pub use observe::{InstanceView, NodeView, Observed};
-pub use plan::{Plan, SpecError};
+pub use observe::{InstanceView, NodeView, Observed, SKIP_ANNOTATION};
+pub use plan::{MaxUnavailable, Plan, SpecError};
 pub use selector::{
     is_control_plane, NodeSelection, CONTROL_PLANE_LABEL, LEGACY_MASTER_LABEL, NODE_SELECTOR_LABEL,
 };
@@ -65,6 +69,8 @@ pub struct Decision {
     /// Nodes that failed the current target (including those marked now), sorted.
     pub failed_nodes: Vec<String>,
     pub paused: bool,
+    /// `spec.abort`.
+    pub aborted: bool,
     pub failure_budget: u32,
     /// When the decision may change with no event: a timeout, the window, the interval.
     pub next_check: Option<Timestamp>,
@@ -81,7 +87,8 @@ pub struct Counts {
     pub in_progress: u32,
     pub failed: u32,
     pub pending: u32,
-    /// `config` only: nodes not at `osversion`, which KubeOS does not configure.
+    /// Nodes annotated to be skipped, and with `config`, nodes not at `osversion` (KubeOS
+    /// does not configure them).
     pub skipped: u32,
     /// Selected nodes NotReady, cordoned or in an operation, after this decision's starts.
     pub unavailable: u32,
@@ -133,6 +140,7 @@ pub enum Hold {
         budget: u32,
     },
     Paused,
+    Aborted,
     /// `None` when a one-off window has passed.
     OutsideWindow {
         opens_at: Option<Timestamp>,
@@ -167,6 +175,10 @@ impl fmt::Display for Hold {
                  the target to go on"
             ),
             Hold::Paused => write!(f, "paused by spec.paused"),
+            Hold::Aborted => write!(
+                f,
+                "aborted by spec.abort: nothing new starts, nodes already started finish"
+            ),
             Hold::OutsideWindow { opens_at: Some(t) } => {
                 write!(f, "outside the time window; it opens at {t}")
             }
@@ -241,23 +253,25 @@ pub fn decide(spec: &OsSpec, observed: &Observed, now: Timestamp) -> Decision {
             failed: counts.failed,
             budget: spec.failure_budget,
         }),
+        Ok(_) if spec.abort => Some(Hold::Aborted),
         Ok(_) if spec.paused => Some(Hold::Paused),
         Ok(p) => time_gate(spec, p, &rows, now),
     };
-    let (start, newly_unavailable, capacity_hold) = match gate {
-        Some(_) => (Vec::new(), 0, None),
-        None => pick_starts(spec, observed, &rows, &mark_failed, &contested),
+    let (start, newly_unavailable, capacity_hold) = match (gate.as_ref(), &plan) {
+        (None, Ok(plan)) => pick_starts(spec, plan, observed, &rows, &mark_failed, &contested),
+        _ => (Vec::new(), 0, None),
     };
     counts.unavailable += newly_unavailable;
     let pending_left = counts.pending as usize > start.len();
     let hold = match gate {
         // Worth saying even with nothing left to start.
         Some(h @ (Hold::Invalid(_) | Hold::Halted { .. })) => Some(h),
+        Some(Hold::Aborted) if counts.pending + counts.in_progress > 0 => Some(Hold::Aborted),
         gate if pending_left => gate.or(capacity_hold),
         _ => None,
     };
     Decision {
-        state: rollout_state(plan.is_ok(), halted, spec.paused, &counts),
+        state: rollout_state(plan.is_ok(), halted, spec, &counts),
         next_check: next_check(&rows, &hold, ctx.timeout),
         start,
         mark_failed,
@@ -265,6 +279,7 @@ pub fn decide(spec: &OsSpec, observed: &Observed, now: Timestamp) -> Decision {
         hold,
         failed_nodes,
         paused: spec.paused,
+        aborted: spec.abort,
         failure_budget: spec.failure_budget,
         contested,
     }
@@ -305,14 +320,17 @@ impl<'a> Ctx<'a> {
     }
 }
 
-fn rollout_state(valid: bool, halted: bool, paused: bool, counts: &Counts) -> RolloutState {
+fn rollout_state(valid: bool, halted: bool, spec: &OsSpec, counts: &Counts) -> RolloutState {
     let finished = counts.pending == 0 && counts.in_progress == 0;
     match () {
         _ if !valid => RolloutState::Invalid,
-        _ if halted => RolloutState::Halted,
+        // An abort of a rollout that is done anyway changes nothing.
         _ if finished && counts.failed == 0 => RolloutState::Complete,
+        _ if spec.abort && counts.in_progress > 0 => RolloutState::Aborting,
+        _ if spec.abort => RolloutState::Aborted,
+        _ if halted => RolloutState::Halted,
         _ if finished => RolloutState::Incomplete,
-        _ if paused => RolloutState::Paused,
+        _ if spec.paused => RolloutState::Paused,
         _ => RolloutState::Progressing,
     }
 }
@@ -375,7 +393,7 @@ fn classify<'a>(
     if for_target && phase == Some(NodePhase::Failed) {
         return row(Class::Failed);
     }
-    if operation == OpsType::Config && node.os_version != spec.osversion {
+    if node.skip || (operation == OpsType::Config && node.os_version != spec.osversion) {
         return row(Class::Skipped);
     }
     // A cordoned node is already unavailable: starting it costs no capacity, and its proxy
@@ -450,13 +468,14 @@ fn time_gate(spec: &OsSpec, plan: &Plan, rows: &[Row], now: Timestamp) -> Option
 /// already are), and why pending nodes are held back.
 fn pick_starts(
     spec: &OsSpec,
+    plan: &Plan,
     observed: &Observed,
     rows: &[Row],
     mark_failed: &[NodeFailure],
     contested: &BTreeMap<String, Vec<String>>,
 ) -> (Vec<String>, u32, Option<Hold>) {
     let unavailable = rows.iter().filter(|r| r.unavailable).count() as u32;
-    let limit = (spec.maxunavailable.max(0) as u64).min(rows.len() as u64) as u32;
+    let limit = plan.max_unavailable.limit(rows.len() as u32);
     let mut free = limit.saturating_sub(unavailable);
     let serial = spec.executionmode == ExecutionMode::Serial;
     if serial && rows.iter().any(|r| r.class == Class::InProgress) {

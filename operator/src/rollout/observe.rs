@@ -31,6 +31,8 @@ pub struct NodeView {
     pub control_plane: bool,
     /// `status.nodeInfo.osImage`, what KubeOS compares with `osversion`.
     pub os_version: String,
+    /// Annotated `upgrade.openeuler.org/skip: "true"`: the rollout leaves it alone.
+    pub skip: bool,
     pub instance: Option<InstanceView>,
 }
 
@@ -77,6 +79,10 @@ impl InstanceView {
     }
 }
 
+/// A Node annotation: with the value `"true"`, no rollout starts the node (one already in an
+/// operation finishes it). Any other value is ignored.
+pub const SKIP_ANNOTATION: &str = "upgrade.openeuler.org/skip";
+
 impl NodeView {
     pub fn from_node(node: &Node, instance: Option<InstanceView>) -> NodeView {
         let labels = node.metadata.labels.clone().unwrap_or_default();
@@ -99,6 +105,12 @@ impl NodeView {
                 .and_then(|s| s.node_info.as_ref())
                 .map(|i| i.os_image.clone())
                 .unwrap_or_default(),
+            skip: node
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(SKIP_ANNOTATION))
+                .is_some_and(|v| v == "true"),
             instance,
         }
     }

@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
 use super::selector::NodeSelection;
 use super::window::{Window, WindowError};
 use crate::crd::{ImageType, OpsType, OsSpec};
@@ -15,12 +17,64 @@ pub struct Plan {
     pub target: String,
     pub selection: NodeSelection,
     pub window: Window,
+    pub max_unavailable: MaxUnavailable,
+}
+
+/// `maxunavailable` checked: a node count, or a percentage of the selected nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MaxUnavailable {
+    Nodes(u32),
+    Percent(u8),
+}
+
+impl MaxUnavailable {
+    /// Digits and one `%`, as Kubernetes writes `maxUnavailable: 20%`; 1% to 100%.
+    pub fn parse(value: &IntOrString) -> Result<MaxUnavailable, SpecError> {
+        let invalid = || SpecError::MaxUnavailable(int_or_string_text(value));
+        match value {
+            IntOrString::Int(n) if *n >= 1 => Ok(MaxUnavailable::Nodes(*n as u32)),
+            IntOrString::Int(_) => Err(invalid()),
+            IntOrString::String(text) => {
+                let digits = text.strip_suffix('%').ok_or_else(invalid)?;
+                if digits.is_empty()
+                    || digits.len() > 3
+                    || !digits.bytes().all(|b| b.is_ascii_digit())
+                {
+                    return Err(invalid());
+                }
+                match digits.parse::<u8>() {
+                    Ok(p @ 1..=100) => Ok(MaxUnavailable::Percent(p)),
+                    _ => Err(invalid()),
+                }
+            }
+        }
+    }
+
+    /// Nodes that may be unavailable at once among `selected`: a percentage rounds down (as
+    /// a Deployment's maxUnavailable does) but is at least one node, or nothing would ever
+    /// start; never more than `selected`.
+    pub fn limit(self, selected: u32) -> u32 {
+        let n = match self {
+            MaxUnavailable::Nodes(n) => n,
+            MaxUnavailable::Percent(p) => {
+                ((u64::from(selected) * u64::from(p)) / 100).max(1) as u32
+            }
+        };
+        n.min(selected)
+    }
+}
+
+fn int_or_string_text(value: &IntOrString) -> String {
+    match value {
+        IntOrString::Int(n) => n.to_string(),
+        IntOrString::String(s) => format!("{s:?}"),
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SpecError {
     NoOsVersion,
-    MaxUnavailableBelowOne(i64),
+    MaxUnavailable(String),
     NegativeTimeInterval(i64),
     ZeroFailureBudget,
     ZeroNodeTimeout,
@@ -37,9 +91,11 @@ impl fmt::Display for SpecError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SpecError::NoOsVersion => write!(f, "osversion is empty"),
-            SpecError::MaxUnavailableBelowOne(n) => {
-                write!(f, "maxunavailable is {n}; it must be at least 1")
-            }
+            SpecError::MaxUnavailable(v) => write!(
+                f,
+                "maxunavailable is {v}; it must be a number of nodes (at least 1) or a \
+                 percentage from \"1%\" to \"100%\""
+            ),
             SpecError::NegativeTimeInterval(n) => write!(f, "timeinterval is {n}; it must be >= 0"),
             SpecError::ZeroFailureBudget => write!(f, "failureBudget must be at least 1"),
             SpecError::ZeroNodeTimeout => write!(f, "nodeTimeoutSeconds must be at least 1"),
@@ -71,9 +127,7 @@ impl Plan {
         if spec.osversion.is_empty() {
             return Err(SpecError::NoOsVersion);
         }
-        if spec.maxunavailable < 1 {
-            return Err(SpecError::MaxUnavailableBelowOne(spec.maxunavailable));
-        }
+        let max_unavailable = MaxUnavailable::parse(&spec.maxunavailable)?;
         if spec.timeinterval < 0 {
             return Err(SpecError::NegativeTimeInterval(spec.timeinterval));
         }
@@ -103,6 +157,7 @@ impl Plan {
             target,
             selection: NodeSelection::parse(&spec.nodeselector),
             window,
+            max_unavailable,
         })
     }
 }

@@ -38,6 +38,7 @@ pub fn os_status(
         (_, RolloutState::Complete) => "Complete",
         (_, RolloutState::Halted) => "FailureBudgetExhausted",
         (_, RolloutState::Paused) => "Paused",
+        (_, RolloutState::Aborting | RolloutState::Aborted) => "Aborted",
         (_, RolloutState::Invalid) => "InvalidSpec",
         (_, RolloutState::Incomplete) => "NodesFailed",
         _ if !decision.start.is_empty() => "NodesStarted",
@@ -69,6 +70,24 @@ pub fn os_status(
                 "NotPaused"
             },
             String::new(),
+        ),
+        new(
+            "Aborted",
+            decision.aborted,
+            match decision.state {
+                RolloutState::Aborting => "NodesFinishing",
+                RolloutState::Aborted => "AbortedBySpec",
+                _ if decision.aborted => "NothingToAbort",
+                _ => "NotAborted",
+            },
+            if decision.aborted {
+                format!(
+                    "{} nodes in flight, {} never started",
+                    c.in_progress, c.pending
+                )
+            } else {
+                String::new()
+            },
         ),
         new(
             "Halted",
@@ -145,6 +164,7 @@ fn hold_reason(hold: &Hold) -> &'static str {
         Hold::Invalid(_) => "InvalidSpec",
         Hold::Halted { .. } => "FailureBudgetExhausted",
         Hold::Paused => "Paused",
+        Hold::Aborted => "Aborted",
         Hold::OutsideWindow { .. } => "OutsideTimeWindow",
         Hold::Interval { .. } => "WaitingForInterval",
         Hold::NoCapacity { .. } => "WaitingForCapacity",

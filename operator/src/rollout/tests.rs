@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
 use super::*;
 use crate::crd::{ImageType, OsSpec, SysConfigs, TimeWindow};
 
@@ -42,6 +44,7 @@ pub(super) fn node(name: &str, version: &str) -> NodeView {
         cordoned: false,
         control_plane: false,
         os_version: version.into(),
+        skip: false,
         instance: idle(),
     }
 }
@@ -210,6 +213,150 @@ fn serial_runs_one_node_at_a_time() {
     );
     assert!(d.start.is_empty());
     assert_eq!(d.hold, Some(Hold::Serial));
+}
+
+fn percent(p: &str) -> OsSpec {
+    OsSpec {
+        maxunavailable: IntOrString::String(p.into()),
+        ..spec(1)
+    }
+}
+
+fn fleet(n: usize) -> Observed {
+    cluster((0..n).map(|i| node(&format!("n{i:02}"), V1)).collect())
+}
+
+#[test]
+fn a_percentage_maxunavailable_is_of_the_selected_nodes_rounded_down() {
+    // 20% of 12 is 2.4: two nodes at once.
+    let d = decide(&percent("20%"), &fleet(12), now());
+    assert_eq!(d.start, names(&["n00", "n01"]));
+    assert_eq!(
+        d.hold,
+        Some(Hold::NoCapacity {
+            unavailable: 2,
+            limit: 2
+        })
+    );
+    // 100% takes them all.
+    assert_eq!(decide(&percent("100%"), &fleet(12), now()).start.len(), 12);
+    // Nodes already down count against it as against a number.
+    let mut nodes = fleet(10).nodes;
+    nodes[9].ready = false;
+    let d = decide(&percent("30%"), &cluster(nodes), now());
+    assert_eq!(d.start, names(&["n00", "n01"]));
+}
+
+#[test]
+fn a_percentage_too_small_for_one_node_still_allows_one() {
+    // 10% of 3 nodes is 0.3: rounding down to 0 would never start anything.
+    let d = decide(&percent("10%"), &fleet(3), now());
+    assert_eq!(d.start, names(&["n00"]));
+    assert_eq!(
+        d.hold,
+        Some(Hold::NoCapacity {
+            unavailable: 1,
+            limit: 1
+        })
+    );
+}
+
+#[test]
+fn a_node_annotated_skip_is_not_started_and_does_not_hold_completion() {
+    let skipped = NodeView {
+        skip: true,
+        ..node("a", V1)
+    };
+    let d = decide(
+        &spec(3),
+        &cluster(vec![skipped.clone(), node("b", V1)]),
+        now(),
+    );
+    assert_eq!(d.start, names(&["b"]));
+    assert_eq!((d.counts.skipped, d.counts.pending), (1, 1));
+    // With every other node done the rollout is complete; the skipped node is reported.
+    let d = decide(&spec(3), &cluster(vec![skipped, node("b", V2)]), now());
+    assert_eq!(d.state, RolloutState::Complete);
+    let status = os_status(&d, None, None, now());
+    assert_eq!((status.skipped, status.updated, status.target), (1, 1, 2));
+}
+
+#[test]
+fn a_node_annotated_skip_mid_operation_finishes_it() {
+    let busy = NodeView {
+        skip: true,
+        ..running("a", NodePhase::Draining, 10)
+    };
+    let d = decide(&spec(1), &cluster(vec![busy, node("b", V1)]), now());
+    assert_eq!(d.counts.in_progress, 1);
+    assert!(d.mark_failed.is_empty());
+    // It still holds its slot: maxunavailable 1 is used up.
+    assert!(d.start.is_empty());
+}
+
+#[test]
+fn abort_starts_nothing_lets_nodes_in_flight_finish_then_reports_aborted() {
+    let mut s = spec(3);
+    s.abort = true;
+    let observed = cluster(vec![
+        running("a", NodePhase::Preparing, 10),
+        node("b", V1),
+        node("c", V2),
+    ]);
+    let d = decide(&s, &observed, now());
+    assert!(d.start.is_empty());
+    assert!(d.mark_failed.is_empty());
+    assert_eq!(d.state, RolloutState::Aborting);
+    assert_eq!(d.hold, Some(Hold::Aborted));
+    let status = os_status(&d, Some(4), None, now());
+    let aborted = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Aborted")
+        .unwrap();
+    assert_eq!(
+        (aborted.status.as_str(), aborted.reason.as_str()),
+        ("True", "NodesFinishing")
+    );
+    assert_eq!(aborted.message, "1 nodes in flight, 1 never started");
+    let progressing = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Progressing")
+        .unwrap();
+    assert_eq!(progressing.status, "False");
+
+    // "a" finished: nothing is in flight, "b" never started.
+    let observed = cluster(vec![node("a", V2), node("b", V1), node("c", V2)]);
+    let d = decide(&s, &observed, now());
+    assert_eq!((d.state, d.start.len()), (RolloutState::Aborted, 0));
+    assert_eq!((d.counts.updated, d.counts.pending), (2, 1));
+    // Taking the abort back goes on where it stopped.
+    s.abort = false;
+    assert_eq!(decide(&s, &observed, now()).start, names(&["b"]));
+}
+
+#[test]
+fn abort_of_a_finished_rollout_changes_nothing() {
+    let mut s = spec(3);
+    s.abort = true;
+    let d = decide(&s, &cluster(vec![node("a", V2)]), now());
+    assert_eq!((d.state, d.hold), (RolloutState::Complete, None));
+}
+
+#[test]
+fn abort_still_marks_timeouts() {
+    let mut s = spec(3);
+    s.abort = true;
+    s.node_timeout_seconds = 60;
+    s.failure_budget = 5;
+    let d = decide(
+        &s,
+        &cluster(vec![running("a", NodePhase::Draining, 61)]),
+        now(),
+    );
+    assert_eq!(d.mark_failed.len(), 1);
+    assert_eq!(d.state, RolloutState::Aborted);
 }
 
 #[test]
@@ -537,8 +684,21 @@ fn spec_checks() {
     };
     assert_eq!(check(&|_| {}), None);
     assert_eq!(
-        check(&|s| s.maxunavailable = 0),
-        Some(SpecError::MaxUnavailableBelowOne(0))
+        check(&|s| s.maxunavailable = IntOrString::Int(0)),
+        Some(SpecError::MaxUnavailable("0".into()))
+    );
+    for bad in [
+        "0%", "101%", "20", "%", "-5%", "1.5%", " 5%", "5 %", "0005%",
+    ] {
+        assert_eq!(
+            check(&|s| s.maxunavailable = IntOrString::String(bad.into())),
+            Some(SpecError::MaxUnavailable(format!("{bad:?}"))),
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        check(&|s| s.maxunavailable = IntOrString::String("100%".into())),
+        None
     );
     assert_eq!(
         check(&|s| s.osversion.clear()),
@@ -694,12 +854,15 @@ fn an_invalid_spec_says_why_even_when_nothing_is_pending() {
     assert_eq!(d.state, RolloutState::Invalid);
     assert_eq!(
         d.hold,
-        Some(Hold::Invalid(SpecError::MaxUnavailableBelowOne(0)))
+        Some(Hold::Invalid(SpecError::MaxUnavailable("0".into())))
     );
     let status = os_status(&d, None, None, now());
     assert_eq!(
         status.message.as_deref(),
-        Some("invalid spec: maxunavailable is 0; it must be at least 1")
+        Some(
+            "invalid spec: maxunavailable is 0; it must be a number of nodes (at least 1) or a \
+             percentage from \"1%\" to \"100%\""
+        )
     );
 }
 
