@@ -323,8 +323,9 @@ async fn percentage_budget_skip_annotation_and_abort() {
     // The first status the operator wrote after seeing the abort.
     let seen = mutations(&log)
         .find(|m| {
-            m.resource == "os" && m.object["status"]["state"] == "Aborting"
-                || m.resource == "os" && m.object["status"]["state"] == "Aborted"
+            m.resource == "os"
+                && ["Aborting", "Aborted"]
+                    .contains(&m.object["status"]["state"].as_str().unwrap_or(""))
         })
         .expect("an Aborting or Aborted status")
         .seq;
