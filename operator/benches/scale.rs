@@ -162,6 +162,7 @@ fn node_view(i: usize, stand: Stand, started: Timestamp) -> NodeView {
         cordoned,
         control_plane: false,
         os_version: os_version.into(),
+        skip: false,
         instance: Some(instance),
     }
 }
