@@ -61,6 +61,51 @@ echo "systemd is degraded; every failed unit is allowed"
 "#,
     ),
     (
+        "15-no-restart-loops",
+        r#"#!/bin/sh
+# No service is crash-looping. With Restart=always, systemd restarts a service
+# that keeps dying without ever marking it failed (unless it hits its start
+# limit), so the system still says `running`. Watch systemd's restart counts
+# over a window: a service restarted twice or more within it fails the gate,
+# and so does one that ended failed meanwhile (a fast loop hits the start
+# limit). Units in the allow-list are ignored here too.
+allowed=${OS_AGENT_ALLOW_FAILED:-/etc/os-agent/allow-failed}
+window=@RESTART_WINDOW@
+restarts() {
+    systemctl show --property=Id --property=NRestarts --no-pager '*.service' |
+        awk 'BEGIN { RS = ""; FS = "\n" }
+             { id = ""; n = 0
+               for (i = 1; i <= NF; i++) {
+                   if ($i ~ /^Id=/) id = substr($i, 4)
+                   if ($i ~ /^NRestarts=/) n = substr($i, 11) + 0
+               }
+               if (id != "") print id, n }'
+}
+not_allowed() {
+    ! grep -qxF -- "$1" "$allowed" 2>/dev/null
+}
+before=$(restarts)
+sleep "$window"
+looping=$(restarts | while read -r unit n; do
+    was=$(printf '%s\n' "$before" | awk -v u="$unit" '$1 == u { print $2 }')
+    if [ $((n - ${was:-0})) -ge 2 ] && not_allowed "$unit"; then
+        printf ' %s (%s restarts in %ss)' "$unit" $((n - ${was:-0})) "$window"
+    fi
+done)
+failed=$(systemctl list-units --state=failed --plain --no-legend --no-pager |
+    while read -r unit _; do
+        not_allowed "$unit" && printf ' %s' "$unit"
+    done)
+if [ -n "$looping" ]; then
+    echo "services restarting over and over:$looping" >&2
+fi
+if [ -n "$failed" ]; then
+    echo "units failed within ${window}s of the boot's end:$failed" >&2
+fi
+[ -z "$looping$failed" ]
+"#,
+    ),
+    (
         "20-containerd",
         r#"#!/bin/sh
 # containerd answers on its socket (`ctr version` asks the daemon).
@@ -96,6 +141,12 @@ exit 1
 "#,
     ),
 ];
+
+/// Seconds the restart-loop check watches systemd's restart counts. A
+/// Debian containerd (Restart=always, RestartSec=5) that cannot start is
+/// restarted three or four times in it; the check-timeout leaves room
+/// (boot-timeout + 30 s).
+const RESTART_WINDOW: u32 = 20;
 
 /// What the node part needs beyond the recipe.
 pub struct NodeInputs<'a> {
@@ -216,7 +267,7 @@ fn install_agent(root: &Path, recipe: &Recipe, agent: &Path) -> Result<()> {
     units::enable(root, AGENT_UNIT)?;
     // Each check within check-timeout; the systemd check may wait boot-timeout.
     let check = recipe.boot_timeout + 30;
-    let deadline = check + 120;
+    let deadline = check + 150;
     let conf = format!(
         "# os-agent settings (`os-agent --help` lists them); written by os-image rootfs.\n\
          # The systemd health check waits up to {} s for the boot to finish.\n\
@@ -226,7 +277,9 @@ fn install_agent(root: &Path, recipe: &Recipe, agent: &Path) -> Result<()> {
     rootwrite::write(root, "etc/os-agent/agent.conf", conf.as_bytes(), 0o644)?;
     rootwrite::ensure_dir(root, "etc/os-agent/health.d")?;
     for (name, text) in HEALTH_CHECKS {
-        let text = text.replace("@BOOT_TIMEOUT@", &recipe.boot_timeout.to_string());
+        let text = text
+            .replace("@BOOT_TIMEOUT@", &recipe.boot_timeout.to_string())
+            .replace("@RESTART_WINDOW@", &RESTART_WINDOW.to_string());
         rootwrite::write(
             root,
             &format!("etc/os-agent/health.d/{name}"),
@@ -419,6 +472,94 @@ mod tests {
             out.status.success(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    }
+
+    /// The restart-loop check with a stand-in `systemctl` whose restart counts
+    /// are `before` on the first `show` and `after` on the next, and `sleep`
+    /// that returns at once.
+    fn restart_check(
+        before: &[(&str, u32)],
+        after: &[(&str, u32)],
+        failed: &[&str],
+        allowed: &[&str],
+    ) -> (bool, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        fs::create_dir(&bin).unwrap();
+        // `systemctl show` prints one block per unit, properties in its own order.
+        let show = |counts: &[(&str, u32)]| -> String {
+            counts
+                .iter()
+                .map(|(u, n)| format!("NRestarts={n}\nId={u}\n\n"))
+                .collect()
+        };
+        fs::write(dir.path().join("show1"), show(before)).unwrap();
+        fs::write(dir.path().join("show2"), show(after)).unwrap();
+        let lines: String = failed
+            .iter()
+            .map(|u| format!("{u} loaded failed failed Some unit\n"))
+            .collect();
+        fs::write(dir.path().join("failed"), lines).unwrap();
+        let d = dir.path().display();
+        let fake = format!(
+            "#!/bin/sh\ncase $1 in\nshow) if [ -e {d}/shown ]; then cat {d}/show2; else touch {d}/shown; cat {d}/show1; fi ;;\nlist-units) cat {d}/failed ;;\nesac\n"
+        );
+        let sh = |name: &str, text: &str| {
+            let p = bin.join(name);
+            fs::write(&p, text).unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+        };
+        sh("systemctl", &fake);
+        sh("sleep", "#!/bin/sh\nexit 0\n");
+        let allow = dir.path().join("allow");
+        fs::write(&allow, format!("{}\n", allowed.join("\n"))).unwrap();
+        let script = dir.path().join("check");
+        let text = HEALTH_CHECKS
+            .iter()
+            .find(|(name, _)| *name == "15-no-restart-loops")
+            .unwrap()
+            .1
+            .replace("@RESTART_WINDOW@", "20");
+        fs::write(&script, text).unwrap();
+        let out = Command::new("sh")
+            .arg(&script)
+            .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+            .env("OS_AGENT_ALLOW_FAILED", &allow)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    #[test]
+    fn the_restart_check_fails_a_crash_looping_service_only() {
+        let quiet = [("containerd.service", 0), ("ssh.service", 1)];
+        assert!(restart_check(&quiet, &quiet, &[], &[]).0);
+        // Restarted at boot, then settled: not a loop.
+        let settled = [("containerd.service", 3), ("ssh.service", 1)];
+        assert!(restart_check(&settled, &settled, &[], &[]).0);
+        // One restart in the window is not a loop yet.
+        let once = [("containerd.service", 4), ("ssh.service", 1)];
+        assert!(restart_check(&settled, &once, &[], &[]).0);
+        // containerd restarted three times while watched: a loop.
+        let looping = [("containerd.service", 6), ("ssh.service", 1)];
+        let (ok, err) = restart_check(&settled, &looping, &[], &[]);
+        assert!(!ok, "{err}");
+        assert!(
+            err.contains("containerd.service (3 restarts in 20s)") && !err.contains("ssh"),
+            "{err}"
+        );
+        // A unit that appears during the window counts from zero.
+        let (ok, err) = restart_check(&[], &[("late.service", 2)], &[], &[]);
+        assert!(!ok && err.contains("late.service (2 restarts"), "{err}");
+        // The allow-list covers loops too.
+        assert!(restart_check(&settled, &looping, &[], &["containerd.service"]).0);
+        // A fast loop ends failed by the start limit.
+        let (ok, err) = restart_check(&quiet, &quiet, &["fast.service"], &[]);
+        assert!(!ok && err.contains("failed within 20s of the boot's end: fast.service"), "{err}");
+        assert!(restart_check(&quiet, &quiet, &["fast.service"], &["fast.service"]).0);
     }
 
     #[test]

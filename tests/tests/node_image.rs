@@ -80,6 +80,12 @@ fn debian_node_upgrades_under_systemd_and_falls_back_from_a_broken_containerd() 
         status.contains("last failure: slot A version 3"),
         "{status}"
     );
+    // systemd stays `running` while it restarts the broken containerd for
+    // ever: the restart-loop check is the one that catches it.
+    assert!(
+        status.contains("health.d/15-no-restart-loops failed"),
+        "{status}"
+    );
     assert!(status.contains("slot A:     failed"), "{status}");
     assert!(r.get("version-v3").0.contains("VERSION_ID=\"2\""));
     let notes = r.get("notes-v3").0;
