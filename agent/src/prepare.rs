@@ -43,6 +43,9 @@ pub use resume::Retry;
 #[cfg(debug_assertions)]
 #[doc(hidden)]
 pub use slot::fault;
+#[cfg(debug_assertions)]
+#[doc(hidden)]
+pub use delta::fault as delta_fault;
 
 use crate::config::Config;
 use crate::progress::{Phase, Progress};

@@ -263,6 +263,10 @@ pub fn scan(
     if cancel.load(Ordering::Relaxed) {
         return Err(PrepareError::Cancelled { slot: target.slot });
     }
+    #[cfg(debug_assertions)]
+    if let Some(r) = &delta.running {
+        fault::after_scan(r);
+    }
     Ok(Plan::new(m, first, &in_place, &found))
 }
 
@@ -328,6 +332,47 @@ fn hash_range(
         progress.add_bytes(n as u64);
     }
     Ok(Some(*hasher.finalize().as_bytes()))
+}
+
+/// A fault seam for tests (debug builds only): the running slot's medium
+/// garbles one byte after the scan has hashed it, as a disk that rots or a
+/// stale chunk index would, so a test can check that the copy's own hash
+/// catches it.
+#[cfg(debug_assertions)]
+#[doc(hidden)]
+pub mod fault {
+    use super::LocalSlot;
+    use std::os::unix::fs::FileExt;
+    use std::path::PathBuf;
+    use std::sync::Mutex;
+
+    /// The running slot file and the offset of the byte to flip once it has
+    /// been scanned. One shot: taken when it fires. Keyed by path, so tests
+    /// running in parallel do not meet it.
+    pub static FLIP_AFTER_SCAN: Mutex<Option<(PathBuf, u64)>> = Mutex::new(None);
+
+    pub(super) fn after_scan(running: &LocalSlot) {
+        let mut armed = FLIP_AFTER_SCAN.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(at) = armed
+            .as_ref()
+            .filter(|(path, _)| *path == running.path)
+            .map(|(_, at)| *at)
+        else {
+            return;
+        };
+        *armed = None;
+        // Through a descriptor of its own: the agent's is read-only.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&running.path)
+            .expect("fault seam: open the running slot");
+        let mut b = [0u8];
+        file.read_exact_at(&mut b, at).expect("fault seam: read");
+        file.write_all_at(&[b[0] ^ 0x40], at)
+            .expect("fault seam: write");
+        log::warn!("fault seam: flipped the byte at {at} of slot {}", running.slot);
+    }
 }
 
 #[cfg(test)]

@@ -533,7 +533,10 @@ fn walk(
         if local {
             job.progress.add_bytes(chunk.len);
             cp.local_chunk_done(&chunk);
-            writer.restart(cp.pos);
+            if from == From::InPlace {
+                // Nothing to write: the block (empty) moves past the chunk.
+                writer.restart(cp.pos);
+            }
             writer.commit_saving(due_save(job, cp)).map_err(Failure::Fatal)?;
             continue;
         }
