@@ -49,24 +49,38 @@ fn main() {
     let out = work.path().join("bundles");
     let chunk = std::env::var("DELTA_BENCH_CHUNK").ok();
     let build = |version: &str, kernel: &Path, package: Option<&Path>| {
-        tools.bundle(work.path(), &out, version, kernel, package, chunk.as_deref())
+        tools.bundle(
+            work.path(),
+            &out,
+            version,
+            kernel,
+            package,
+            chunk.as_deref(),
+        )
     };
     let v1 = build("1", &kernel, None);
     let mut cases = vec![("(a) the same image".to_owned(), v1.clone())];
     if let Some(deb) = env_path("DELTA_BENCH_PACKAGE_DEB") {
-        let name = deb.file_name().unwrap().to_string_lossy().into_owned();
-        cases.push((format!("(b) one package added ({name})"), build("2", &kernel, Some(&deb))));
+        cases.push((
+            format!("(b) + package {}", package_name(&deb)),
+            build("2", &kernel, Some(&deb)),
+        ));
     } else {
         println!("(b) left out: set DELTA_BENCH_PACKAGE_DEB");
     }
     if let Some(deb) = env_path("DELTA_BENCH_NEW_KERNEL_DEB") {
-        let name = deb.file_name().unwrap().to_string_lossy().into_owned();
-        cases.push((format!("(c) another kernel ({name})"), build("3", &deb, None)));
+        let (from, to) = (package_name(&kernel), package_name(&deb));
+        cases.push((format!("(c) kernel {from} -> {to}"), build("3", &deb, None)));
     } else {
         println!("(c) left out: set DELTA_BENCH_NEW_KERNEL_DEB");
     }
     let nginx = Nginx::start(work.path(), &out);
-    let slot_size = cases.iter().map(|(_, b)| b.manifest.image_size).max().unwrap() + (16 << 20);
+    let slot_size = cases
+        .iter()
+        .map(|(_, b)| b.manifest.image_size)
+        .max()
+        .unwrap()
+        + (16 << 20);
     println!(
         "v1: {} MiB image, {} MiB bundle, {} chunks of {} KiB; served by nginx on 127.0.0.1:{}",
         v1.manifest.image_size >> 20,
@@ -76,7 +90,7 @@ fn main() {
         nginx.port
     );
     println!(
-        "{:<44} {:>8} {:>14} {:>14} {:>7} {:>5} {:>9} {:>9}",
+        "{:<40} {:>8} {:>14} {:>14} {:>7} {:>5} {:>9} {:>9}",
         "upgrade from v1",
         "chunks",
         "bundle bytes",
@@ -92,7 +106,7 @@ fn main() {
         let full = run_prepare(work.path(), &nginx, &v1, new, slot_size, false);
         assert_eq!(full.bytes, new.manifest.compressed_size, "a full download");
         println!(
-            "{name:<44} {:>8} {:>14} {:>14} {:>6.2}% {:>5} {:>9.3} {:>9.3}",
+            "{name:<40} {:>8} {:>14} {:>14} {:>6.2}% {:>5} {:>9.3} {:>9.3}",
             format!("{}/{}", layout, new.manifest.chunks.len()),
             new.manifest.compressed_size,
             delta.bytes,
@@ -109,6 +123,16 @@ fn main() {
     );
 }
 
+/// `vim` of `vim_2%3a9.0.1378-2+deb12u2_amd64.deb`.
+fn package_name(deb: &Path) -> String {
+    let file = deb.file_name().unwrap().to_string_lossy();
+    file.split('_')
+        .next()
+        .unwrap_or(&file)
+        .trim_start_matches("linux-image-")
+        .to_owned()
+}
+
 fn env_path(key: &str) -> Option<PathBuf> {
     std::env::var_os(key).map(PathBuf::from)
 }
@@ -116,7 +140,10 @@ fn env_path(key: &str) -> Option<PathBuf> {
 /// Chunks of `new` whose digest is nowhere in `old`.
 fn new_chunks(old: &Manifest, new: &Manifest) -> usize {
     let have: std::collections::HashSet<_> = old.chunks.iter().map(|c| c.digest).collect();
-    new.chunks.iter().filter(|c| !have.contains(&c.digest)).count()
+    new.chunks
+        .iter()
+        .filter(|c| !have.contains(&c.digest))
+        .count()
 }
 
 #[derive(Clone)]
@@ -203,7 +230,10 @@ impl Tools {
 }
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().into()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .into()
 }
 
 fn cargo_build(target_dir: &str, args: &[&str]) {
@@ -317,7 +347,14 @@ struct Run {
 
 /// One prepare of `new` on a fresh node: slot A holds `running`'s image,
 /// slot B zeros.
-fn run_prepare(work: &Path, nginx: &Nginx, running: &Built, new: &Built, slot: u64, delta: bool) -> Run {
+fn run_prepare(
+    work: &Path,
+    nginx: &Nginx,
+    running: &Built,
+    new: &Built,
+    slot: u64,
+    delta: bool,
+) -> Run {
     let node = work.join("node");
     let _ = fs::remove_dir_all(&node);
     fs::create_dir_all(node.join("esp")).unwrap();
@@ -331,7 +368,12 @@ fn run_prepare(work: &Path, nginx: &Nginx, running: &Built, new: &Built, slot: u
         .status()
         .unwrap();
     assert!(unpacked.success());
-    fs::OpenOptions::new().write(true).open(&a).unwrap().set_len(slot).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&a)
+        .unwrap()
+        .set_len(slot)
+        .unwrap();
     fs::File::create(&b).unwrap().set_len(slot).unwrap();
     let mut o = Overrides::default();
     for (k, v) in [
@@ -345,7 +387,9 @@ fn run_prepare(work: &Path, nginx: &Nginx, running: &Built, new: &Built, slot: u
     }
     o.set("booted", "A").unwrap();
     o.set("delta", if delta { "yes" } else { "no" }).unwrap();
-    let cfg = o.resolve(Path::new("/nonexistent"), Path::new("/dev"), "").unwrap();
+    let cfg = o
+        .resolve(Path::new("/nonexistent"), Path::new("/dev"), "")
+        .unwrap();
     let uri = format!("/os-{}.img.zst", new.version);
     let req = PrepareRequest {
         url: format!("http://127.0.0.1:{}{uri}", nginx.port),

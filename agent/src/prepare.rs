@@ -38,14 +38,14 @@ mod resume;
 mod slot;
 mod writer;
 
+#[cfg(debug_assertions)]
+#[doc(hidden)]
+pub use delta::fault as delta_fault;
 pub use error::PrepareError;
 pub use resume::Retry;
 #[cfg(debug_assertions)]
 #[doc(hidden)]
 pub use slot::fault;
-#[cfg(debug_assertions)]
-#[doc(hidden)]
-pub use delta::fault as delta_fault;
 
 use crate::config::Config;
 use crate::progress::{Phase, Progress};

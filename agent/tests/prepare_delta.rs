@@ -9,7 +9,7 @@ mod common;
 
 use agent::prepare::{prepare_with, PrepareError, PrepareRequest, Prepared};
 use agent::progress::Progress;
-use common::server::{Fault, Server, Served};
+use common::server::{Fault, Served, Server};
 use common::{bundle, quick_retry, request, synthetic_chunk, synthetic_image, Bundle, Node, Rng};
 use std::sync::atomic::AtomicBool;
 
@@ -107,7 +107,10 @@ fn a_delta_upgrade_lands_byte_identical_to_a_full_one() {
     for k in CHANGED {
         assert!(fetched(&b, &served, k), "chunk {k} not fetched: {served:?}");
     }
-    let changed: u64 = CHANGED.iter().map(|&k| frame(&b, k).1 - frame(&b, k).0).sum();
+    let changed: u64 = CHANGED
+        .iter()
+        .map(|&k| frame(&b, k).1 - frame(&b, k).0)
+        .sum();
     assert!(
         sent >= changed && sent < b.meta.compressed_size / 3,
         "{sent} bytes sent for {changed} bytes of changed frames (full: {})",
@@ -123,7 +126,10 @@ fn a_delta_upgrade_lands_byte_identical_to_a_full_one() {
         .0
         .unwrap();
     assert_eq!(server.sent(IMG), b.meta.compressed_size);
-    assert!(full_node.slot_b() == delta_node.slot_b(), "delta and full differ");
+    assert!(
+        full_node.slot_b() == delta_node.slot_b(),
+        "delta and full differ"
+    );
 }
 
 #[test]
@@ -205,7 +211,10 @@ fn a_restart_mid_delta_continues_from_its_checkpoint() {
     server.fault(IMG, Fault::Status(503));
     let (result, _) = run(&node, &request(server.url(IMG), &b.meta.digest));
     let err = result.expect_err("the first prepare gives up");
-    assert!(matches!(err, PrepareError::Http { status: 503, .. }), "{err}");
+    assert!(
+        matches!(err, PrepareError::Http { status: 503, .. }),
+        "{err}"
+    );
     let checkpoint = node.cfg.state_dir.join("os-agent/resume");
     let saved = std::fs::read_to_string(&checkpoint).unwrap();
     assert!(saved.contains("\nchunk=22\n"), "{saved}");
@@ -221,7 +230,10 @@ fn a_restart_mid_delta_continues_from_its_checkpoint() {
         "continued at chunk 22: {again:?}"
     );
     assert!(!fetched(&b, again, 5), "chunk 5 fetched again: {again:?}");
-    let changed: u64 = CHANGED.iter().map(|&k| frame(&b, k).1 - frame(&b, k).0).sum();
+    let changed: u64 = CHANGED
+        .iter()
+        .map(|&k| frame(&b, k).1 - frame(&b, k).0)
+        .sum();
     let sent = server.sent(IMG);
     assert!(
         sent <= changed + (end - z) / 2 + b.meta.compressed_size / 10,

@@ -75,7 +75,12 @@ impl Plan {
     /// The plan for chunks `first..` of `m`: `in_place[k - first]` says the
     /// target holds chunk k, `found` maps a chunk digest to an offset of the
     /// running slot that holds it.
-    pub fn new(m: &Manifest, first: usize, in_place: &[bool], found: &HashMap<[u8; 32], u64>) -> Plan {
+    pub fn new(
+        m: &Manifest,
+        first: usize,
+        in_place: &[bool],
+        found: &HashMap<[u8; 32], u64>,
+    ) -> Plan {
         let from = m.chunks[first.min(m.chunks.len())..]
             .iter()
             .zip(in_place.iter().chain(std::iter::repeat(&false)))
@@ -99,9 +104,7 @@ impl Plan {
                 continue;
             }
             if let Some(prev) = last_fetch.filter(|&p| p + 1 < i) {
-                let gap: u64 = (prev + 1..i)
-                    .map(|j| m.chunks[self.first + j].zsize)
-                    .sum();
+                let gap: u64 = (prev + 1..i).map(|j| m.chunks[self.first + j].zsize).sum();
                 if gap <= GAP {
                     self.from[prev + 1..i].fill(From::Fetch);
                 }
@@ -371,7 +374,10 @@ pub mod fault {
         file.read_exact_at(&mut b, at).expect("fault seam: read");
         file.write_all_at(&[b[0] ^ 0x40], at)
             .expect("fault seam: write");
-        log::warn!("fault seam: flipped the byte at {at} of slot {}", running.slot);
+        log::warn!(
+            "fault seam: flipped the byte at {at} of slot {}",
+            running.slot
+        );
     }
 }
 
@@ -388,7 +394,15 @@ mod tests {
             .enumerate()
             .map(|(k, &z)| (*blake3::hash(&[k as u8; 100]).as_bytes(), z));
         let size = zsizes.len() as u64 * 100;
-        Manifest::from_chunks("os-2", "2", "os-2.img.zst", size, wire::Digest::blake3([0; 32]), 100, frames)
+        Manifest::from_chunks(
+            "os-2",
+            "2",
+            "os-2.img.zst",
+            size,
+            wire::Digest::blake3([0; 32]),
+            100,
+            frames,
+        )
     }
 
     fn digest(k: u8) -> [u8; 32] {
@@ -408,9 +422,15 @@ mod tests {
             From::Copy(100),
             From::Fetch,
         ];
-        assert_eq!((0..6).map(|k| plan.get(k).unwrap()).collect::<Vec<_>>(), want);
+        assert_eq!(
+            (0..6).map(|k| plan.get(k).unwrap()).collect::<Vec<_>>(),
+            want
+        );
         assert_eq!(plan.get(6), None);
-        assert_eq!((plan.run_end(0), plan.run_end(3), plan.run_end(5)), (1, 4, 6));
+        assert_eq!(
+            (plan.run_end(0), plan.run_end(3), plan.run_end(5)),
+            (1, 4, 6)
+        );
         let s = plan.summary(&m);
         assert_eq!((s.in_place, s.copied, s.fetched, s.requests), (1, 2, 3, 3));
         assert_eq!(s.fetch_bytes, 3 * (GAP + 1));
@@ -440,7 +460,10 @@ mod tests {
     fn a_plan_starts_at_the_first_chunk_not_done() {
         let m = manifest(&[5; 4]);
         let plan = Plan::new(&m, 2, &[true], &HashMap::new());
-        assert_eq!((plan.get(1), plan.get(2), plan.get(3)), (None, Some(From::InPlace), Some(From::Fetch)));
+        assert_eq!(
+            (plan.get(1), plan.get(2), plan.get(3)),
+            (None, Some(From::InPlace), Some(From::Fetch))
+        );
         let mut all_fetched = Plan::new(&m, 0, &[], &HashMap::new());
         assert!(!all_fetched.uses_local());
         all_fetched.fetch_instead(9);

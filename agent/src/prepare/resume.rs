@@ -487,7 +487,9 @@ fn plan(job: &Job, first: usize) -> Result<Option<Plan>, PrepareError> {
         s.in_place,
         job.device.slot,
         s.copied,
-        d.running.as_ref().map_or("-".into(), |r| r.slot.to_string()),
+        d.running
+            .as_ref()
+            .map_or("-".into(), |r| r.slot.to_string()),
         s.fetched,
         s.fetch_bytes,
         m.compressed_size,
@@ -537,7 +539,9 @@ fn walk(
                 // Nothing to write: the block (empty) moves past the chunk.
                 writer.restart(cp.pos);
             }
-            writer.commit_saving(due_save(job, cp)).map_err(Failure::Fatal)?;
+            writer
+                .commit_saving(due_save(job, cp))
+                .map_err(Failure::Fatal)?;
             continue;
         }
         if from != From::Fetch {
