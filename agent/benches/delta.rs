@@ -333,8 +333,11 @@ impl Nginx {
 }
 
 impl Drop for Nginx {
+    /// SIGTERM to the master, which stops its workers (a SIGKILL would
+    /// leave them running) before it exits.
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // SAFETY: a plain signal to our own child, which `wait` reaps below.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
         let _ = self.child.wait();
     }
 }
@@ -358,7 +361,7 @@ fn run_prepare(
     let node = work.join("node");
     let _ = fs::remove_dir_all(&node);
     fs::create_dir_all(node.join("esp")).unwrap();
-    Esp::new(&node.join("esp")).init(Slot::A, true).unwrap();
+    Esp::new(node.join("esp")).init(Slot::A, true).unwrap();
     let (a, b) = (node.join("root-a"), node.join("root-b"));
     let img = fs::File::create(&a).unwrap();
     let unpacked = Command::new("zstd")
