@@ -109,6 +109,8 @@ pub struct Config {
     /// Whether `activate`, `rollback` and a failed health gate restart the
     /// machine. Off for test rigs and for operators who reboot themselves.
     pub reboot: bool,
+    /// Copy chunks the local slots hold instead of downloading them.
+    pub delta: bool,
     /// Node configuration (`configure`): root, allow-list, restarts.
     pub configure: configure::Settings,
     /// Where trusted bundle-signing keys are read from, image's first.
@@ -231,6 +233,14 @@ fn secs(v: &str) -> Result<Duration, String> {
         .map_err(|_| format!("`{v}` is not a number of seconds"))
 }
 
+fn yes_no(v: &str) -> Result<bool, String> {
+    match v {
+        "yes" | "true" | "1" => Ok(true),
+        "no" | "false" | "0" => Ok(false),
+        _ => Err(format!("`{v}` is not yes or no")),
+    }
+}
+
 /// A comma-separated list, blanks trimmed and empty items dropped.
 fn list(v: &str) -> impl Iterator<Item = &str> {
     v.split(',').map(str::trim).filter(|s| !s.is_empty())
@@ -288,14 +298,12 @@ settings! {
         },
         "a socket peer sends a whole request within this long of connecting or of its last \
          answer";
-    one reboot: bool = "reboot" "yes|no", default Some("yes"),
-        |v| match v {
-            "yes" | "true" | "1" => Ok(true),
-            "no" | "false" | "0" => Ok(false),
-            _ => Err(format!("`{v}` is not yes or no")),
-        },
+    one reboot: bool = "reboot" "yes|no", default Some("yes"), yes_no,
         "whether upgrade, rollback and a failed health gate restart the machine \
          (--no-reboot: no)";
+    one delta: bool = "delta" "yes|no", default Some("yes"), yes_no,
+        "whether prepare copies the chunks the local slots already hold and downloads \
+         only the others (docs/bundle.md, \"Delta\")";
     one config_root: PathBuf = "config-root" "DIR", default Some("/"), path,
         "prefix of the files node configuration edits";
     one proc_dir: PathBuf = "proc-dir" "DIR", default Some("/proc"), path,
@@ -416,6 +424,7 @@ impl Overrides {
             file_sources: o.file_sources,
             certs_dir: o.certs_dir.expect(set),
             reboot: o.reboot.expect(set),
+            delta: o.delta.expect(set),
             keys_dirs: [o.keys_dir, o.node_keys_dir]
                 .into_iter()
                 .flatten()

@@ -29,6 +29,7 @@
 
 mod blockdev;
 mod cancellable;
+mod delta;
 mod error;
 mod fetch;
 mod manifest;
@@ -37,6 +38,9 @@ mod resume;
 mod slot;
 mod writer;
 
+#[cfg(debug_assertions)]
+#[doc(hidden)]
+pub use delta::fault as delta_fault;
 pub use error::PrepareError;
 pub use resume::Retry;
 #[cfg(debug_assertions)]
@@ -110,6 +114,11 @@ pub(crate) struct Source {
     layer: Option<resume::Layer>,
     /// What the record keeps as the slot's source (see [`Prepared::source`]).
     pinned: String,
+    /// The manifest's image digest is bound to the request by the request's
+    /// own BLAKE3 pin or by an OCI manifest pinned by digest, not only by the
+    /// compressed stream's SHA-256: chunks may then come from the local
+    /// slots (docs/decisions.md, "Delta downloads").
+    manifest_pinned: bool,
 }
 
 /// A slot written and verified, recorded on PERSIST as `written`.
@@ -231,6 +240,7 @@ pub fn prepare_with(
                 Some(m) => m,
                 None => load_manifest(&job, req, pin.blake3(), &trust)?,
             };
+            let manifest_pinned = matches!(pin, Pin::Blake3(_));
             let (anchor, layer, pinned) = match pin {
                 Pin::Blake3(b) => (Some(b), None, String::new()),
                 Pin::Sha256(d) => (
@@ -249,6 +259,7 @@ pub fn prepare_with(
                 anchor,
                 layer,
                 pinned,
+                manifest_pinned,
             }
         }
     };
@@ -259,6 +270,7 @@ pub fn prepare_with(
         anchor,
         layer,
         pinned,
+        manifest_pinned,
     } = source;
     let image_size = manifest.as_ref().map(|m| m.image_size);
     check_fits(&device, image_size)?;
@@ -299,6 +311,10 @@ pub fn prepare_with(
             let _ = std::fs::create_dir_all(dir);
         }
     }
+    let delta = manifest
+        .as_ref()
+        .filter(|_| cfg.delta && manifest_pinned)
+        .map(|m| local_slots(cfg, m));
     let written = write_and_verify(
         &Job {
             fetcher: &fetcher,
@@ -311,6 +327,7 @@ pub fn prepare_with(
             read_timeout: cfg.read_timeout,
             layer: layer.as_ref(),
             saver: saver.as_ref(),
+            delta: delta.as_ref(),
         },
         anchor,
     );
@@ -402,6 +419,23 @@ fn already_held(
         return Ok(None);
     }
     Ok(Some(Prepared::of(&rec)))
+}
+
+/// The running slot as a source of chunks for `m`: read-only, up to the size
+/// of the image its record names (else of `m`'s). `running: None` when it
+/// cannot be opened: the delta then uses the target's own chunks only.
+fn local_slots(cfg: &Config, m: &Manifest) -> delta::Delta {
+    let slot = cfg.booted;
+    let path = cfg.slot_device(slot);
+    let size = record::read(&cfg.state_dir, slot)
+        .ok()
+        .map(|r| r.size)
+        .filter(|&s| s > 0)
+        .unwrap_or(m.image_size);
+    let running = delta::LocalSlot::open(slot, path, size)
+        .map_err(|e| log::warn!("slot {slot} ({}): {e}; not copying from it", path.display()))
+        .ok();
+    delta::Delta { running }
 }
 
 /// Step 5: the slot holds a verified image (not yet known to boot).

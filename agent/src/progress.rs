@@ -16,6 +16,9 @@ pub enum Phase {
     Recording = 4,
     Done = 5,
     Failed = 6,
+    /// Reading the local slots for chunks the new image shares with them
+    /// (delta.rs), before anything is downloaded.
+    Scanning = 7,
 }
 
 impl Phase {
@@ -28,6 +31,7 @@ impl Phase {
             Phase::Recording => "recording",
             Phase::Done => "done",
             Phase::Failed => "failed",
+            Phase::Scanning => "scanning",
         }
     }
 
@@ -39,6 +43,7 @@ impl Phase {
             4 => Phase::Recording,
             5 => Phase::Done,
             6 => Phase::Failed,
+            7 => Phase::Scanning,
             _ => Phase::Idle,
         }
     }

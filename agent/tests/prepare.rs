@@ -278,6 +278,9 @@ fn a_wrong_digest_or_version_is_refused() {
     );
 
     // The manifest agrees with the request but the server has other bytes.
+    // A fresh node: slot B above already holds the image's chunks (written
+    // before the digest was refused), and a delta would fetch none of them.
+    let node = Node::new(SLOT);
     let evil = image_with_chunk_changed(&b, 3);
     let server = serve(&b, true);
     server.put(IMG, evil.zst);

@@ -114,6 +114,28 @@ fn a_dropped_layer_download_resumes_and_the_layer_digest_still_verifies() {
     assert!(starts[2] >= starts[1], "{starts:?}");
 }
 
+/// The bundle manifest is the config blob the pinned OCI manifest names, so
+/// chunks may come from the running slot: only the missing frame travels,
+/// by a blob Range request, and the slot still verifies.
+#[test]
+fn a_delta_fetches_only_the_missing_frames_by_blob_range() {
+    let p = publish();
+    let mut running = p.b.image.clone();
+    running[4 * CHUNK..5 * CHUNK].fill(7);
+    let node = Node::with_images(running, &vec![0xEE; SLOT as usize]);
+    let done = run(&node, &request(&p, "os:2", &p.digest)).unwrap();
+    assert_eq!(done.digest, p.b.meta.digest);
+    assert_written(&node, &p);
+    let (z, n) = p.b.meta.frames[4];
+    let served: Vec<_> = p
+        .server
+        .served(&p.layer_path)
+        .iter()
+        .map(|s| (s.status, s.start, s.end, s.sent))
+        .collect();
+    assert_eq!(served, vec![(206, z, Some(z + n - 1), n)]);
+}
+
 #[test]
 fn pinned_by_reference_digest_or_image_blake3() {
     let p = publish();

@@ -56,6 +56,8 @@ pub struct BundleOutput {
 /// Default image size: content plus a quarter plus this, rounded up to [`SIZE_STEP`].
 const HEADROOM: u64 = 16 << 20;
 const SIZE_STEP: u64 = 16 << 20;
+/// Inode counts are multiples of this (1 MiB of inode table).
+const INODE_STEP: u64 = 4096;
 /// Below content plus this, mkfs.ext4 cannot fit its own metadata.
 const MIN_SLACK: u64 = 2 << 20;
 /// Chunks are held in memory twice (plain and compressed).
@@ -73,6 +75,10 @@ struct Staged {
     stats: TreeStats,
     /// Every timestamp in the image.
     time: u64,
+    /// What the file system's UUID, directory hash seed and verity salt are
+    /// derived from: the rootfs's os-release `ID`, the same for every
+    /// version of the OS (docs/bundle.md, "Layout for small deltas").
+    identity: String,
 }
 
 pub fn run(opts: &BundleOptions) -> Result<BundleOutput> {
@@ -112,7 +118,7 @@ pub fn run(opts: &BundleOptions) -> Result<BundleOutput> {
         source_date_epoch.as_deref(),
         as_root,
     )?;
-    let image = make_root_image(opts, &name, &staged, &staging, work.path(), as_root)?;
+    let image = make_root_image(opts, &staged, &staging, work.path(), as_root)?;
     fs::remove_dir_all(&staging).with_context(|| format!("remove {}", staging.display()))?;
     // The dm-verity tree goes after the file system, in the same image; the
     // salt is derived from the bundle's name and version (same input, same
@@ -123,7 +129,7 @@ pub fn run(opts: &BundleOptions) -> Result<BundleOutput> {
     } else {
         let salt = blake3::derive_key(
             "ab-os os-image 2026 verity salt",
-            format!("{name}\0{}", opts.version).as_bytes(),
+            staged.identity.as_bytes(),
         );
         let verity = crate::verity::append_tree(&image, salt)?;
         log::info!(
@@ -140,7 +146,6 @@ pub fn run(opts: &BundleOptions) -> Result<BundleOutput> {
 /// The ext4 image of the staging tree, `work/root.ext4`.
 fn make_root_image(
     opts: &BundleOptions,
-    name: &str,
     staged: &Staged,
     staging: &Path,
     work: &Path,
@@ -150,8 +155,8 @@ fn make_root_image(
     let params = ext4::Ext4Params {
         size,
         inodes: inode_count(&staged.stats),
-        uuid: ext4::derived_uuid("uuid", name, &opts.version),
-        hash_seed: ext4::derived_uuid("hash_seed", name, &opts.version),
+        uuid: ext4::derived_uuid("uuid", "root", &staged.identity),
+        hash_seed: ext4::derived_uuid("hash_seed", "root", &staged.identity),
         time: staged.time,
         owners_to_root: !as_root,
     };
@@ -255,6 +260,10 @@ fn prepare_staging(
     log::info!("staging {} in {}", opts.rootfs.display(), staging.display());
     rootfs::stage(&opts.rootfs, staging, as_root)?;
     rootfs::check_version(staging, &opts.version)?;
+    let identity = rootfs::os_release(staging)
+        .ok()
+        .and_then(|text| rootfs::os_release_value(&text, "ID"))
+        .unwrap_or_else(|| "linux".into());
     let time = build_time(source_date_epoch, rootfs::tree_stats(staging)?.newest_mtime)?;
     let kernel = rootfs::find_kernel(staging)?;
     let (release, modules_dir) = rootfs::find_modules(staging)?;
@@ -288,7 +297,11 @@ fn prepare_staging(
         stats.inodes,
         stats.bytes >> 20
     );
-    Ok(Staged { stats, time })
+    Ok(Staged {
+        stats,
+        time,
+        identity,
+    })
 }
 
 /// SOURCE_DATE_EPOCH if set, else the newest mtime of the input, so that the
@@ -308,9 +321,11 @@ fn build_time(source_date_epoch: Option<&str>, newest_mtime: i64) -> Result<u64>
     Ok(t.max(1))
 }
 
-/// Inodes for mkfs: the tree plus the reserved ones and a little room.
+/// Inodes for mkfs: the tree plus the reserved ones and a little room,
+/// rounded up to [`INODE_STEP`] so that a few files more or less keep the
+/// inode tables, and every block after them, where they were.
 fn inode_count(stats: &TreeStats) -> u64 {
-    stats.inodes + stats.inodes / 16 + 64
+    (stats.inodes + stats.inodes / 16 + 64).next_multiple_of(INODE_STEP)
 }
 
 /// Data blocks plus inode tables.

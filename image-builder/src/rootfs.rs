@@ -157,16 +157,17 @@ pub fn os_release_value(text: &str, key: &str) -> Option<String> {
     })
 }
 
+/// The text of the rootfs's `/etc/os-release`.
+pub fn os_release(root: &Path) -> Result<String> {
+    let path = resolve_in_root(root, Path::new("etc/os-release"))?;
+    fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))
+}
+
 /// The rootfs must say it is `version`: the agent and `os-init` compare the
 /// booted os-release with the slot record.
 pub fn check_version(root: &Path, version: &str) -> Result<()> {
-    let path = resolve_in_root(root, Path::new("etc/os-release"))?;
-    let text = fs::read_to_string(&path).with_context(|| {
-        format!(
-            "the rootfs needs /etc/os-release with VERSION_ID={version}: read {}",
-            path.display()
-        )
-    })?;
+    let text = os_release(root)
+        .with_context(|| format!("the rootfs needs /etc/os-release with VERSION_ID={version}"))?;
     match os_release_value(&text, "VERSION_ID") {
         Some(v) if v == version => Ok(()),
         Some(v) => {

@@ -67,6 +67,9 @@ pub struct Blob {
     pub reader: Box<dyn Read + Send>,
     /// Size of the whole blob, when the registry says.
     pub total: Option<u64>,
+    /// A range was asked for and the registry sent the whole blob instead
+    /// (it does not support Range): the reader runs to the blob's end.
+    pub whole: bool,
 }
 
 pub struct Client {
@@ -167,13 +170,27 @@ impl Client {
     /// Opens a blob at byte `offset` (a Range request when not 0). The caller
     /// verifies what it reads.
     pub fn open_blob(&self, repo: &str, digest: &str, offset: u64) -> Result<Blob, Error> {
+        self.open_blob_range(repo, digest, offset, None)
+    }
+
+    /// Opens bytes `offset..=last` of a blob (`last`: `None` for the rest), a
+    /// Range request unless the whole blob is asked for. A registry that
+    /// ignores Range sends the whole blob: the bytes before `offset` are
+    /// skipped, the reader runs to the blob's end and [`Blob::whole`] says so.
+    pub fn open_blob_range(
+        &self,
+        repo: &str,
+        digest: &str,
+        offset: u64,
+        last: Option<u64>,
+    ) -> Result<Blob, Error> {
         let url = self.blob_url(repo, digest);
-        let range = format!("bytes={offset}-");
-        let headers: &[(&str, &str)] = if offset > 0 {
-            &[("Range", &range)]
-        } else {
-            &[]
-        };
+        let range = format!(
+            "bytes={offset}-{}",
+            last.map_or(String::new(), |l| l.to_string())
+        );
+        let ranged = offset > 0 || last.is_some();
+        let headers: &[(&str, &str)] = if ranged { &[("Range", &range)] } else { &[] };
         let resp = self.request("GET", &url, headers, None, repo, "pull")?;
         let what = || format!("blob {digest} of {}/{repo}", self.registry);
         let resp = expect(resp, &[200, 206], &what)?;
@@ -193,7 +210,11 @@ impl Client {
             _ => check_content_range(content_range.as_deref(), offset)
                 .map_err(|detail| Error::Status { code: 206, detail })?,
         };
-        Ok(Blob { reader, total })
+        Ok(Blob {
+            reader,
+            total,
+            whole: ranged && status == 200,
+        })
     }
 
     /// Whether the registry already has the blob (HEAD).

@@ -78,6 +78,10 @@ pub struct Body {
     /// A range was asked for with a validator the resource no longer has:
     /// the server sent the whole, changed resource from byte 0.
     pub changed: bool,
+    /// A range was asked for and the server sent the whole resource (it
+    /// does not support Range): the bytes before the offset were skipped,
+    /// and the reader runs to the end of the resource.
+    pub whole: bool,
 }
 
 /// Fetches from one URL scheme, with the request's TLS settings. Cheap to
@@ -159,26 +163,29 @@ impl Fetcher {
         Ok(Fetcher::Http(config.into()))
     }
 
-    /// Opens `url` at byte `offset`; over HTTP with `If-Range: validator`
-    /// when one is given, so a resource that changed comes whole instead of
-    /// as a range of something else.
+    /// Opens `url` at byte `offset`, up to and including byte `last` when
+    /// given (else to the end); over HTTP with `If-Range: validator` when one
+    /// is given, so a resource that changed comes whole instead of as a range
+    /// of something else.
     pub fn open(
         &self,
         url: &str,
         offset: u64,
+        last: Option<u64>,
         validator: Option<&str>,
     ) -> Result<Body, FetchError> {
         match self {
+            // A file reads from any offset; the caller stops at `last`.
             Fetcher::File => open_file(
                 &file_path(url).map_err(|e| FetchError::File(io::Error::other(e.to_string())))?,
                 offset,
                 validator,
             ),
-            Fetcher::Http(agent) => open_http(agent, url, offset, validator),
+            Fetcher::Http(agent) => open_http(agent, url, offset, last, validator),
             Fetcher::Registry(b) => {
                 let blob = b
                     .client
-                    .open_blob(&b.repo, &b.digest, offset)
+                    .open_blob_range(&b.repo, &b.digest, offset, last)
                     .map_err(from_oci)?;
                 // A blob is addressed by its digest: it cannot change.
                 Ok(Body {
@@ -186,6 +193,7 @@ impl Fetcher {
                     total: blob.total,
                     etag: None,
                     changed: false,
+                    whole: blob.whole,
                 })
             }
         }
@@ -193,7 +201,7 @@ impl Fetcher {
 
     /// Reads a small document (the manifest) whole; `None` when it does not exist.
     pub fn read_small(&self, url: &str, max: u64) -> Result<Option<String>, FetchError> {
-        let body = match self.open(url, 0, None) {
+        let body = match self.open(url, 0, None, None) {
             Ok(b) => b,
             Err(FetchError::NotFound) => return Ok(None),
             Err(e) => return Err(e),
@@ -244,11 +252,14 @@ fn open_http(
     agent: &ureq::Agent,
     url: &str,
     offset: u64,
+    last: Option<u64>,
     validator: Option<&str>,
 ) -> Result<Body, FetchError> {
     let mut req = agent.get(url);
-    if offset > 0 {
-        req = req.header("Range", format!("bytes={offset}-"));
+    let ranged = offset > 0 || last.is_some();
+    if ranged {
+        let last = last.map_or(String::new(), |l| l.to_string());
+        req = req.header("Range", format!("bytes={offset}-{last}"));
         if let Some(v) = validator {
             req = req.header("If-Range", v);
         }
@@ -272,6 +283,7 @@ fn open_http(
             total: length,
             etag,
             changed: false,
+            whole: ranged,
         }),
         200 if validator.is_some() && etag.as_deref() != validator => {
             log::warn!(
@@ -284,6 +296,7 @@ fn open_http(
                 total: length,
                 etag,
                 changed: true,
+                whole: true,
             })
         }
         200 => {
@@ -297,6 +310,7 @@ fn open_http(
                 total: length,
                 etag,
                 changed: false,
+                whole: true,
             })
         }
         206 => {
@@ -306,6 +320,7 @@ fn open_http(
                 total,
                 etag,
                 changed: false,
+                whole: false,
             })
         }
         404 | 410 => Err(FetchError::NotFound),
@@ -389,6 +404,7 @@ fn open_file(path: &Path, offset: u64, validator: Option<&str>) -> Result<Body, 
         total: Some(total),
         etag: Some(etag),
         changed,
+        whole: false,
     })
 }
 
@@ -519,7 +535,7 @@ mod tests {
         let path = dir.path().join("img");
         fs::write(&path, b"0123456789").unwrap();
         let url = format!("file://{}", path.display());
-        let mut body = Fetcher::File.open(&url, 4, None).unwrap();
+        let mut body = Fetcher::File.open(&url, 4, None, None).unwrap();
         let mut rest = String::new();
         body.reader.read_to_string(&mut rest).unwrap();
         assert_eq!((rest.as_str(), body.total), ("456789", Some(10)));

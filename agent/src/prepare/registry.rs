@@ -189,6 +189,10 @@ pub fn resolve(
                         "{SCHEME}{}/{}@{manifest_digest}",
                         reference.registry, reference.repository
                     ),
+                    // The bundle manifest is the config blob, fetched by the
+                    // digest the pinned OCI manifest names (or pinned by
+                    // its BLAKE3): it is what the publisher built.
+                    manifest_pinned: true,
                 });
             }
             Err(e @ PrepareError::Cancelled { .. }) => return Err(e),

@@ -15,6 +15,7 @@
 //! rewritten.
 
 use super::cancellable;
+use super::delta::{self, Delta, From, Plan};
 use super::fetch::{classify_io, Body, FetchError, Fetcher};
 use super::manifest::Manifest;
 use super::slot::SlotDevice;
@@ -99,6 +100,11 @@ pub struct Job<'a> {
     /// Where checkpoints are saved so that a restarted agent continues the
     /// download (with a manifest only); `None`: kept in memory.
     pub saver: Option<&'a Saver>,
+    /// Chunks may come from the local slots (delta.rs): only when the
+    /// manifest's digests are bound to the request's pin by something else
+    /// than the compressed stream's SHA-256 (docs/decisions.md, "Delta
+    /// downloads"), since a stream with skipped frames has no such hash.
+    pub delta: Option<&'a Delta>,
 }
 
 impl<'a> Job<'a> {
@@ -125,6 +131,7 @@ impl<'a> Job<'a> {
             read_timeout,
             layer: None,
             saver: None,
+            delta: None,
         }
     }
 }
@@ -202,6 +209,8 @@ impl Saver {
         }
         let zhash = match (job.layer, zhash.as_str()) {
             (None, "") => None,
+            // A delta skipped frames: no hash of the stream to continue.
+            (Some(_), "") if job.delta.is_some() => None,
             (Some(_), text) => Some(Sha256State::parse(text)?),
             (None, _) => return None,
         };
@@ -258,6 +267,16 @@ struct Checkpoint {
 }
 
 impl Checkpoint {
+    /// Chunk `c` (the next one) is in the slot without being fetched: its
+    /// frame is skipped, so the stream's SHA-256 ends here.
+    fn local_chunk_done(&mut self, c: &wire::manifest::Chunk) {
+        self.zpos = c.zoffset + c.zsize;
+        self.pos = c.offset + c.len;
+        self.chunk += 1;
+        self.hasher = blake3::Hasher::new();
+        self.zhash = None;
+    }
+
     fn start(job: &Job) -> Checkpoint {
         Checkpoint {
             zpos: 0,
@@ -400,9 +419,18 @@ pub fn stream_image(job: &Job, mut writer: Writer) -> Result<Streamed, PrepareEr
     }
     let mut cp = saved.unwrap_or_else(|| Checkpoint::start(job));
     let resumed_from = cp.zpos;
+    let mut plan = plan(job, cp.chunk)?;
     with_retries(job, job.url, || {
         let start = cp.zpos;
-        let result = attempt(job, &mut writer, &mut cp, resumed_from);
+        let result = match &mut plan {
+            Some(p) => walk(job, &mut writer, &mut cp, p, resumed_from),
+            None => attempt(job, &mut writer, &mut cp, resumed_from, None).map(|_| None),
+        };
+        let result = result.map(|ended| {
+            if ended == Some(Ended::Whole) {
+                plan = None;
+            }
+        });
         if let (Err(Failure::Retry { .. }), Some(saver)) = (&result, job.saver) {
             // Save where the download stands now, so a request after this
             // one gives up (or after the agent stops) continues from here:
@@ -425,8 +453,15 @@ pub fn stream_image(job: &Job, mut writer: Writer) -> Result<Streamed, PrepareEr
         })
     })?;
     writer.finish()?;
-    if let Some(layer) = job.layer {
-        check_layer(job, layer, &cp)?;
+    match job.layer {
+        Some(layer) if cp.zhash.is_some() => check_layer(job, layer, &cp)?,
+        Some(layer) => log::info!(
+            "{}: the layer's {} was not checked (frames came from the local slots); \
+             every chunk and the whole image are",
+            job.url,
+            layer.digest
+        ),
+        None => {}
     }
     let digest = job.manifest.is_none().then(|| cp.hasher.finalize());
     Ok(Streamed {
@@ -435,29 +470,142 @@ pub fn stream_image(job: &Job, mut writer: Writer) -> Result<Streamed, PrepareEr
     })
 }
 
-/// One connection's worth of the download, from checkpoint `cp` on.
+/// With a delta (and a manifest): where each chunk from `first` on comes
+/// from; `None` when everything is fetched.
+fn plan(job: &Job, first: usize) -> Result<Option<Plan>, PrepareError> {
+    let (Some(d), Some(m)) = (job.delta, job.manifest) else {
+        return Ok(None);
+    };
+    let plan = delta::scan(m, first, job.device, d, job.progress, job.cancel)?;
+    job.progress
+        .start_phase(crate::progress::Phase::Downloading, m.image_size);
+    let s = plan.summary(m);
+    log::info!(
+        "{}: {} chunks in place in slot {}, {} copied from slot {}, {} to fetch \
+         ({} of {} compressed bytes, {} requests)",
+        job.url,
+        s.in_place,
+        job.device.slot,
+        s.copied,
+        d.running
+            .as_ref()
+            .map_or("-".into(), |r| r.slot.to_string()),
+        s.fetched,
+        s.fetch_bytes,
+        m.compressed_size,
+        s.requests
+    );
+    Ok(plan.uses_local().then_some(plan))
+}
+
+/// How a stream of fetched frames ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// At the end of the run asked for (or of the image).
+    Run,
+    /// The server sent the whole file rather than a range: the stream ran to
+    /// the end of the image, and the rest of the plan is moot.
+    Whole,
+}
+
+/// One attempt of a delta: the chunks from `cp` on, each kept in place,
+/// copied from the running slot (fetched instead when the copy does not
+/// match), or fetched with the run of chunks it starts.
+fn walk(
+    job: &Job,
+    writer: &mut Writer,
+    cp: &mut Checkpoint,
+    plan: &mut Plan,
+    resumed_from: u64,
+) -> Result<Option<Ended>, Failure> {
+    let m = job.manifest.expect("a delta has a manifest");
+    job.progress.set_bytes(cp.pos);
+    while let Some(from) = plan.get(cp.chunk) {
+        cancelled(job).map_err(Failure::Fatal)?;
+        let (k, chunk) = (cp.chunk, m.chunks[cp.chunk]);
+        let local = match from {
+            From::InPlace => true,
+            From::Copy(at) => {
+                let running = job.delta.and_then(|d| d.running.as_ref());
+                let copied = running.map(|r| delta::copy_chunk(r, &chunk, at, writer));
+                copied.transpose().map_err(Failure::Fatal)? == Some(true)
+            }
+            From::Fetch => false,
+        };
+        if local {
+            job.progress.add_bytes(chunk.len);
+            cp.local_chunk_done(&chunk);
+            if from == From::InPlace {
+                // Nothing to write: the block (empty) moves past the chunk.
+                writer.restart(cp.pos);
+            }
+            writer
+                .commit_saving(due_save(job, cp))
+                .map_err(Failure::Fatal)?;
+            continue;
+        }
+        if from != From::Fetch {
+            log::warn!(
+                "{}: chunk {k} no longer reads as its digest in the running slot; fetching it",
+                job.url
+            );
+            plan.fetch_instead(k);
+        }
+        let until = plan.run_end(k);
+        if attempt(job, writer, cp, resumed_from, Some(until))? == Ended::Whole {
+            return Ok(Some(Ended::Whole));
+        }
+    }
+    Ok(None)
+}
+
+/// The checkpoint to save now, if one is due.
+fn due_save(job: &Job, cp: &Checkpoint) -> Option<Save> {
+    job.saver
+        .filter(|s| job.manifest.is_some() && s.due())
+        .map(|s| Save {
+            path: s.path.clone(),
+            text: s.text(cp),
+        })
+}
+
+/// One connection's worth of the download, from checkpoint `cp` on, to the
+/// end or (with a manifest) to the start of chunk `until`.
 /// `resumed_from`: where this process started (a saved checkpoint, or 0).
 fn attempt(
     job: &Job,
     writer: &mut Writer,
     cp: &mut Checkpoint,
     resumed_from: u64,
-) -> Result<(), Failure> {
+    mut until: Option<usize>,
+) -> Result<Ended, Failure> {
     cancelled(job).map_err(Failure::Fatal)?;
-    if cp.zpos > 0 {
-        log::info!(
+    let last = until.and_then(|u| {
+        let c = job.manifest?.chunks.get(u.checked_sub(1)?)?;
+        Some(c.zoffset + c.zsize - 1)
+    });
+    match last {
+        Some(last) => log::debug!(
+            "{}: fetching compressed bytes {}-{last} (chunks {}..{})",
+            job.url,
+            cp.zpos,
+            cp.chunk,
+            until.unwrap_or_default()
+        ),
+        None if cp.zpos > 0 => log::info!(
             "{}: resuming at compressed byte {} (image byte {})",
             job.url,
             cp.zpos,
             cp.pos
-        );
+        ),
+        None => {}
     }
     // Opened and read on helper threads, so a source that goes silent
     // cannot keep a cancel waiting for the read timeout.
     let (fetcher, url, zpos) = (job.fetcher.clone(), job.url.to_owned(), cp.zpos);
     let validator = cp.etag.clone();
     let body = cancellable::run(job.cancel, move || {
-        fetcher.open(&url, zpos, validator.as_deref())
+        fetcher.open(&url, zpos, last, validator.as_deref())
     })
     .map_err(|_| {
         Failure::Fatal(PrepareError::Cancelled {
@@ -482,12 +630,24 @@ fn attempt(
         );
         *cp = Checkpoint::start(job);
     }
-    if cp.zpos == 0 {
+    if cp.zpos == 0 || cp.etag.is_none() {
         cp.etag = body
             .etag
             .clone()
             .filter(|e| bootctl::record::check_text(e).is_ok());
     }
+    if body.whole && until.is_some() {
+        log::warn!(
+            "{}: the server does not support Range requests; downloading the rest of the image whole",
+            job.url
+        );
+        until = None;
+    }
+    let ended = if until.is_some() {
+        Ended::Run
+    } else {
+        Ended::Whole
+    };
     check_length(job, &body)?;
     job.progress.set_bytes(cp.pos);
     let source = cancellable::pump(body.reader, job.cancel);
@@ -506,7 +666,7 @@ fn attempt(
     loop {
         cancelled(job).map_err(Failure::Fatal)?;
         let n = match stream.read(writer.space()) {
-            Ok(0) => return end_of_stream(job, cp, &stream),
+            Ok(0) => return end_of_stream(job, cp, &stream).map(|()| ended),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(read_failure(job, e, pos)),
@@ -516,18 +676,14 @@ fn attempt(
         writer.filled(n);
         let sent = if let Some(zpos) = stream.get_ref().get_ref().boundary() {
             frame_end(job, cp, stream.get_mut(), zpos, pos)?;
-            let save = job
-                .saver
-                .filter(|s| job.manifest.is_some() && s.due())
-                .map(|s| Save {
-                    path: s.path.clone(),
-                    text: s.text(cp),
-                });
-            writer.commit_saving(save)
+            writer.commit_saving(due_save(job, cp))
         } else {
             writer.send_if_full()
         };
         sent.map_err(Failure::Fatal)?;
+        if until.is_some_and(|u| cp.chunk == u) {
+            return Ok(ended);
+        }
     }
 }
 

@@ -97,6 +97,12 @@ impl SlotDevice {
         })
     }
 
+    /// Reads through the page cache (the delta scan; the read-back has its
+    /// own reader).
+    pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+
     pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), PrepareError> {
         self.file
             .write_all_at(buf, offset)

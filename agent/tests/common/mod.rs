@@ -207,8 +207,19 @@ impl Node {
 
     /// Slot B at `root_b` (already created, e.g. on a small tmpfs).
     pub fn with_slot_b(dir: tempfile::TempDir, root_b: PathBuf) -> Node {
+        Node::with_slots(dir, root_b, synthetic_image(256 << 10, 99))
+    }
+
+    /// Slot A (the running one) holding `active`, slot B holding `inactive`.
+    pub fn with_images(active: Vec<u8>, inactive: &[u8]) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let root_b = dir.path().join("root-b");
+        std::fs::write(&root_b, inactive).unwrap();
+        Node::with_slots(dir, root_b, active)
+    }
+
+    fn with_slots(dir: tempfile::TempDir, root_b: PathBuf, active: Vec<u8>) -> Node {
         let root_a = dir.path().join("root-a");
-        let active = synthetic_image(256 << 10, 99);
         std::fs::write(&root_a, &active).unwrap();
         let esp = dir.path().join("esp");
         std::fs::create_dir_all(&esp).unwrap();

@@ -1,4 +1,4 @@
-//! A loopback HTTP/1.1 file server that honours `Range: bytes=N-` and
+//! A loopback HTTP/1.1 file server that honours `Range: bytes=N-[M]` and
 //! `If-Range` (each `put` of a path gives it a new strong `ETag`) and injects
 //! faults: dropped connections, stalls, error statuses, a slow link. One
 //! request per connection (`Connection: close`); every response is logged.
@@ -19,6 +19,10 @@ pub enum Fault {
     Status(u16),
     /// Send the body at this many bytes per second.
     Throttle(u64),
+    /// Answer as a server without Range support: 200 and the whole file.
+    IgnoreRange,
+    /// No fault (a placeholder in the queue, for a fault on a later request).
+    Pass,
 }
 
 /// One response: which path, from which offset, with which status, and how
@@ -27,6 +31,8 @@ pub enum Fault {
 pub struct Served {
     pub path: String,
     pub start: u64,
+    /// Last byte asked for (`Range: bytes=START-END`), if any.
+    pub end: Option<u64>,
     pub status: u16,
     pub sent: u64,
 }
@@ -117,11 +123,11 @@ impl Server {
 }
 
 fn handle(conn: TcpStream, state: &Mutex<State>) {
-    let Some((path, start, if_range)) = read_request(&conn) else {
+    let Some((path, range, if_range)) = read_request(&conn) else {
         return;
     };
     // Logged in arrival order (a stalled response finishes last).
-    let (file, fault, index, start) = {
+    let (file, fault, index, range) = {
         let mut s = state.lock().unwrap();
         let fault = s
             .faults
@@ -129,31 +135,37 @@ fn handle(conn: TcpStream, state: &Mutex<State>) {
             .and_then(VecDeque::pop_front)
             .or_else(|| s.always.get(&path).copied());
         let file = s.files.get(&path).cloned();
-        // If-Range with another ETag than the file's: the whole file.
-        let start = match (&file, &if_range) {
-            (Some((_, etag)), Some(v)) if v != etag => 0,
-            _ => start,
+        // If-Range with another ETag than the file's, or no Range support:
+        // the whole file.
+        let range = match (&file, &if_range) {
+            (Some((_, etag)), Some(v)) if v != etag => None,
+            _ if fault == Some(Fault::IgnoreRange) => None,
+            _ => range,
         };
         s.log.push(Served {
             path: path.clone(),
-            start,
+            start: range.map_or(0, |r| r.0),
+            end: range.and_then(|r| r.1),
             status: 0,
             sent: 0,
         });
-        (file, fault, s.log.len() - 1, start)
+        (file, fault, s.log.len() - 1, range)
     };
-    let (status, sent) = respond(conn, file.as_ref(), start, fault);
+    let (status, sent) = respond(conn, file.as_ref(), range, fault);
     let entry = &mut state.lock().unwrap().log[index];
     (entry.status, entry.sent) = (status, sent);
 }
 
-/// The path, the Range start and the If-Range validator of a GET.
-fn read_request(conn: &TcpStream) -> Option<(String, u64, Option<String>)> {
+/// A `Range: bytes=START-[END]` header's values.
+type Range = (u64, Option<u64>);
+
+/// The path, the Range and the If-Range validator of a GET.
+fn read_request(conn: &TcpStream) -> Option<(String, Option<Range>, Option<String>)> {
     let mut reader = BufReader::new(conn);
     let mut line = String::new();
     reader.read_line(&mut line).ok()?;
     let path = line.split_whitespace().nth(1)?.to_owned();
-    let mut start = 0;
+    let mut range = None;
     let mut if_range = None;
     loop {
         let mut header = String::new();
@@ -164,23 +176,22 @@ fn read_request(conn: &TcpStream) -> Option<(String, u64, Option<String>)> {
         if lower.starts_with("if-range:") {
             if_range = Some(header["if-range:".len()..].trim().to_owned());
         }
-        if let Some(range) = lower.strip_prefix("range:") {
-            start = range
-                .trim()
-                .strip_prefix("bytes=")?
-                .split('-')
-                .next()?
-                .parse()
-                .ok()?;
+        if let Some(value) = lower.strip_prefix("range:") {
+            let (start, end) = value.trim().strip_prefix("bytes=")?.split_once('-')?;
+            let end = match end {
+                "" => None,
+                e => Some(e.parse().ok()?),
+            };
+            range = Some((start.parse().ok()?, end));
         }
     }
-    Some((path, start, if_range))
+    Some((path, range, if_range))
 }
 
 fn respond(
     mut conn: TcpStream,
     file: Option<&(Arc<Vec<u8>>, String)>,
-    start: u64,
+    range: Option<Range>,
     fault: Option<Fault>,
 ) -> (u16, u64) {
     let status_page = |conn: &mut TcpStream, code: u16| {
@@ -200,27 +211,30 @@ fn respond(
         return status_page(&mut conn, code);
     }
     let len = file.len() as u64;
-    if start > len {
+    let (start, stop) = match range {
+        Some((start, end)) => (start, end.map_or(len, |e| (e + 1).min(len))),
+        None => (0, len),
+    };
+    if start >= len && len > 0 || stop < start {
         return status_page(&mut conn, 416);
     }
-    let (status, range) = if start > 0 {
-        (
+    let (status, content_range) = match range {
+        Some(_) => (
             206,
-            format!("Content-Range: bytes {start}-{}/{len}\r\n", len - 1),
-        )
-    } else {
-        (200, String::new())
+            format!("Content-Range: bytes {start}-{}/{len}\r\n", stop - 1),
+        ),
+        None => (200, String::new()),
     };
     let head = format!(
-        "HTTP/1.1 {status} OK\r\nContent-Length: {}\r\nETag: {etag}\r\n{range}Connection: close\r\n\r\n",
-        len - start
+        "HTTP/1.1 {status} OK\r\nContent-Length: {}\r\nETag: {etag}\r\n{content_range}Connection: close\r\n\r\n",
+        stop - start
     );
     if conn.write_all(head.as_bytes()).is_err() {
         return (status, 0);
     }
     let limit = match fault {
-        Some(Fault::DropAfter(n)) | Some(Fault::StallAfter(n, _)) => n.min(len - start),
-        _ => len - start,
+        Some(Fault::DropAfter(n)) | Some(Fault::StallAfter(n, _)) => n.min(stop - start),
+        _ => stop - start,
     };
     let mut sent = 0;
     let piece_size = match fault {

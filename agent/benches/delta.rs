@@ -1,0 +1,417 @@
+//! Benchmark: what a delta download saves (docs/bundle.md, "Delta"), on
+//! images built by `os-image` from the demo root filesystem, served by nginx
+//! on loopback (Range requests, as a production web server answers them).
+//!
+//! Images: v1 (the running one), and three upgrades from it:
+//! (a) the same image again, (b) v2 = v1 plus one package (a `.deb`
+//! unpacked into the rootfs), (c) v3 = v1 with another kernel (another
+//! Debian kernel package: vmlinuz, modules and the initramfs change).
+//! For each: the share of the bundle's chunks the new image does not share
+//! with v1 (what the layout allows), and `prepare` run twice on a node whose
+//! slot A holds v1 and slot B zeros: with the delta, and without it (a plain
+//! full download). Printed: bytes nginx sent, requests, prepare time.
+//!
+//! `cargo bench -p agent --bench delta`. Inputs, from the environment:
+//! - `DELTA_BENCH_KERNEL_DEB`: kernel package of v1 and v2 (default: the
+//!   tests' kernel, `scripts/fetch-kernel.sh`);
+//! - `DELTA_BENCH_NEW_KERNEL_DEB`: kernel package of v3 (case (c) is left
+//!   out without it), e.g. `apt-get download linux-image-6.1.0-50-amd64`;
+//! - `DELTA_BENCH_PACKAGE_DEB`: the package added in v2 (case (b) is left
+//!   out without it), e.g. `apt-get download vim`;
+//! - `OS_IMAGE`, `OS_INIT`: the binaries (default: built with cargo, as the
+//!   tests crate builds them);
+//! - `DELTA_BENCH_CHUNK` (os-image's `--chunk-size`, default its default),
+//!   `DELTA_BENCH_DIR` (default /var/tmp).
+
+use agent::config::Overrides;
+use agent::prepare::{prepare, PrepareRequest, Tls};
+use agent::progress::Progress;
+use bootctl::store::Esp;
+use bootctl::Slot;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+use wire::manifest::Manifest;
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let base = std::env::var("DELTA_BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into());
+    let work = tempfile::tempdir_in(base).unwrap();
+    // nginx's workers run as nobody: they must reach the bundles.
+    fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let tools = Tools::find();
+    let kernel = env_path("DELTA_BENCH_KERNEL_DEB").unwrap_or_else(default_kernel_deb);
+    let out = work.path().join("bundles");
+    let chunk = std::env::var("DELTA_BENCH_CHUNK").ok();
+    let build = |version: &str, kernel: &Path, package: Option<&Path>| {
+        tools.bundle(
+            work.path(),
+            &out,
+            version,
+            kernel,
+            package,
+            chunk.as_deref(),
+        )
+    };
+    let v1 = build("1", &kernel, None);
+    let mut cases = vec![("(a) the same image".to_owned(), v1.clone())];
+    if let Some(deb) = env_path("DELTA_BENCH_PACKAGE_DEB") {
+        cases.push((
+            format!("(b) + package {}", package_name(&deb)),
+            build("2", &kernel, Some(&deb)),
+        ));
+    } else {
+        println!("(b) left out: set DELTA_BENCH_PACKAGE_DEB");
+    }
+    if let Some(deb) = env_path("DELTA_BENCH_NEW_KERNEL_DEB") {
+        let (from, to) = (package_name(&kernel), package_name(&deb));
+        cases.push((format!("(c) kernel {from} -> {to}"), build("3", &deb, None)));
+    } else {
+        println!("(c) left out: set DELTA_BENCH_NEW_KERNEL_DEB");
+    }
+    let nginx = Nginx::start(work.path(), &out);
+    let slot_size = cases
+        .iter()
+        .map(|(_, b)| b.manifest.image_size)
+        .max()
+        .unwrap()
+        + (16 << 20);
+    println!(
+        "v1: {} MiB image, {} MiB bundle, {} chunks of {} KiB; served by nginx on 127.0.0.1:{}",
+        v1.manifest.image_size >> 20,
+        v1.manifest.compressed_size >> 20,
+        v1.manifest.chunks.len(),
+        v1.manifest.chunk_size >> 10,
+        nginx.port
+    );
+    println!(
+        "{:<40} {:>8} {:>14} {:>14} {:>7} {:>5} {:>9} {:>9}",
+        "upgrade from v1",
+        "chunks",
+        "bundle bytes",
+        "fetched bytes",
+        "share",
+        "reqs",
+        "delta s",
+        "full s"
+    );
+    for (name, new) in &cases {
+        let layout = new_chunks(&v1.manifest, &new.manifest);
+        let delta = run_prepare(work.path(), &nginx, &v1, new, slot_size, true);
+        let full = run_prepare(work.path(), &nginx, &v1, new, slot_size, false);
+        assert_eq!(full.bytes, new.manifest.compressed_size, "a full download");
+        println!(
+            "{name:<40} {:>8} {:>14} {:>14} {:>6.2}% {:>5} {:>9.3} {:>9.3}",
+            format!("{}/{}", layout, new.manifest.chunks.len()),
+            new.manifest.compressed_size,
+            delta.bytes,
+            delta.bytes as f64 * 100.0 / new.manifest.compressed_size as f64,
+            delta.requests,
+            delta.seconds,
+            full.seconds
+        );
+    }
+    println!(
+        "chunks: chunks of the new image that v1 does not hold; share: fetched / bundle bytes; \
+         delta s and full s: prepare with and without the delta (scan, copy, fetch, write, \
+         read back, verify), caches dropped before each"
+    );
+}
+
+/// `vim` of `vim_2%3a9.0.1378-2+deb12u2_amd64.deb`.
+fn package_name(deb: &Path) -> String {
+    let file = deb.file_name().unwrap().to_string_lossy();
+    file.split('_')
+        .next()
+        .unwrap_or(&file)
+        .trim_start_matches("linux-image-")
+        .to_owned()
+}
+
+fn env_path(key: &str) -> Option<PathBuf> {
+    std::env::var_os(key).map(PathBuf::from)
+}
+
+/// Chunks of `new` whose digest is nowhere in `old`.
+fn new_chunks(old: &Manifest, new: &Manifest) -> usize {
+    let have: std::collections::HashSet<_> = old.chunks.iter().map(|c| c.digest).collect();
+    new.chunks
+        .iter()
+        .filter(|c| !have.contains(&c.digest))
+        .count()
+}
+
+#[derive(Clone)]
+struct Built {
+    version: String,
+    image: PathBuf,
+    manifest: Manifest,
+}
+
+struct Tools {
+    os_image: PathBuf,
+    os_init: PathBuf,
+}
+
+impl Tools {
+    fn find() -> Tools {
+        let os_image = env_path("OS_IMAGE").unwrap_or_else(|| {
+            cargo_build(
+                "target/e2e-host",
+                &["--release", "-p", "image-builder", "--bin", "os-image"],
+            );
+            repo_root().join("target/e2e-host/release/os-image")
+        });
+        let os_init = env_path("OS_INIT").unwrap_or_else(|| {
+            cargo_build(
+                "target/e2e-musl",
+                &[
+                    "--profile",
+                    "node",
+                    "--target",
+                    "x86_64-unknown-linux-musl",
+                    "-p",
+                    "initramfs",
+                    "--bin",
+                    "os-init",
+                ],
+            );
+            repo_root().join("target/e2e-musl/x86_64-unknown-linux-musl/node/os-init")
+        });
+        Tools { os_image, os_init }
+    }
+
+    /// `os-image demo-rootfs` with `kernel`, `package` unpacked into it, then
+    /// `os-image bundle`.
+    fn bundle(
+        &self,
+        work: &Path,
+        out: &Path,
+        version: &str,
+        kernel: &Path,
+        package: Option<&Path>,
+        chunk: Option<&str>,
+    ) -> Built {
+        let rootfs = work.join(format!("rootfs-v{version}"));
+        let mut demo = Command::new(&self.os_image);
+        demo.args(["demo-rootfs", "--version", version, "--kernel-deb"])
+            .arg(kernel)
+            .arg("--out")
+            .arg(&rootfs);
+        run(&mut demo);
+        if let Some(deb) = package {
+            run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&rootfs));
+        }
+        let mut bundle = Command::new(&self.os_image);
+        bundle
+            .args(["bundle", "--version", version, "--rootfs"])
+            .arg(&rootfs)
+            .arg("--out")
+            .arg(out)
+            .arg("--os-init")
+            .arg(&self.os_init);
+        if let Some(c) = chunk {
+            bundle.args(["--chunk-size", c]);
+        }
+        run(&mut bundle);
+        fs::remove_dir_all(&rootfs).unwrap();
+        let text = fs::read_to_string(out.join(format!("os-{version}.manifest.json"))).unwrap();
+        Built {
+            version: version.into(),
+            image: out.join(format!("os-{version}.img.zst")),
+            manifest: Manifest::parse(&text).unwrap(),
+        }
+    }
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .into()
+}
+
+fn cargo_build(target_dir: &str, args: &[&str]) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(cargo)
+        .current_dir(repo_root())
+        .arg("build")
+        .args(args)
+        .env("CARGO_TARGET_DIR", repo_root().join(target_dir)));
+}
+
+fn default_kernel_deb() -> PathBuf {
+    let out = Command::new(repo_root().join("scripts/fetch-kernel.sh"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "scripts/fetch-kernel.sh failed");
+    let dl = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()).join("dl");
+    fs::read_dir(&dl)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .unwrap_or_else(|| panic!("no kernel package in {}", dl.display()))
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// nginx serving `root` on a free loopback port, logging each response's
+/// URI, status and body bytes.
+struct Nginx {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Nginx {
+    fn start(work: &Path, root: &Path) -> Nginx {
+        let prefix = work.join("nginx");
+        fs::create_dir_all(&prefix).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = prefix.join("access.log");
+        let conf = format!(
+            "daemon off;\nworker_processes 1;\npid {p}/nginx.pid;\nerror_log {p}/error.log;\n\
+             events {{}}\nhttp {{\n  log_format bench '$uri $status $body_bytes_sent';\n  \
+             access_log {log} bench;\n  client_body_temp_path {p}/tmp;\n  proxy_temp_path {p}/tmp;\n  \
+             fastcgi_temp_path {p}/tmp;\n  uwsgi_temp_path {p}/tmp;\n  scgi_temp_path {p}/tmp;\n  \
+             server {{\n    listen 127.0.0.1:{port};\n    root {root};\n  }}\n}}\n",
+            p = prefix.display(),
+            log = log.display(),
+            root = root.display()
+        );
+        fs::write(prefix.join("nginx.conf"), conf).unwrap();
+        let child = Command::new("nginx")
+            .arg("-p")
+            .arg(&prefix)
+            .arg("-c")
+            .arg(prefix.join("nginx.conf"))
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("nginx (apt-get install nginx-light)");
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(start.elapsed().as_secs() < 10, "nginx did not start");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Nginx { child, port, log }
+    }
+
+    /// (responses, body bytes) for `uri` in the log after line `from`.
+    fn served(&self, uri: &str, from: usize) -> (usize, u64) {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let hits: Vec<u64> = text
+            .lines()
+            .skip(from)
+            .filter_map(|l| {
+                let mut f = l.split(' ');
+                (f.next()? == uri).then(|| f.nth(1)?.parse().ok())?
+            })
+            .collect();
+        (hits.len(), hits.iter().sum())
+    }
+
+    fn lines(&self) -> usize {
+        fs::read_to_string(&self.log).map_or(0, |t| t.lines().count())
+    }
+}
+
+impl Drop for Nginx {
+    /// SIGTERM to the master, which stops its workers (a SIGKILL would
+    /// leave them running) before it exits.
+    fn drop(&mut self) {
+        // SAFETY: a plain signal to our own child, which `wait` reaps below.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+struct Run {
+    seconds: f64,
+    bytes: u64,
+    requests: usize,
+}
+
+/// One prepare of `new` on a fresh node: slot A holds `running`'s image,
+/// slot B zeros.
+fn run_prepare(
+    work: &Path,
+    nginx: &Nginx,
+    running: &Built,
+    new: &Built,
+    slot: u64,
+    delta: bool,
+) -> Run {
+    let node = work.join("node");
+    let _ = fs::remove_dir_all(&node);
+    fs::create_dir_all(node.join("esp")).unwrap();
+    Esp::new(node.join("esp")).init(Slot::A, true).unwrap();
+    let (a, b) = (node.join("root-a"), node.join("root-b"));
+    let img = fs::File::create(&a).unwrap();
+    let unpacked = Command::new("zstd")
+        .arg("-dc")
+        .arg(&running.image)
+        .stdout(img)
+        .status()
+        .unwrap();
+    assert!(unpacked.success());
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&a)
+        .unwrap()
+        .set_len(slot)
+        .unwrap();
+    fs::File::create(&b).unwrap().set_len(slot).unwrap();
+    let mut o = Overrides::default();
+    for (k, v) in [
+        ("root-a", &a),
+        ("root-b", &b),
+        ("esp", &node.join("esp")),
+        ("state-dir", &node.join("persist")),
+        ("keys-dir", &node.join("no-keys")),
+    ] {
+        o.set(k, v.to_str().unwrap()).unwrap();
+    }
+    o.set("booted", "A").unwrap();
+    o.set("delta", if delta { "yes" } else { "no" }).unwrap();
+    let cfg = o
+        .resolve(Path::new("/nonexistent"), Path::new("/dev"), "")
+        .unwrap();
+    let uri = format!("/os-{}.img.zst", new.version);
+    let req = PrepareRequest {
+        url: format!("http://127.0.0.1:{}{uri}", nginx.port),
+        digest: new.manifest.image_digest.to_string(),
+        version: Some(new.version.clone()),
+        tls: Tls::default(),
+        allow_http: true,
+    };
+    let _ = Command::new("sync").status();
+    let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+    let mark = nginx.lines();
+    let start = Instant::now();
+    prepare(&cfg, &req, &Progress::default(), &AtomicBool::new(false)).unwrap();
+    let seconds = start.elapsed().as_secs_f64();
+    let (requests, bytes) = nginx.served(&uri, mark);
+    fs::remove_dir_all(&node).unwrap();
+    Run {
+        seconds,
+        bytes,
+        requests,
+    }
+}
