@@ -558,7 +558,10 @@ mod tests {
         assert!(restart_check(&settled, &looping, &[], &["containerd.service"]).0);
         // A fast loop ends failed by the start limit.
         let (ok, err) = restart_check(&quiet, &quiet, &["fast.service"], &[]);
-        assert!(!ok && err.contains("failed within 20s of the boot's end: fast.service"), "{err}");
+        assert!(
+            !ok && err.contains("failed within 20s of the boot's end: fast.service"),
+            "{err}"
+        );
         assert!(restart_check(&quiet, &quiet, &["fast.service"], &["fast.service"]).0);
     }
 

@@ -160,26 +160,35 @@ fn upgrade_from_an_oci_registry() {
         "v2 was not downloaded: {downloaded} bytes"
     );
 
-    // The layer is the bundle's compressed image, and the guest (through
-    // QEMU's user-mode network, from 127.0.0.1) fetched all of it.
+    // The layer is the bundle's compressed image. The guest (through QEMU's
+    // user-mode network, from 127.0.0.1) fetched parts of it by blob Range:
+    // a delta, the rest copied from its running slot A (under dm-verity).
     let layer = std::fs::read(&art.bundles[1].image).unwrap();
     let layer_digest: String = Sha256::digest(&layer)
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
     let log = report.registry_log.as_deref().expect("no registry log");
-    let get = format!(
-        "\"GET /v2/os/blobs/sha256:{layer_digest} HTTP/1.1\" 200 {}",
-        layer.len()
+    let gets: Vec<_> = e2e::registry::blob_gets(log)
+        .into_iter()
+        .filter(|g| g.digest == format!("sha256:{layer_digest}"))
+        .collect();
+    assert!(
+        !gets.is_empty() && gets.iter().all(|g| g.status == 206),
+        "the layer was not fetched by ranges: {gets:?}\n{log}"
     );
     assert!(
         log.lines()
-            .any(|l| l.contains(&get) && l.contains("os-agent/")),
-        "no {get} by os-agent in the registry log:\n{log}"
+            .filter(|l| l.contains(&format!("GET /v2/os/blobs/sha256:{layer_digest}")))
+            .all(|l| l.contains("os-agent/")),
+        "{log}"
     );
+    let fetched: u64 = gets.iter().map(|g| g.bytes).sum();
     assert!(
-        downloaded >= layer.len() as u64,
-        "{downloaded} < {}",
+        fetched > 0 && fetched < layer.len() as u64,
+        "fetched {fetched} of the {}-byte layer: nothing came from slot A",
         layer.len()
     );
+    // The step's blob bytes also count the config blob (the manifest).
+    assert!(downloaded >= fetched, "{downloaded} < {fetched}");
 }
