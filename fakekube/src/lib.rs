@@ -21,6 +21,7 @@ mod list;
 mod patch;
 mod registry;
 mod route;
+pub mod sample;
 mod selector;
 mod server;
 mod status;
