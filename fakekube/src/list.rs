@@ -50,7 +50,6 @@ pub(crate) fn list(
             .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
         None => 0,
     };
-    let limit = if served_from_cache(query) { 0 } else { limit };
     let (list_rv, after) = match query.get("continue").filter(|c| !c.is_empty()) {
         Some(token) => decode_continue(token, store.floor())?,
         None => (store.resource_version(), None),
@@ -78,14 +77,6 @@ pub(crate) fn list(
         "metadata": metadata,
         "items": items,
     }))
-}
-
-/// A first page at `resourceVersion=0` (any version) comes from the real server's watch cache,
-/// which ignores `limit` and answers the whole list at once (`shouldDelegateList` in the
-/// apiserver's cacher, up to 1.33): a client listing many big objects that way gets them all.
-fn served_from_cache(query: &HashMap<String, String>) -> bool {
-    query.get("resourceVersion").is_some_and(|rv| rv == "0")
-        && query.get("continue").is_none_or(|c| c.is_empty())
 }
 
 /// `{rv}|{namespace}|{name}`: opaque to clients, like the real (base64) token.

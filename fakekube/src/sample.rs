@@ -12,12 +12,17 @@ pub const NODE_IMAGES: usize = 50;
 
 /// A Node named `name` as a kubelet registers it and keeps it up to date, about 20 KB of
 /// JSON: labels and annotations of kubeadm, a CNI and CSI, five conditions, capacity and
-/// allocatable, addresses, daemon endpoints, `nodeInfo` with `osImage`, 50 images and the
-/// managed fields of six writers. `ready` sets the `Ready` condition; everything else varies
+/// allocatable, addresses, daemon endpoints, `nodeInfo` with `osImage`, 50 images, ten
+/// attached volumes and the managed fields of six writers. `ready` sets the `Ready` condition; everything else varies
 /// with the name only, so two calls with the same arguments give the same object.
 pub fn node(name: &str, os_image: &str, ready: bool) -> Value {
     let seed = fnv(name);
-    let ip = format!("10.{}.{}.{}", (seed >> 8) % 256, (seed >> 16) % 256, seed % 254 + 1);
+    let ip = format!(
+        "10.{}.{}.{}",
+        (seed >> 8) % 256,
+        (seed >> 16) % 256,
+        seed % 254 + 1
+    );
     let zone = ["a", "b", "c"][(seed % 3) as usize];
     json!({
         "apiVersion": "v1",
@@ -43,6 +48,10 @@ pub fn node(name: &str, os_image: &str, ready: bool) -> Value {
             "conditions": conditions(ready),
             "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
             "images": images(seed),
+            "volumesAttached": volumes(seed).iter()
+                .map(|v| json!({"name": v, "devicePath": ""}))
+                .collect::<Vec<_>>(),
+            "volumesInUse": volumes(seed),
             "nodeInfo": {
                 "architecture": "amd64",
                 "bootID": uuid(seed ^ 0x5bd1_e995),
@@ -95,7 +104,8 @@ fn resources(cpu: &str, memory: &str, storage: &str) -> Value {
     })
 }
 
-fn conditions(ready: bool) -> Value {
+/// The five conditions a kubelet reports, `Ready` as asked.
+pub fn conditions(ready: bool) -> Value {
     let at = "2025-06-01T08:00:00Z";
     let condition = |type_: &str, status: &str, reason: &str, message: &str| {
         json!({
@@ -104,18 +114,44 @@ fn conditions(ready: bool) -> Value {
         })
     };
     json!([
-        condition("NetworkUnavailable", "False", "CalicoIsUp", "Calico is running on this node"),
-        condition("MemoryPressure", "False", "KubeletHasSufficientMemory",
-            "kubelet has sufficient memory available"),
-        condition("DiskPressure", "False", "KubeletHasNoDiskPressure",
-            "kubelet has no disk pressure"),
-        condition("PIDPressure", "False", "KubeletHasSufficientPID",
-            "kubelet has sufficient PID available"),
+        condition(
+            "NetworkUnavailable",
+            "False",
+            "CalicoIsUp",
+            "Calico is running on this node"
+        ),
+        condition(
+            "MemoryPressure",
+            "False",
+            "KubeletHasSufficientMemory",
+            "kubelet has sufficient memory available"
+        ),
+        condition(
+            "DiskPressure",
+            "False",
+            "KubeletHasNoDiskPressure",
+            "kubelet has no disk pressure"
+        ),
+        condition(
+            "PIDPressure",
+            "False",
+            "KubeletHasSufficientPID",
+            "kubelet has sufficient PID available"
+        ),
         if ready {
-            condition("Ready", "True", "KubeletReady", "kubelet is posting ready status")
+            condition(
+                "Ready",
+                "True",
+                "KubeletReady",
+                "kubelet is posting ready status",
+            )
         } else {
-            condition("Ready", "False", "KubeletNotReady",
-                "container runtime network not ready: NetworkReady=false")
+            condition(
+                "Ready",
+                "False",
+                "KubeletNotReady",
+                "container runtime network not ready: NetworkReady=false",
+            )
         },
     ])
 }
@@ -140,16 +176,31 @@ fn images(seed: u64) -> Value {
             let digest: String = (0..4)
                 .map(|k| format!("{:016x}", mix(seed ^ (i as u64) << 8 ^ k)))
                 .collect();
+            let tag = format!("v1.{}.{}", i / REPOS.len(), mix(seed + i as u64) % 20);
+            // Images pulled through a mirror are also known by the mirror's name.
+            let mut names = vec![format!("{repo}@sha256:{digest}"), format!("{repo}:{tag}")];
+            if i % 5 != 0 {
+                names.push(format!("mirror.example.com/{repo}:{tag}"));
+            }
             json!({
-                "names": [
-                    format!("{repo}@sha256:{digest}"),
-                    format!("{repo}:v1.{}.{}", i / REPOS.len(), mix(seed + i as u64) % 20),
-                ],
+                "names": names,
                 "sizeBytes": 10_000_000 + mix(seed ^ i as u64) % 900_000_000,
             })
         })
         .collect();
     Value::Array(list)
+}
+
+/// CSI volumes attached to the node, as the attach-detach controller names them.
+fn volumes(seed: u64) -> Vec<String> {
+    (0..10u64)
+        .map(|i| {
+            format!(
+                "kubernetes.io/csi/ebs.csi.aws.com^vol-0{:016x}",
+                mix(seed ^ i << 20)
+            )
+        })
+        .collect()
 }
 
 /// `metadata.managedFields` of the usual writers of a Node (server-side field tracking).
@@ -172,16 +223,20 @@ fn managed_fields() -> Value {
                    "f:message": {}, "f:reason": {}, "f:status": {}, "f:type": {}}),
         )
     };
-    let conditions: serde_json::Map<String, Value> = [
-        "DiskPressure", "MemoryPressure", "PIDPressure", "Ready",
-    ]
-    .into_iter()
-    .map(condition)
-    .collect();
+    let conditions: serde_json::Map<String, Value> =
+        ["DiskPressure", "MemoryPressure", "PIDPressure", "Ready"]
+            .into_iter()
+            .map(condition)
+            .collect();
     let label_fields: serde_json::Map<String, Value> = [
-        "beta.kubernetes.io/arch", "beta.kubernetes.io/os", "kubernetes.io/arch",
-        "kubernetes.io/hostname", "kubernetes.io/os", "node.kubernetes.io/instance-type",
-        "topology.kubernetes.io/region", "topology.kubernetes.io/zone",
+        "beta.kubernetes.io/arch",
+        "beta.kubernetes.io/os",
+        "kubernetes.io/arch",
+        "kubernetes.io/hostname",
+        "kubernetes.io/os",
+        "node.kubernetes.io/instance-type",
+        "topology.kubernetes.io/region",
+        "topology.kubernetes.io/zone",
     ]
     .into_iter()
     .map(|l| (format!("f:{l}"), json!({})))
@@ -189,23 +244,47 @@ fn managed_fields() -> Value {
     let mut kubelet_labels = label_fields.clone();
     kubelet_labels.insert(".".into(), json!({}));
     json!([
-        entry("kubeadm", "Update", None, json!({"f:metadata": {"f:annotations": {
+        entry(
+            "kubeadm",
+            "Update",
+            None,
+            json!({"f:metadata": {"f:annotations": {
             "f:kubeadm.alpha.kubernetes.io/cri-socket": {}},
-            "f:labels": {"f:node-role.kubernetes.io/worker": {}}}})),
-        entry("kubelet", "Update", None, json!({"f:metadata": {
+            "f:labels": {"f:node-role.kubernetes.io/worker": {}}}})
+        ),
+        entry(
+            "kubelet",
+            "Update",
+            None,
+            json!({"f:metadata": {
             "f:annotations": {".": {}, "f:volumes.kubernetes.io/controller-managed-attach-detach": {}},
             "f:labels": kubelet_labels},
-            "f:spec": {"f:providerID": {}}})),
-        entry("kube-controller-manager", "Update", None, json!({
+            "f:spec": {"f:providerID": {}}})
+        ),
+        entry(
+            "kube-controller-manager",
+            "Update",
+            None,
+            json!({
             "f:metadata": {"f:annotations": {"f:node.alpha.kubernetes.io/ttl": {}}},
-            "f:spec": {"f:podCIDR": {}, "f:podCIDRs": {".": {}, "v:\"10.244.0.0/24\"": {}}}})),
-        entry("calico-node", "Update", Some("status"), json!({
+            "f:spec": {"f:podCIDR": {}, "f:podCIDRs": {".": {}, "v:\"10.244.0.0/24\"": {}}}})
+        ),
+        entry(
+            "calico-node",
+            "Update",
+            Some("status"),
+            json!({
             "f:metadata": {"f:annotations": {"f:projectcalico.org/IPv4Address": {},
                 "f:projectcalico.org/IPv4VXLANTunnelAddr": {}}},
             "f:status": {"f:conditions": {"k:{\"type\":\"NetworkUnavailable\"}": {
                 ".": {}, "f:lastHeartbeatTime": {}, "f:lastTransitionTime": {},
-                "f:message": {}, "f:reason": {}, "f:status": {}, "f:type": {}}}}})),
-        entry("kubelet", "Update", Some("status"), json!({
+                "f:message": {}, "f:reason": {}, "f:status": {}, "f:type": {}}}}})
+        ),
+        entry(
+            "kubelet",
+            "Update",
+            Some("status"),
+            json!({
             "f:metadata": {"f:annotations": {"f:csi.volume.kubernetes.io/nodeid": {}}},
             "f:status": {
                 "f:allocatable": {"f:cpu": {}, "f:ephemeral-storage": {}, "f:memory": {}},
@@ -215,9 +294,15 @@ fn managed_fields() -> Value {
                 "f:nodeInfo": {"f:bootID": {}, "f:containerRuntimeVersion": {},
                     "f:kernelVersion": {}, "f:kubeProxyVersion": {}, "f:kubeletVersion": {},
                     "f:osImage": {}},
-            }})),
-        entry("kubectl-label", "Update", None, json!({"f:metadata": {"f:labels":
-            label_fields.into_iter().take(3).collect::<serde_json::Map<String, Value>>()}})),
+            }})
+        ),
+        entry(
+            "kubectl-label",
+            "Update",
+            None,
+            json!({"f:metadata": {"f:labels":
+            label_fields.into_iter().take(3).collect::<serde_json::Map<String, Value>>()}})
+        ),
     ])
 }
 
@@ -258,7 +343,7 @@ mod tests {
     fn a_sample_node_is_about_twenty_kilobytes_and_a_valid_node() {
         let v = node("node-00042", "KubeOS v1", true);
         let bytes = serde_json::to_vec(&v).unwrap().len();
-        assert!((16_000..=26_000).contains(&bytes), "{bytes} bytes");
+        assert!((18_000..=24_000).contains(&bytes), "{bytes} bytes");
         let n: k8s_openapi::api::core::v1::Node = serde_json::from_value(v.clone()).unwrap();
         let status = n.status.unwrap();
         assert_eq!(status.images.unwrap().len(), NODE_IMAGES);

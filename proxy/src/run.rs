@@ -13,8 +13,8 @@
 use crate::agent_client::{AgentClient, AgentStatus};
 use crate::lifecycle::{self, NodeState, Step};
 use crate::report::Reporter;
-use crate::{cordon, execute};
 use crate::watches::Wakeups;
+use crate::{cordon, execute};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Recorder, Reporter as EventReporter};

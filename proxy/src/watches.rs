@@ -6,7 +6,7 @@
 //!
 //! kube's `watcher` lists, watches, resumes after a dropped connection and lists again after
 //! 410 Expired, with backoff. A watch that stalls without an error is ended by the server
-//! after `timeoutSeconds` and by the client shortly after; the loop that waits on these also
+//! after `timeoutSeconds` (kube's default, 290 s) and by the client shortly after; the loop that waits on these also
 //! looks again on its own after a bounded time (`run::IDLE_RESYNC`, `run::BUSY_RESYNC`), so a
 //! lost event delays it and never hangs it.
 
@@ -21,9 +21,6 @@ use kube::{Client, ResourceExt};
 use operator::crd::OsInstance;
 use std::sync::Arc;
 use tokio::sync::Notify;
-
-/// Longest a watch request stays open (`timeoutSeconds`) before it is made again.
-const WATCH_SECONDS: u32 = 60;
 
 /// Ends a background task with its owner.
 pub(crate) struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
@@ -58,9 +55,7 @@ impl Wakeups {
 }
 
 fn by_name(name: &str) -> watcher::Config {
-    watcher::Config::default()
-        .fields(&format!("metadata.name={name}"))
-        .timeout(WATCH_SECONDS)
+    watcher::Config::default().fields(&format!("metadata.name={name}"))
 }
 
 async fn on_instance_change(api: Api<OsInstance>, name: String, changed: Arc<Notify>) {
@@ -109,9 +104,7 @@ pub(crate) struct PodsOnNode {
 impl PodsOnNode {
     pub fn start(client: &Client, node: &str) -> PodsOnNode {
         let (store, writer) = reflector::store();
-        let config = watcher::Config::default()
-            .fields(&format!("spec.nodeName={node}"))
-            .timeout(WATCH_SECONDS);
+        let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
         let api: Api<Pod> = Api::all(client.clone());
         let changed = Arc::new(Notify::new());
         let notify = changed.clone();

@@ -170,7 +170,10 @@ async fn a_drain_sees_its_pods_go_on_a_watch_without_asking_for_each() {
         start.elapsed() >= Duration::from_millis(1500),
         "the drain waited for the pods"
     );
-    assert_eq!(phase(&instance(&client).await).as_deref(), Some("Rebooting"));
+    assert_eq!(
+        phase(&instance(&client).await).as_deref(),
+        Some("Rebooting")
+    );
     let evictions = requests.count("POST /api/v1/namespaces/default/pods/");
     let pod_gets = requests.count("GET /api/v1/namespaces/default/pods/");
     assert_eq!((evictions, pod_gets), (2, 0), "{:#?}", requests.all());

@@ -146,22 +146,22 @@ async fn shutdown_signal() {
 }
 
 /// The Node cache: every Node, cut down to what the rollout reads ([`slim::node`]) as the
-/// watch delivers it. Listed in pages of 500 (a quorum read) rather than at
-/// `resourceVersion=0`: the API server's watch cache ignores `limit`, and one unpaged list of
-/// 10,000 real Nodes is some 200 MB of JSON, most of the operator's memory limit.
+/// watch delivers it.
 pub fn node_cache(
     client: Client,
     changes: mpsc::Sender<()>,
 ) -> (Store<Node>, impl std::future::Future<Output = RunError>) {
-    let config = watcher::Config::default().page_size(500);
-    cache(Api::all(client), config, "Node", slim::node, changes)
+    cache(Api::all(client), "Node", slim::node, changes)
 }
 
 /// A cache fed by a watch, each object passed through `slim` before it is stored, and a
 /// future that wakes `changes` on every change (it ends only with the watch).
+///
+/// Lists come in pages of 500 (the watcher's page size): with a `limit`, kube asks for a
+/// quorum read rather than `resourceVersion=0`, which the API server's watch cache answers
+/// whole, ignoring the limit (10,000 real Nodes in one answer are some 200 MB of JSON).
 fn cache<K>(
     api: Api<K>,
-    config: watcher::Config,
     name: &'static str,
     slim: fn(&mut K),
     changes: mpsc::Sender<()>,
@@ -177,9 +177,10 @@ where
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
     let (store, writer) = reflector::store();
+    let config = watcher::Config::default().any_semantic();
     let stream = reflector::reflector(writer, watcher(api, config).modify(slim))
         .default_backoff()
-    .touched_objects();
+        .touched_objects();
     let pump = drive(stream, name, changes);
     (store, pump)
 }
@@ -210,17 +211,8 @@ async fn lead(client: Client, config: &Config, metrics: Arc<Metrics>) -> Result<
         ),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
-    // OS resources are few: any version of the list will do. OSInstances are one per node,
-    // paged like the Nodes.
-    let any = watcher::Config::default().any_semantic();
-    let (oses, os_pump) = cache(os_api, any, "OS", slim::managed_fields, tx.clone());
-    let (instances, osi_pump) = cache(
-        osi_api,
-        watcher::Config::default().page_size(500),
-        "OSInstance",
-        slim::managed_fields,
-        tx.clone(),
-    );
+    let (oses, os_pump) = cache(os_api, "OS", slim::managed_fields, tx.clone());
+    let (instances, osi_pump) = cache(osi_api, "OSInstance", slim::managed_fields, tx.clone());
     let (nodes, node_pump) = node_cache(client.clone(), tx);
     let shared = Shared {
         recorder: Recorder::new(

@@ -87,7 +87,10 @@ mod tests {
                 NodeView::from_node(&whole, None)
             );
             assert_eq!(slim.metadata.uid, whole.metadata.uid);
-            assert_eq!(slim.metadata.resource_version, whole.metadata.resource_version);
+            assert_eq!(
+                slim.metadata.resource_version,
+                whole.metadata.resource_version
+            );
             assert_eq!(slim.metadata.labels, whole.metadata.labels);
         }
     }
