@@ -6,9 +6,9 @@
 //!
 //! kube's `watcher` lists, watches, resumes after a dropped connection and lists again after
 //! 410 Expired, with backoff. A watch that stalls without an error is ended by the server
-//! after `timeoutSeconds` (kube's default, 290 s) and by the client shortly after; the loop that waits on these also
-//! looks again on its own after a bounded time (`run::IDLE_RESYNC`, `run::BUSY_RESYNC`), so a
-//! lost event delays it and never hangs it.
+//! after `timeoutSeconds` (kube's default, 290 s) and by the client shortly after; the loop
+//! that waits on these also looks again on its own after a bounded time (`run::IDLE_RESYNC`,
+//! `run::BUSY_RESYNC`), so a lost event delays it and never hangs it.
 
 use crate::cordon;
 use crate::lifecycle::NodeFacts;
