@@ -10,11 +10,12 @@ use serde_json::{json, Value};
 /// `--node-status-max-images`).
 pub const NODE_IMAGES: usize = 50;
 
-/// A Node named `name` as a kubelet registers it and keeps it up to date, about 20 KB of
+/// A Node named `name` as a kubelet registers it and keeps it up to date, about 19 KB of
 /// JSON: labels and annotations of kubeadm, a CNI and CSI, five conditions, capacity and
 /// allocatable, addresses, daemon endpoints, `nodeInfo` with `osImage`, 50 images, ten
-/// attached volumes and the managed fields of six writers. `ready` sets the `Ready` condition; everything else varies
-/// with the name only, so two calls with the same arguments give the same object.
+/// attached volumes and six managed-fields entries (five writers, the kubelet for the Node
+/// and for its status). `ready` sets the `Ready` condition; everything else varies with the
+/// name only, so two calls with the same arguments give the same object.
 pub fn node(name: &str, os_image: &str, ready: bool) -> Value {
     let seed = fnv(name);
     let ip = format!(
