@@ -72,6 +72,7 @@ mod tests {
         v["metadata"]["resourceVersion"] = json!("812");
         v["metadata"]["labels"]["node-role.kubernetes.io/control-plane"] = json!("");
         v["metadata"]["annotations"]["upgrade.openeuler.org/cordoned-by"] = json!("os-proxy");
+        v["metadata"]["annotations"]["upgrade.openeuler.org/skip"] = json!("true");
         v["spec"]["unschedulable"] = json!(true);
         serde_json::from_value(v).unwrap()
     }
@@ -108,7 +109,10 @@ mod tests {
         let annotations = slim.metadata.annotations.as_ref().unwrap();
         assert_eq!(
             annotations.keys().collect::<Vec<_>>(),
-            ["upgrade.openeuler.org/cordoned-by"]
+            [
+                "upgrade.openeuler.org/cordoned-by",
+                "upgrade.openeuler.org/skip"
+            ]
         );
         let before = serde_json::to_vec(&whole).unwrap().len();
         let after = serde_json::to_vec(&slim).unwrap().len();
