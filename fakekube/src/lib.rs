@@ -21,6 +21,7 @@ mod list;
 mod patch;
 mod registry;
 mod route;
+pub mod sample;
 mod selector;
 mod server;
 mod status;
@@ -60,6 +61,10 @@ pub struct LogEntry {
     /// The object after the change; for `delete` and `evict`, the object before it.
     pub object: serde_json::Value,
 }
+
+/// What [`FakeApiServer::project_log`] keeps of a logged object: called with the plural
+/// resource name and the whole object.
+pub type LogProjection = fn(&str, &serde_json::Value) -> serde_json::Value;
 
 /// HTTP requests served, by verb, including failed and fault-injected ones.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -245,6 +250,13 @@ impl FakeApiServer {
     /// Every successful mutation, in order.
     pub fn log(&self) -> Vec<LogEntry> {
         self.shared.lock_store().log().to_vec()
+    }
+
+    /// From now on the log keeps `project(resource, object)` instead of each whole object:
+    /// a benchmark with thousands of big objects replays only the fields it checks, without
+    /// holding a copy of every version of every object.
+    pub fn project_log(&self, project: LogProjection) {
+        self.shared.lock_store().log_projection = Some(project);
     }
 
     /// Requests served so far, by verb.

@@ -64,6 +64,8 @@ pub(crate) struct Store {
     pub(crate) sim: Sim,
     /// Something was deleted (or created with owners) since the garbage collector last ran.
     pub(crate) gc_due: bool,
+    /// What of each object the log keeps (see `FakeApiServer::project_log`).
+    pub(crate) log_projection: Option<crate::LogProjection>,
 }
 
 impl Store {
@@ -79,6 +81,7 @@ impl Store {
             issued_uids: HashSet::new(),
             sim: Sim::default(),
             gc_due: false,
+            log_projection: None,
         }
     }
 
@@ -309,7 +312,10 @@ impl Store {
             resource: rt.plural.to_string(),
             namespace: (!ns.is_empty()).then(|| ns.to_string()),
             name,
-            object,
+            object: match self.log_projection {
+                Some(project) => project(rt.plural, &object),
+                None => object,
+            },
         }
     }
 

@@ -1,6 +1,9 @@
 //! Scale figures for the operator at 10,000 nodes (`SCALE_NODES` overrides, `SCALE_QUICK=1`
 //! runs 500): the pure decision and observation on realistic rollout mixes, then a whole
-//! rollout with the real `os-operator` binary against fakekube and a fast node simulator.
+//! rollout with the real `os-operator` binary against fakekube and a fast node simulator, on
+//! Nodes the size of real ones (`fakekube::sample::node`, about 20 KB with images and managed
+//! fields). Meanwhile real proxies (the `proxy` library) on nodes the OS does not select sit
+//! idle, and their API requests per minute are counted.
 //!
 //! It prints figures and asserts no timings; the one assertion is the unavailability budget,
 //! which is a correctness property.
@@ -35,6 +38,10 @@ const MAX_UNAVAILABLE: usize = 500;
 const DECIDE_RUNS: usize = 50;
 /// Node writes in flight at once during setup and in the simulator.
 const CONCURRENCY: usize = 64;
+/// The `upgrade.openeuler.org/node-selector` value of the nodes the OS upgrades.
+const FLEET: &str = "fleet";
+/// Nodes with a real proxy on them that the OS does not select.
+const IDLE_PROXIES: usize = 20;
 
 fn main() {
     let nodes = node_count();
@@ -65,7 +72,7 @@ fn upgrade_spec() -> Value {
         "osversion": NEW, "opstype": "upgrade", "imagetype": "disk",
         "imageurl": "http://127.0.0.1:1/update.img", "flagSafe": true,
         "checksum": format!("blake3:{}", "ab".repeat(32)),
-        "maxunavailable": MAX_UNAVAILABLE, "nodeselector": "all-label",
+        "maxunavailable": MAX_UNAVAILABLE, "nodeselector": FLEET,
         "timeinterval": 0, "failureBudget": 1,
     })
 }
@@ -305,8 +312,7 @@ impl ClientCounts {
             http::Method::GET if query.contains("watch=true") || query.contains("watch=1") => {
                 &self.watch
             }
-            // The bench only GETs collections of these and single objects of others.
-            http::Method::GET if uri.path().ends_with("/osinstances") => &self.list,
+            http::Method::GET if is_collection(uri.path()) => &self.list,
             http::Method::GET => &self.get,
             http::Method::POST => &self.create,
             http::Method::PATCH => &self.patch,
@@ -340,9 +346,132 @@ fn counting_client(server: &FakeApiServer, counts: Arc<ClientCounts>) -> Client 
         .build()
 }
 
+/// Whether an API path names a collection (`/api/v1/nodes`,
+/// `/apis/G/V/namespaces/NS/osinstances`) rather than one object or its subresource.
+fn is_collection(path: &str) -> bool {
+    let rest = match path.strip_prefix("/api/v1/") {
+        Some(rest) => rest,
+        None => path
+            .strip_prefix("/apis/")
+            .and_then(|r| r.splitn(3, '/').nth(2))
+            .unwrap_or(""),
+    };
+    let segments: Vec<&str> = rest.split('/').collect();
+    match segments.as_slice() {
+        ["namespaces", _, resource] => !resource.is_empty(),
+        [resource] => !resource.is_empty(),
+        _ => false,
+    }
+}
+
+fn sum(a: RequestCounts, b: RequestCounts) -> RequestCounts {
+    RequestCounts {
+        get: a.get + b.get,
+        list: a.list + b.list,
+        watch: a.watch + b.watch,
+        create: a.create + b.create,
+        update: a.update + b.update,
+        patch: a.patch + b.patch,
+        delete: a.delete + b.delete,
+        evict: a.evict + b.evict,
+        other: a.other + b.other,
+    }
+}
+
+fn minus(a: RequestCounts, b: RequestCounts) -> RequestCounts {
+    RequestCounts {
+        get: a.get - b.get,
+        list: a.list - b.list,
+        watch: a.watch - b.watch,
+        create: a.create - b.create,
+        update: a.update - b.update,
+        patch: a.patch - b.patch,
+        delete: a.delete - b.delete,
+        evict: a.evict - b.evict,
+        other: a.other - b.other,
+    }
+}
+
+/// How long the idle proxies are counted: long enough in a full run to include an idle
+/// proxy's resync (`proxy::run::IDLE_RESYNC`) and the renewal of its watches (290 s).
+fn idle_window() -> Duration {
+    if let Some(s) = std::env::var("SCALE_IDLE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return Duration::from_secs(s);
+    }
+    match std::env::var("SCALE_QUICK").as_deref() {
+        Ok("1") => Duration::from_secs(30),
+        _ => proxy::run::IDLE_RESYNC + Duration::from_secs(30),
+    }
+}
+
+/// Real proxies on `IDLE_PROXIES` nodes the OS does not select, each with its own client
+/// counting into `counts`. They find no agent (nothing to do needs one).
+async fn start_idle_proxies(
+    server: &FakeApiServer,
+    counts: &Arc<ClientCounts>,
+    sockets: &Path,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let nodes: Api<Node> = Api::all(server.client());
+    let mut tasks = vec![];
+    for i in 0..IDLE_PROXIES {
+        let name = format!("idle-{i:03}");
+        let node: Node = serde_json::from_value(fakekube::sample::node(&name, OLD, true))
+            .expect("a Node manifest");
+        nodes
+            .create(&PostParams::default(), &node)
+            .await
+            .expect("creating an idle Node");
+        let mut config = server.config();
+        // As os-proxy's main configures its client.
+        config.default_retry = false;
+        let counts = Arc::clone(counts);
+        let layer =
+            tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+                counts.record(req.method(), req.uri());
+                req
+            });
+        let client = kube::client::ClientBuilder::try_from(config)
+            .expect("building a kube client for the fake server")
+            .with_layer(&layer)
+            .build();
+        let cfg = proxy::Config {
+            node_name: name.clone(),
+            namespace: NS.into(),
+            agent_socket: sockets.join(format!("{name}.sock")),
+            drain_timeout: Duration::from_secs(600),
+            pod_grace_seconds: None,
+            poll_interval: Duration::from_secs(1),
+        };
+        tasks.push(tokio::spawn(proxy::run(client, cfg)));
+    }
+    tasks
+}
+
+fn print_idle(counts: RequestCounts, window: Duration) {
+    let minutes = window.as_secs_f64() / 60.0;
+    let per = |v: u64| v as f64 / IDLE_PROXIES as f64 / minutes;
+    println!(
+        "idle proxy API requests: {:.2} per proxy per minute ({IDLE_PROXIES} real proxies on \
+         nodes the OS does not select, counted over {:.0} s after a 5 s start-up): \
+         get {:.2}, list {:.2}, watch {:.2}, other verbs {:.2}",
+        per(counts.total()),
+        window.as_secs_f64(),
+        per(counts.get),
+        per(counts.list),
+        per(counts.watch),
+        per(counts.total() - counts.get - counts.list - counts.watch),
+    );
+}
+
 async fn end_to_end(n: usize) {
     println!("\n== end to end, {n} nodes, real os-operator against fakekube ==");
     let server = FakeApiServer::start().await;
+    // The log keeps what the unavailability replay reads; 10,000 real Nodes times every
+    // version of each would be gigabytes (a 20 KB Node is about 110 KB as a JSON value).
+    server.project_log(replayed_fields);
     let setup = Instant::now();
     populate(&server.client(), n).await;
     create_os(&server.client()).await;
@@ -353,10 +482,29 @@ async fn end_to_end(n: usize) {
         setup.elapsed(),
         setup_counts.total()
     );
+    let served = Api::<Node>::all(server.client())
+        .get(&node_name(0))
+        .await
+        .expect("reading a Node back");
+    let node_bytes = serde_json::to_vec(&served).map_or(0, |b| b.len());
+    println!(
+        "node object: {node_bytes} bytes of JSON ({} images, {} managedFields entries)",
+        served
+            .status
+            .as_ref()
+            .and_then(|s| s.images.as_ref())
+            .map_or(0, Vec::len),
+        served.metadata.managed_fields.as_ref().map_or(0, Vec::len),
+    );
+    let idle_counts = Arc::new(ClientCounts::default());
+    let sockets = tempfile::tempdir().expect("a directory for the idle proxies' sockets");
+    let idle = start_idle_proxies(&server, &idle_counts, sockets.path()).await;
     let bench_counts = Arc::new(ClientCounts::default());
     let client = counting_client(&server, Arc::clone(&bench_counts));
     let simulator = tokio::spawn(simulate(client.clone()));
     let kubeconfig = kubeconfig(&server);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let idle_from = (Instant::now(), idle_counts.snapshot());
     let run = Instant::now();
     let mut op = spawn_operator(kubeconfig.path());
     let rss = spawn_rss_sampler(op.child.id());
@@ -364,9 +512,6 @@ async fn end_to_end(n: usize) {
     let wall = run.elapsed();
     let metrics = http_get(op.port, "/metrics").unwrap_or_default();
     let hwm = proc_status_kb(op.child.id(), "VmHWM:");
-    op.kill();
-    simulator.abort();
-    rss.abort();
     let rollout = Rollout {
         n,
         done,
@@ -375,11 +520,23 @@ async fn end_to_end(n: usize) {
         rss_peak_kb: RSS_PEAK_KB.load(Ordering::Relaxed),
         setup: setup_counts,
         server: server.request_counts(),
-        bench: bench_counts.snapshot(),
+        bench: sum(bench_counts.snapshot(), idle_counts.snapshot()),
         mutations: server.resource_version() - setup_rv,
     };
+    op.kill();
+    simulator.abort();
+    rss.abort();
     rollout.print(&metrics);
     report_budget(&server.log());
+    println!(
+        "bench process (fakekube and the simulator) peak memory: VmHWM {:.0} MiB",
+        proc_status_kb(std::process::id(), "VmHWM:") as f64 / 1024.0
+    );
+    let window = idle_window();
+    tokio::time::sleep(window.saturating_sub(idle_from.0.elapsed())).await;
+    let idle_counts = minus(idle_counts.snapshot(), idle_from.1);
+    print_idle(idle_counts, idle_from.0.elapsed());
+    idle.iter().for_each(|t| t.abort());
 }
 
 async fn populate(client: &Client, n: usize) {
@@ -393,17 +550,13 @@ async fn populate(client: &Client, n: usize) {
 async fn add_node(client: Client, name: String) {
     let nodes: Api<Node> = Api::all(client.clone());
     let instances: Api<OsInstance> = Api::namespaced(client, NS);
-    let node: Node = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": { "name": name, "labels": { "kubernetes.io/hostname": name } },
-        "spec": {},
-    }))
-    .expect("a Node manifest");
+    let mut body = fakekube::sample::node(&name, OLD, true);
+    body["metadata"]["labels"][operator::rollout::NODE_SELECTOR_LABEL] = json!(FLEET);
+    let node: Node = serde_json::from_value(body).expect("a Node manifest");
     nodes
         .create(&PostParams::default(), &node)
         .await
         .expect("creating a Node");
-    set_node(&nodes, &name, true, OLD).await;
     let osi = OsInstance::new(&name, OsInstanceSpec::default());
     instances
         .create(&PostParams::default(), &osi)
@@ -425,13 +578,10 @@ async fn create_os(client: &Client) {
 }
 
 async fn set_node(nodes: &Api<Node>, name: &str, ready: bool, os_image: &str) {
+    // As a kubelet reports it: every condition again, the new image in nodeInfo.
     let status = json!({ "status": {
-        "conditions": [{ "type": "Ready", "status": if ready { "True" } else { "False" } }],
-        "nodeInfo": {
-            "osImage": os_image, "architecture": "amd64", "bootID": "",
-            "containerRuntimeVersion": "", "kernelVersion": "", "kubeProxyVersion": "",
-            "kubeletVersion": "", "machineID": "", "operatingSystem": "linux", "systemUUID": "",
-        },
+        "conditions": fakekube::sample::conditions(ready),
+        "nodeInfo": { "osImage": os_image },
     }});
     patch(nodes, name, status, true).await;
 }
@@ -782,6 +932,21 @@ fn max_unavailable(log: &[LogEntry]) -> (usize, u64) {
         }
     }
     (max, at)
+}
+
+/// The fields of a logged object that [`max_unavailable`] reads.
+fn replayed_fields(resource: &str, object: &Value) -> Value {
+    match resource {
+        "nodes" => json!({
+            "spec": { "unschedulable": object["spec"]["unschedulable"] },
+            "status": { "conditions": object["status"]["conditions"] },
+        }),
+        "osinstances" => json!({
+            "spec": { "nodestatus": object["spec"]["nodestatus"] },
+            "status": { "phase": object["status"]["phase"] },
+        }),
+        _ => Value::Null,
+    }
 }
 
 fn node_down(node: &Value) -> bool {

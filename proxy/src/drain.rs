@@ -18,19 +18,26 @@
 //! the overall deadline; `evictpodforce` never bypasses a budget (KubeOS retries too). An
 //! eviction refused with 403 because the pod's namespace is being deleted (`NamespaceTerminating`)
 //! is no failure: the namespace controller deletes the pod, and the drain waits for it, as
-//! `kubectl drain` does. A pod counts as gone when a get answers 404 or a pod with another uid.
-//! Failing to list the pods fails the drain: an unknown set of pods is never "drained".
+//! `kubectl drain` does. At most [`EVICTIONS_AT_ONCE`] evictions are asked at a time. A pod
+//! counts as gone when the watch of the node's pods no longer has it, or has a pod of that
+//! name with another uid; nothing is polled. Failing to list the pods fails the drain: an
+//! unknown set of pods is never "drained".
 
-use futures::future::join_all;
+use crate::watches::PodsOnNode;
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, EvictParams, ListParams};
 use kube::{Client, ResourceExt};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::{sleep_until, timeout_at, Instant};
 
 const MIRROR: &str = "kubernetes.io/config.mirror";
 const BACKOFF_START: Duration = Duration::from_secs(1);
 const BACKOFF_CAP: Duration = Duration::from_secs(10);
+/// Evictions asked at the same time; the others wait for one of them to be accepted or to
+/// fail. A node with hundreds of pods does not send hundreds of requests in one instant.
+pub const EVICTIONS_AT_ONCE: usize = 8;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DrainConfig {
@@ -40,8 +47,6 @@ pub struct DrainConfig {
     pub grace_seconds: Option<u32>,
     /// KubeOS `evictpodforce`.
     pub force: bool,
-    /// How often to look whether an evicted pod is gone.
-    pub poll: Duration,
 }
 
 /// What to do with one pod.
@@ -201,8 +206,9 @@ pub async fn plan(client: &Client, node: &str, force: bool) -> Result<Plan, Drai
     select(node, pods, force)
 }
 
-/// Evicts the plan's pods and waits until they and the terminating ones are gone, within
-/// `cfg.timeout` from `start`. Returns how many were evicted.
+/// Evicts the plan's pods, at most [`EVICTIONS_AT_ONCE`] at a time, and waits until they and
+/// the terminating ones are gone, within `cfg.timeout` from `start`. Whether a pod is gone is
+/// seen on a watch of the node's pods, not asked pod by pod. Returns how many were evicted.
 pub async fn run(
     client: &Client,
     node: &str,
@@ -217,25 +223,25 @@ pub async fn run(
         terminating = plan.wait.len(),
         "draining"
     );
-    let evictions = plan
-        .evict
-        .iter()
-        .map(|pod| evict_until_gone(client, pod, cfg, deadline));
-    let waits = plan.wait.iter().map(|pod| async move {
-        let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
-        wait_gone(&api, pod, cfg.poll, deadline, "not deleted")
-            .await
-            .map_err(|message| Blocker {
-                pod: key(pod),
-                message,
-            })
-    });
-    let (evicted, waited) = futures::join!(join_all(evictions), join_all(waits));
-    let blockers: Vec<Blocker> = evicted
-        .into_iter()
-        .chain(waited)
-        .filter_map(Result::err)
+    // Watching from before the first eviction: no deletion can slip between the two.
+    let pods = PodsOnNode::start(client, node);
+    let evictions: Vec<_> = (0..plan.evict.len())
+        .map(|i| evict_nth(client, &plan.evict, i, cfg, deadline))
         .collect();
+    let evicted: Vec<(usize, Result<Evicted, Blocker>)> = futures::stream::iter(evictions)
+        .buffer_unordered(EVICTIONS_AT_ONCE)
+        .collect()
+        .await;
+    let mut blockers = vec![];
+    let mut going: Vec<(&Pod, &str)> = plan.wait.iter().map(|p| (p, "not deleted")).collect();
+    for (i, result) in evicted {
+        match result {
+            Ok(Evicted::Gone) => {}
+            Ok(Evicted::Going(pending)) => going.push((&plan.evict[i], pending)),
+            Err(b) => blockers.push(b),
+        }
+    }
+    blockers.extend(wait_gone(&pods, &going, deadline).await);
     if blockers.is_empty() {
         Ok(plan.evict.len())
     } else {
@@ -264,12 +270,34 @@ fn namespace_terminating(e: &kube::core::Status) -> bool {
             .is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating"))
 }
 
-async fn evict_until_gone(
+/// Where an eviction left a pod.
+#[derive(Debug)]
+enum Evicted {
+    /// It was gone already (404).
+    Gone,
+    /// It is going (or its namespace controller will delete it); what it waits for when it
+    /// has not even started terminating at the deadline.
+    Going(&'static str),
+}
+
+/// [`evict`] of `pods[i]`, answering with `i`.
+async fn evict_nth(
+    client: &Client,
+    pods: &[Pod],
+    i: usize,
+    cfg: &DrainConfig,
+    deadline: Instant,
+) -> (usize, Result<Evicted, Blocker>) {
+    (i, evict(client, &pods[i], cfg, deadline).await)
+}
+
+/// Asks for the eviction until it is accepted, retrying refusals (429, 5xx) with backoff.
+async fn evict(
     client: &Client,
     pod: &Pod,
     cfg: &DrainConfig,
     deadline: Instant,
-) -> Result<(), Blocker> {
+) -> Result<Evicted, Blocker> {
     let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
     let blocker = |message: String| Blocker {
         pod: key(pod),
@@ -283,21 +311,20 @@ async fn evict_until_gone(
         ..EvictParams::default()
     };
     let mut last = String::from("eviction not answered in time");
-    // What a pod that never gets a deletionTimestamp is waiting for.
-    let mut pending = "evicted, but not deleted";
     for attempt in 0.. {
         match timeout_at(deadline, api.evict(&pod.name_any(), &params)).await {
             Err(_) => return Err(blocker(last)),
-            Ok(Ok(_)) => break,
-            Ok(Err(kube::Error::Api(e))) if e.code == 404 => return Ok(()),
+            Ok(Ok(_)) => return Ok(Evicted::Going("evicted, but not deleted")),
+            Ok(Err(kube::Error::Api(e))) if e.code == 404 => return Ok(Evicted::Gone),
             // kubectl drain's rule: the namespace controller deletes the pod; wait for it.
             Ok(Err(kube::Error::Api(e))) if namespace_terminating(&e) => {
                 tracing::info!(
                     pod = key(pod),
                     "namespace being deleted; waiting for the pod to go"
                 );
-                pending = "its namespace is being deleted, but the pod is not deleted yet";
-                break;
+                return Ok(Evicted::Going(
+                    "its namespace is being deleted, but the pod is not deleted yet",
+                ));
             }
             // 429: a budget refuses for now; 5xx: KubeOS sees misconfigured budgets here.
             Ok(Err(kube::Error::Api(e))) if e.code == 429 || e.code >= 500 => {
@@ -313,35 +340,35 @@ async fn evict_until_gone(
         }
         sleep_until(next).await;
     }
-    wait_gone(&api, pod, cfg.poll, deadline, pending)
-        .await
-        .map_err(blocker)
+    unreachable!("the retry loop only ends by returning")
 }
 
-/// Waits until `pod` is gone; at the deadline, says why it is not (`pending` when it has not
-/// even started terminating).
-async fn wait_gone(
-    api: &Api<Pod>,
-    pod: &Pod,
-    poll: Duration,
-    deadline: Instant,
-    pending: &str,
-) -> Result<(), String> {
-    let uid = pod.uid();
-    let mut last = pod.clone();
+/// Waits until every pod of `going` is gone from the node's watched pods; at the deadline,
+/// names those that are not and says why (with its `pending` text when a pod has not even
+/// started terminating).
+async fn wait_gone(pods: &PodsOnNode, going: &[(&Pod, &str)], deadline: Instant) -> Vec<Blocker> {
+    let ready = going.is_empty() || timeout_at(deadline, pods.ready()).await.is_ok();
     loop {
-        match api.get(&pod.name_any()).await {
-            Ok(p) if p.uid() != uid => return Ok(()),
-            Ok(p) => last = p,
-            Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
-            Err(e) => {
-                tracing::warn!(pod = key(pod), error = %e, "cannot tell whether the pod is gone")
-            }
+        let left: Vec<(&Pod, &str, Option<Arc<Pod>>)> = going
+            .iter()
+            .filter_map(|(pod, pending)| {
+                let now = pods.current(pod);
+                (!ready || now.is_some()).then_some((*pod, *pending, now))
+            })
+            .collect();
+        if left.is_empty() {
+            return vec![];
         }
-        if Instant::now() + poll >= deadline {
-            return Err(still_terminating(&last, pending));
+        if !ready || Instant::now() >= deadline {
+            return left
+                .into_iter()
+                .map(|(pod, pending, now)| Blocker {
+                    pod: key(pod),
+                    message: still_terminating(now.as_deref().unwrap_or(pod), pending),
+                })
+                .collect();
         }
-        sleep_until(Instant::now() + poll).await;
+        let _ = timeout_at(deadline, pods.changed()).await;
     }
 }
 

@@ -203,7 +203,6 @@ async fn drain_then(p: &Proxy, s: &NodeState, after: AfterDrain) -> Result<(), E
         timeout: p.cfg.drain_timeout,
         grace_seconds: p.cfg.pod_grace_seconds,
         force: s.os.as_ref().is_some_and(|o| o.evictpodforce),
-        poll: p.cfg.poll_interval,
     };
     let start = tokio::time::Instant::now();
     let drained = match drain::plan(&p.client, &p.cfg.node_name, cfg.force).await {

@@ -10,7 +10,7 @@
 //! - [`agent_client`]: os-agent's JSON-RPC socket;
 //! - [`cordon`], [`drain`]: the node's schedulability and its pods;
 //! - [`report`]: OSInstance status writes;
-//! - [`run`]: the loop that observes, decides and acts.
+//! - [`run`]: the loop that observes, decides and acts, and waits on watches in between.
 
 pub mod agent_client;
 pub mod cli;
@@ -20,5 +20,6 @@ mod execute;
 pub mod lifecycle;
 pub mod report;
 pub mod run;
+mod watches;
 
 pub use run::{run, Config, Proxy};

@@ -1,32 +1,39 @@
 //! The proxy's loop: observe the node's OSInstance, the Node, the OS it names and the agent;
 //! decide with [`lifecycle::next_step`]; carry out that one step; repeat.
 //!
-//! Polling (every `poll_interval`) rather than watching keeps a restart, an agent that comes
-//! and goes across "reboots", and an API server hiccup all on one path: every tick starts from
-//! a fresh observation, so nothing is remembered that could go stale.
+//! Every step starts from a fresh observation (GETs, and the agent's `status`), so a restart,
+//! an agent that comes and goes across "reboots", and an API server hiccup are all one path and
+//! nothing remembered can go stale. Between steps, a proxy that has nothing to do or waits for
+//! something outside it does not ask again and again: it waits on watches of its OSInstance
+//! and Node ([`crate::watches`]), and, while an operation is in flight, reads the agent's
+//! status over its socket (the agent has no watch) and looks again only when that changes the
+//! step. So the API requests of a proxy grow with the steps it takes, not with time; a bounded
+//! resync ([`IDLE_RESYNC`], [`BUSY_RESYNC`]) covers a lost watch event.
 
 use crate::agent_client::{AgentClient, AgentStatus};
 use crate::lifecycle::{self, NodeState, Step};
 use crate::report::Reporter;
+use crate::watches::Wakeups;
 use crate::{cordon, execute};
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Recorder, Reporter as EventReporter};
-use kube::runtime::{watcher, WatchStreamExt};
 use kube::Client;
 use operator::crd::{
     node_owner, owner_uids, ownership, NodeStatus, Os, OsInstance, OsInstanceSpec, Ownership,
 };
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
+use tokio::time::{sleep, sleep_until, Instant};
 
 /// How long a `status` call may take before the agent counts as unreachable.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest an idle proxy goes without looking, watch or not.
-pub const IDLE_RESYNC: Duration = Duration::from_secs(30);
+pub const IDLE_RESYNC: Duration = Duration::from_secs(300);
+/// Longest a proxy waiting in an operation goes without looking at the API server.
+pub const BUSY_RESYNC: Duration = Duration::from_secs(30);
+/// Longest pause after failed steps (the pause doubles from `poll_interval`).
+const ERROR_BACKOFF_CAP: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -101,39 +108,75 @@ impl Proxy {
 
     /// Observes, decides and carries out one step; returns the step.
     pub async fn tick(&self) -> Result<Step, Error> {
+        self.step().await.map(|(_, step)| step)
+    }
+
+    /// [`tick`](Self::tick), also returning what the step was decided on.
+    async fn step(&self) -> Result<(Option<NodeState>, Step), Error> {
         let Some(state) = self.observe().await? else {
-            return Ok(Step::Idle);
+            return Ok((None, Step::Idle));
         };
         let step = lifecycle::next_step(&state);
         tracing::debug!(node = %self.cfg.node_name, ?step, "decided");
         execute::execute(self, &state, &step).await?;
-        Ok(step)
+        Ok((Some(state), step))
     }
 
-    /// Ticks forever; errors are logged and the next tick starts from a fresh observation.
-    /// While an operation runs, ticks come every `poll_interval` (the agent has no watch);
-    /// an idle node waits for a change of its OSInstance, or [`IDLE_RESYNC`] at most, so a
-    /// fleet of idle proxies costs the API server one watch each, not a poll a second.
+    /// Steps forever; errors are logged and the next step starts from a fresh observation.
+    /// After a step that did something the next follows at once; after one that waits (or
+    /// found nothing to do) the proxy waits for a change ([`Proxy::wait_for_change`]).
     pub async fn run(&self) {
-        let changed = Arc::new(Notify::new());
-        let _watch = AbortOnDrop(tokio::spawn(notify_on_change(
+        let wakeups = Wakeups::start(
+            self.nodes.clone(),
             self.instances.clone(),
-            self.cfg.node_name.clone(),
-            changed.clone(),
-        )));
+            &self.cfg.node_name,
+        );
+        let mut pause = self.cfg.poll_interval;
         loop {
-            match self.tick().await {
-                Ok(Step::Idle) => {
-                    tokio::select! {
-                        () = changed.notified() => {}
-                        () = tokio::time::sleep(IDLE_RESYNC) => {}
-                    }
+            match self.step().await {
+                Ok((state, step @ (Step::Idle | Step::Wait(_)))) => {
+                    pause = self.cfg.poll_interval;
+                    self.wait_for_change(&wakeups, state, &step).await;
                 }
-                Ok(Step::Wait(_)) => tokio::time::sleep(self.cfg.poll_interval).await,
-                Ok(_) => {}
+                Ok(_) => pause = self.cfg.poll_interval,
                 Err(e) => {
                     tracing::warn!(node = %self.cfg.node_name, error = %e, "step failed; retrying");
-                    tokio::time::sleep(self.cfg.poll_interval).await;
+                    tokio::select! {
+                        () = sleep(pause) => {}
+                        () = wakeups.changed() => {}
+                    }
+                    pause = (pause * 2).min(ERROR_BACKOFF_CAP);
+                }
+            }
+        }
+    }
+
+    /// Returns when the step decided on `state` may have changed: the OSInstance or the Node
+    /// changed (a watch says so), or, in an operation, the agent's status changed so that
+    /// [`lifecycle::next_step`] now decides otherwise (the agent is read every
+    /// `poll_interval`; that costs the API server nothing). At the latest after
+    /// [`IDLE_RESYNC`] (idle) or [`BUSY_RESYNC`] (in an operation).
+    async fn wait_for_change(&self, wakeups: &Wakeups, state: Option<NodeState>, step: &Step) {
+        let waiting = matches!(step, Step::Wait(_));
+        let until = Instant::now() + if waiting { BUSY_RESYNC } else { IDLE_RESYNC };
+        let Some(mut state) = state.filter(|_| waiting) else {
+            tokio::select! {
+                () = wakeups.changed() => {}
+                () = sleep_until(until) => {}
+            }
+            return;
+        };
+        loop {
+            tokio::select! {
+                () = wakeups.changed() => return,
+                () = sleep_until(until) => return,
+                () = sleep(self.cfg.poll_interval) => {}
+            }
+            let agent = self.agent_status().await;
+            if agent != state.agent {
+                state.agent = agent;
+                if lifecycle::next_step(&state) != *step {
+                    return;
                 }
             }
         }
@@ -301,29 +344,6 @@ impl Proxy {
                 tracing::debug!("agent status timed out");
                 None
             }
-        }
-    }
-}
-
-/// Ends the watch with the loop that uses it.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Wakes the loop on every change of the node's OSInstance. The watcher re-lists and
-/// re-watches by itself after errors (410 Expired, a dropped connection), with backoff.
-async fn notify_on_change(api: Api<OsInstance>, name: String, changed: Arc<Notify>) {
-    let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let events = watcher(api, cfg).default_backoff();
-    futures::pin_mut!(events);
-    while let Some(event) = events.next().await {
-        match event {
-            Ok(_) => changed.notify_one(),
-            Err(e) => tracing::debug!(error = %e, "OSInstance watch"),
         }
     }
 }

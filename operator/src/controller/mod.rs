@@ -6,6 +6,7 @@ mod gc;
 pub mod lease;
 pub mod metrics;
 mod reconcile;
+pub mod slim;
 mod writes;
 
 use std::net::SocketAddr;
@@ -144,10 +145,25 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-/// A cache fed by a watch, and a stream that yields on every change.
+/// The Node cache: every Node, cut down to what the rollout reads ([`slim::node`]) as the
+/// watch delivers it.
+pub fn node_cache(
+    client: Client,
+    changes: mpsc::Sender<()>,
+) -> (Store<Node>, impl std::future::Future<Output = RunError>) {
+    cache(Api::all(client), "Node", slim::node, changes)
+}
+
+/// A cache fed by a watch, each object passed through `slim` before it is stored, and a
+/// future that wakes `changes` on every change (it ends only with the watch).
+///
+/// Lists come in pages of 500 (the watcher's page size): with a `limit`, kube asks for a
+/// quorum read rather than `resourceVersion=0`, which the API server's watch cache answers
+/// whole, ignoring the limit (10,000 real Nodes in one answer are some 200 MB of JSON).
 fn cache<K>(
     api: Api<K>,
     name: &'static str,
+    slim: fn(&mut K),
     changes: mpsc::Sender<()>,
 ) -> (Store<K>, impl std::future::Future<Output = RunError>)
 where
@@ -161,12 +177,10 @@ where
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
     let (store, writer) = reflector::store();
-    let stream = reflector::reflector(
-        writer,
-        watcher(api, watcher::Config::default().any_semantic()),
-    )
-    .default_backoff()
-    .touched_objects();
+    let config = watcher::Config::default().any_semantic();
+    let stream = reflector::reflector(writer, watcher(api, config).modify(slim))
+        .default_backoff()
+        .touched_objects();
     let pump = drive(stream, name, changes);
     (store, pump)
 }
@@ -197,9 +211,9 @@ async fn lead(client: Client, config: &Config, metrics: Arc<Metrics>) -> Result<
         ),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
-    let (oses, os_pump) = cache(os_api, "OS", tx.clone());
-    let (instances, osi_pump) = cache(osi_api, "OSInstance", tx.clone());
-    let (nodes, node_pump) = cache(Api::<Node>::all(client.clone()), "Node", tx);
+    let (oses, os_pump) = cache(os_api, "OS", slim::managed_fields, tx.clone());
+    let (instances, osi_pump) = cache(osi_api, "OSInstance", slim::managed_fields, tx.clone());
+    let (nodes, node_pump) = node_cache(client.clone(), tx);
     let shared = Shared {
         recorder: Recorder::new(
             client.clone(),

@@ -30,6 +30,46 @@ pub fn client(server: &FakeApiServer) -> kube::Client {
     kube::Client::try_from(config).unwrap()
 }
 
+/// The requests a client made, as `METHOD path?query`.
+#[derive(Clone, Default)]
+pub struct Requests(Arc<Mutex<Vec<String>>>);
+
+impl Requests {
+    pub fn all(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// How many requests start with `prefix` (`"GET /api/v1/namespaces/default/pods"`).
+    pub fn count(&self, prefix: &str) -> usize {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.starts_with(prefix))
+            .count()
+    }
+}
+
+/// [`client`], recording every request it makes.
+pub fn counting_client(server: &FakeApiServer) -> (kube::Client, Requests) {
+    let requests = Requests::default();
+    let log = requests.clone();
+    let layer = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+        let uri = req.uri();
+        let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+        let line = format!("{} {}{query}", req.method(), uri.path());
+        log.0.lock().unwrap().push(line);
+        req
+    });
+    let mut config = server.config();
+    config.default_retry = false;
+    let client = kube::client::ClientBuilder::try_from(config)
+        .unwrap()
+        .with_layer(&layer)
+        .build();
+    (client, requests)
+}
+
 pub async fn create_node(client: &kube::Client, name: &str, unschedulable: bool) {
     let nodes: Api<Node> = Api::all(client.clone());
     let node: Node = serde_json::from_value(json!({
