@@ -15,16 +15,24 @@
 //! ```
 
 mod controllers;
+mod crd;
+mod discovery;
 mod eviction;
+mod field;
 mod graceful;
 mod list;
+mod openapi;
 mod patch;
 mod registry;
 mod route;
+mod schema;
 mod selector;
 mod server;
 mod status;
 mod store;
+mod table;
+#[cfg(test)]
+mod testing;
 mod validate;
 mod watch;
 
@@ -121,6 +129,7 @@ impl Shared {
         let mut store = self.lock_store();
         let result = write(&mut store);
         controllers::settle(&mut store, Instant::now());
+        crd::establish(&mut store);
         let rv = store.resource_version();
         self.rv_tx
             .send_if_modified(|latest| std::mem::replace(latest, rv) != rv);
@@ -178,12 +187,29 @@ pub struct FakeApiServer {
 const TICK: Duration = Duration::from_millis(20);
 
 impl FakeApiServer {
-    /// Binds 127.0.0.1 on a free port and serves in a background task.
+    /// Binds 127.0.0.1 on a free port and serves in a background task, with this project's
+    /// CustomResourceDefinitions (deploy/crds.yaml) already applied and established, as on a
+    /// cluster where the operator is installed. The log starts empty.
     ///
     /// # Panics
     ///
     /// Outside a tokio runtime, or when no loopback port can be bound.
     pub async fn start() -> FakeApiServer {
+        let server = Self::start_without_crds().await;
+        server
+            .shared
+            .mutate(|store| {
+                crd::install(store, crd::PROJECT_CRDS)?;
+                store.clear_log();
+                Ok(())
+            })
+            .expect("deploy/crds.yaml is accepted by the fake server");
+        server
+    }
+
+    /// As [`start`](Self::start), with no CustomResourceDefinition: a fresh cluster, where
+    /// custom resources are served once their CRDs are applied.
+    pub async fn start_without_crds() -> FakeApiServer {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("binding a loopback port for the fake API server");

@@ -19,6 +19,8 @@ use crate::patch::{self, PatchType};
 use crate::registry;
 use crate::route::{self, Target};
 use crate::status::{success_status, ApiError};
+use crate::table;
+use crate::{discovery, openapi};
 use crate::store::{Part, Store};
 use crate::watch::{self, WatchRequest};
 use crate::Shared;
@@ -44,7 +46,18 @@ async fn route_request(
     shared: &Arc<Shared>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let target = route::parse_path(req.uri().path())?;
+    let header = |name: hyper::header::HeaderName| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let accept = header(hyper::header::ACCEPT);
+    if let Some(response) = non_resource(shared, req.uri().path(), &accept, &header(hyper::header::HOST)) {
+        return response;
+    }
+    let target = route::parse_path(req.uri().path(), &shared.lock_store())?;
     let query = route::parse_query(req.uri().query());
     let verb = route::verb(req.method(), &target, &query);
     shared.count(verb);
@@ -64,16 +77,26 @@ async fn route_request(
         "get" => {
             let store = shared.lock_store();
             let name = request.name()?;
-            let obj = store.get(request.target.rt, request.target.ns(), name);
-            Ok(json_response(
-                200,
-                obj.ok_or_else(|| ApiError::not_found(request.target.rt, name))?,
-            ))
+            let obj = store
+                .get(request.target.rt, request.target.ns(), name)
+                .ok_or_else(|| ApiError::not_found(request.target.rt, name))?;
+            if table::wanted(&accept) {
+                let meta = json!({"resourceVersion": obj["metadata"]["resourceVersion"]});
+                let t = request.table(&store, std::slice::from_ref(obj), meta);
+                return Ok(json_response(200, &t));
+            }
+            Ok(json_response(200, obj))
         }
-        "list" => Ok(json_response(
-            200,
-            &list::list(&shared.lock_store(), &request.target, &request.query)?,
-        )),
+        "list" => {
+            let store = shared.lock_store();
+            let list = list::list(&store, &request.target, &request.query)?;
+            if table::wanted(&accept) {
+                let items = list["items"].as_array().cloned().unwrap_or_default();
+                let t = request.table(&store, &items, list["metadata"].clone());
+                return Ok(json_response(200, &t));
+            }
+            Ok(json_response(200, &list))
+        }
         _ => {
             let (code, value) = shared.mutate(|store| request.write(store, &method, verb))?;
             Ok(json_response(code, &value))
@@ -113,6 +136,12 @@ impl Call {
             body,
             content_type,
         })
+    }
+
+    fn table(&self, store: &Store, objects: &[Value], meta: Value) -> Value {
+        let include = self.query.get("includeObject").map_or("Metadata", String::as_str);
+        let now = jiff::Timestamp::now();
+        table::table(store, self.target.rt, objects, meta, include, now)
     }
 
     fn name(&self) -> Result<&str, ApiError> {
@@ -278,6 +307,30 @@ fn spend_budget(store: &mut Store, ns: &str, pod: &Value) -> Result<(), ApiError
         Ok(p)
     })?;
     Ok(())
+}
+
+/// Discovery and the OpenAPI document; `None` for a resource path.
+fn non_resource(
+    shared: &Shared,
+    path: &str,
+    accept: &str,
+    host: &str,
+) -> Option<Result<Response<Body>, ApiError>> {
+    if path.trim_end_matches('/') == "/openapi/v2" {
+        let doc = openapi::document(&shared.lock_store());
+        if accept.contains(openapi::PROTOBUF) {
+            let body = Full::new(Bytes::from(openapi::protobuf(&doc))).boxed_unsync();
+            let mut r = response(200, body);
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static(openapi::PROTOBUF),
+            );
+            return Some(Ok(r));
+        }
+        return Some(Ok(json_response(200, &doc)));
+    }
+    let doc = discovery::serve(&shared.lock_store(), path, host)?;
+    Some(doc.map(|d| json_response(200, &d)))
 }
 
 fn json_response(code: u16, value: &Value) -> Response<Body> {
