@@ -64,9 +64,9 @@ impl Crds {
     }
 
     pub fn find(&self, group: &str, version: &str, plural: &str) -> Option<&Served> {
-        self.served.iter().find(|s| {
-            s.rt.group == group && s.rt.version == version && s.rt.plural == plural
-        })
+        self.served
+            .iter()
+            .find(|s| s.rt.group == group && s.rt.version == version && s.rt.plural == plural)
     }
 
     /// The CRD version behind a served resource type.
@@ -203,9 +203,7 @@ pub(crate) fn established_status(crd: &Value) -> Option<Value> {
         .filter(|v| v["storage"] == true)
         .map(|v| v["name"].clone())
         .collect();
-    let condition = |type_: &str, reason: &str, message: &str| {
-        json!({"type": type_, "status": "True", "reason": reason, "message": message})
-    };
+    let condition = |type_: &str, reason: &str, message: &str| json!({"type": type_, "status": "True", "reason": reason, "message": message});
     let wanted = json!({
         "acceptedNames": spec["names"],
         "conditions": [
@@ -304,7 +302,10 @@ mod tests {
         assert!(std::ptr::eq(crds.of(served.rt).unwrap().rt, served.rt));
         let again = Crds::from_objects([&c].into_iter());
         assert!(
-            std::ptr::eq(again.find("example.com", "v1", "widgets").unwrap().rt, served.rt),
+            std::ptr::eq(
+                again.find("example.com", "v1", "widgets").unwrap().rt,
+                served.rt
+            ),
             "interned once"
         );
     }
@@ -312,7 +313,10 @@ mod tests {
     #[test]
     fn built_in_names_cannot_be_taken_and_bad_crds_are_named() {
         let pods = crd("pods", "");
-        assert!(Crds::from_objects([&pods].into_iter()).iter().next().is_none());
+        assert!(Crds::from_objects([&pods].into_iter())
+            .iter()
+            .next()
+            .is_none());
         let mut bad = crd("widgets", "example.com");
         bad["metadata"]["name"] = json!("widgets");
         bad["spec"]["versions"][0]["storage"] = json!(false);

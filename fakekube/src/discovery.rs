@@ -186,7 +186,9 @@ mod tests {
             .unwrap()
             .unwrap_err();
         assert_eq!(err.code, 404);
-        assert!(!doc(&store, "/apis").to_string().contains("upgrade.openeuler.org"));
+        assert!(!doc(&store, "/apis")
+            .to_string()
+            .contains("upgrade.openeuler.org"));
     }
 
     #[test]
@@ -206,6 +208,9 @@ mod tests {
         assert_eq!(find("nodes")["shortNames"], json!(["no"]));
         assert_eq!(find("nodes")["namespaced"], false);
         assert_eq!(find("pods")["categories"], json!(["all"]));
-        assert!(serve(&store, "/api/v1/pods", "h").is_none(), "a resource path");
+        assert!(
+            serve(&store, "/api/v1/pods", "h").is_none(),
+            "a resource path"
+        );
     }
 }

@@ -106,9 +106,8 @@ pub(crate) fn invalid(rt: &ResourceType, name: &str, errors: &[FieldError]) -> A
         .iter()
         .map(|e| json!({"reason": e.reason, "message": e.body, "field": e.field}))
         .collect();
-    ApiError::new(422, format!("{kind} {name:?} is invalid: {aggregate}")).with_details(
-        json!({"name": name, "group": rt.group, "kind": rt.kind, "causes": causes}),
-    )
+    ApiError::new(422, format!("{kind} {name:?} is invalid: {aggregate}"))
+        .with_details(json!({"name": name, "group": rt.group, "kind": rt.kind, "causes": causes}))
 }
 
 #[cfg(test)]

@@ -36,7 +36,10 @@ pub(crate) fn document(store: &Store) -> Value {
         let mut all = Map::new();
         all.insert("apiVersion".into(), json!({"type": "string"}));
         all.insert("kind".into(), json!({"type": "string"}));
-        all.insert("metadata".into(), json!({"$ref": format!("#/definitions/{OBJECT_META}")}));
+        all.insert(
+            "metadata".into(),
+            json!({"$ref": format!("#/definitions/{OBJECT_META}")}),
+        );
         all.extend(properties);
         schema["properties"] = Value::Object(all);
         schema["x-kubernetes-group-version-kind"] =
@@ -75,12 +78,15 @@ fn to_v2(schema: &Value) -> Value {
             }
         }
     }
-    let untyped = schema["nullable"] == true || schema["x-kubernetes-preserve-unknown-fields"] == true;
+    let untyped =
+        schema["nullable"] == true || schema["x-kubernetes-preserve-unknown-fields"] == true;
     if untyped {
         out.remove("items");
         out.remove("properties");
     }
-    if schema["nullable"] == true || (!out.contains_key("items") && out.get("type") == Some(&json!("array"))) {
+    if schema["nullable"] == true
+        || (!out.contains_key("items") && out.get("type") == Some(&json!("array")))
+    {
         out.remove("type");
     }
     // A nullable property may be sent as null: kubectl must not require it.
@@ -188,12 +194,21 @@ fn schema_pb(s: &Value) -> Pb {
             pb.double(field, d);
         }
     }
-    for (field, key) in [(8, "exclusiveMaximum"), (10, "exclusiveMinimum"), (16, "uniqueItems")] {
+    for (field, key) in [
+        (8, "exclusiveMaximum"),
+        (10, "exclusiveMinimum"),
+        (16, "uniqueItems"),
+    ] {
         if s[key] == true {
             pb.boolean(field, true);
         }
     }
-    for (field, key) in [(11, "maxLength"), (12, "minLength"), (14, "maxItems"), (15, "minItems")] {
+    for (field, key) in [
+        (11, "maxLength"),
+        (12, "minLength"),
+        (14, "maxItems"),
+        (15, "minItems"),
+    ] {
         if let Some(i) = s[key].as_i64() {
             pb.int64(field, i);
         }
@@ -272,8 +287,7 @@ mod tests {
         let doc = document(&store_with_crds());
         let os = &doc["definitions"]["org.openeuler.upgrade.v1alpha1.OS"];
         assert_eq!(
-            os["x-kubernetes-group-version-kind"][0]["kind"],
-            "OS",
+            os["x-kubernetes-group-version-kind"][0]["kind"], "OS",
             "{os}"
         );
         assert_eq!(
@@ -282,7 +296,10 @@ mod tests {
         );
         let spec = &os["properties"]["spec"]["properties"];
         assert_eq!(spec["maxunavailable"]["type"], "integer");
-        assert!(spec["checksum"].get("default").is_none(), "defaults dropped");
+        assert!(
+            spec["checksum"].get("default").is_none(),
+            "defaults dropped"
+        );
         assert!(
             spec["cacert"].get("type").is_none(),
             "a nullable field is untyped in v2"

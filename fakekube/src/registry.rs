@@ -241,7 +241,8 @@ pub(crate) struct Defined<'a> {
 
 impl Defined<'_> {
     fn is(&self, rt: &ResourceType) -> bool {
-        let same = |a: &[&str], b: &[String]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y);
+        let same =
+            |a: &[&str], b: &[String]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y);
         rt.group == self.group
             && rt.version == self.version
             && rt.plural == self.plural
@@ -268,7 +269,12 @@ pub(crate) fn intern(d: Defined<'_>) -> &'static ResourceType {
     }
     let leak = |s: &str| -> &'static str { Box::leak(s.to_owned().into_boxed_str()) };
     let leak_all = |v: &[String]| -> &'static [&'static str] {
-        Box::leak(v.iter().map(|s| leak(s)).collect::<Vec<_>>().into_boxed_slice())
+        Box::leak(
+            v.iter()
+                .map(|s| leak(s))
+                .collect::<Vec<_>>()
+                .into_boxed_slice(),
+        )
     };
     let rt: &'static ResourceType = Box::leak(Box::new(ResourceType {
         group: leak(d.group),

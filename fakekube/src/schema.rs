@@ -107,7 +107,9 @@ fn has_type(value: &Value, wanted: &str) -> bool {
         "boolean" => value.is_boolean(),
         "number" => value.is_number(),
         // A JSON number with no fraction decodes to an integer in Go's unstructured objects.
-        "integer" => value.is_i64() || value.is_u64() || value.as_f64().is_some_and(|f| f.fract() == 0.0),
+        "integer" => {
+            value.is_i64() || value.is_u64() || value.as_f64().is_some_and(|f| f.fract() == 0.0)
+        }
         _ => true,
     }
 }
@@ -180,7 +182,13 @@ fn validate(schema: &Value, value: &Value, path: &str, errors: &mut Vec<FieldErr
     }
 }
 
-fn validate_number(schema: &Value, value: &Value, n: f64, path: &str, errors: &mut Vec<FieldError>) {
+fn validate_number(
+    schema: &Value,
+    value: &Value,
+    n: f64,
+    path: &str,
+    errors: &mut Vec<FieldError>,
+) {
     let bound = |key: &str| schema[key].as_f64();
     let flag = |key: &str| schema[key] == Value::Bool(true);
     let shown = |b: f64| crate::field::go_value(&serde_json::json!(b));
@@ -228,7 +236,12 @@ fn validate_object(
         match properties.and_then(|p| p.get(key)) {
             Some(property) => validate(property, v, &child(path, key), errors),
             None if schema["additionalProperties"].is_object() => {
-                validate(&schema["additionalProperties"], v, &child(path, key), errors);
+                validate(
+                    &schema["additionalProperties"],
+                    v,
+                    &child(path, key),
+                    errors,
+                );
             }
             None => {}
         }
@@ -244,7 +257,11 @@ fn validate_array(schema: &Value, items: &[Value], path: &str, errors: &mut Vec<
     if let Some(min) = schema["minItems"].as_u64() {
         if (items.len() as u64) < min {
             let detail = format!("{path} in body should have at least {min} items");
-            errors.push(FieldError::invalid(path, &Value::Array(items.to_vec()), &detail));
+            errors.push(FieldError::invalid(
+                path,
+                &Value::Array(items.to_vec()),
+                &detail,
+            ));
         }
     }
     if schema["items"].is_object() {

@@ -19,11 +19,11 @@ use crate::patch::{self, PatchType};
 use crate::registry;
 use crate::route::{self, Target};
 use crate::status::{success_status, ApiError};
-use crate::table;
-use crate::{discovery, openapi};
 use crate::store::{Part, Store};
+use crate::table;
 use crate::watch::{self, WatchRequest};
 use crate::Shared;
+use crate::{discovery, openapi};
 
 pub(crate) type Body = UnsyncBoxBody<Bytes, Infallible>;
 
@@ -54,7 +54,12 @@ async fn route_request(
             .to_string()
     };
     let accept = header(hyper::header::ACCEPT);
-    if let Some(response) = non_resource(shared, req.uri().path(), &accept, &header(hyper::header::HOST)) {
+    if let Some(response) = non_resource(
+        shared,
+        req.uri().path(),
+        &accept,
+        &header(hyper::header::HOST),
+    ) {
         return response;
     }
     let target = route::parse_path(req.uri().path(), &shared.lock_store())?;
@@ -139,7 +144,10 @@ impl Call {
     }
 
     fn table(&self, store: &Store, objects: &[Value], meta: Value) -> Value {
-        let include = self.query.get("includeObject").map_or("Metadata", String::as_str);
+        let include = self
+            .query
+            .get("includeObject")
+            .map_or("Metadata", String::as_str);
         let now = jiff::Timestamp::now();
         table::table(store, self.target.rt, objects, meta, include, now)
     }
@@ -321,9 +329,11 @@ fn non_resource(
         if accept.contains(openapi::PROTOBUF) {
             let body = Full::new(Bytes::from(openapi::protobuf(&doc))).boxed_unsync();
             let mut r = response(200, body);
+            // What kube-openapi's handler answers: Go's mime parser (and so client-go)
+            // refuses the `@` of the media type that the Accept header names.
             r.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static(openapi::PROTOBUF),
+                hyper::header::HeaderValue::from_static("application/octet-stream"),
             );
             return Some(Ok(r));
         }

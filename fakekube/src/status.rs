@@ -139,9 +139,10 @@ mod tests {
         let status = ApiError::conflict(rt, "n1").to_status();
         assert_eq!(status["code"], 409);
         assert_eq!(status["reason"], "Conflict");
-        assert!(status["message"].as_str().unwrap().starts_with(
-            "Operation cannot be fulfilled on leases.coordination.k8s.io \"n1\""
-        ));
+        assert!(status["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Operation cannot be fulfilled on leases.coordination.k8s.io \"n1\""));
     }
 
     #[test]

@@ -12,8 +12,8 @@ use crate::controllers::Sim;
 use crate::crd::{self, Crds};
 use crate::field;
 use crate::graceful;
-use crate::schema;
 use crate::registry::ResourceType;
+use crate::schema;
 use crate::status::ApiError;
 use crate::validate;
 use crate::LogEntry;
@@ -134,7 +134,8 @@ impl Store {
         if let Some(gone) = removed {
             let group = gone["spec"]["group"].as_str().unwrap_or_default();
             let plural = gone["spec"]["names"]["plural"].as_str().unwrap_or_default();
-            self.objects.retain(|(g, p), _| !(*g == group && *p == plural));
+            self.objects
+                .retain(|(g, p), _| !(*g == group && *p == plural));
         }
         let crds: Vec<Value> = self
             .objects

@@ -8,8 +8,8 @@
 use serde_json::{json, Value};
 
 use crate::crd::Column;
-use crate::store::Store;
 use crate::registry::ResourceType;
+use crate::store::Store;
 
 /// Whether the Accept header asks for a v1 (or v1beta1) Table.
 pub(crate) fn wanted(accept: &str) -> bool {
@@ -106,14 +106,21 @@ fn cell(column: &Column, obj: &Value, now: jiff::Timestamp) -> Value {
     match column.type_.as_str() {
         "integer" => value
             .as_i64()
-            .or_else(|| value.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64))
+            .or_else(|| {
+                value
+                    .as_f64()
+                    .filter(|f| f.fract() == 0.0)
+                    .map(|f| f as i64)
+            })
             .map_or(Value::Null, |i| json!(i)),
         "number" => value.as_f64().map_or(Value::Null, |f| json!(f)),
         "boolean" => value.as_bool().map_or(Value::Null, |b| json!(b)),
         "date" => value
             .as_str()
             .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-            .map_or(Value::Null, |t| json!(human_duration(now.as_second() - t.as_second()))),
+            .map_or(Value::Null, |t| {
+                json!(human_duration(now.as_second() - t.as_second()))
+            }),
         _ => match value {
             Value::String(s) => json!(s),
             other => json!(other.to_string()),
@@ -177,18 +184,29 @@ mod tests {
     fn kubectl_get_asks_for_a_table() {
         assert!(wanted("application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"));
         assert!(!wanted("application/json"));
-        assert!(!wanted("application/json;as=PartialObjectMetadata;v=v1;g=meta.k8s.io"));
+        assert!(!wanted(
+            "application/json;as=PartialObjectMetadata;v=v1;g=meta.k8s.io"
+        ));
     }
 
     #[test]
     fn crd_columns_are_typed_and_dates_are_ages() {
         let store = store_with_crds();
-        let os_rt = store.find("upgrade.openeuler.org", "v1alpha1", "os").unwrap();
+        let os_rt = store
+            .find("upgrade.openeuler.org", "v1alpha1", "os")
+            .unwrap();
         let now: jiff::Timestamp = "2026-01-01T01:00:00Z".parse().unwrap();
         let os = json!({"metadata": {"name": "os1", "creationTimestamp": "2026-01-01T00:57:30Z"},
             "spec": {"osversion": "v2", "opstype": "upgrade", "maxunavailable": 3},
             "status": {"state": "Progressing", "updated": 1.0}});
-        let t = table(&store, os_rt, &[os], json!({"resourceVersion": "5"}), "Metadata", now);
+        let t = table(
+            &store,
+            os_rt,
+            &[os],
+            json!({"resourceVersion": "5"}),
+            "Metadata",
+            now,
+        );
         let names: Vec<&str> = t["columnDefinitions"]
             .as_array()
             .unwrap()
@@ -207,7 +225,10 @@ mod tests {
         assert_eq!(at("Age"), "2m30s");
         assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
         let wide = t["columnDefinitions"].as_array().unwrap();
-        assert_eq!(wide[names.iter().position(|n| *n == "Message").unwrap()]["priority"], 1);
+        assert_eq!(
+            wide[names.iter().position(|n| *n == "Message").unwrap()]["priority"],
+            1
+        );
     }
 
     #[test]
@@ -223,8 +244,17 @@ mod tests {
 
     #[test]
     fn human_durations_match_apimachinery() {
-        for (s, want) in [(5, "5s"), (119, "119s"), (125, "2m5s"), (600, "10m"), (3 * 3600 + 60, "3h1m"),
-            (9 * 3600, "9h"), (50 * 3600, "2d2h"), (10 * 86400, "10d"), (800 * 86400, "2y70d")] {
+        for (s, want) in [
+            (5, "5s"),
+            (119, "119s"),
+            (125, "2m5s"),
+            (600, "10m"),
+            (3 * 3600 + 60, "3h1m"),
+            (9 * 3600, "9h"),
+            (50 * 3600, "2d2h"),
+            (10 * 86400, "10d"),
+            (800 * 86400, "2y70d"),
+        ] {
             assert_eq!(human_duration(s), want, "{s}");
         }
     }
