@@ -54,6 +54,9 @@ async fn route_request(
             .to_string()
     };
     let accept = header(hyper::header::ACCEPT);
+    let authorization = header(hyper::header::AUTHORIZATION);
+    let user =
+        shared.authenticate((!authorization.is_empty()).then_some(authorization.as_str()))?;
     if let Some(response) = non_resource(
         shared,
         req.uri().path(),
@@ -66,6 +69,9 @@ async fn route_request(
     let query = route::parse_query(req.uri().query());
     let verb = route::verb(req.method(), &target, &query);
     shared.count(verb);
+    if let Some(user) = &user {
+        shared.authorize(user, verb, &target)?;
+    }
     if let Some(status) = shared.take_fault(verb, &target) {
         return Err(ApiError::new(
             status,
