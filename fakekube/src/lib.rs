@@ -14,6 +14,7 @@
 //! # }
 //! ```
 
+mod admission;
 mod controllers;
 mod crd;
 mod discovery;

@@ -31,6 +31,15 @@ pub struct UserInfo {
 }
 
 impl UserInfo {
+    /// The user of a request without a token: a cluster admin.
+    pub fn admin() -> UserInfo {
+        UserInfo {
+            username: "system:admin".into(),
+            groups: vec!["system:masters".into(), "system:authenticated".into()],
+            extra: BTreeMap::new(),
+        }
+    }
+
     /// A service account's user, as the token authenticator names it.
     pub fn service_account(namespace: &str, name: &str) -> UserInfo {
         UserInfo {

@@ -33,11 +33,9 @@ fn nullable(schema: &Value) -> bool {
 fn normalize(schema: &Value, value: &mut Value, root: bool) {
     match value {
         Value::Object(map) => normalize_object(schema, map, root),
-        Value::Array(items) => {
-            if schema["items"].is_object() {
-                for item in items {
-                    normalize(&schema["items"], item, false);
-                }
+        Value::Array(items) if schema["items"].is_object() => {
+            for item in items {
+                normalize(&schema["items"], item, false);
             }
         }
         _ => {}

@@ -16,6 +16,7 @@ use crate::eviction;
 use crate::graceful;
 use crate::list;
 use crate::patch::{self, PatchType};
+use crate::rbac::UserInfo;
 use crate::registry;
 use crate::route::{self, Target};
 use crate::status::{success_status, ApiError};
@@ -23,7 +24,7 @@ use crate::store::{Part, Store};
 use crate::table;
 use crate::watch::{self, WatchRequest};
 use crate::Shared;
-use crate::{discovery, openapi};
+use crate::{admission, discovery, openapi};
 
 pub(crate) type Body = UnsyncBoxBody<Bytes, Infallible>;
 
@@ -109,7 +110,9 @@ async fn route_request(
             Ok(json_response(200, &list))
         }
         _ => {
-            let (code, value) = shared.mutate(|store| request.write(store, &method, verb))?;
+            let user = user.unwrap_or_else(UserInfo::admin);
+            let (code, value) =
+                shared.mutate(|store| request.write(store, &method, verb, &user))?;
             Ok(json_response(code, &value))
         }
     }
@@ -179,13 +182,39 @@ impl Call {
             .map_err(|e| ApiError::bad_request(format!("error decoding the request body: {e}")))
     }
 
+    /// Admission of one write by `user`: `object` after it, `old` before it.
+    fn admit(
+        &self,
+        bound: &[admission::Bound],
+        user: &UserInfo,
+        operation: &'static str,
+        object: &Value,
+        old: &Value,
+    ) -> Result<(), ApiError> {
+        let name = match &self.target.name {
+            Some(n) => n.as_str(),
+            None => object["metadata"]["name"].as_str().unwrap_or_default(),
+        };
+        let req = admission::Request {
+            user,
+            operation,
+            rt: self.target.rt,
+            subresource: self.target.subresource.as_deref(),
+            namespace: self.target.ns(),
+            name,
+        };
+        admission::admit(bound, &req, object, old)
+    }
+
     fn write(
         &self,
         store: &mut Store,
         method: &Method,
         verb: &str,
+        user: &UserInfo,
     ) -> Result<(u16, Value), ApiError> {
         let rt = self.target.rt;
+        let bound = admission::bound(store);
         match verb {
             "create" => {
                 if self.target.name.is_some() || (rt.namespaced && self.target.namespace.is_none())
@@ -201,6 +230,7 @@ impl Call {
                         self.target.ns(),
                     ));
                 }
+                self.admit(&bound, user, "CREATE", &body, &Value::Null)?;
                 Ok((201, store.create(rt, self.target.ns(), body)?))
             }
             "update" => {
@@ -211,11 +241,14 @@ impl Call {
                     self.name()?,
                     self.part(),
                     "update",
-                    |_| Ok(body),
+                    |old| {
+                        self.admit(&bound, user, "UPDATE", &body, old)?;
+                        Ok(body)
+                    },
                 )?;
                 Ok((200, value))
             }
-            "patch" => self.patch(store),
+            "patch" => self.patch(store, &bound, user),
             "delete" => {
                 let mut options = if self.body.is_empty() {
                     json!({})
@@ -231,10 +264,11 @@ impl Call {
                         options["gracePeriodSeconds"] = json!(grace);
                     }
                 }
-                Ok((
-                    200,
-                    store.delete(rt, self.target.ns(), self.name()?, &options)?,
-                ))
+                let (ns, name) = (self.target.ns(), self.name()?);
+                if let Some(old) = store.get(rt, ns, name) {
+                    self.admit(&bound, user, "DELETE", &Value::Null, old)?;
+                }
+                Ok((200, store.delete(rt, ns, name, &options)?))
             }
             "evict" => self.evict(store),
             _ => Err(ApiError::new(
@@ -244,7 +278,12 @@ impl Call {
         }
     }
 
-    fn patch(&self, store: &mut Store) -> Result<(u16, Value), ApiError> {
+    fn patch(
+        &self,
+        store: &mut Store,
+        bound: &[admission::Bound],
+        user: &UserInfo,
+    ) -> Result<(u16, Value), ApiError> {
         let (rt, ns, name) = (self.target.rt, self.target.ns(), self.name()?);
         let pt = PatchType::from_content_type(&self.content_type)?;
         let body = patch::decode(pt, &self.body)?;
@@ -260,11 +299,14 @@ impl Call {
                 if obj["metadata"]["name"].is_null() {
                     obj["metadata"]["name"] = json!(name);
                 }
+                self.admit(bound, user, "CREATE", &obj, &Value::Null)?;
                 return Ok((201, store.create(rt, ns, obj)?));
             }
         }
         let value = store.update(rt, ns, name, self.part(), "patch", |existing| {
-            patch::apply(rt, name, pt, existing, &body)
+            let patched = patch::apply(rt, name, pt, existing, &body)?;
+            self.admit(bound, user, "UPDATE", &patched, existing)?;
+            Ok(patched)
         })?;
         Ok((200, value))
     }

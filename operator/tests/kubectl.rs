@@ -158,7 +158,10 @@ async fn kustomized_deploy_applies_and_get_prints_the_printer_columns() {
         .unwrap()
         .object;
     assert_eq!(
-        (&stored["spec"]["failureBudget"], &stored["spec"]["nodeTimeoutSeconds"]),
+        (
+            &stored["spec"]["failureBudget"],
+            &stored["spec"]["nodeTimeoutSeconds"]
+        ),
         (&json!(1), &json!(3600)),
         "fields the sample leaves out are defaulted by the server from the CRD"
     );

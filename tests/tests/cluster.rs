@@ -681,10 +681,12 @@ async fn change_os(c: &SimCluster, spec: serde_json::Value) -> i64 {
 }
 
 /// Issue 17: deploy/'s RBAC is what os-operator and os-proxy need, and no more. Both run as
-/// their service accounts, authorized by the Roles and ClusterRoles of deploy/operator.yaml
-/// and deploy/proxy.yaml as shipped, through an upgrade with drains (evictions under a
-/// budget, events, the leader Lease), a config, a rollback and a deleted node: no request is
-/// forbidden, and every verb every rule grants was used by a request it allowed.
+/// their service accounts (each proxy's token bound to its node), authorized by the Roles and
+/// ClusterRoles of deploy/operator.yaml and deploy/proxy.yaml and judged by the admission
+/// policy of deploy/admission.yaml as shipped, through an upgrade with drains (evictions
+/// under a budget, events, the leader Lease), a config, a rollback, two failed drains and a
+/// deleted node: no request is forbidden, every verb every rule grants was used by a request
+/// it allowed, and a proxy's token cannot cordon another node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_rbac_allows_every_request_and_every_grant_is_used() {
     let f = tokio::task::spawn_blocking(fixture).await.unwrap();
@@ -764,6 +766,22 @@ async fn deploy_rbac_allows_every_request_and_every_grant_is_used() {
         async || instances.get_opt("node-2").await.unwrap().is_none(),
     )
     .await;
+
+    // The admission policy keeps a proxy's token to its own node.
+    let token = e2e::cluster::identity::proxy_token(&c.server, "node-1");
+    let node_1: Api<k8s_openapi::api::core::v1::Node> =
+        Api::all(kube::Client::try_from(c.server.config_with_token(&token)).unwrap());
+    let cordon = json!({ "spec": { "unschedulable": true } });
+    let err = node_1
+        .patch("node-0", &PatchParams::default(), &Patch::Merge(&cordon))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("os-proxy on node node-1 may not write nodes node-0"),
+        "{err}"
+    );
+    assert!(!cordoned(&c, "node-0").await);
 
     let decisions = c.server.authorizations();
     let denied: Vec<String> = decisions

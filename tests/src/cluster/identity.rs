@@ -1,6 +1,7 @@
 //! The operator and the proxies as they run in a cluster: each under its service account
 //! (os-operator; os-proxy with a token bound to its node), authorized by the RBAC objects of
-//! deploy/operator.yaml and deploy/proxy.yaml applied to the fake API server as shipped.
+//! deploy/operator.yaml and deploy/proxy.yaml and judged by the admission policy of
+//! deploy/admission.yaml, applied to the fake API server as shipped.
 
 use std::path::{Path, PathBuf};
 
@@ -16,10 +17,10 @@ use super::NS;
 /// The claim Kubernetes 1.30+ puts in a pod-bound token's user info (deploy/admission.yaml).
 const NODE_CLAIM: &str = "authentication.kubernetes.io/node-name";
 
-/// Creates every object of deploy/operator.yaml and deploy/proxy.yaml, as `kubectl apply`
-/// would, through discovery and the admin client.
+/// Creates every object of deploy/operator.yaml, admission.yaml and proxy.yaml, as `kubectl
+/// apply` would, through discovery and the admin client.
 pub async fn apply_deploy_manifests(client: &Client) {
-    for file in ["operator.yaml", "proxy.yaml"] {
+    for file in ["operator.yaml", "admission.yaml", "proxy.yaml"] {
         let path = crate::repo_root().join("deploy").join(file);
         let text = std::fs::read_to_string(&path).unwrap();
         for doc in serde_yaml::Deserializer::from_str(&text) {
@@ -59,12 +60,17 @@ pub fn operator_kubeconfig(server: &FakeApiServer, dir: &Path) -> PathBuf {
     )
 }
 
-/// A kubeconfig under `dir` for the os-proxy pod on `node`: the os-proxy service account
-/// with the node-name claim of a token bound to that pod.
-pub fn proxy_kubeconfig(server: &FakeApiServer, dir: &Path, node: &str) -> PathBuf {
+/// A token of the os-proxy pod on `node`: the os-proxy service account with the node-name
+/// claim of a token bound to that pod.
+pub fn proxy_token(server: &FakeApiServer, node: &str) -> String {
     let mut user = UserInfo::service_account(NS, "os-proxy");
     user.extra.insert(NODE_CLAIM.into(), vec![node.to_string()]);
-    let token = server.issue_token(user);
+    server.issue_token(user)
+}
+
+/// A kubeconfig under `dir` with [`proxy_token`].
+pub fn proxy_kubeconfig(server: &FakeApiServer, dir: &Path, node: &str) -> PathBuf {
+    let token = proxy_token(server, node);
     let name = format!("kubeconfig-os-proxy-{node}");
     write(dir, &name, &server.kubeconfig_with_token(NS, &token))
 }
