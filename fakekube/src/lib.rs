@@ -304,9 +304,14 @@ impl FakeApiServer {
     /// A kubeconfig file's text that points a separate process (`KUBECONFIG=...`) at this
     /// server, with `namespace` as its default namespace.
     pub fn kubeconfig(&self, namespace: &str) -> String {
+        self.kubeconfig_for("{}", namespace)
+    }
+
+    /// `user` is the kubeconfig's user entry, as YAML flow.
+    fn kubeconfig_for(&self, user: &str, namespace: &str) -> String {
         format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n\
-             users:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    \
+             users:\n- name: fake\n  user: {user}\ncontexts:\n- name: fake\n  context:\n    \
              cluster: fake\n    user: fake\n    namespace: {namespace}\ncurrent-context: fake\n",
             self.url()
         )
@@ -326,8 +331,7 @@ impl FakeApiServer {
 
     /// As [`kubeconfig`](Self::kubeconfig), authenticating with `token`.
     pub fn kubeconfig_with_token(&self, namespace: &str, token: &str) -> String {
-        self.kubeconfig(namespace)
-            .replace("  user: {}\n", &format!("  user:\n    token: {token}\n"))
+        self.kubeconfig_for(&format!("{{token: {token}}}"), namespace)
     }
 
     /// As [`config`](Self::config), authenticating with `token`.
