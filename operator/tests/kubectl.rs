@@ -1,5 +1,6 @@
-//! The real `kubectl` (Debian's kubernetes-client 1.20, or whichever `kubectl` is on PATH;
-//! `KUBECTL=/path` picks another) against fakekube: `kubectl kustomize deploy/` applied with
+//! The real `kubectl` against fakekube, each test once with every kubectl at hand: the one on
+//! PATH and Debian's kubernetes-client 1.20 as scripts/fetch-kubectl.sh unpacks it (or only
+//! `KUBECTL=/path` when set): `kubectl kustomize deploy/` applied with
 //! `kubectl apply -f -` on a server that starts with no CRD, the sample OS applied, and
 //! `kubectl get os,osinstance` showing the CRDs' printer columns; an invalid OS refused by
 //! kubectl's own validation against the published schema and, with `--validate=false`, by
@@ -20,19 +21,36 @@ fn deploy_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy")
 }
 
+/// The kubectl binaries to test with.
+fn kubectls() -> Vec<String> {
+    if let Ok(one) = std::env::var("KUBECTL") {
+        return vec![one];
+    }
+    let mut all = vec!["kubectl".to_string()];
+    let cache = std::env::var("KUBECTL_CACHE")
+        .unwrap_or_else(|_| "/var/cache/ab-os-test/kubernetes-client".into());
+    let debian = Path::new(&cache).join("kubectl");
+    if debian.exists() {
+        all.push(debian.to_string_lossy().into_owned());
+    }
+    all
+}
+
 /// A kubectl bound to one fake server, with its own HOME and discovery cache.
 struct Kubectl {
+    program: String,
     kubeconfig: tempfile::NamedTempFile,
     home: tempfile::TempDir,
 }
 
 impl Kubectl {
-    fn new(server: &FakeApiServer) -> Kubectl {
+    fn new(server: &FakeApiServer, program: &str) -> Kubectl {
         let mut kubeconfig = tempfile::NamedTempFile::new().unwrap();
         kubeconfig
             .write_all(server.kubeconfig(NS).as_bytes())
             .unwrap();
         Kubectl {
+            program: program.to_string(),
             kubeconfig,
             home: tempfile::tempdir().unwrap(),
         }
@@ -41,8 +59,8 @@ impl Kubectl {
     /// Runs kubectl with `args`, `stdin` as its input; blocking, so call it from
     /// `spawn_blocking` while the server runs on the runtime.
     fn run(&self, args: &[&str], stdin: &[u8]) -> Output {
-        let program = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
-        let mut child = Command::new(&program)
+        let program = &self.program;
+        let mut child = Command::new(program)
             .args(args)
             .arg("--cache-dir")
             .arg(self.home.path().join("cache"))
@@ -84,8 +102,8 @@ fn ok(out: &Output) -> String {
     stdout
 }
 
-fn rendered() -> Vec<u8> {
-    let out = Command::new(std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into()))
+fn rendered(program: &str) -> Vec<u8> {
+    let out = Command::new(program)
         .arg("kustomize")
         .arg(deploy_dir())
         .output()
@@ -117,10 +135,17 @@ fn assert_path_exists(p: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kustomized_deploy_applies_and_get_prints_the_printer_columns() {
+    for program in kubectls() {
+        eprintln!("with {program}");
+        kustomized_deploy_applies_and_get_prints_the_printer_columns_with(&program).await;
+    }
+}
+
+async fn kustomized_deploy_applies_and_get_prints_the_printer_columns_with(program: &str) {
     assert_path_exists(&deploy_dir().join("kustomization.yaml"));
     let server = FakeApiServer::start_without_crds().await;
-    let k = std::sync::Arc::new(Kubectl::new(&server));
-    let applied = ok(&kubectl(&k, &["apply", "-f", "-"], &rendered()).await);
+    let k = std::sync::Arc::new(Kubectl::new(&server, program));
+    let applied = ok(&kubectl(&k, &["apply", "-f", "-"], &rendered(&k.program)).await);
     for line in [
         "namespace/os-upgrade-system created",
         "customresourcedefinition.apiextensions.k8s.io/os.upgrade.openeuler.org created",
@@ -136,7 +161,7 @@ async fn kustomized_deploy_applies_and_get_prints_the_printer_columns() {
     // PodDisruptionBudget's selector, whose patch strategy is `replace`, and so reports it
     // "configured" when it knows policy/v1; the server finds nothing to change.)
     let rv = server.resource_version();
-    let again = ok(&kubectl(&k, &["apply", "-f", "-"], &rendered()).await);
+    let again = ok(&kubectl(&k, &["apply", "-f", "-"], &rendered(&k.program)).await);
     assert!(
         again.lines().all(|l| l.ends_with(" unchanged")
             || l == "poddisruptionbudget.policy/os-operator configured"),
@@ -273,9 +298,16 @@ async fn kustomized_deploy_applies_and_get_prints_the_printer_columns() {
 /// the real server's Invalid message; nothing is created either way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_os_is_refused_with_the_schema_error() {
+    for program in kubectls() {
+        eprintln!("with {program}");
+        an_invalid_os_is_refused_with_the_schema_error_with(&program).await;
+    }
+}
+
+async fn an_invalid_os_is_refused_with_the_schema_error_with(program: &str) {
     let server = FakeApiServer::start_without_crds().await;
-    let k = std::sync::Arc::new(Kubectl::new(&server));
-    ok(&kubectl(&k, &["apply", "-f", "-"], &rendered()).await);
+    let k = std::sync::Arc::new(Kubectl::new(&server, program));
+    ok(&kubectl(&k, &["apply", "-f", "-"], &rendered(&k.program)).await);
     let bad = br#"
 apiVersion: upgrade.openeuler.org/v1alpha1
 kind: OS
@@ -312,8 +344,15 @@ spec:
 /// `kubectl kustomize deploy/ | kubectl apply -f -`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_k_creates_what_kustomize_renders() {
+    for program in kubectls() {
+        eprintln!("with {program}");
+        apply_k_creates_what_kustomize_renders_with(&program).await;
+    }
+}
+
+async fn apply_k_creates_what_kustomize_renders_with(program: &str) {
     let server = FakeApiServer::start_without_crds().await;
-    let k = std::sync::Arc::new(Kubectl::new(&server));
+    let k = std::sync::Arc::new(Kubectl::new(&server, program));
     let dir = deploy_dir();
     let out = ok(&kubectl(&k, &["apply", "-k", dir.to_str().unwrap()], b"").await);
     let mut created: Vec<&str> = out
@@ -322,8 +361,8 @@ async fn apply_k_creates_what_kustomize_renders() {
         .collect();
     created.sort();
     let fresh = FakeApiServer::start_without_crds().await;
-    let k2 = std::sync::Arc::new(Kubectl::new(&fresh));
-    let piped = ok(&kubectl(&k2, &["apply", "-f", "-"], &rendered()).await);
+    let k2 = std::sync::Arc::new(Kubectl::new(&fresh, program));
+    let piped = ok(&kubectl(&k2, &["apply", "-f", "-"], &rendered(&k2.program)).await);
     let mut expected: Vec<&str> = piped
         .lines()
         .map(|l| l.trim_end_matches(" created"))
