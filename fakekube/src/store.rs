@@ -206,11 +206,13 @@ impl Store {
             obj["metadata"]["name"] = json!(format!("{prefix}{}", self.random_suffix()));
         }
         let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
+        // `rest.BeforeCreate` validates before the storage finds the name taken: an invalid
+        // object is 422 even when its name exists.
+        self.admit(rt, &name, &mut obj)?;
+        validate::object(rt, &name, &obj)?;
         if self.get(rt, ns, &name).is_some() {
             return Err(ApiError::already_exists(rt, &name));
         }
-        self.admit(rt, &name, &mut obj)?;
-        validate::object(rt, &name, &obj)?;
         self.uid_counter += 1;
         let uid = format!(
             "{:08x}-0000-4000-8000-{:012x}",
