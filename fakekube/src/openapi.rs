@@ -295,7 +295,7 @@ mod tests {
             format!("#/definitions/{OBJECT_META}")
         );
         let spec = &os["properties"]["spec"]["properties"];
-        assert_eq!(spec["maxunavailable"]["type"], "integer");
+        assert_eq!(spec["failureBudget"]["type"], "integer");
         assert!(
             spec["checksum"].get("default").is_none(),
             "defaults dropped"

@@ -198,7 +198,7 @@ mod tests {
         let now: jiff::Timestamp = "2026-01-01T01:00:00Z".parse().unwrap();
         let os = json!({"metadata": {"name": "os1", "creationTimestamp": "2026-01-01T00:57:30Z"},
             "spec": {"osversion": "v2", "opstype": "upgrade", "maxunavailable": 3},
-            "status": {"state": "Progressing", "updated": 1.0}});
+            "status": {"state": "Progressing", "target": 3, "updated": 1.0}});
         let t = table(
             &store,
             os_rt,
@@ -221,7 +221,7 @@ mod tests {
         assert_eq!(at("State"), "Progressing");
         assert_eq!(at("Updated"), 1, "an integral number is an integer cell");
         assert_eq!(at("Failed"), &Value::Null);
-        assert_eq!(at("Max-Unavailable"), 3);
+        assert_eq!(at("Target"), 3);
         assert_eq!(at("Age"), "2m30s");
         assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
         let wide = t["columnDefinitions"].as_array().unwrap();

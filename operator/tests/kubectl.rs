@@ -315,13 +315,14 @@ metadata: {name: bad, namespace: os-upgrade-system}
 spec:
   osversion: v2
   opstype: reboot
-  maxunavailable: two
+  maxunavailable: 1
+  failureBudget: two
 "#;
     let client_side = kubectl(&k, &["apply", "-f", "-"], bad).await;
     let (_, err) = text(&client_side);
     assert!(!client_side.status.success());
     assert!(
-        err.contains("ValidationError(OS.spec.maxunavailable): invalid type"),
+        err.contains("ValidationError(OS.spec.failureBudget): invalid type"),
         "{err}"
     );
     let server_side = kubectl(&k, &["apply", "--validate=false", "-f", "-"], bad).await;
@@ -329,7 +330,7 @@ spec:
     assert!(!server_side.status.success());
     assert!(err.contains(r#"The OS "bad" is invalid"#), "{err}");
     assert!(
-        err.contains(r#"spec.maxunavailable: Invalid value: "string": spec.maxunavailable in body must be of type integer: "string""#),
+        err.contains(r#"spec.failureBudget: Invalid value: "string": spec.failureBudget in body must be of type integer: "string""#),
         "{err}"
     );
     assert!(
