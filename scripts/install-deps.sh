@@ -26,3 +26,5 @@ rustup target add x86_64-unknown-none x86_64-unknown-linux-musl >/dev/null 2>&1 
     rustup target add x86_64-unknown-none x86_64-unknown-linux-musl
 
 "$(dirname "$0")/fetch-kernel.sh" >/dev/null
+# Debian's own kubectl (1.20), beside whichever kubectl is on PATH.
+"$(dirname "$0")/fetch-kubectl.sh" >/dev/null

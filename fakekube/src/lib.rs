@@ -14,22 +14,33 @@
 //! # }
 //! ```
 
+mod admission;
 mod controllers;
+mod crd;
+mod discovery;
 mod eviction;
+mod field;
 mod graceful;
 mod list;
+mod openapi;
 mod patch;
+mod rbac;
 mod registry;
 mod route;
 pub mod sample;
+mod schema;
 mod selector;
 mod server;
 mod status;
 mod store;
+mod table;
+#[cfg(test)]
+mod testing;
 mod validate;
 mod watch;
 
 pub use controllers::Controller;
+pub use rbac::{Authorization, Grant, UserInfo};
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -110,6 +121,7 @@ pub(crate) struct Shared {
     rv_tx: tokio::sync::watch::Sender<u64>,
     counts: Mutex<RequestCounts>,
     faults: Mutex<Vec<Fault>>,
+    auth: Mutex<rbac::Auth>,
 }
 
 impl Shared {
@@ -126,10 +138,50 @@ impl Shared {
         let mut store = self.lock_store();
         let result = write(&mut store);
         controllers::settle(&mut store, Instant::now());
+        crd::establish(&mut store);
         let rv = store.resource_version();
         self.rv_tx
             .send_if_modified(|latest| std::mem::replace(latest, rv) != rv);
         result
+    }
+
+    fn lock_auth(&self) -> MutexGuard<'_, rbac::Auth> {
+        self.auth.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The user of a request's `Authorization` header; `None` for none (the admin).
+    fn authenticate(&self, header: Option<&str>) -> Result<Option<UserInfo>, ApiError> {
+        self.lock_auth().authenticate(header)
+    }
+
+    /// RBAC for a token's request, recorded either way; 403 when no rule allows it.
+    fn authorize(&self, user: &UserInfo, verb: &str, target: &Target) -> Result<(), ApiError> {
+        let attrs = rbac::Attributes {
+            verb: rbac::rbac_verb(verb),
+            rt: target.rt,
+            subresource: target.subresource.as_deref(),
+            namespace: target.namespace.as_deref(),
+            name: target.name.as_deref(),
+        };
+        let granted_by = rbac::grants(&self.lock_store(), user, &attrs);
+        let allowed = !granted_by.is_empty();
+        self.lock_auth().decisions.push(Authorization {
+            user: user.username.clone(),
+            verb: attrs.verb.to_string(),
+            api_group: target.rt.group.to_string(),
+            resource: match attrs.subresource {
+                Some(sub) => format!("{}/{sub}", target.rt.plural),
+                None => target.rt.plural.to_string(),
+            },
+            namespace: target.namespace.clone(),
+            name: target.name.clone(),
+            granted_by,
+        });
+        if allowed {
+            Ok(())
+        } else {
+            Err(rbac::forbidden(user, &attrs))
+        }
     }
 
     fn count(&self, verb: &str) {
@@ -183,12 +235,29 @@ pub struct FakeApiServer {
 const TICK: Duration = Duration::from_millis(20);
 
 impl FakeApiServer {
-    /// Binds 127.0.0.1 on a free port and serves in a background task.
+    /// Binds 127.0.0.1 on a free port and serves in a background task, with this project's
+    /// CustomResourceDefinitions (deploy/crds.yaml) already applied and established, as on a
+    /// cluster where the operator is installed. The log starts empty.
     ///
     /// # Panics
     ///
     /// Outside a tokio runtime, or when no loopback port can be bound.
     pub async fn start() -> FakeApiServer {
+        let server = Self::start_without_crds().await;
+        server
+            .shared
+            .mutate(|store| {
+                crd::install(store, crd::PROJECT_CRDS)?;
+                store.clear_log();
+                Ok(())
+            })
+            .expect("deploy/crds.yaml is accepted by the fake server");
+        server
+    }
+
+    /// As [`start`](Self::start), with no CustomResourceDefinition: a fresh cluster, where
+    /// custom resources are served once their CRDs are applied.
+    pub async fn start_without_crds() -> FakeApiServer {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("binding a loopback port for the fake API server");
@@ -203,6 +272,7 @@ impl FakeApiServer {
             rv_tx: tokio::sync::watch::channel(1).0,
             counts: Mutex::new(RequestCounts::default()),
             faults: Mutex::new(Vec::new()),
+            auth: Mutex::new(rbac::Auth::default()),
         });
         let task = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
         let ticker = tokio::spawn(tick_loop(Arc::clone(&shared)));
@@ -239,12 +309,49 @@ impl FakeApiServer {
     /// A kubeconfig file's text that points a separate process (`KUBECONFIG=...`) at this
     /// server, with `namespace` as its default namespace.
     pub fn kubeconfig(&self, namespace: &str) -> String {
+        self.kubeconfig_for("{}", namespace)
+    }
+
+    /// `user` is the kubeconfig's user entry, as YAML flow.
+    fn kubeconfig_for(&self, user: &str, namespace: &str) -> String {
         format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n\
-             users:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    \
+             users:\n- name: fake\n  user: {user}\ncontexts:\n- name: fake\n  context:\n    \
              cluster: fake\n    user: fake\n    namespace: {namespace}\ncurrent-context: fake\n",
             self.url()
         )
+    }
+
+    /// A bearer token that authenticates as `user`. Requests with it are authorized by the
+    /// RBAC objects stored in this server (see `rbac.rs`); requests without a token stay the
+    /// all-powerful admin.
+    pub fn issue_token(&self, user: UserInfo) -> String {
+        self.shared.lock_auth().issue(user)
+    }
+
+    /// A token for the service account `namespace/name`, as a pod running under it holds.
+    pub fn service_account_token(&self, namespace: &str, name: &str) -> String {
+        self.issue_token(UserInfo::service_account(namespace, name))
+    }
+
+    /// As [`kubeconfig`](Self::kubeconfig), authenticating with `token`.
+    pub fn kubeconfig_with_token(&self, namespace: &str, token: &str) -> String {
+        self.kubeconfig_for(&format!("{{token: {token}}}"), namespace)
+    }
+
+    /// As [`config`](Self::config), authenticating with `token`.
+    pub fn config_with_token(&self, token: &str) -> kube::Config {
+        let mut config = self.config();
+        let value = format!("Bearer {token}")
+            .parse()
+            .expect("a token issued by this server is a valid header value");
+        config.headers.push((hyper::header::AUTHORIZATION, value));
+        config
+    }
+
+    /// Every authorization decision made for a token's request, in order.
+    pub fn authorizations(&self) -> Vec<Authorization> {
+        self.shared.lock_auth().decisions.clone()
     }
 
     /// Every successful mutation, in order.

@@ -3,8 +3,9 @@
 
 use std::collections::HashMap;
 
-use crate::registry::{self, ResourceType};
+use crate::registry::ResourceType;
 use crate::status::ApiError;
+use crate::store::Store;
 
 /// Where a request points.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,8 +24,8 @@ impl Target {
     }
 }
 
-/// `/api/v1/...` or `/apis/{group}/{version}/...`.
-pub(crate) fn parse_path(path: &str) -> Result<Target, ApiError> {
+/// `/api/v1/...` or `/apis/{group}/{version}/...`, for the types `store` serves.
+pub(crate) fn parse_path(path: &str, store: &Store) -> Result<Target, ApiError> {
     let not_found = || {
         ApiError::new(
             404,
@@ -37,7 +38,7 @@ pub(crate) fn parse_path(path: &str) -> Result<Target, ApiError> {
         ["apis", group, version, rest @ ..] => (*group, *version, rest),
         _ => return Err(not_found()),
     };
-    let find = |plural: &str| registry::find(group, version, plural);
+    let find = |plural: &str| store.find(group, version, plural);
     let (rt, namespace, rest) = match rest {
         ["namespaces", ns, plural, tail @ ..] if find(plural).is_some_and(|rt| rt.namespaced) => (
             find(plural).ok_or_else(not_found)?,
@@ -106,6 +107,10 @@ pub(crate) fn verb(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse_path(path: &str) -> Result<Target, ApiError> {
+        super::parse_path(path, &crate::testing::store_with_crds())
+    }
 
     #[test]
     fn core_namespaced_paths() {

@@ -16,12 +16,15 @@ use crate::eviction;
 use crate::graceful;
 use crate::list;
 use crate::patch::{self, PatchType};
+use crate::rbac::UserInfo;
 use crate::registry;
 use crate::route::{self, Target};
 use crate::status::{success_status, ApiError};
 use crate::store::{Part, Store};
+use crate::table;
 use crate::watch::{self, WatchRequest};
 use crate::Shared;
+use crate::{admission, discovery, openapi};
 
 pub(crate) type Body = UnsyncBoxBody<Bytes, Infallible>;
 
@@ -44,10 +47,32 @@ async fn route_request(
     shared: &Arc<Shared>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let target = route::parse_path(req.uri().path())?;
+    let header = |name: hyper::header::HeaderName| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let accept = header(hyper::header::ACCEPT);
+    let authorization = header(hyper::header::AUTHORIZATION);
+    let user =
+        shared.authenticate((!authorization.is_empty()).then_some(authorization.as_str()))?;
+    if let Some(response) = non_resource(
+        shared,
+        req.uri().path(),
+        &accept,
+        &header(hyper::header::HOST),
+    ) {
+        return response;
+    }
+    let target = route::parse_path(req.uri().path(), &shared.lock_store())?;
     let query = route::parse_query(req.uri().query());
     let verb = route::verb(req.method(), &target, &query);
     shared.count(verb);
+    if let Some(user) = &user {
+        shared.authorize(user, verb, &target)?;
+    }
     if let Some(status) = shared.take_fault(verb, &target) {
         return Err(ApiError::new(
             status,
@@ -64,18 +89,30 @@ async fn route_request(
         "get" => {
             let store = shared.lock_store();
             let name = request.name()?;
-            let obj = store.get(request.target.rt, request.target.ns(), name);
-            Ok(json_response(
-                200,
-                obj.ok_or_else(|| ApiError::not_found(request.target.rt, name))?,
-            ))
+            let obj = store
+                .get(request.target.rt, request.target.ns(), name)
+                .ok_or_else(|| ApiError::not_found(request.target.rt, name))?;
+            if table::wanted(&accept) {
+                let meta = json!({"resourceVersion": obj["metadata"]["resourceVersion"]});
+                let t = request.table(&store, std::slice::from_ref(obj), meta);
+                return Ok(json_response(200, &t));
+            }
+            Ok(json_response(200, obj))
         }
-        "list" => Ok(json_response(
-            200,
-            &list::list(&shared.lock_store(), &request.target, &request.query)?,
-        )),
+        "list" => {
+            let store = shared.lock_store();
+            let list = list::list(&store, &request.target, &request.query)?;
+            if table::wanted(&accept) {
+                let items = list["items"].as_array().cloned().unwrap_or_default();
+                let t = request.table(&store, &items, list["metadata"].clone());
+                return Ok(json_response(200, &t));
+            }
+            Ok(json_response(200, &list))
+        }
         _ => {
-            let (code, value) = shared.mutate(|store| request.write(store, &method, verb))?;
+            let user = user.unwrap_or_else(UserInfo::admin);
+            let (code, value) =
+                shared.mutate(|store| request.write(store, &method, verb, &user))?;
             Ok(json_response(code, &value))
         }
     }
@@ -115,6 +152,15 @@ impl Call {
         })
     }
 
+    fn table(&self, store: &Store, objects: &[Value], meta: Value) -> Value {
+        let include = self
+            .query
+            .get("includeObject")
+            .map_or("Metadata", String::as_str);
+        let now = jiff::Timestamp::now();
+        table::table(store, self.target.rt, objects, meta, include, now)
+    }
+
     fn name(&self) -> Result<&str, ApiError> {
         self.target.name.as_deref().ok_or_else(|| {
             ApiError::new(
@@ -136,13 +182,39 @@ impl Call {
             .map_err(|e| ApiError::bad_request(format!("error decoding the request body: {e}")))
     }
 
+    /// Admission of one write by `user`: `object` after it, `old` before it.
+    fn admit(
+        &self,
+        bound: &[admission::Bound],
+        user: &UserInfo,
+        operation: &'static str,
+        object: &Value,
+        old: &Value,
+    ) -> Result<(), ApiError> {
+        let name = match &self.target.name {
+            Some(n) => n.as_str(),
+            None => object["metadata"]["name"].as_str().unwrap_or_default(),
+        };
+        let req = admission::Request {
+            user,
+            operation,
+            rt: self.target.rt,
+            subresource: self.target.subresource.as_deref(),
+            namespace: self.target.ns(),
+            name,
+        };
+        admission::admit(bound, &req, object, old)
+    }
+
     fn write(
         &self,
         store: &mut Store,
         method: &Method,
         verb: &str,
+        user: &UserInfo,
     ) -> Result<(u16, Value), ApiError> {
         let rt = self.target.rt;
+        let bound = admission::bound(store);
         match verb {
             "create" => {
                 if self.target.name.is_some() || (rt.namespaced && self.target.namespace.is_none())
@@ -158,6 +230,7 @@ impl Call {
                         self.target.ns(),
                     ));
                 }
+                self.admit(&bound, user, "CREATE", &body, &Value::Null)?;
                 Ok((201, store.create(rt, self.target.ns(), body)?))
             }
             "update" => {
@@ -168,11 +241,14 @@ impl Call {
                     self.name()?,
                     self.part(),
                     "update",
-                    |_| Ok(body),
+                    |old| {
+                        self.admit(&bound, user, "UPDATE", &body, old)?;
+                        Ok(body)
+                    },
                 )?;
                 Ok((200, value))
             }
-            "patch" => self.patch(store),
+            "patch" => self.patch(store, &bound, user),
             "delete" => {
                 let mut options = if self.body.is_empty() {
                     json!({})
@@ -188,10 +264,11 @@ impl Call {
                         options["gracePeriodSeconds"] = json!(grace);
                     }
                 }
-                Ok((
-                    200,
-                    store.delete(rt, self.target.ns(), self.name()?, &options)?,
-                ))
+                let (ns, name) = (self.target.ns(), self.name()?);
+                if let Some(old) = store.get(rt, ns, name) {
+                    self.admit(&bound, user, "DELETE", &Value::Null, old)?;
+                }
+                Ok((200, store.delete(rt, ns, name, &options)?))
             }
             "evict" => self.evict(store),
             _ => Err(ApiError::new(
@@ -201,7 +278,12 @@ impl Call {
         }
     }
 
-    fn patch(&self, store: &mut Store) -> Result<(u16, Value), ApiError> {
+    fn patch(
+        &self,
+        store: &mut Store,
+        bound: &[admission::Bound],
+        user: &UserInfo,
+    ) -> Result<(u16, Value), ApiError> {
         let (rt, ns, name) = (self.target.rt, self.target.ns(), self.name()?);
         let pt = PatchType::from_content_type(&self.content_type)?;
         let body = patch::decode(pt, &self.body)?;
@@ -217,11 +299,14 @@ impl Call {
                 if obj["metadata"]["name"].is_null() {
                     obj["metadata"]["name"] = json!(name);
                 }
+                self.admit(bound, user, "CREATE", &obj, &Value::Null)?;
                 return Ok((201, store.create(rt, ns, obj)?));
             }
         }
         let value = store.update(rt, ns, name, self.part(), "patch", |existing| {
-            patch::apply(rt, name, pt, existing, &body)
+            let patched = patch::apply(rt, name, pt, existing, &body)?;
+            self.admit(bound, user, "UPDATE", &patched, existing)?;
+            Ok(patched)
         })?;
         Ok((200, value))
     }
@@ -278,6 +363,32 @@ fn spend_budget(store: &mut Store, ns: &str, pod: &Value) -> Result<(), ApiError
         Ok(p)
     })?;
     Ok(())
+}
+
+/// Discovery and the OpenAPI document; `None` for a resource path.
+fn non_resource(
+    shared: &Shared,
+    path: &str,
+    accept: &str,
+    host: &str,
+) -> Option<Result<Response<Body>, ApiError>> {
+    if path.trim_end_matches('/') == "/openapi/v2" {
+        let doc = openapi::document(&shared.lock_store());
+        if accept.contains(openapi::PROTOBUF) {
+            let body = Full::new(Bytes::from(openapi::protobuf(&doc))).boxed_unsync();
+            let mut r = response(200, body);
+            // What kube-openapi's handler answers: Go's mime parser (and so client-go)
+            // refuses the `@` of the media type that the Accept header names.
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/octet-stream"),
+            );
+            return Some(Ok(r));
+        }
+        return Some(Ok(json_response(200, &doc)));
+    }
+    let doc = discovery::serve(&shared.lock_store(), path, host)?;
+    Some(doc.map(|d| json_response(200, &d)))
 }
 
 fn json_response(code: u16, value: &Value) -> Response<Body> {

@@ -135,13 +135,14 @@ mod tests {
 
     #[test]
     fn conflict_names_the_group_qualified_resource() {
-        let rt = registry::find("upgrade.openeuler.org", "v1alpha1", "osinstances").unwrap();
+        let rt = registry::find("coordination.k8s.io", "v1", "leases").unwrap();
         let status = ApiError::conflict(rt, "n1").to_status();
         assert_eq!(status["code"], 409);
         assert_eq!(status["reason"], "Conflict");
-        assert!(status["message"].as_str().unwrap().starts_with(
-            "Operation cannot be fulfilled on osinstances.upgrade.openeuler.org \"n1\""
-        ));
+        assert!(status["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Operation cannot be fulfilled on leases.coordination.k8s.io \"n1\""));
     }
 
     #[test]

@@ -9,8 +9,11 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 use crate::controllers::Sim;
+use crate::crd::{self, Crds};
+use crate::field;
 use crate::graceful;
 use crate::registry::ResourceType;
+use crate::schema;
 use crate::status::ApiError;
 use crate::validate;
 use crate::LogEntry;
@@ -66,6 +69,8 @@ pub(crate) struct Store {
     pub(crate) gc_due: bool,
     /// What of each object the log keeps (see `FakeApiServer::project_log`).
     pub(crate) log_projection: Option<crate::LogProjection>,
+    /// What the stored CustomResourceDefinitions serve.
+    pub(crate) crds: Crds,
 }
 
 impl Store {
@@ -82,7 +87,67 @@ impl Store {
             sim: Sim::default(),
             gc_due: false,
             log_projection: None,
+            crds: Crds::default(),
         }
+    }
+
+    /// The served resource type at `/apis/{group}/{version}/{plural}`: a built-in one, or one a
+    /// stored CRD defines.
+    pub fn find(&self, group: &str, version: &str, plural: &str) -> Option<&'static ResourceType> {
+        crate::registry::find(group, version, plural)
+            .or_else(|| self.crds.find(group, version, plural).map(|s| s.rt))
+    }
+
+    /// Every served resource type: built-ins first, then those of CRDs.
+    pub fn served(&self) -> impl Iterator<Item = &'static ResourceType> + '_ {
+        crate::registry::RESOURCES
+            .iter()
+            .chain(self.crds.iter().map(|s| s.rt))
+    }
+
+    /// Forgets the mutation log: what was written before the test's server was handed over.
+    pub fn clear_log(&mut self) {
+        self.log.clear();
+    }
+
+    /// CRD validation for a CRD, pruning, defaulting and schema validation for a custom
+    /// resource; nothing for other built-ins.
+    fn admit(&self, rt: &ResourceType, name: &str, obj: &mut Value) -> Result<(), ApiError> {
+        let errors = if crd::is_crd_type(rt) {
+            crd::validate(obj)
+        } else {
+            match self.crds.of(rt) {
+                Some(served) if served.schema.is_object() => schema::admit(&served.schema, obj),
+                _ => Vec::new(),
+            }
+        };
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(field::invalid(rt, name, &errors))
+        }
+    }
+
+    /// After a CRD changed: serve what the stored CRDs define now; a removed CRD's objects go
+    /// with it.
+    fn crds_changed(&mut self, rt: &'static ResourceType, removed: Option<&Value>) {
+        if !crd::is_crd_type(rt) {
+            return;
+        }
+        if let Some(gone) = removed {
+            let group = gone["spec"]["group"].as_str().unwrap_or_default();
+            let plural = gone["spec"]["names"]["plural"].as_str().unwrap_or_default();
+            self.objects
+                .retain(|(g, p), _| !(*g == group && *p == plural));
+        }
+        let crds: Vec<Value> = self
+            .objects
+            .get(&table(rt))
+            .into_iter()
+            .flatten()
+            .map(|(_, v)| v.clone())
+            .collect();
+        self.crds = Crds::from_objects(crds.iter());
     }
 
     pub fn resource_version(&self) -> u64 {
@@ -144,10 +209,13 @@ impl Store {
             obj["metadata"]["name"] = json!(format!("{prefix}{}", self.random_suffix()));
         }
         let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
+        // `rest.BeforeCreate` validates before the storage finds the name taken: an invalid
+        // object is 422 even when its name exists.
+        self.admit(rt, &name, &mut obj)?;
+        validate::object(rt, &name, &obj)?;
         if self.get(rt, ns, &name).is_some() {
             return Err(ApiError::already_exists(rt, &name));
         }
-        validate::object(rt, &name, &obj)?;
         self.uid_counter += 1;
         let uid = format!(
             "{:08x}-0000-4000-8000-{:012x}",
@@ -179,7 +247,8 @@ impl Store {
             .clone();
         let candidate = mutate(&existing)?;
         check_identity(rt, ns, name, &existing, &candidate)?;
-        let merged = merge_update(rt, part, &existing, candidate);
+        let mut merged = merge_update(rt, part, &existing, candidate);
+        self.admit(rt, name, &mut merged)?;
         if merged == existing {
             // The real server skips writes that change nothing: no new resourceVersion, no event.
             return Ok(existing);
@@ -240,6 +309,7 @@ impl Store {
         }
         let key = (ns.to_string(), name.to_string());
         let old = self.objects.entry(table(rt)).or_default().remove(&key);
+        self.crds_changed(rt, Some(&last));
         let mut gone = last.clone();
         gone["metadata"]["resourceVersion"] = json!(self.rv.to_string());
         self.record(rt, ChangeKind::Deleted, old, gone.clone());
@@ -268,6 +338,7 @@ impl Store {
             .entry(table(rt))
             .or_default()
             .insert((ns.to_string(), name.clone()), obj.clone());
+        self.crds_changed(rt, None);
         self.record(rt, kind, old, obj.clone());
         let entry = self.log_entry(verb, rt, ns, name, obj.clone());
         self.log.push(entry);
@@ -355,8 +426,7 @@ impl Store {
     /// Object types held, for the controllers that walk everything (garbage collector,
     /// namespace controller).
     pub(crate) fn types(&self) -> Vec<&'static ResourceType> {
-        crate::registry::RESOURCES
-            .iter()
+        self.served()
             .filter(|rt| self.objects.get(&table(rt)).is_some_and(|t| !t.is_empty()))
             .collect()
     }
@@ -567,7 +637,7 @@ mod tests {
 
     #[test]
     fn generation_follows_spec_changes_only() {
-        let osis = rt("osinstances");
+        let osis = rt("deployments");
         let mut store = Store::new(7);
         let created = store.create(osis, "d", osi(json!({"a": 1}))).unwrap();
         assert_eq!(created["metadata"]["generation"], 1);

@@ -654,3 +654,198 @@ async fn a_node_deselected_mid_flight_still_holds_its_slot_until_it_finishes() {
         );
     }
 }
+
+/// Waits for the OS at generation `generation` to be Complete with every one of `nodes`
+/// updated.
+async fn wait_complete(c: &SimCluster, generation: i64, nodes: u32, what: &str) {
+    c.wait_os(Duration::from_secs(240), what, |os| {
+        let s = os.status.as_ref();
+        s.and_then(|s| s.observed_generation) == Some(generation)
+            && state(os) == Some(RolloutState::Complete)
+            && s.is_some_and(|s| s.updated == nodes)
+    })
+    .await;
+}
+
+async fn change_os(c: &SimCluster, spec: serde_json::Value) -> i64 {
+    let api: Api<operator::crd::Os> = Api::namespaced(c.client.clone(), e2e::cluster::NS);
+    let os = api
+        .patch(
+            "os",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": spec })),
+        )
+        .await
+        .unwrap();
+    os.metadata.generation.unwrap()
+}
+
+/// Issue 17: deploy/'s RBAC is what os-operator and os-proxy need, and no more. Both run as
+/// their service accounts (each proxy's token bound to its node), authorized by the Roles and
+/// ClusterRoles of deploy/operator.yaml and deploy/proxy.yaml and judged by the admission
+/// policy of deploy/admission.yaml as shipped, through an upgrade with drains (evictions
+/// under a budget, events, the leader Lease), a config, a rollback, two failed drains and a
+/// deleted node: no request is forbidden, every verb every rule grants was used by a request
+/// it allowed, and a proxy's token cannot cordon another node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_rbac_allows_every_request_and_every_grant_is_used() {
+    let f = tokio::task::spawn_blocking(fixture).await.unwrap();
+    let bins = tokio::task::spawn_blocking(binaries).await.unwrap();
+    let mut c = SimCluster::start_as_service_accounts("cluster_rbac", bins).await;
+    c.add_nodes(3, &f.v1, f.v1.size.max(f.v2.size), |_| {})
+        .await;
+    let files = FileServer::start(&f.dir).unwrap();
+    c.add_replica_set("web", 2).await;
+    c.add_min_available_pdb("web", 1).await;
+
+    c.create_os(upgrade_spec(&files, 1, 1)).await;
+    c.start_operator();
+    wait_complete(&c, 1, 3, "the upgrade").await;
+    let generation = change_os(
+        &c,
+        json!({ "opstype": "config", "imagetype": "", "imageurl": "", "checksum": "",
+            "sysconfigs": { "version": "c1", "configs": [{ "model": "kernel.sysctl.persist",
+                "contents": [{ "key": "vm.swappiness", "value": 10 }] }] } }),
+    )
+    .await;
+    wait_complete(&c, generation, 3, "the config").await;
+    let generation = change_os(
+        &c,
+        json!({ "opstype": "rollback", "osversion": f.v1.version, "sysconfigs": null }),
+    )
+    .await;
+    wait_complete(&c, generation, 3, "the rollback").await;
+    for node in &c.nodes {
+        assert_eq!(node.running_version(), f.v1.version, "{}", node.name);
+    }
+    // A drain that fails twice on node-0 (its pod's budget allows no eviction) under one
+    // proxy process, for two targets: a DrainFailed Event, then the same Event again (a
+    // patch of its series).
+    c.add_pod("node-0", "db-0", "db").await;
+    c.add_blocking_pdb("db").await;
+    let base = f.dir.parent().unwrap().to_path_buf();
+    let (bundles, v3) = (f.dir.clone(), "rbac-3".to_string());
+    let v3 = tokio::task::spawn_blocking(move || build_bundle(&base, &bundles, &v3, false))
+        .await
+        .unwrap();
+    let instances: Api<OsInstance> = Api::namespaced(c.client.clone(), e2e::cluster::NS);
+    for bundle in [&f.v2, &v3] {
+        let url = format!(
+            "http://127.0.0.1:{}/{}",
+            files.port,
+            bundle.image.file_name().unwrap().to_str().unwrap()
+        );
+        change_os(
+            &c,
+            json!({ "opstype": "upgrade", "osversion": bundle.version,
+            "imagetype": "disk", "imageurl": url, "checksum": bundle.digest }),
+        )
+        .await;
+        wait_until(
+            &format!("node-0 to fail {}", bundle.version),
+            Duration::from_secs(120),
+            async || {
+                let status = instances
+                    .get("node-0")
+                    .await
+                    .unwrap()
+                    .status
+                    .unwrap_or_default();
+                status.phase == Some(NodePhase::Failed)
+                    && status.target_version.as_ref() == Some(&bundle.version)
+            },
+        )
+        .await;
+    }
+    // The garbage collector is slow: the operator removes the deleted node's OSInstance.
+    c.server.pause(fakekube::Controller::GarbageCollector);
+    c.delete_node("node-2").await;
+    wait_until(
+        "node-2's OSInstance to go",
+        Duration::from_secs(30),
+        async || instances.get_opt("node-2").await.unwrap().is_none(),
+    )
+    .await;
+
+    // The admission policy keeps a proxy's token to its own node.
+    let token = e2e::cluster::identity::proxy_token(&c.server, "node-1");
+    let node_1: Api<k8s_openapi::api::core::v1::Node> =
+        Api::all(kube::Client::try_from(c.server.config_with_token(&token)).unwrap());
+    let cordon = json!({ "spec": { "unschedulable": true } });
+    let err = node_1
+        .patch("node-0", &PatchParams::default(), &Patch::Merge(&cordon))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("os-proxy on node node-1 may not write nodes node-0"),
+        "{err}"
+    );
+    assert!(!cordoned(&c, "node-0").await);
+
+    let decisions = c.server.authorizations();
+    let denied: Vec<String> = decisions
+        .iter()
+        .filter(|d| !d.allowed())
+        .map(|d| {
+            format!(
+                "{} {} {} {:?}/{:?}",
+                d.user, d.verb, d.resource, d.namespace, d.name
+            )
+        })
+        .collect();
+    assert!(denied.is_empty(), "forbidden: {denied:#?}");
+    let unused = unused_grants(&decisions);
+    assert!(
+        unused.is_empty(),
+        "granted in deploy/ but never used: {unused:#?}"
+    );
+}
+
+/// Every (role, rule, resource, verb) of deploy/operator.yaml and deploy/proxy.yaml that no
+/// recorded request was allowed by.
+fn unused_grants(decisions: &[fakekube::Authorization]) -> Vec<String> {
+    use serde::Deserialize;
+    let mut unused = Vec::new();
+    for file in ["operator.yaml", "proxy.yaml"] {
+        let text = std::fs::read_to_string(e2e::repo_root().join("deploy").join(file)).unwrap();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let role = serde_json::Value::deserialize(doc).unwrap();
+            let kind = role["kind"].as_str().unwrap_or_default();
+            if kind != "Role" && kind != "ClusterRole" {
+                continue;
+            }
+            let name = role["metadata"]["name"].as_str().unwrap().to_string();
+            let namespace = (kind == "Role")
+                .then(|| role["metadata"]["namespace"].as_str().unwrap().to_string());
+            let strings = |v: &serde_json::Value| -> Vec<String> {
+                v.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| s.as_str().unwrap().to_string())
+                    .collect()
+            };
+            for (i, rule) in role["rules"].as_array().unwrap().iter().enumerate() {
+                let grant = fakekube::Grant {
+                    role_kind: kind.to_string(),
+                    role_namespace: namespace.clone(),
+                    role: name.clone(),
+                    rule: i,
+                };
+                for resource in strings(&rule["resources"]) {
+                    for verb in strings(&rule["verbs"]) {
+                        let used = decisions.iter().any(|d| {
+                            d.verb == verb
+                                && d.resource == resource
+                                && d.granted_by.contains(&grant)
+                        });
+                        if !used {
+                            unused.push(format!("{kind} {name} rule {i}: {verb} {resource}"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    unused
+}

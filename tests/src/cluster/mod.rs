@@ -5,6 +5,7 @@
 //! condition and `osImage` true to the node: NotReady from the reboot until the agent is back,
 //! `osImage` the version recorded for the running slot.
 
+pub mod identity;
 pub mod node;
 
 use std::path::{Path, PathBuf};
@@ -42,6 +43,9 @@ pub struct SimCluster {
     pub dir: PathBuf,
     pub nodes: Vec<Arc<SimNode>>,
     kubeconfig: PathBuf,
+    /// With [`start_as_service_accounts`](Self::start_as_service_accounts): the operator's
+    /// and proxies' kubeconfigs name their service accounts instead of the admin.
+    service_accounts: bool,
     binaries: Binaries,
     operator: Option<Child>,
     /// One per node, in the order of `nodes`.
@@ -63,9 +67,35 @@ impl SimCluster {
             dir,
             nodes: Vec::new(),
             kubeconfig,
+            service_accounts: false,
             binaries,
             operator: None,
             kubelets: Default::default(),
+        }
+    }
+
+    /// As [`start`](Self::start), with deploy/'s namespace, service accounts and RBAC applied,
+    /// and the operator and every proxy authenticating as their service accounts.
+    pub async fn start_as_service_accounts(test: &str, binaries: Binaries) -> SimCluster {
+        let mut cluster = Self::start(test, binaries).await;
+        identity::apply_deploy_manifests(&cluster.client).await;
+        cluster.service_accounts = true;
+        cluster
+    }
+
+    fn operator_kubeconfig(&self) -> PathBuf {
+        if self.service_accounts {
+            identity::operator_kubeconfig(&self.server, &self.dir)
+        } else {
+            self.kubeconfig.clone()
+        }
+    }
+
+    fn proxy_kubeconfig(&self, node: &str) -> PathBuf {
+        if self.service_accounts {
+            identity::proxy_kubeconfig(&self.server, &self.dir, node)
+        } else {
+            self.kubeconfig.clone()
         }
     }
 
@@ -78,21 +108,21 @@ impl SimCluster {
         slot_size: u64,
         setup: impl Fn(&SimNode),
     ) {
-        let programs = Programs {
-            agent: self.binaries.agent.clone(),
-            proxy: self.binaries.proxy.clone(),
-            kubeconfig: self.kubeconfig.clone(),
-            namespace: NS.into(),
-        };
         for i in 0..count {
             let name = format!("node-{i}");
+            let programs = Programs {
+                agent: self.binaries.agent.clone(),
+                proxy: self.binaries.proxy.clone(),
+                kubeconfig: self.proxy_kubeconfig(&name),
+                namespace: NS.into(),
+            };
             let node = SimNode::create(
                 &self.dir,
                 &name,
                 slot_size,
                 &v1.version,
                 &v1.digest,
-                programs.clone(),
+                programs,
             );
             setup(&node);
             self.create_node_object(&name).await;
@@ -139,7 +169,7 @@ impl SimCluster {
                 "50",
             ])
             .args(["--listen", "127.0.0.1:0"])
-            .env("KUBECONFIG", &self.kubeconfig)
+            .env("KUBECONFIG", self.operator_kubeconfig())
             .env("RUST_LOG", "info,kube=warn")
             .stdout(Stdio::null())
             .stderr(log)
