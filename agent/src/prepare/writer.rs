@@ -145,6 +145,15 @@ impl<'scope> Writer<'scope> {
         self.current.space()
     }
 
+    /// The block being filled, from its first byte to its end, and how much
+    /// of it is filled: a frame decodes straight into it (the block holds
+    /// the frame so far, as zstd's stable output buffer must).
+    pub fn block(&mut self) -> (&mut [u8], usize) {
+        let b = &mut self.current;
+        let (start, len) = (b.start(), b.len);
+        (&mut b.storage[start..b.base + BUF], len)
+    }
+
     /// `n` bytes of [`space`](Self::space) were filled.
     pub fn filled(&mut self, n: usize) {
         self.current.len += n;
