@@ -32,8 +32,10 @@ use std::thread::{Scope, ScopedJoinHandle};
 /// Bytes written back and re-read per step.
 const WINDOW: u64 = 8 << 20;
 /// Read size of the read-back: each read waits for the device, so fewer,
-/// larger ones help it keep up with the writes.
-const BLOCK: usize = 4 << 20;
+/// larger ones help it keep up with the writes; 1 MiB keeps up on the bench
+/// machine at a quarter of the memory of 4 MiB (docs/decisions.md, "Write
+/// path memory").
+const BLOCK: usize = 2 << 20;
 
 #[derive(Debug)]
 pub struct SlotDevice {
