@@ -2,9 +2,10 @@
 //! buffer overlaps writing the previous one (what `zstd -dc | dd` gets from
 //! being two processes).
 //!
-//! A few reusable buffers circulate between the download thread, which fills
-//! them, and this thread, which writes them and hands them back; memory stays
-//! at `BUFFERS * BUF` whatever the image size. Buffers are written in the
+//! Two reusable buffers circulate between the download thread, which fills
+//! them (the decoder writes each frame straight into one, see
+//! [`Writer::block`]), and this thread, which writes them and hands them
+//! back; memory stays at `BUFFERS * BUF` whatever the image size. Buffers are written in the
 //! order they were filled, and a read-back commit travels with the buffer that
 //! completes the committed range: the read-back is told about a range only
 //! after every write in it has returned, and a resumed download's rewrites
