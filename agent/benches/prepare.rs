@@ -59,7 +59,8 @@ fn main() {
     let base = std::env::var("PREPARE_BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into());
     let work = tempfile::tempdir_in(base).unwrap();
     println!(
-        "input: file:// for every method; target: a regular file on {}",
+        "input: file:// for every method (os-agent with `delta no`: every byte fetched and \
+         written); target: a regular file on {}",
         work.path().display()
     );
     println!(
@@ -91,6 +92,10 @@ fn child_prepare(url: &str, digest: &str, target: &Path, node: &Path, keys: Opti
         o.set(k, v.to_str().unwrap()).unwrap();
     }
     o.set("booted", "A").unwrap();
+    // The full write path: the target still holds the previous run's image,
+    // which a delta would find in place and not write at all (the delta
+    // bench measures that).
+    o.set("delta", "no").unwrap();
     let cfg = o
         .resolve(Path::new("/nonexistent"), Path::new("/dev"), "")
         .unwrap();

@@ -1,8 +1,10 @@
 //! The write path (DESIGN.md §4 step 1, §5): stream an update bundle's image
 //! from HTTP(S), `file://` or an OCI registry (`oci://`, see `registry`)
 //! through zstd and BLAKE3 into the inactive slot,
-//! in one pass, with no temp file and bounded memory (three 4 MiB write
-//! buffers, one read-back buffer, a zstd window of at most 8 MiB).
+//! in one pass, with no temp file and bounded memory: two 4 MiB write
+//! buffers that each frame decodes straight into (a frame of unknown size,
+//! or larger than a buffer, goes through a zstd window of at most 8 MiB
+//! instead) and one 3 MiB read-back buffer.
 //!
 //! Three threads share the work: the download thread decompresses and hashes
 //! into a buffer while the writer thread writes the previous one (`writer`)

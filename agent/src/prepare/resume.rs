@@ -23,7 +23,7 @@ use super::writer::{Save, Writer};
 use super::PrepareError;
 use crate::progress::Progress;
 use crate::stream::count::CountReader;
-use crate::stream::decode::{Corrupt, FrameDecoder, Truncated};
+use crate::stream::decode::{Corrupt, DecodeInto, FrameDecoder, Truncated};
 use crate::stream::hash::HashReader;
 use crate::stream::inner_error;
 use crate::stream::limit::{LimitExceeded, LimitReader};
@@ -665,7 +665,8 @@ fn attempt(
     writer.restart(pos);
     loop {
         cancelled(job).map_err(Failure::Fatal)?;
-        let n = match stream.read(writer.space()) {
+        let (block, filled) = writer.block();
+        let n = match stream.decode_into(block, filled) {
             Ok(0) => return end_of_stream(job, cp, &stream).map(|()| ended),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

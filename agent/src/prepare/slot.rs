@@ -31,9 +31,12 @@ use std::thread::{Scope, ScopedJoinHandle};
 
 /// Bytes written back and re-read per step.
 const WINDOW: u64 = 8 << 20;
-/// Read size of the read-back: each read waits for the device, so fewer,
-/// larger ones help it keep up with the writes.
-const BLOCK: usize = 4 << 20;
+/// Read size of the read-back: each read waits for the device, behind the
+/// download's writes, so fewer, larger ones help it keep up. 4 MiB kept up
+/// but puts the agent over its 16 MiB RSS budget; 1 and 2 MiB left the
+/// read-back 0.2-0.8 s behind at the end of a 1 GiB image on the bench
+/// machine; 3 MiB is the compromise (docs/decisions.md, "Write path memory").
+const BLOCK: usize = 3 << 20;
 
 #[derive(Debug)]
 pub struct SlotDevice {

@@ -1,5 +1,6 @@
 //! BLAKE3 of everything read through it.
 
+use super::decode::DecodeInto;
 use std::io::{self, Read};
 
 pub struct HashReader<R> {
@@ -32,6 +33,14 @@ impl<R: Read> Read for HashReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+impl<R: DecodeInto> DecodeInto for HashReader<R> {
+    fn decode_into(&mut self, out: &mut [u8], pos: usize) -> io::Result<usize> {
+        let n = self.inner.decode_into(out, pos)?;
+        self.hasher.update(&out[pos..pos + n]);
         Ok(n)
     }
 }

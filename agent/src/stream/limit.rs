@@ -2,6 +2,7 @@
 //! image that does not fit the slot must be an error, never a silently cut
 //! root filesystem.
 
+use super::decode::DecodeInto;
 use std::io::{self, Read};
 
 /// The error a [`LimitReader`] puts inside its `io::Error`.
@@ -43,6 +44,20 @@ impl<R: Read> LimitReader<R> {
 impl<R: Read> Read for LimitReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
+        self.count(n)
+    }
+}
+
+impl<R: DecodeInto> DecodeInto for LimitReader<R> {
+    fn decode_into(&mut self, out: &mut [u8], pos: usize) -> io::Result<usize> {
+        let n = self.inner.decode_into(out, pos)?;
+        self.count(n)
+    }
+}
+
+impl<R> LimitReader<R> {
+    /// `n` more bytes came through: fine while within the limit.
+    fn count(&mut self, n: usize) -> io::Result<usize> {
         self.pos += n as u64;
         if self.pos > self.limit {
             let limit = self.limit;

@@ -5,6 +5,9 @@
 //! network body → CountReader → FrameDecoder → HashReader → LimitReader → slot
 //!               (fetched bytes)  (zstd)        (BLAKE3)     (fits the slot)
 //! ```
+//!
+//! The same stack also passes [`decode::DecodeInto`] down: the decoder then
+//! writes each frame straight into the slot writer's buffer.
 
 pub mod count;
 pub mod decode;
