@@ -121,9 +121,19 @@ fn try_build(base: &Path, fresh: &Path, staging: &Path, time: u64, work: &Path) 
     let held = hold_free_space(base, plan.data_blocks(&want))?;
     let xattrs = fetch_xattrs(fresh, &have, &want, &plan, work)?;
     let mut script = String::new();
-    script.push_str(&held.iter().map(|(a, n)| format!("setb {a} {n}\n")).collect::<String>());
+    script.push_str(
+        &held
+            .iter()
+            .map(|(a, n)| format!("setb {a} {n}\n"))
+            .collect::<String>(),
+    );
     script.push_str(&plan.creations(&want, staging, &xattrs)?);
-    script.push_str(&held.iter().map(|(a, n)| format!("freeb {a} {n}\n")).collect::<String>());
+    script.push_str(
+        &held
+            .iter()
+            .map(|(a, n)| format!("freeb {a} {n}\n"))
+            .collect::<String>(),
+    );
     run_debugfs(base, &script, time, work)?;
     ext4::set_inode_times(base, time, false, work)?;
     ext4::fsck(base)?;
@@ -195,9 +205,9 @@ impl Plan {
         let mut remove = Vec::new();
         let mut gone_dirs: Vec<&str> = Vec::new();
         for (path, e) in &have.entries {
-            let under_gone = gone_dirs
-                .last()
-                .is_some_and(|d| path.starts_with(d) && path.as_bytes().get(d.len()) == Some(&b'/'));
+            let under_gone = gone_dirs.last().is_some_and(|d| {
+                path.starts_with(d) && path.as_bytes().get(d.len()) == Some(&b'/')
+            });
             let keep = !under_gone
                 && match want.entries.get(path) {
                     Some(w) if e.is_dir() => w.is_dir(),
@@ -214,12 +224,7 @@ impl Plan {
         remove.reverse();
         let removed: std::collections::HashSet<&String> = remove.iter().collect();
         let kept = |p: &String| have.entries.contains_key(p) && !removed.contains(p);
-        let create = want
-            .entries
-            .keys()
-            .filter(|p| !kept(p))
-            .cloned()
-            .collect();
+        let create = want.entries.keys().filter(|p| !kept(p)).cloned().collect();
         let retouch = want
             .entries
             .iter()
@@ -254,7 +259,11 @@ impl Plan {
     fn removals(&self, have: &Tree) -> Result<String> {
         let mut s = String::new();
         for p in &self.remove {
-            let verb = if have.entries[p].is_dir() { "rmdir" } else { "rm" };
+            let verb = if have.entries[p].is_dir() {
+                "rmdir"
+            } else {
+                "rm"
+            };
             writeln!(s, "{verb} {}", quote(p)?)?;
         }
         Ok(s)
@@ -328,7 +337,11 @@ fn mknod(path: &str, e: &Entry) -> Result<String> {
         }
         _ => bail!("{path}: sockets and unknown file types are not copied"),
     };
-    Ok(format!("cd {}\nmknod {} {kind}\ncd /\n", quote(dir)?, quote(name)?))
+    Ok(format!(
+        "cd {}\nmknod {} {kind}\ncd /\n",
+        quote(dir)?,
+        quote(name)?
+    ))
 }
 
 /// debugfs splits its commands at blanks; double quotes group. Names it
@@ -341,7 +354,10 @@ fn quote(s: &str) -> Result<String> {
 }
 
 fn quote_path(p: &Path) -> Result<String> {
-    quote(p.to_str().context(format!("{} is not UTF-8", p.display()))?)
+    quote(
+        p.to_str()
+            .context(format!("{} is not UTF-8", p.display()))?,
+    )
 }
 
 /// Extended attribute values of the new tree, read from the fresh image
@@ -382,9 +398,26 @@ fn fetch_xattrs(
     for p in plan.create.iter().chain(&plan.retouch) {
         let e = &want.entries[p];
         for name in e.xattr_names() {
-            let file = dir.join(files.values.values().map(Vec::len).sum::<usize>().to_string());
-            writeln!(script, "ea_get -f {} <{}> {}", quote_path(&file)?, e.ino, quote(&name)?)?;
-            files.values.entry(p.clone()).or_default().push((name, file));
+            let file = dir.join(
+                files
+                    .values
+                    .values()
+                    .map(Vec::len)
+                    .sum::<usize>()
+                    .to_string(),
+            );
+            writeln!(
+                script,
+                "ea_get -f {} <{}> {}",
+                quote_path(&file)?,
+                e.ino,
+                quote(&name)?
+            )?;
+            files
+                .values
+                .entry(p.clone())
+                .or_default()
+                .push((name, file));
         }
     }
     if !script.is_empty() {
@@ -394,7 +427,10 @@ fn fetch_xattrs(
         let out = tools::run(cmd.arg("-f").arg(&cmds).arg(fresh))?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         if let Some(err) = stderr.lines().find(|l| !l.starts_with("debugfs ")) {
-            bail!("debugfs reading xattrs of {} failed: {err}", fresh.display());
+            bail!(
+                "debugfs reading xattrs of {} failed: {err}",
+                fresh.display()
+            );
         }
     }
     Ok(files)
@@ -439,8 +475,12 @@ fn free_ranges(dumpe2fs: &str) -> Result<Vec<(u64, u64)>> {
         for item in list.split(", ").filter(|s| !s.is_empty()) {
             let (a, b) = item.split_once('-').unwrap_or((item, item));
             let (a, b): (u64, u64) = (
-                a.trim().parse().context(format!("dumpe2fs range {item:?}"))?,
-                b.trim().parse().context(format!("dumpe2fs range {item:?}"))?,
+                a.trim()
+                    .parse()
+                    .context(format!("dumpe2fs range {item:?}"))?,
+                b.trim()
+                    .parse()
+                    .context(format!("dumpe2fs range {item:?}"))?,
             );
             match ranges.last_mut() {
                 Some(last) if last.0 + last.1 == a => last.1 += b - a + 1,

@@ -98,7 +98,10 @@ impl Tree {
     pub fn same_file(&self, other: &Tree, path: &str) -> bool {
         match (self.entries.get(path), other.entries.get(path)) {
             (Some(a), Some(b)) => {
-                let strip = |e: &Entry| Entry { ino: 0, ..e.clone() };
+                let strip = |e: &Entry| Entry {
+                    ino: 0,
+                    ..e.clone()
+                };
                 strip(a) == strip(b) && self.links_of(path) == other.links_of(path)
             }
             _ => false,
@@ -122,7 +125,8 @@ impl Tree {
 /// Reads the tree of `image`; `work` holds the dumped file data for a moment.
 pub fn read(image: &Path, work: &Path) -> Result<Tree> {
     let mut tree = Tree::default();
-    tree.entries.insert("/".into(), bare_entry(2, S_IFDIR | 0o755));
+    tree.entries
+        .insert("/".into(), bare_entry(2, S_IFDIR | 0o755));
     let mut level = vec![("/".to_owned(), 2u32)];
     while !level.is_empty() {
         let mut script = String::new();
@@ -132,7 +136,11 @@ pub fn read(image: &Path, work: &Path) -> Result<Tree> {
         let out = debugfs(image, &script, work)?;
         let sections = split_sections(&out, "ls -p <")?;
         if sections.len() != level.len() {
-            bail!("debugfs listed {} of {} directories", sections.len(), level.len());
+            bail!(
+                "debugfs listed {} of {} directories",
+                sections.len(),
+                level.len()
+            );
         }
         let mut next = Vec::new();
         for ((dir, _), lines) in level.iter().zip(sections) {
@@ -218,7 +226,11 @@ fn parse_ls_line(line: &str) -> Result<(u32, u32, u32, u32, &str, u64)> {
             .ok_or_else(bad)
     };
     let (ino, mode, uid, gid) = (num(10)?, num(8)?, num(10)?, num(10)?);
-    let tail = f.next().ok_or_else(bad)?.strip_suffix('/').ok_or_else(bad)?;
+    let tail = f
+        .next()
+        .ok_or_else(bad)?
+        .strip_suffix('/')
+        .ok_or_else(bad)?;
     let (name, size) = tail.rsplit_once('/').ok_or_else(bad)?;
     let size = if size.is_empty() {
         0
@@ -301,7 +313,9 @@ fn add_contents(image: &Path, tree: &mut Tree, work: &Path) -> Result<()> {
             let mut hasher = blake3::Hasher::new();
             std::fs::File::open(&path)
                 .and_then(|mut f| std::io::copy(&mut f, &mut hasher))
-                .with_context(|| format!("read {} dumped from {}", path.display(), image.display()))?;
+                .with_context(|| {
+                    format!("read {} dumped from {}", path.display(), image.display())
+                })?;
             digests.insert(*ino, *hasher.finalize().as_bytes());
             std::fs::remove_file(&path)?;
         }

@@ -634,7 +634,9 @@ fn make_next_rootfs(dest: &Path) {
     let pkg = dest.join("usr/share/pkg");
     std::fs::create_dir_all(pkg.join("doc")).unwrap();
     for i in 0..3u8 {
-        let data: Vec<u8> = (0..300_000u32).map(|n| (n * 7 + u32::from(i)) as u8).collect();
+        let data: Vec<u8> = (0..300_000u32)
+            .map(|n| (n * 7 + u32::from(i)) as u8)
+            .collect();
         std::fs::write(pkg.join(format!("part{i}")), data).unwrap();
     }
     std::fs::hard_link(pkg.join("part0"), pkg.join("doc/part0-link")).unwrap();
@@ -683,12 +685,21 @@ fn a_bundle_built_on_its_base_has_the_fresh_tree_and_keeps_the_base_chunks() {
     let base = manifest_path(&r.out);
     let o = bundle(&next, &fresh_out, &r.os_init, &[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let o = bundle(&next, &based_out, &r.os_init, &["--base", base.to_str().unwrap()]);
+    let o = bundle(
+        &next,
+        &based_out,
+        &r.os_init,
+        &["--base", base.to_str().unwrap()],
+    );
     let log = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{log}");
     assert!(log.contains("built on the base"), "{log}");
 
-    let (old, fresh, based) = (dir.join("old.img"), dir.join("fresh.img"), dir.join("based.img"));
+    let (old, fresh, based) = (
+        dir.join("old.img"),
+        dir.join("fresh.img"),
+        dir.join("based.img"),
+    );
     let old_m = unpack(&base, &old);
     unpack(&manifest_path(&fresh_out), &fresh);
     let based_m = unpack(&manifest_path(&based_out), &based);
@@ -712,10 +723,15 @@ fn a_bundle_built_on_its_base_has_the_fresh_tree_and_keeps_the_base_chunks() {
     let mut touched: Vec<u64> = Vec::new();
     for p in based_tree.differences(&tree(&old)) {
         touched.extend(blocks_of(&based, &p));
-        let parent = p.rsplit_once('/').map_or("/", |(d, _)| if d.is_empty() { "/" } else { d });
+        let parent = p
+            .rsplit_once('/')
+            .map_or("/", |(d, _)| if d.is_empty() { "/" } else { d });
         touched.extend(blocks_of(&based, parent));
     }
-    let first_data = blocks_of(&based, "/boot/vmlinuz").into_iter().min().unwrap();
+    let first_data = blocks_of(&based, "/boot/vmlinuz")
+        .into_iter()
+        .min()
+        .unwrap();
     let fs_end = based_m.verity.as_ref().unwrap().hash_offset;
     let block = 4096;
     let chunk = based_m.chunk_size;
@@ -729,7 +745,10 @@ fn a_bundle_built_on_its_base_has_the_fresh_tree_and_keeps_the_base_chunks() {
         let explained = start < first_data * block
             || end > fs_end
             || touched.iter().any(|b| (start..end).contains(&(b * block)));
-        assert!(explained, "chunk {i} ({start}..{end}) moved without a reason");
+        assert!(
+            explained,
+            "chunk {i} ({start}..{end}) moved without a reason"
+        );
     }
     assert!(
         same * 2 > based_m.chunks.len(),
@@ -752,11 +771,19 @@ fn a_corrupt_base_is_refused_and_another_os_is_not_used() {
     bytes[mid] ^= 0x55;
     std::fs::write(&zst, bytes).unwrap();
     let base = manifest_path(&copy);
-    let o = bundle(&r.rootfs, &dir.join("out"), &r.os_init, &["--base", base.to_str().unwrap()]);
+    let o = bundle(
+        &r.rootfs,
+        &dir.join("out"),
+        &r.os_init,
+        &["--base", base.to_str().unwrap()],
+    );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
     assert!(err.contains("unpack the base bundle"), "{err}");
-    assert!(!dir.join("out").join(format!("os-{VERSION}.img.zst")).exists());
+    assert!(!dir
+        .join("out")
+        .join(format!("os-{VERSION}.img.zst"))
+        .exists());
 
     // Another OS (os-release ID, thus UUID and hash seed): a fresh image,
     // byte for byte the bundle built without --base, and a warning.
@@ -770,10 +797,18 @@ fn a_corrupt_base_is_refused_and_another_os_is_not_used() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let out = dir.join("out2");
     let based_on_other = manifest_path(&other_out);
-    let o = bundle(&r.rootfs, &out, &r.os_init, &["--base", based_on_other.to_str().unwrap()]);
+    let o = bundle(
+        &r.rootfs,
+        &out,
+        &r.os_init,
+        &["--base", based_on_other.to_str().unwrap()],
+    );
     let log = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{log}");
-    assert!(log.contains("--base not used") && log.contains("another file system"), "{log}");
+    assert!(
+        log.contains("--base not used") && log.contains("another file system"),
+        "{log}"
+    );
     for f in entries_of(&r.out) {
         assert!(
             std::fs::read(r.out.join(&f)).unwrap() == std::fs::read(out.join(&f)).unwrap(),
