@@ -172,9 +172,7 @@ fn make_root_image(
     // A bad base fails the build before mkfs: the caller named it.
     let base = match &opts.base {
         Some(manifest) => {
-            let base = work.join("base.ext4");
-            ext4base::unpack_base(manifest, &base)?;
-            Some(base)
+            Some(ext4base::unpack_base(manifest, &work.join("base.ext4"))?)
         }
         None => None,
     };
@@ -192,12 +190,14 @@ fn make_root_image(
         )
     })?;
     if let Some(base) = base {
-        if ext4base::build_on_base(&base, &image, staging, staged.time, work)? {
-            fs::rename(&base, &image)
+        let built = ext4base::build_on_base(&base, &image, staging, staged.time, work)?;
+        let base = &base.image;
+        if built {
+            fs::rename(base, &image)
                 .with_context(|| format!("rename {} to {}", base.display(), image.display()))?;
             log::info!("root image built on the base bundle's");
         } else {
-            fs::remove_file(&base).with_context(|| format!("remove {}", base.display()))?;
+            fs::remove_file(base).with_context(|| format!("remove {}", base.display()))?;
         }
     }
     Ok(image)

@@ -12,7 +12,8 @@
 //!    hold every free block except the last free ranges that fit the new
 //!    data, write new and changed files (which thus go at the end, not into
 //!    the holes before), release the held blocks;
-//! 5. set owners, modes, xattrs, every inode's times;
+//! 5. set owners, modes, xattrs, every inode's times; zero the free blocks
+//!    (removed files' data) in the chunks that changed anyway;
 //! 6. check: `e2fsck -fn` clean and the tree equal to the fresh image's,
 //!    field by field. Anything else: the fresh image is used, with a warning
 //!    saying why.
@@ -35,10 +36,17 @@ fn blocks_needed(data_blocks: u64) -> u64 {
     data_blocks + data_blocks / 16 + 256
 }
 
+/// A previous bundle's ext4, unpacked, and what its chunks were.
+pub struct Base {
+    pub image: PathBuf,
+    chunk_size: u64,
+    digests: Vec<[u8; 32]>,
+}
+
 /// Unpacks the bundle of `manifest_path` into `out`, checked chunk by chunk
 /// and whole against its manifest, and cuts it to its ext4 file system.
 /// A base that fails here is refused: the caller named a bad bundle.
-pub fn unpack_base(manifest_path: &Path, out: &Path) -> Result<()> {
+pub fn unpack_base(manifest_path: &Path, out: &Path) -> Result<Base> {
     let m = Manifest::load(manifest_path)?;
     let mut f = File::options()
         .read(true)
@@ -63,7 +71,11 @@ pub fn unpack_base(manifest_path: &Path, out: &Path) -> Result<()> {
     }
     f.set_len(size)?;
     f.sync_all()?;
-    Ok(())
+    Ok(Base {
+        image: out.to_path_buf(),
+        chunk_size: m.chunk_size,
+        digests: m.chunks.iter().map(|c| c.digest).collect(),
+    })
 }
 
 /// Bytes the ext4 file system at the start of `f` covers (superblock
@@ -84,7 +96,7 @@ fn ext4_size(f: &mut File) -> Result<u64> {
 /// whose files come from `staging`. `Ok(false)`, with a warning logged,
 /// when the base cannot be used: the caller then keeps `fresh`.
 pub fn build_on_base(
-    base: &Path,
+    base: &Base,
     fresh: &Path,
     staging: &Path,
     time: u64,
@@ -102,7 +114,8 @@ pub fn build_on_base(
     }
 }
 
-fn try_build(base: &Path, fresh: &Path, staging: &Path, time: u64, work: &Path) -> Result<()> {
+fn try_build(b: &Base, fresh: &Path, staging: &Path, time: u64, work: &Path) -> Result<()> {
+    let base = b.image.as_path();
     check_identity(base, fresh)?;
     let fresh_size = fs::metadata(fresh)?.len();
     if fs::metadata(base)?.len() < fresh_size {
@@ -135,6 +148,7 @@ fn try_build(base: &Path, fresh: &Path, staging: &Path, time: u64, work: &Path) 
             .collect::<String>(),
     );
     run_debugfs(base, &script, time, work)?;
+    zero_free_blocks(b)?;
     ext4::set_inode_times(base, time, false, work)?;
     ext4::fsck(base)?;
     let got = ext4tree::read(base, work).context("read the built image's tree")?;
@@ -465,11 +479,72 @@ fn hold_free_space(image: &Path, needed: u64) -> Result<Vec<(u64, u64)>> {
     Ok(ranges_to_hold(&free, needed))
 }
 
+/// Removed files leave their data in blocks now free. In a chunk that is
+/// still the base's, it stays (nodes hold that chunk: zeroing it would make
+/// them fetch it); in a chunk that changed anyway it is zeroed, as free
+/// blocks are in a fresh image, so that the chunk compresses better.
+fn zero_free_blocks(base: &Base) -> Result<()> {
+    use std::io::Write;
+    let image = &base.image;
+    let unchanged = unchanged_chunks(base)?;
+    let mut cmd = tools::command("dumpe2fs")?;
+    let out = tools::run(cmd.arg(image))?;
+    let free = free_ranges(&String::from_utf8_lossy(&out.stdout))?;
+    let mut f = File::options()
+        .write(true)
+        .open(image)
+        .with_context(|| format!("open {}", image.display()))?;
+    let zeros = vec![0u8; ext4::BLOCK_SIZE as usize];
+    for (first, count) in free {
+        for block in first..first + count {
+            let at = block * ext4::BLOCK_SIZE;
+            if unchanged.get((at / base.chunk_size) as usize) == Some(&true) {
+                continue;
+            }
+            f.seek(SeekFrom::Start(at))?;
+            f.write_all(&zeros)
+                .with_context(|| format!("zero free blocks of {}", image.display()))?;
+        }
+    }
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Per chunk of the base's chunk size: does the image still hold the base's chunk?
+fn unchanged_chunks(base: &Base) -> Result<Vec<bool>> {
+    let mut f = File::open(&base.image)
+        .with_context(|| format!("open {}", base.image.display()))?;
+    let mut buf = vec![0u8; base.chunk_size as usize];
+    let mut same = Vec::new();
+    for digest in &base.digests {
+        let n = read_full(&mut f, &mut buf)
+            .with_context(|| format!("read {}", base.image.display()))?;
+        if n == 0 {
+            break;
+        }
+        same.push(blake3::hash(&buf[..n]).as_bytes() == digest);
+    }
+    Ok(same)
+}
+
+/// Reads until `buf` is full or the file ends; the bytes read.
+fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
 /// `Free blocks: A-B, C, ...` lines of dumpe2fs, merged where adjacent.
 fn free_ranges(dumpe2fs: &str) -> Result<Vec<(u64, u64)>> {
     let mut ranges: Vec<(u64, u64)> = Vec::new();
     for line in dumpe2fs.lines() {
-        let Some(list) = line.trim_start().strip_prefix("Free blocks: ") else {
+        // Group lines are indented; the header's `Free blocks:` is a count.
+        let Some(list) = line.strip_prefix("  Free blocks: ") else {
             continue;
         };
         for item in list.split(", ").filter(|s| !s.is_empty()) {
@@ -507,7 +582,7 @@ mod tests {
 
     #[test]
     fn free_ranges_merge_across_groups() {
-        let text = "Group 0:\n  Free blocks: 10-19, 30\nGroup 1:\n  Free blocks: 31-40\n  Free inodes: 1-5\n  Free blocks: \n";
+        let text = "Free blocks:              9834\nGroup 0:\n  Free blocks: 10-19, 30\nGroup 1:\n  Free blocks: 31-40\n  Free inodes: 1-5\n  Free blocks: \n";
         assert_eq!(free_ranges(text).unwrap(), [(10, 10), (30, 11)]);
     }
 

@@ -713,6 +713,32 @@ fn a_bundle_built_on_its_base_has_the_fresh_tree_and_keeps_the_base_chunks() {
     assert_eq!(based_tree.differences(&fresh_tree), Vec::<String>::new());
     let ea = String::from_utf8_lossy(&debugfs(&based, "ea_list /usr/share/pkg/part2")).into_owned();
     assert!(ea.contains("user.pkg (3) = \"yes\""), "{ea}");
+    // Free blocks read as zeros, as in a fresh image, in the chunks that
+    // are not the base's: removed files' data stays only where it keeps a
+    // chunk the nodes hold.
+    let image = std::fs::read(&based).unwrap();
+    let chunk = based_m.chunk_size as usize;
+    let kept = |block: usize| {
+        let i = block * 4096 / chunk;
+        old_m.chunks.get(i).map(|c| c.digest) == based_m.chunks.get(i).map(|c| c.digest)
+    };
+    let groups = run(Command::new("dumpe2fs").arg(&based)).stdout;
+    let text = String::from_utf8_lossy(&groups);
+    let ranges = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("  Free blocks: "))
+        .flat_map(|l| l.split(", ").filter(|r| !r.is_empty()));
+    let mut free = 0;
+    for r in ranges {
+        let (a, b) = r.split_once('-').unwrap_or((r, r));
+        let (a, b): (usize, usize) = (a.parse().unwrap(), b.parse().unwrap());
+        free += b - a + 1;
+        for block in (a..=b).filter(|&x| !kept(x)) {
+            let data = &image[block * 4096..(block + 1) * 4096];
+            assert!(data.iter().all(|&x| x == 0), "free block {block} not zeroed");
+        }
+    }
+    assert!(free > 0);
     let links = based_tree.links_of("/usr/share/pkg/part0");
     assert_eq!(links, ["/usr/share/pkg/doc/part0-link"]);
 
