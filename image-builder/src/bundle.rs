@@ -171,9 +171,7 @@ fn make_root_image(
     let image = work.join("root.ext4");
     // A bad base fails the build before mkfs: the caller named it.
     let base = match &opts.base {
-        Some(manifest) => {
-            Some(ext4base::unpack_base(manifest, &work.join("base.ext4"))?)
-        }
+        Some(manifest) => Some(ext4base::unpack_base(manifest, &work.join("base.ext4"))?),
         None => None,
     };
     log::info!(

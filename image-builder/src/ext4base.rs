@@ -512,8 +512,8 @@ fn zero_free_blocks(base: &Base) -> Result<()> {
 
 /// Per chunk of the base's chunk size: does the image still hold the base's chunk?
 fn unchanged_chunks(base: &Base) -> Result<Vec<bool>> {
-    let mut f = File::open(&base.image)
-        .with_context(|| format!("open {}", base.image.display()))?;
+    let mut f =
+        File::open(&base.image).with_context(|| format!("open {}", base.image.display()))?;
     let mut buf = vec![0u8; base.chunk_size as usize];
     let mut same = Vec::new();
     for digest in &base.digests {

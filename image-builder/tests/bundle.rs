@@ -735,7 +735,10 @@ fn a_bundle_built_on_its_base_has_the_fresh_tree_and_keeps_the_base_chunks() {
         free += b - a + 1;
         for block in (a..=b).filter(|&x| !kept(x)) {
             let data = &image[block * 4096..(block + 1) * 4096];
-            assert!(data.iter().all(|&x| x == 0), "free block {block} not zeroed");
+            assert!(
+                data.iter().all(|&x| x == 0),
+                "free block {block} not zeroed"
+            );
         }
     }
     assert!(free > 0);
