@@ -210,7 +210,8 @@ struct Plan {
     remove: Vec<String>,
     /// Paths of the new tree to make, parents before their children.
     create: Vec<String>,
-    /// Directories kept whose owner, mode or xattrs change.
+    /// Paths kept whose owner, mode or xattrs change (set in place: the
+    /// data keeps its blocks).
     retouch: Vec<String>,
 }
 
@@ -225,7 +226,7 @@ impl Plan {
             let keep = !under_gone
                 && match want.entries.get(path) {
                     Some(w) if e.is_dir() => w.is_dir(),
-                    Some(_) => have.same_file(want, path),
+                    Some(_) => have.same_data(want, path),
                     None => false,
                 };
             if !keep {
@@ -243,7 +244,7 @@ impl Plan {
             .entries
             .iter()
             .filter(|(p, w)| {
-                w.is_dir() && kept(p) && {
+                kept(p) && {
                     let h = &have.entries[*p];
                     (h.mode, h.uid, h.gid, &h.inline) != (w.mode, w.uid, w.gid, &w.inline)
                 }

@@ -108,6 +108,23 @@ impl Tree {
         }
     }
 
+    /// The same data at `path` in both trees (type, size, content, symlink
+    /// target, device numbers, hard links); mode, owner and xattrs may differ.
+    pub fn same_data(&self, other: &Tree, path: &str) -> bool {
+        fn data(e: &Entry) -> (u32, u64, Option<[u8; 32]>, Vec<&String>) {
+            let inline = e
+                .inline
+                .iter()
+                .filter(|l| l.starts_with("Fast link") || l.starts_with("Device"))
+                .collect();
+            (e.mode & S_IFMT, e.size, e.content, inline)
+        }
+        match (self.entries.get(path), other.entries.get(path)) {
+            (Some(a), Some(b)) => data(a) == data(b) && self.links_of(path) == other.links_of(path),
+            _ => false,
+        }
+    }
+
     /// Every path where the trees differ (missing on one side or not the
     /// same file), sorted; empty when they are equal.
     pub fn differences(&self, other: &Tree) -> Vec<String> {

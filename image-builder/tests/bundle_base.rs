@@ -125,6 +125,11 @@ fn a_bundle_built_on_its_base_has_the_fresh_tree_and_keeps_the_base_chunks() {
         }
     }
     assert!(free > 0);
+    // A mode change is made in place: the data keeps its blocks.
+    assert_eq!(
+        blocks_of(&based, "/usr/lib/os-release"),
+        blocks_of(&old, "/usr/lib/os-release")
+    );
     let links = based_tree.links_of("/usr/share/pkg/part0");
     assert_eq!(links, ["/usr/share/pkg/doc/part0-link"]);
 
