@@ -6,6 +6,8 @@
 //! (a) the same image again, (b) v2 = v1 plus one package (a `.deb`
 //! unpacked into the rootfs), (c) v3 = v1 with another kernel (another
 //! Debian kernel package: vmlinuz, modules and the initramfs change).
+//! (b) and (c) are built twice: afresh, and with `os-image bundle --base`
+//! v1 (the ext4 made from v1's, docs/bundle.md "Layout for small deltas").
 //! For each: the share of the bundle's chunks the new image does not share
 //! with v1 (what the layout allows), and `prepare` run twice on a node whose
 //! slot A holds v1 and slot B zeros: with the delta, and without it (a plain
@@ -48,29 +50,35 @@ fn main() {
     let kernel = env_path("DELTA_BENCH_KERNEL_DEB").unwrap_or_else(default_kernel_deb);
     let out = work.path().join("bundles");
     let chunk = std::env::var("DELTA_BENCH_CHUNK").ok();
-    let build = |version: &str, kernel: &Path, package: Option<&Path>| {
+    let build = |version: &str, kernel: &Path, package: Option<&Path>, base: Option<&Built>| {
         tools.bundle(
             work.path(),
             &out,
             version,
-            kernel,
-            package,
+            (kernel, package),
             chunk.as_deref(),
+            base,
         )
     };
-    let v1 = build("1", &kernel, None);
+    let v1 = build("1", &kernel, None, None);
     let mut cases = vec![("(a) the same image".to_owned(), v1.clone())];
     if let Some(deb) = env_path("DELTA_BENCH_PACKAGE_DEB") {
-        cases.push((
-            format!("(b) + package {}", package_name(&deb)),
-            build("2", &kernel, Some(&deb)),
-        ));
+        let name = format!("(b) + package {}", package_name(&deb));
+        cases.push((name.clone(), build("2", &kernel, Some(&deb), None)));
+        let based = build("2", &kernel, Some(&deb), Some(&v1));
+        cases.push((format!("{name}, --base v1"), based));
     } else {
         println!("(b) left out: set DELTA_BENCH_PACKAGE_DEB");
     }
     if let Some(deb) = env_path("DELTA_BENCH_NEW_KERNEL_DEB") {
-        let (from, to) = (package_name(&kernel), package_name(&deb));
-        cases.push((format!("(c) kernel {from} -> {to}"), build("3", &deb, None)));
+        let name = format!(
+            "(c) kernel {} -> {}",
+            package_name(&kernel),
+            package_name(&deb)
+        );
+        cases.push((name.clone(), build("3", &deb, None, None)));
+        let based = build("3", &deb, None, Some(&v1));
+        cases.push((format!("{name}, --base v1"), based));
     } else {
         println!("(c) left out: set DELTA_BENCH_NEW_KERNEL_DEB");
     }
@@ -90,7 +98,7 @@ fn main() {
         nginx.port
     );
     println!(
-        "{:<40} {:>8} {:>14} {:>14} {:>7} {:>5} {:>9} {:>9}",
+        "{:<52} {:>8} {:>14} {:>14} {:>7} {:>5} {:>9} {:>9}",
         "upgrade from v1",
         "chunks",
         "bundle bytes",
@@ -106,7 +114,7 @@ fn main() {
         let full = run_prepare(work.path(), &nginx, &v1, new, slot_size, false);
         assert_eq!(full.bytes, new.manifest.compressed_size, "a full download");
         println!(
-            "{name:<40} {:>8} {:>14} {:>14} {:>6.2}% {:>5} {:>9.3} {:>9.3}",
+            "{name:<52} {:>8} {:>14} {:>14} {:>6.2}% {:>5} {:>9.3} {:>9.3}",
             format!("{}/{}", layout, new.manifest.chunks.len()),
             new.manifest.compressed_size,
             delta.bytes,
@@ -150,6 +158,7 @@ fn new_chunks(old: &Manifest, new: &Manifest) -> usize {
 struct Built {
     version: String,
     image: PathBuf,
+    manifest_path: PathBuf,
     manifest: Manifest,
 }
 
@@ -187,15 +196,15 @@ impl Tools {
     }
 
     /// `os-image demo-rootfs` with `kernel`, `package` unpacked into it, then
-    /// `os-image bundle`.
+    /// `os-image bundle`, with `--base` when given (named `os-VERSION-base`).
     fn bundle(
         &self,
         work: &Path,
         out: &Path,
         version: &str,
-        kernel: &Path,
-        package: Option<&Path>,
+        (kernel, package): (&Path, Option<&Path>),
         chunk: Option<&str>,
+        base: Option<&Built>,
     ) -> Built {
         let rootfs = work.join(format!("rootfs-v{version}"));
         let mut demo = Command::new(&self.os_image);
@@ -218,12 +227,26 @@ impl Tools {
         if let Some(c) = chunk {
             bundle.args(["--chunk-size", c]);
         }
-        run(&mut bundle);
+        let name = match base {
+            Some(b) => {
+                bundle.arg("--base").arg(&b.manifest_path);
+                format!("os-{version}-base")
+            }
+            None => format!("os-{version}"),
+        };
+        bundle.args(["--name", &name]);
+        let log = run(&mut bundle);
+        assert!(
+            base.is_none() || log.contains("built on the base"),
+            "--base not used: {log}"
+        );
         fs::remove_dir_all(&rootfs).unwrap();
-        let text = fs::read_to_string(out.join(format!("os-{version}.manifest.json"))).unwrap();
+        let manifest_path = out.join(format!("{name}.manifest.json"));
+        let text = fs::read_to_string(&manifest_path).unwrap();
         Built {
             version: version.into(),
-            image: out.join(format!("os-{version}.img.zst")),
+            image: out.join(format!("{name}.img.zst")),
+            manifest_path,
             manifest: Manifest::parse(&text).unwrap(),
         }
     }
@@ -259,13 +282,12 @@ fn default_kernel_deb() -> PathBuf {
         .unwrap_or_else(|| panic!("no kernel package in {}", dl.display()))
 }
 
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// Runs `cmd`, returns its stderr (the log).
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.env("RUST_LOG", "info").output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{cmd:?}: {log}");
+    log
 }
 
 /// nginx serving `root` on a free loopback port, logging each response's
@@ -393,7 +415,7 @@ fn run_prepare(
     let cfg = o
         .resolve(Path::new("/nonexistent"), Path::new("/dev"), "")
         .unwrap();
-    let uri = format!("/os-{}.img.zst", new.version);
+    let uri = format!("/{}", new.image.file_name().unwrap().to_string_lossy());
     let req = PrepareRequest {
         url: format!("http://127.0.0.1:{}{uri}", nginx.port),
         digest: new.manifest.image_digest.to_string(),

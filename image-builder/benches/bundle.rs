@@ -243,6 +243,7 @@ fn child_bundle(args: &[String]) {
         level: 3,
         sign: (args[4] != "-").then(|| PathBuf::from(&args[4])),
         no_verity: args[5] == "no-verity",
+        base: None,
     })
     .unwrap();
     print_rusage();

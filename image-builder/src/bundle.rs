@@ -16,7 +16,7 @@ use crate::chunked::ChunkWriter;
 use crate::hashing::HashingReader;
 use crate::manifest::{Chunk, Manifest, ManifestFile};
 use crate::rootfs::TreeStats;
-use crate::{elf, ext4, initramfs, kmod, rootfs, tools};
+use crate::{elf, ext4, ext4base, initramfs, kmod, rootfs, tools};
 use anyhow::{bail, Context, Result};
 use std::fs::{self, File, Permissions};
 use std::io::{self, BufReader};
@@ -39,6 +39,9 @@ pub struct BundleOptions {
     /// Leave out the dm-verity tree (for kernels without dm-verity): the
     /// slot is then mounted as plain ext4.
     pub no_verity: bool,
+    /// The previous bundle's manifest: the new ext4 is made from its image
+    /// so that unchanged files keep their blocks (ext4base.rs).
+    pub base: Option<PathBuf>,
 }
 
 /// Paths of the files a bundle build wrote, and what the manifest says of the image.
@@ -89,6 +92,11 @@ pub fn run(opts: &BundleOptions) -> Result<BundleOutput> {
     check_options(opts, &name)?;
     for tool in ["mkfs.ext4", "debugfs", "e2fsck"] {
         tools::find(tool)?;
+    }
+    if opts.base.is_some() {
+        for tool in ["dumpe2fs", "resize2fs"] {
+            tools::find(tool)?;
+        }
     }
     let os_init = find_os_init(opts.os_init.as_deref())?;
     // A bad key fails the build before any work.
@@ -161,6 +169,11 @@ fn make_root_image(
         owners_to_root: !as_root,
     };
     let image = work.join("root.ext4");
+    // A bad base fails the build before mkfs: the caller named it.
+    let base = match &opts.base {
+        Some(manifest) => Some(ext4base::unpack_base(manifest, &work.join("base.ext4"))?),
+        None => None,
+    };
     log::info!(
         "mkfs.ext4: {} MiB root image, {} inodes",
         size >> 20,
@@ -174,6 +187,17 @@ fn make_root_image(
             content >> 20
         )
     })?;
+    if let Some(base) = base {
+        let built = ext4base::build_on_base(&base, &image, staging, staged.time, work)?;
+        let base = &base.image;
+        if built {
+            fs::rename(base, &image)
+                .with_context(|| format!("rename {} to {}", base.display(), image.display()))?;
+            log::info!("root image built on the base bundle's");
+        } else {
+            fs::remove_file(base).with_context(|| format!("remove {}", base.display()))?;
+        }
+    }
     Ok(image)
 }
 
@@ -482,6 +506,7 @@ mod tests {
             level: 3,
             sign: None,
             no_verity: false,
+            base: None,
         }
     }
 

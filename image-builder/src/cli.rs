@@ -60,6 +60,9 @@ pub enum Command {
         /// Leave out the dm-verity tree (for kernels without dm-verity; nodes then mount the root unchecked)
         #[arg(long)]
         no_verity: bool,
+        /// The previous bundle's NAME.manifest.json: build the root image from its image so that unchanged files keep their blocks and nodes download a small delta
+        #[arg(long, value_name = "MANIFEST")]
+        base: Option<PathBuf>,
     },
     /// Make a bundle-signing key pair: STEM.key (secret, mode 0600; keep it offline) and STEM.pub (for nodes' /usr/share/os-agent/keys)
     Keygen {
@@ -297,6 +300,7 @@ pub fn main() -> i32 {
             level,
             sign,
             no_verity,
+            base,
         } => bundle::run(&bundle::BundleOptions {
             rootfs,
             version,
@@ -308,6 +312,7 @@ pub fn main() -> i32 {
             level,
             sign,
             no_verity,
+            base,
         })
         .map(|_| ()),
         Command::Keygen { out } => crate::sign::keygen(&out).map(|_| ()),

@@ -14,6 +14,8 @@ pub mod disk;
 pub mod elf;
 pub mod esp;
 pub mod ext4;
+pub mod ext4base;
+pub mod ext4tree;
 pub mod hashing;
 pub mod initramfs;
 pub mod kmod;
