@@ -233,7 +233,10 @@ fn hung_check_is_killed_with_what_it_started() {
     while !dead() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(dead(), "grandchild alive 5 s after the gate killed its check");
+    assert!(
+        dead(),
+        "grandchild alive 5 s after the gate killed its check"
+    );
 }
 
 #[test]
