@@ -210,12 +210,33 @@ fn a_debian_node_root_has_what_a_node_needs() {
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
-    assert_eq!(checks.len(), 3, "{checks:?}");
+    let mut names: Vec<_> = checks
+        .iter()
+        .map(|c| c.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "10-systemd-running",
+            "15-no-restart-loops",
+            "20-containerd",
+            "30-os-agent-socket"
+        ],
+        "{checks:?}"
+    );
     for c in &checks {
         let mode = std::fs::metadata(c).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o755, "{}", c.display());
         let text = std::fs::read_to_string(c).unwrap();
         assert!(text.starts_with("#!/bin/sh\n"), "{}", c.display());
+        for placeholder in ["@BOOT_TIMEOUT@", "@RESTART_WINDOW@"] {
+            assert!(
+                !text.contains(placeholder),
+                "{placeholder} in {}",
+                c.display()
+            );
+        }
         // Each check is valid sh.
         run(Command::new("sh").arg("-n").arg(c));
     }
