@@ -20,8 +20,16 @@
 //!   out without it), e.g. `apt-get download linux-image-6.1.0-50-amd64`;
 //! - `DELTA_BENCH_PACKAGE_DEB`: the package added in v2 (case (b) is left
 //!   out without it), e.g. `apt-get download vim`;
-//! - `OS_IMAGE`, `OS_INIT`: the binaries (default: built with cargo, as the
-//!   tests crate builds them);
+//! - `DELTA_BENCH_ROOT`: `demo` (default, `os-image demo-rootfs`: busybox
+//!   and the kernel) or `node` (the Debian node root of docs/node-image.md,
+//!   `os-image rootfs --from debian` from a recipe written here: systemd,
+//!   containerd, os-agent and the kernel; the base tarball is cached in
+//!   `DELTA_BENCH_CACHE`, default /var/cache/ab-os-test). For `node`, (b)
+//!   adds `DELTA_BENCH_PACKAGE` (a package name, e.g. `vim`) to the recipe's
+//!   `packages`, so apt installs it with its dependencies, and each version
+//!   is built with its own SOURCE_DATE_EPOCH, as releases are;
+//! - `OS_IMAGE`, `OS_INIT`, `OS_AGENT`: the binaries (default: built with
+//!   cargo, as the tests crate builds them);
 //! - `DELTA_BENCH_CHUNK` (os-image's `--chunk-size`, default its default),
 //!   `DELTA_BENCH_DIR` (default /var/tmp).
 
@@ -46,11 +54,16 @@ fn main() {
     let work = tempfile::tempdir_in(base).unwrap();
     // nginx's workers run as nobody: they must reach the bundles.
     fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let tools = Tools::find();
+    let node_root = match std::env::var("DELTA_BENCH_ROOT").as_deref() {
+        Ok("node") => true,
+        Ok("demo") | Err(_) => false,
+        Ok(other) => panic!("DELTA_BENCH_ROOT={other:?}: `demo` or `node`"),
+    };
+    let tools = Tools::find(node_root);
     let kernel = env_path("DELTA_BENCH_KERNEL_DEB").unwrap_or_else(default_kernel_deb);
     let out = work.path().join("bundles");
     let chunk = std::env::var("DELTA_BENCH_CHUNK").ok();
-    let build = |version: &str, kernel: &Path, package: Option<&Path>, base: Option<&Built>| {
+    let build = |version: &str, kernel: &Path, package: Option<&Package>, base: Option<&Built>| {
         tools.bundle(
             work.path(),
             &out,
@@ -62,11 +75,18 @@ fn main() {
     };
     let v1 = build("1", &kernel, None, None);
     let mut cases = vec![("(a) the same image".to_owned(), v1.clone())];
-    if let Some(deb) = env_path("DELTA_BENCH_PACKAGE_DEB") {
-        let name = format!("(b) + package {}", package_name(&deb));
-        cases.push((name.clone(), build("2", &kernel, Some(&deb), None)));
-        let based = build("2", &kernel, Some(&deb), Some(&v1));
+    let package = if node_root {
+        std::env::var("DELTA_BENCH_PACKAGE").ok().map(Package::Apt)
+    } else {
+        env_path("DELTA_BENCH_PACKAGE_DEB").map(Package::Deb)
+    };
+    if let Some(package) = package {
+        let name = format!("(b) + package {}", package.name());
+        cases.push((name.clone(), build("2", &kernel, Some(&package), None)));
+        let based = build("2", &kernel, Some(&package), Some(&v1));
         cases.push((format!("{name}, --base v1"), based));
+    } else if node_root {
+        println!("(b) left out: set DELTA_BENCH_PACKAGE (a Debian package name)");
     } else {
         println!("(b) left out: set DELTA_BENCH_PACKAGE_DEB");
     }
@@ -90,7 +110,9 @@ fn main() {
         .unwrap()
         + (16 << 20);
     println!(
-        "v1: {} MiB image, {} MiB bundle, {} chunks of {} KiB; served by nginx on 127.0.0.1:{}",
+        "v1 ({} root): {} MiB image, {} MiB bundle, {} chunks of {} KiB; served by nginx on \
+         127.0.0.1:{}",
+        if node_root { "Debian node" } else { "demo" },
         v1.manifest.image_size >> 20,
         v1.manifest.compressed_size >> 20,
         v1.manifest.chunks.len(),
@@ -141,6 +163,29 @@ fn package_name(deb: &Path) -> String {
         .to_owned()
 }
 
+/// What (b) adds to v1.
+enum Package {
+    /// A `.deb` unpacked into the demo root.
+    Deb(PathBuf),
+    /// A package name added to the node recipe's `packages`.
+    Apt(String),
+}
+
+impl Package {
+    fn name(&self) -> String {
+        match self {
+            Package::Deb(deb) => package_name(deb),
+            Package::Apt(name) => name.clone(),
+        }
+    }
+}
+
+/// SOURCE_DATE_EPOCH of node root `version`: a day per version, as each
+/// release is built at its own time.
+fn node_epoch(version: &str) -> u64 {
+    1_700_000_000 + 86_400 * version.parse::<u64>().unwrap()
+}
+
 fn env_path(key: &str) -> Option<PathBuf> {
     std::env::var_os(key).map(PathBuf::from)
 }
@@ -165,10 +210,12 @@ struct Built {
 struct Tools {
     os_image: PathBuf,
     os_init: PathBuf,
+    /// The static os-agent for a node root; `None` for the demo root.
+    os_agent: Option<PathBuf>,
 }
 
 impl Tools {
-    fn find() -> Tools {
+    fn find(node_root: bool) -> Tools {
         let os_image = env_path("OS_IMAGE").unwrap_or_else(|| {
             cargo_build(
                 "target/e2e-host",
@@ -192,30 +239,98 @@ impl Tools {
             );
             repo_root().join("target/e2e-musl/x86_64-unknown-linux-musl/node/os-init")
         });
-        Tools { os_image, os_init }
+        let os_agent = node_root.then(|| {
+            env_path("OS_AGENT").unwrap_or_else(|| {
+                cargo_build(
+                    "target/e2e-musl",
+                    &[
+                        "--profile",
+                        "node",
+                        "--target",
+                        "x86_64-unknown-linux-musl",
+                        "-p",
+                        "agent",
+                        "--bin",
+                        "os-agent",
+                    ],
+                );
+                repo_root().join("target/e2e-musl/x86_64-unknown-linux-musl/node/os-agent")
+            })
+        });
+        Tools {
+            os_image,
+            os_init,
+            os_agent,
+        }
     }
 
-    /// `os-image demo-rootfs` with `kernel`, `package` unpacked into it, then
-    /// `os-image bundle`, with `--base` when given (named `os-VERSION-base`).
+    /// The root of `version` in `rootfs`: the demo root with `package`
+    /// unpacked into it, or the node root from a recipe naming `kernel` and
+    /// `package`.
+    fn rootfs(
+        &self,
+        work: &Path,
+        rootfs: &Path,
+        version: &str,
+        (kernel, package): (&Path, Option<&Package>),
+    ) {
+        let Some(agent) = &self.os_agent else {
+            let mut demo = Command::new(&self.os_image);
+            demo.args(["demo-rootfs", "--version", version, "--kernel-deb"])
+                .arg(kernel)
+                .arg("--out")
+                .arg(rootfs);
+            run(&mut demo);
+            match package {
+                Some(Package::Deb(deb)) => {
+                    run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(rootfs));
+                }
+                Some(Package::Apt(name)) => panic!("{name}: the demo root takes a .deb"),
+                None => {}
+            }
+            return;
+        };
+        let mut recipe = format!(
+            "# Written by agent/benches/delta.rs\nkernel-deb = {}\nhostname = node\n",
+            kernel.display()
+        );
+        match package {
+            Some(Package::Apt(name)) => recipe += &format!("packages = {name}\n"),
+            Some(Package::Deb(deb)) => panic!("{}: the node root takes a name", deb.display()),
+            None => {}
+        }
+        let path = work.join(format!("node-{version}.recipe"));
+        fs::write(&path, recipe).unwrap();
+        let cache =
+            std::env::var("DELTA_BENCH_CACHE").unwrap_or_else(|_| "/var/cache/ab-os-test".into());
+        fs::create_dir_all(&cache).unwrap();
+        run(Command::new(&self.os_image)
+            .env("SOURCE_DATE_EPOCH", node_epoch(version).to_string())
+            .args(["rootfs", "--from", "debian", "--version", version])
+            .arg("--recipe")
+            .arg(&path)
+            .arg("--out")
+            .arg(rootfs)
+            .arg("--agent")
+            .arg(agent)
+            .arg("--cache-dir")
+            .arg(&cache));
+    }
+
+    /// The root of `version` ([`rootfs`](Self::rootfs)), then `os-image
+    /// bundle`, with `--base` when given (named `os-VERSION-base`).
     fn bundle(
         &self,
         work: &Path,
         out: &Path,
         version: &str,
-        (kernel, package): (&Path, Option<&Path>),
+        input: (&Path, Option<&Package>),
         chunk: Option<&str>,
         base: Option<&Built>,
     ) -> Built {
         let rootfs = work.join(format!("rootfs-v{version}"));
-        let mut demo = Command::new(&self.os_image);
-        demo.args(["demo-rootfs", "--version", version, "--kernel-deb"])
-            .arg(kernel)
-            .arg("--out")
-            .arg(&rootfs);
-        run(&mut demo);
-        if let Some(deb) = package {
-            run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&rootfs));
-        }
+        let _ = fs::remove_dir_all(&rootfs);
+        self.rootfs(work, &rootfs, version, input);
         let mut bundle = Command::new(&self.os_image);
         bundle
             .args(["bundle", "--version", version, "--rootfs"])

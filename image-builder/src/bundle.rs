@@ -306,7 +306,14 @@ fn prepare_staging(
     if fs::symlink_metadata(&path).is_ok() {
         fs::remove_file(&path).with_context(|| format!("remove {}", path.display()))?;
     }
-    initramfs::build(&path, os_init, &modules, time as u32)?;
+    // The initramfs holds the kernel's modules and os-init, nothing else of
+    // the root: its timestamps come from the modules (clamped to the build
+    // time), so that a release that changes only other files leaves its
+    // bytes, and the chunks they fill, as they were (docs/bundle.md, "Layout
+    // for small deltas").
+    let module_paths: Vec<&Path> = modules.iter().map(|m| m.path.as_path()).collect();
+    let initramfs_time = initramfs_time(time, &module_paths)?;
+    initramfs::build(&path, os_init, &modules, initramfs_time)?;
     let names: Vec<String> = modules.iter().map(|m| m.name.clone()).collect();
     log::info!(
         "initramfs: kernel {release}, {} modules ({}), {} KiB",
@@ -326,6 +333,20 @@ fn prepare_staging(
         time,
         identity,
     })
+}
+
+/// The newest mtime of `files` (the modules put in the initramfs), clamped to
+/// the build time `time` as SOURCE_DATE_EPOCH asks; `time` without files. At
+/// least 1, as `time` is.
+fn initramfs_time(time: u64, files: &[&Path]) -> Result<u32> {
+    let mut newest: Option<i64> = None;
+    for f in files {
+        let m = fs::metadata(f).with_context(|| format!("stat {}", f.display()))?;
+        newest = Some(newest.map_or(m.mtime(), |n| n.max(m.mtime())));
+    }
+    let t = newest.map_or(time, |n| (n.max(1) as u64).min(time));
+    // `time` was checked to fit in 32 bits.
+    Ok(t as u32)
 }
 
 /// SOURCE_DATE_EPOCH if set, else the newest mtime of the input, so that the
@@ -548,6 +569,32 @@ mod tests {
         assert_eq!(build_time(None, 5).unwrap(), 5);
         assert_eq!(build_time(None, 0).unwrap(), 1);
         assert!(build_time(Some("yesterday"), 5).is_err());
+    }
+
+    #[test]
+    fn initramfs_time_is_the_newest_module_clamped_to_the_build_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, mtime: i64| {
+            let p = dir.path().join(name);
+            fs::write(&p, name).unwrap();
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime as u64);
+            File::options()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+            p
+        };
+        let (a, b) = (file("a.ko", 1_000), file("b.ko", 2_000));
+        // Another build time (another release), the same modules: the same.
+        assert_eq!(initramfs_time(5_000, &[&a, &b]).unwrap(), 2_000);
+        assert_eq!(initramfs_time(9_000, &[&b, &a]).unwrap(), 2_000);
+        // SOURCE_DATE_EPOCH before the modules' time clamps it.
+        assert_eq!(initramfs_time(1_500, &[&a, &b]).unwrap(), 1_500);
+        assert_eq!(initramfs_time(7, &[]).unwrap(), 7);
+        let gone = dir.path().join("gone.ko");
+        assert!(initramfs_time(7, &[&gone]).is_err());
     }
 
     #[test]

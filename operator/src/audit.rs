@@ -21,7 +21,11 @@ pub struct Mutation<'a> {
 
 /// Replays the log and returns the most nodes unavailable at once, and the `seq` of the first
 /// write that reached it. A node is unavailable while NotReady, cordoned, or with an operation
-/// in flight (an OSInstance whose phase is active or whose spec asks for work).
+/// in flight: an OSInstance whose phase is active, or whose spec asks for work it has not
+/// finished. A finished operation (Succeeded or Failed) whose spec the proxy has not yet reset
+/// to idle is not in flight: from there the proxy only uncordons the node (which counts while it
+/// lasts) and resets the spec, nothing that takes the node down; the operator counts it as
+/// available as soon as the node is Ready and schedulable, and so does this audit.
 pub fn max_unavailable<'a>(log: impl IntoIterator<Item = Mutation<'a>>) -> (usize, u64) {
     // Per node: (down, busy); `now` counts nodes with either.
     let mut nodes: HashMap<String, (bool, bool)> = HashMap::new();
@@ -41,9 +45,10 @@ pub fn max_unavailable<'a>(log: impl IntoIterator<Item = Mutation<'a>>) -> (usiz
             }
             "osinstances" => {
                 let phase = m.object["status"]["phase"].as_str().unwrap_or("Idle");
-                let active = !["Idle", "Succeeded", "Failed"].contains(&phase);
+                let finished = ["Succeeded", "Failed"].contains(&phase);
+                let active = !finished && phase != "Idle";
                 let asked = m.object["spec"]["nodestatus"].as_str().unwrap_or("idle") != "idle";
-                entry.1 = !gone && (active || asked);
+                entry.1 = !gone && (active || (asked && !finished));
             }
             _ => continue,
         }
@@ -145,6 +150,30 @@ mod tests {
             m(7, "osinstances", "b", &done),
         ];
         assert_eq!(max_unavailable(log), (2, 4));
+    }
+
+    #[test]
+    fn a_finished_operation_waiting_for_its_spec_reset_is_available_once_uncordoned() {
+        let ready = json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}});
+        let cordoned = json!({"spec": {"unschedulable": true},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}]}});
+        let asked = json!({"spec": {"nodestatus": "upgrade"}, "status": {"phase": "Idle"}});
+        let succeeded =
+            json!({"spec": {"nodestatus": "upgrade"}, "status": {"phase": "Succeeded"}});
+        let failed = json!({"spec": {"nodestatus": "upgrade"}, "status": {"phase": "Failed"}});
+        let assigned = json!({"spec": {"nodestatus": "upgrade"}, "status": {"phase": "Assigned"}});
+        let log = [
+            // a: finished, still cordoned: unavailable until the uncordon.
+            m(1, "nodes", "a", &cordoned),
+            m(2, "osinstances", "a", &succeeded),
+            m(3, "nodes", "a", &ready),
+            // b: finished and schedulable; c: asked but not assigned yet (counts).
+            m(4, "nodes", "b", &ready),
+            m(5, "osinstances", "b", &failed),
+            m(6, "osinstances", "c", &asked),
+            m(7, "osinstances", "d", &assigned),
+        ];
+        assert_eq!(max_unavailable(log), (2, 7));
     }
 
     #[test]
