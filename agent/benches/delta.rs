@@ -146,6 +146,12 @@ fn main() {
             full.seconds
         );
     }
+    for (name, new) in &cases {
+        let at = new_chunk_indices(&v1.manifest, &new.manifest);
+        if !at.is_empty() {
+            println!("{name}: new chunks {}", ranges(&at));
+        }
+    }
     println!(
         "chunks: chunks of the new image that v1 does not hold; share: fetched / bundle bytes; \
          delta s and full s: prepare with and without the delta (scan, copy, fetch, write, \
@@ -192,11 +198,34 @@ fn env_path(key: &str) -> Option<PathBuf> {
 
 /// Chunks of `new` whose digest is nowhere in `old`.
 fn new_chunks(old: &Manifest, new: &Manifest) -> usize {
+    new_chunk_indices(old, new).len()
+}
+
+fn new_chunk_indices(old: &Manifest, new: &Manifest) -> Vec<usize> {
     let have: std::collections::HashSet<_> = old.chunks.iter().map(|c| c.digest).collect();
-    new.chunks
-        .iter()
-        .filter(|c| !have.contains(&c.digest))
-        .count()
+    (0..new.chunks.len())
+        .filter(|&i| !have.contains(&new.chunks[i].digest))
+        .collect()
+}
+
+/// `0, 2-5, 9`: where the new chunks are (the image's file system metadata
+/// is at the start, the dm-verity tree at the end).
+fn ranges(indices: &[usize]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < indices.len() {
+        let mut j = i;
+        while j + 1 < indices.len() && indices[j + 1] == indices[j] + 1 {
+            j += 1;
+        }
+        out.push(if i == j {
+            indices[i].to_string()
+        } else {
+            format!("{}-{}", indices[i], indices[j])
+        });
+        i = j + 1;
+    }
+    out.join(", ")
 }
 
 #[derive(Clone)]

@@ -48,8 +48,8 @@ pub enum Command {
         /// The static os-init binary to put in the initramfs as /init [default: os-init beside os-image]
         #[arg(long)]
         os_init: Option<PathBuf>,
-        /// Uncompressed bytes per chunk (and zstd frame), e.g. 4M
-        #[arg(long, value_parser = parse_size, default_value = "4M")]
+        /// Uncompressed bytes per chunk (and zstd frame), e.g. 4M: smaller chunks make smaller deltas, larger ones a slightly smaller bundle (docs/bundle.md)
+        #[arg(long, value_parser = parse_size, default_value = "1M")]
         chunk_size: u64,
         /// zstd compression level (1-19)
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]

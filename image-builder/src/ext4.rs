@@ -15,6 +15,7 @@
 
 use crate::tools;
 use anyhow::{bail, Context, Result};
+use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
@@ -132,8 +133,21 @@ fn fix_inodes(image: &Path, params: &Ext4Params, work: &Path) -> Result<()> {
 /// owners to 0:0 when asked): mke2fs -d takes the change time from the
 /// staged files, which no one can set.
 pub fn set_inode_times(image: &Path, t: u64, owners_to_root: bool, work: &Path) -> Result<()> {
+    set_inode_times_except(image, t, owners_to_root, &HashSet::new(), work)
+}
+
+/// [`set_inode_times`] for every used inode but those in `keep`, whose times
+/// (and inode table bytes) stay as they are.
+pub fn set_inode_times_except(
+    image: &Path,
+    t: u64,
+    owners_to_root: bool,
+    keep: &HashSet<u32>,
+    work: &Path,
+) -> Result<()> {
     let script = work.join("debugfs.cmds");
-    let inodes = used_inodes(image)?;
+    let mut inodes = used_inodes(image)?;
+    inodes.retain(|i| !keep.contains(i));
     let mut out = BufWriter::new(
         File::create(&script).with_context(|| format!("create {}", script.display()))?,
     );

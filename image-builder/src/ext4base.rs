@@ -130,6 +130,7 @@ fn try_build(b: &Base, fresh: &Path, staging: &Path, time: u64, work: &Path) -> 
         plan.remove.len(),
         plan.create.len()
     );
+    let untouched = plan.untouched_inodes(&have);
     run_debugfs(base, &plan.removals(&have)?, time, work)?;
     let held = hold_free_space(base, plan.data_blocks(&want))?;
     let xattrs = fetch_xattrs(fresh, &have, &want, &plan, work)?;
@@ -149,7 +150,10 @@ fn try_build(b: &Base, fresh: &Path, staging: &Path, time: u64, work: &Path) -> 
     );
     run_debugfs(base, &script, time, work)?;
     zero_free_blocks(b)?;
-    ext4::set_inode_times(base, time, false, work)?;
+    // Unchanged files keep the base's times, so their inode table blocks
+    // stay the base's bytes (a new time in every inode changed every inode
+    // table chunk of each release); what was written or changed gets `time`.
+    ext4::set_inode_times_except(base, time, false, &untouched, work)?;
     ext4::fsck(base)?;
     let got = ext4tree::read(base, work).context("read the built image's tree")?;
     let diff = got.differences(&want);
@@ -256,6 +260,43 @@ impl Plan {
             create,
             retouch,
         }
+    }
+
+    /// Inodes of the base this plan leaves as they were: every path of the
+    /// inode kept and not retouched, and for a directory no entry made or
+    /// removed in it. (A removed inode's number may come back for a new
+    /// file: removed inodes are never in the set.)
+    fn untouched_inodes(&self, have: &Tree) -> std::collections::HashSet<u32> {
+        use std::collections::HashSet;
+        let parent = |p: &str| -> String {
+            match p.rfind('/') {
+                Some(0) => "/".to_owned(),
+                Some(i) => p[..i].to_owned(),
+                None => String::new(),
+            }
+        };
+        let changed_dirs: HashSet<String> = self
+            .create
+            .iter()
+            .chain(&self.remove)
+            .filter(|p| p.as_str() != "/")
+            .map(|p| parent(p))
+            .collect();
+        let removed: HashSet<&str> = self.remove.iter().map(String::as_str).collect();
+        let retouched: HashSet<&str> = self.retouch.iter().map(String::as_str).collect();
+        let (mut keep, mut spoiled) = (HashSet::new(), HashSet::new());
+        for (p, e) in &have.entries {
+            let same = !removed.contains(p.as_str())
+                && !retouched.contains(p.as_str())
+                && !(e.is_dir() && changed_dirs.contains(p));
+            if same {
+                keep.insert(e.ino);
+            } else {
+                spoiled.insert(e.ino);
+            }
+        }
+        keep.retain(|i| !spoiled.contains(i));
+        keep
     }
 
     /// Blocks of data the files to write need.
@@ -593,6 +634,51 @@ mod tests {
         assert_eq!(ranges_to_hold(&free, 40), [(10, 10), (30, 5)]);
         assert_eq!(ranges_to_hold(&free, 52), [(10, 10)]);
         assert!(ranges_to_hold(&free, 1000).is_empty());
+    }
+
+    #[test]
+    fn untouched_inodes_are_the_kept_files_and_unchanged_directories() {
+        let entry = |ino: u32, mode: u32, content: u8| ext4tree::Entry {
+            ino,
+            mode,
+            uid: 0,
+            gid: 0,
+            size: if mode == 0o40755 { 0 } else { 1 },
+            inline: Vec::new(),
+            content: (mode != 0o40755).then_some([content; 32]),
+        };
+        let tree = |e: &[(&str, ext4tree::Entry)]| Tree {
+            entries: e.iter().map(|(p, e)| (p.to_string(), e.clone())).collect(),
+        };
+        let dir = 0o40755;
+        let have = tree(&[
+            ("/", entry(2, dir, 0)),
+            ("/etc", entry(12, dir, 0)),
+            ("/etc/kept", entry(13, 0o100644, 1)),
+            ("/etc/changed", entry(14, 0o100644, 2)),
+            ("/usr", entry(15, dir, 0)),
+            ("/usr/same", entry(16, 0o100644, 3)),
+            ("/usr/chmod", entry(17, 0o100644, 4)),
+            ("/usr/link1", entry(18, 0o100644, 5)),
+            ("/usr/lib", entry(19, dir, 0)),
+            ("/usr/lib/link2", entry(18, 0o100644, 5)),
+        ]);
+        let mut want = have.clone();
+        // New content for /etc/changed: removed and written again, so /etc
+        // changes; /usr/chmod only gets another mode (retouched).
+        want.entries.get_mut("/etc/changed").unwrap().content = Some([9; 32]);
+        want.entries.get_mut("/usr/chmod").unwrap().mode = 0o100755;
+        // A hard link's other path goes: both paths' inode is spoiled.
+        want.entries.remove("/usr/lib/link2");
+        let plan = Plan::new(&have, &want);
+        let keep = plan.untouched_inodes(&have);
+        let mut keep: Vec<u32> = keep.into_iter().collect();
+        keep.sort();
+        // Kept: / (no entry of its own made or removed), /etc/kept,
+        // /usr/same. Not: /etc (an entry replaced), /etc/changed, /usr/chmod
+        // (retouched), inode 18 (/usr/link1 is written again: its links
+        // changed), so not /usr either, nor /usr/lib (its entry removed).
+        assert_eq!(keep, [2, 13, 16]);
     }
 
     #[test]
