@@ -15,7 +15,8 @@
 //!
 //! `cargo bench -p agent --bench prepare`; image sizes in MiB from
 //! `PREPARE_BENCH_MIB` (default "256,1024"), work dir from
-//! `PREPARE_BENCH_DIR` (default /var/tmp: a disk, not a tmpfs).
+//! `PREPARE_BENCH_DIR` (default /var/tmp: a disk, not a tmpfs), chunk size
+//! in KiB from `PREPARE_BENCH_CHUNK_KIB` (default 1024, as `os-image bundle`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -32,8 +33,16 @@ use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-const CHUNK: usize = 4 << 20;
-const RUNS: usize = 3;
+/// Chunk (and zstd frame) size of the input bundle: `PREPARE_BENCH_CHUNK_KIB`,
+/// default 1024 (os-image's default).
+fn chunk_size() -> usize {
+    std::env::var("PREPARE_BENCH_CHUNK_KIB")
+        .map_or(1 << 20, |v| v.trim().parse::<usize>().unwrap() << 10)
+}
+/// Rounds: `PREPARE_BENCH_RUNS`, default 5.
+fn runs() -> usize {
+    std::env::var("PREPARE_BENCH_RUNS").map_or(5, |v| v.trim().parse::<usize>().unwrap().max(1))
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -192,13 +201,30 @@ fn bench_size(work: &Path, size: usize) {
             t = target.display()
         ))),
     ];
-    let mut medians = Vec::new();
-    for (name, argv) in methods {
-        let mut runs: Vec<Measured> = (0..RUNS)
-            .map(|_| measure(&dir, &input, &target, &argv))
+    // Rounds of every method in turn, so that a drift of the disk's speed
+    // (seen here: the same pipeline 1.6 s, then 2.0 s) falls on all alike,
+    // and the ratio of two methods is taken within each round.
+    let runs = runs();
+    let mut all: Vec<Vec<Measured>> = methods.iter().map(|_| Vec::new()).collect();
+    for _ in 0..runs {
+        for (k, (_, argv)) in methods.iter().enumerate() {
+            all[k].push(measure(&dir, &input, &target, argv));
+        }
+    }
+    let paired = |a: usize, b: usize| -> Vec<f64> {
+        let mut r: Vec<f64> = (0..runs)
+            .map(|i| all[a][i].seconds / all[b][i].seconds)
             .collect();
+        r.sort_by(f64::total_cmp);
+        r
+    };
+    let mut medians = Vec::new();
+    for ((name, _), mut runs) in methods
+        .into_iter()
+        .zip(all.iter().map(|r| r.iter().collect::<Vec<_>>()))
+    {
         runs.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
-        let m = &runs[RUNS / 2];
+        let m = runs[runs.len() / 2];
         medians.push(m.seconds);
         println!(
             "{name:<42} {:>9.3} {:>10.0} {:>9.1} MiB {:>12}",
@@ -215,14 +241,19 @@ fn bench_size(work: &Path, size: usize) {
             );
         }
     }
-    // medians: prepare, prepare signed, zstd | dd, KubeOS-style.
+    // methods: prepare, prepare signed, zstd | dd, KubeOS-style.
     let tree = wire::verity::tree_bytes((input.size / wire::verity::BLOCK).max(1));
+    let speed = paired(2, 0);
     println!(
-        "ratios ({} MiB): signed / unsigned prepare time {:.2}x; prepare speed {:.2}x that \
-         of zstd -dc | dd; a dm-verity tree adds {:.2}% to the image, which prepare writes \
-         and verifies as image bytes",
+        "ratios ({} MiB, {runs} rounds): signed / unsigned prepare time {:.2}x; prepare speed \
+         {:.2}x that of zstd -dc | dd (median of the rounds' ratios; lowest {:.2}x, highest \
+         {:.2}x; ratio of the medians {:.2}x); a dm-verity tree adds {:.2}% to the image, \
+         which prepare writes and verifies as image bytes",
         input.size >> 20,
-        medians[1] / medians[0],
+        paired(1, 0)[runs / 2],
+        speed[runs / 2],
+        speed[0],
+        speed[runs - 1],
         medians[2] / medians[0],
         tree as f64 * 100.0 / input.size as f64
     );
@@ -244,14 +275,15 @@ fn run_shell(script: &str) {
     );
 }
 
-/// Writes `bundle.img.zst` (one frame per 4 MiB chunk) and its manifest.
+/// Writes `bundle.img.zst` (one frame per chunk) and its manifest.
 fn make_bundle(dir: &Path, size: usize) -> Input {
     let zst = dir.join("os-2.img.zst");
     let mut out = BufWriter::new(File::create(&zst).unwrap());
     let mut rng = common::Rng::new(size as u64);
-    let chunks = (0..size.div_ceil(CHUNK))
-        .map(|i| common::synthetic_chunk(&mut rng, CHUNK.min(size - i * CHUNK)));
-    let meta = common::build_bundle("os-2", "2", CHUNK, chunks, &mut out);
+    let chunk = chunk_size();
+    let chunks = (0..size.div_ceil(chunk))
+        .map(|i| common::synthetic_chunk(&mut rng, chunk.min(size - i * chunk)));
+    let meta = common::build_bundle("os-2", "2", chunk, chunks, &mut out);
     out.flush().unwrap();
     fs::write(dir.join("os-2.manifest.json"), &meta.manifest).unwrap();
     Input {
