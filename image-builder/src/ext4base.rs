@@ -286,13 +286,13 @@ impl Plan {
         let retouched: HashSet<&str> = self.retouch.iter().map(String::as_str).collect();
         let (mut keep, mut spoiled) = (HashSet::new(), HashSet::new());
         for (p, e) in &have.entries {
-            let same = !removed.contains(p.as_str())
-                && !retouched.contains(p.as_str())
-                && !(e.is_dir() && changed_dirs.contains(p));
-            if same {
-                keep.insert(e.ino);
-            } else {
+            let touched = removed.contains(p.as_str())
+                || retouched.contains(p.as_str())
+                || (e.is_dir() && changed_dirs.contains(p));
+            if touched {
                 spoiled.insert(e.ino);
+            } else {
+                keep.insert(e.ino);
             }
         }
         keep.retain(|i| !spoiled.contains(i));
