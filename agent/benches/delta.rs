@@ -252,40 +252,9 @@ impl Tools {
             );
             repo_root().join("target/e2e-host/release/os-image")
         });
-        let os_init = env_path("OS_INIT").unwrap_or_else(|| {
-            cargo_build(
-                "target/e2e-musl",
-                &[
-                    "--profile",
-                    "node",
-                    "--target",
-                    "x86_64-unknown-linux-musl",
-                    "-p",
-                    "initramfs",
-                    "--bin",
-                    "os-init",
-                ],
-            );
-            repo_root().join("target/e2e-musl/x86_64-unknown-linux-musl/node/os-init")
-        });
-        let os_agent = node_root.then(|| {
-            env_path("OS_AGENT").unwrap_or_else(|| {
-                cargo_build(
-                    "target/e2e-musl",
-                    &[
-                        "--profile",
-                        "node",
-                        "--target",
-                        "x86_64-unknown-linux-musl",
-                        "-p",
-                        "agent",
-                        "--bin",
-                        "os-agent",
-                    ],
-                );
-                repo_root().join("target/e2e-musl/x86_64-unknown-linux-musl/node/os-agent")
-            })
-        });
+        let os_init = env_path("OS_INIT").unwrap_or_else(|| musl_binary("initramfs", "os-init"));
+        let os_agent = node_root
+            .then(|| env_path("OS_AGENT").unwrap_or_else(|| musl_binary("agent", "os-agent")));
         Tools {
             os_image,
             os_init,
@@ -410,6 +379,26 @@ fn cargo_build(target_dir: &str, args: &[&str]) {
         .arg("build")
         .args(args)
         .env("CARGO_TARGET_DIR", repo_root().join(target_dir)));
+}
+
+/// Static `bin` of `package`, built for the node as the tests crate builds it.
+fn musl_binary(package: &str, bin: &str) -> PathBuf {
+    cargo_build(
+        "target/e2e-musl",
+        &[
+            "--profile",
+            "node",
+            "--target",
+            "x86_64-unknown-linux-musl",
+            "-p",
+            package,
+            "--bin",
+            bin,
+        ],
+    );
+    repo_root().join(format!(
+        "target/e2e-musl/x86_64-unknown-linux-musl/node/{bin}"
+    ))
 }
 
 fn default_kernel_deb() -> PathBuf {

@@ -219,12 +219,10 @@ fn bench_size(work: &Path, size: usize) {
         r
     };
     let mut medians = Vec::new();
-    for ((name, _), mut runs) in methods
-        .into_iter()
-        .zip(all.iter().map(|r| r.iter().collect::<Vec<_>>()))
-    {
-        runs.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
-        let m = runs[runs.len() / 2];
+    for ((name, _), measured) in methods.into_iter().zip(&all) {
+        let mut sorted: Vec<&Measured> = measured.iter().collect();
+        sorted.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
+        let m = sorted[runs / 2];
         medians.push(m.seconds);
         println!(
             "{name:<42} {:>9.3} {:>10.0} {:>9.1} MiB {:>12}",

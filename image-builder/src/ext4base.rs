@@ -268,19 +268,11 @@ impl Plan {
     /// file: removed inodes are never in the set.)
     fn untouched_inodes(&self, have: &Tree) -> std::collections::HashSet<u32> {
         use std::collections::HashSet;
-        let parent = |p: &str| -> String {
-            match p.rfind('/') {
-                Some(0) => "/".to_owned(),
-                Some(i) => p[..i].to_owned(),
-                None => String::new(),
-            }
-        };
-        let changed_dirs: HashSet<String> = self
+        let changed_dirs: HashSet<&Path> = self
             .create
             .iter()
             .chain(&self.remove)
-            .filter(|p| p.as_str() != "/")
-            .map(|p| parent(p))
+            .filter_map(|p| Path::new(p).parent())
             .collect();
         let removed: HashSet<&str> = self.remove.iter().map(String::as_str).collect();
         let retouched: HashSet<&str> = self.retouch.iter().map(String::as_str).collect();
@@ -288,7 +280,7 @@ impl Plan {
         for (p, e) in &have.entries {
             let touched = removed.contains(p.as_str())
                 || retouched.contains(p.as_str())
-                || (e.is_dir() && changed_dirs.contains(p));
+                || (e.is_dir() && changed_dirs.contains(Path::new(p)));
             if touched {
                 spoiled.insert(e.ino);
             } else {
