@@ -284,7 +284,7 @@ pub fn copy_chunk(
     at: u64,
     writer: &mut Writer,
 ) -> Result<bool, PrepareError> {
-    writer.restart(c.offset);
+    writer.restart(c.offset)?;
     let mut hasher = blake3::Hasher::new();
     let mut done = 0;
     while done < c.len {
@@ -297,7 +297,7 @@ pub fn copy_chunk(
                 running.path.display(),
                 at + done
             );
-            writer.restart(c.offset);
+            writer.restart(c.offset)?;
             return Ok(false);
         }
         hasher.update(&space[..n]);
@@ -306,7 +306,7 @@ pub fn copy_chunk(
         done += n as u64;
     }
     if *hasher.finalize().as_bytes() != c.digest {
-        writer.restart(c.offset);
+        writer.restart(c.offset)?;
         return Ok(false);
     }
     Ok(true)

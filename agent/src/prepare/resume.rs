@@ -436,7 +436,7 @@ pub fn stream_image(job: &Job, mut writer: Writer) -> Result<Streamed, PrepareEr
             // one gives up (or after the agent stops) continues from here:
             // drop what came after the checkpoint, sync, save.
             if cp.zpos > 0 && job.manifest.is_some() {
-                writer.restart(cp.pos);
+                writer.restart(cp.pos).map_err(Failure::Fatal)?;
                 let save = Save {
                     path: saver.path.clone(),
                     text: saver.text(&cp),
@@ -536,8 +536,9 @@ fn walk(
             job.progress.add_bytes(chunk.len);
             cp.local_chunk_done(&chunk);
             if from == From::InPlace {
-                // Nothing to write: the block (empty) moves past the chunk.
-                writer.restart(cp.pos);
+                // Nothing to write: the block moves past the chunk (what
+                // it holds before the chunk is written first).
+                writer.restart(cp.pos).map_err(Failure::Fatal)?;
             }
             writer
                 .commit_saving(due_save(job, cp))
@@ -662,7 +663,7 @@ fn attempt(
         cp.pos,
     );
     let mut pos = cp.pos;
-    writer.restart(pos);
+    writer.restart(pos).map_err(Failure::Fatal)?;
     loop {
         cancelled(job).map_err(Failure::Fatal)?;
         let (block, filled) = writer.block();

@@ -26,17 +26,19 @@ use std::io;
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::thread::{Scope, ScopedJoinHandle};
 
 /// Bytes written back and re-read per step.
 const WINDOW: u64 = 8 << 20;
 /// Read size of the read-back: each read waits for the device, behind the
-/// download's writes, so fewer, larger ones help it keep up. 4 MiB kept up
-/// but puts the agent over its 16 MiB RSS budget; 1 and 2 MiB left the
-/// read-back 0.2-0.8 s behind at the end of a 1 GiB image on the bench
-/// machine; 3 MiB is the compromise (docs/decisions.md, "Write path memory").
+/// download's writes, so fewer, larger ones help it keep up. 1.5 and 2 MiB
+/// left the read-back 0.2-0.8 s behind at the end of a 1 GiB image on the
+/// bench machine; 3 MiB kept up once the hash moved off the reading thread
+/// (docs/decisions.md, "Write path memory" and "Write path speed").
 const BLOCK: usize = 3 << 20;
+/// One buffer being read while the other is hashed.
+const READ_BUFFERS: usize = 2;
 
 #[derive(Debug)]
 pub struct SlotDevice {
@@ -269,7 +271,7 @@ fn read_back(
         let Ok(commit) = commits.recv() else {
             // `finish` closed the channel: read the unaligned tail too.
             reader.read_to(target, progress, flags)?;
-            return Ok(reader.hasher);
+            return Ok(reader.finish());
         };
         // Only the latest commit matters.
         target = commits.try_iter().last().unwrap_or(commit);
@@ -337,14 +339,18 @@ pub fn hash_from_medium(
         let end = (reader.done + WINDOW).min(size);
         reader.read_to(end, progress, &flags)?;
     }
-    Ok(reader.hasher.finalize())
+    Ok(reader.finish().finalize())
 }
 
 /// O_DIRECT alignment of offsets, lengths and the buffer; covers 512- and
 /// 4096-byte logical blocks.
 pub const ALIGN: u64 = 4096;
 
-/// Reads the slot back in order, hashing.
+/// Reads the slot back in order, hashing on a thread of its own: while one
+/// buffer is hashed the next is read, so the device wait and the hash
+/// overlap (hashed in line, BLAKE3 took a quarter of the read-back's time on
+/// the bench machine, and the read-back is what a prepare waits for at the
+/// end: docs/decisions.md, "Write path speed").
 struct Reader<'a> {
     device: &'a SlotDevice,
     /// For a block device, or a file written with `O_DIRECT`, an `O_DIRECT`
@@ -353,9 +359,76 @@ struct Reader<'a> {
     /// there a direct read takes the inode lock that every buffered write of
     /// the download needs, and stalls it.
     direct: Option<File>,
-    storage: Vec<u8>,
+    /// Buffers not with the hashing thread.
+    free: Vec<Box<[u8]>>,
+    hashing: Hashing,
     done: u64,
-    hasher: blake3::Hasher,
+}
+
+/// A buffer and the range of it that was read into.
+type Filled = (Box<[u8]>, usize, usize);
+
+/// The hashing thread: takes filled buffers in read order, hashes them and
+/// hands them back.
+struct Hashing {
+    fill: Option<SyncSender<Filled>>,
+    back: Receiver<Box<[u8]>>,
+    thread: Option<std::thread::JoinHandle<blake3::Hasher>>,
+}
+
+impl Hashing {
+    fn spawn() -> Hashing {
+        let (fill, filled) = mpsc::sync_channel::<Filled>(READ_BUFFERS);
+        let (give_back, back) = mpsc::sync_channel(READ_BUFFERS);
+        let thread = std::thread::spawn(move || {
+            let mut hasher = blake3::Hasher::new();
+            for (buf, from, len) in filled {
+                hasher.update(&buf[from..from + len]);
+                // The reader is gone when this fails: nothing to give back to.
+                let _ = give_back.send(buf);
+            }
+            hasher
+        });
+        Hashing {
+            fill: Some(fill),
+            back,
+            thread: Some(thread),
+        }
+    }
+
+    /// A buffer back from the thread, once it has hashed one.
+    fn take(&mut self) -> Box<[u8]> {
+        match self.back.recv() {
+            Ok(buf) => buf,
+            Err(_) => self.join_panicked(),
+        }
+    }
+
+    fn hash(&mut self, buf: Box<[u8]>, from: usize, len: usize) {
+        let sent = self.fill.as_ref().map(|f| f.send((buf, from, len)));
+        if !matches!(sent, Some(Ok(()))) {
+            self.join_panicked();
+        }
+    }
+
+    /// Everything sent is hashed: the hash.
+    fn finish(mut self) -> blake3::Hasher {
+        self.fill = None;
+        match self.thread.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(hasher)) => hasher,
+            Some(Err(panic)) => std::panic::resume_unwind(panic),
+            None => unreachable!("finish runs once"),
+        }
+    }
+
+    /// The thread stopped without being told to: only a panic does that.
+    fn join_panicked(&mut self) -> ! {
+        self.fill = None;
+        match self.thread.take().map(std::thread::JoinHandle::join) {
+            Some(Err(panic)) => std::panic::resume_unwind(panic),
+            _ => panic!("the read-back's hashing thread stopped"),
+        }
+    }
 }
 
 impl<'a> Reader<'a> {
@@ -372,10 +445,17 @@ impl<'a> Reader<'a> {
         Reader {
             device,
             direct,
-            storage: vec![0; BLOCK + ALIGN as usize],
+            free: (0..READ_BUFFERS)
+                .map(|_| vec![0; BLOCK + ALIGN as usize].into_boxed_slice())
+                .collect(),
+            hashing: Hashing::spawn(),
             done: 0,
-            hasher: blake3::Hasher::new(),
         }
+    }
+
+    /// The hash of everything read, once the hashing thread has caught up.
+    fn finish(self) -> blake3::Hasher {
+        self.hashing.finish()
     }
 
     fn read_to(
@@ -405,8 +485,6 @@ impl<'a> Reader<'a> {
         blockdev::write_back(&device.file, offset, len).map_err(|e| io("write back", offset, e))?;
         blockdev::drop_cache(&device.file, offset, len)
             .map_err(|e| io("drop cached pages of", offset, e))?;
-        let skip = self.storage.as_ptr().align_offset(ALIGN as usize);
-        let buf = &mut self.storage[skip..skip + BLOCK];
         let mut at = offset;
         while at < offset + len {
             let n = (offset + len - at).min(BLOCK as u64) as usize;
@@ -414,9 +492,18 @@ impl<'a> Reader<'a> {
                 Some(direct) if at % ALIGN == 0 && n as u64 % ALIGN == 0 => direct,
                 _ => &device.file,
             };
-            file.read_exact_at(&mut buf[..n], at)
-                .map_err(|e| io("read back", at, e))?;
-            self.hasher.update(&buf[..n]);
+            let mut buf = match self.free.pop() {
+                Some(buf) => buf,
+                None => self.hashing.take(),
+            };
+            let skip = buf.as_ptr().align_offset(ALIGN as usize);
+            let read = file.read_exact_at(&mut buf[skip..skip + n], at);
+            // Back to the pool whatever happened: the next read needs it.
+            if let Err(e) = read {
+                self.free.push(buf);
+                return Err(io("read back", at, e));
+            }
+            self.hashing.hash(buf, skip, n);
             at += n as u64;
         }
         Ok(())
