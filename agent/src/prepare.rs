@@ -43,6 +43,7 @@ mod writer;
 #[cfg(debug_assertions)]
 #[doc(hidden)]
 pub use delta::fault as delta_fault;
+pub use delta::{index_path, save_index};
 pub use error::PrepareError;
 pub use resume::Retry;
 #[cfg(debug_assertions)]
@@ -284,6 +285,8 @@ pub fn prepare_with(
         device.path.display(),
         device.size,
     );
+    // The slot's saved chunk index describes what is about to be replaced.
+    delta::forget_index(&cfg.state_dir, slot)?;
     record::write(&cfg.state_dir, &SlotRecord::empty(slot))
         .map_err(|source| PrepareError::Record { slot, source })?;
     // os-init's note about this slot failing is history once it is rewritten.
@@ -353,7 +356,7 @@ pub fn prepare_with(
     let version = req
         .version
         .clone()
-        .or_else(|| manifest.map(|m| m.os_version));
+        .or_else(|| manifest.as_ref().map(|m| m.os_version.clone()));
     let done = Prepared {
         slot,
         version: version.unwrap_or_default(),
@@ -363,6 +366,9 @@ pub fn prepare_with(
         verity,
     };
     record_written(cfg, &done)?;
+    if let Some(m) = &manifest {
+        delta::save_index(&cfg.state_dir, slot, m);
+    }
     log::info!(
         "slot {slot} ({}): {size} bytes written and verified, {}, version {:?}",
         device.path.display(),
@@ -429,14 +435,19 @@ fn already_held(
 fn local_slots(cfg: &Config, m: &Manifest) -> delta::Delta {
     let slot = cfg.booted;
     let path = cfg.slot_device(slot);
-    let size = record::read(&cfg.state_dir, slot)
-        .ok()
+    let rec = record::read(&cfg.state_dir, slot).ok();
+    let size = rec
+        .as_ref()
         .map(|r| r.size)
         .filter(|&s| s > 0)
         .unwrap_or(m.image_size);
     let running = delta::LocalSlot::open(slot, path, size)
         .map_err(|e| log::warn!("slot {slot} ({}): {e}; not copying from it", path.display()))
-        .ok();
+        .ok()
+        .map(|mut r| {
+            r.index = rec.and_then(|rec| delta::load_index(&cfg.state_dir, &rec));
+            r
+        });
     delta::Delta { running }
 }
 

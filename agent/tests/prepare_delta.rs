@@ -9,6 +9,8 @@ mod common;
 
 use agent::prepare::{prepare_with, PrepareError, PrepareRequest, Prepared};
 use agent::progress::Progress;
+use bootctl::record::{self, SlotRecord, SlotState};
+use bootctl::Slot;
 use common::server::{Fault, Served, Server};
 use common::{bundle, quick_retry, request, synthetic_chunk, synthetic_image, Bundle, Node, Rng};
 use std::sync::atomic::AtomicBool;
@@ -254,4 +256,129 @@ fn a_file_pinned_by_its_sha256_is_downloaded_whole() {
     assert_holds(&node, &b);
     assert_eq!(server.sent(IMG), b.meta.compressed_size);
     assert_eq!(server.served(IMG).len(), 1);
+}
+
+/// Records slot A as holding `v1` and saves v1's manifest as its chunk
+/// index, as the agent does once it has verified an image in a slot.
+fn record_running(node: &Node, v1: &[u8]) -> Bundle {
+    let b1 = bundle(v1.to_vec(), CHUNK, "1");
+    let rec = SlotRecord {
+        slot: Slot::A,
+        state: SlotState::Good,
+        version: "1".into(),
+        digest: b1.meta.digest.clone(),
+        size: v1.len() as u64,
+        written_at: 1,
+        confirm: None,
+        source: String::new(),
+        verity: None,
+    };
+    record::write(&node.cfg.state_dir, &rec).unwrap();
+    let m = wire::manifest::Manifest::parse(&b1.meta.manifest).unwrap();
+    agent::prepare::save_index(&node.cfg.state_dir, Slot::A, &m);
+    b1
+}
+
+fn scanned(node: &Node) -> bool {
+    let scanned = agent::prepare::delta_fault::SCANNED.lock().unwrap();
+    scanned.contains(&node.cfg.root_a)
+}
+
+#[test]
+fn the_running_slot_is_looked_up_in_its_saved_index_not_read() {
+    let (v1, b) = images();
+    let node = node(&v1, &[]);
+    record_running(&node, &v1[..IMAGE]);
+    let server = serve(&b);
+    run(&node, &request(server.url(IMG), &b.meta.digest))
+        .0
+        .unwrap();
+    assert_holds(&node, &b);
+    assert!(
+        !scanned(&node),
+        "slot A was read although its index matches its record"
+    );
+    let served = server.served(IMG);
+    for k in CHANGED {
+        assert!(fetched(&b, &served, k), "chunk {k} not fetched: {served:?}");
+    }
+    assert!(server.sent(IMG) < b.meta.compressed_size / 3, "{served:?}");
+
+    // Without the index, the same upgrade reads slot A to find its chunks.
+    let node = node_with_running_record(&v1);
+    std::fs::remove_file(agent::prepare::index_path(&node.cfg.state_dir, Slot::A)).unwrap();
+    let server = serve(&b);
+    run(&node, &request(server.url(IMG), &b.meta.digest))
+        .0
+        .unwrap();
+    assert_holds(&node, &b);
+    assert!(scanned(&node), "slot A was not scanned without an index");
+}
+
+fn node_with_running_record(v1: &[u8]) -> Node {
+    let node = node(v1, &[]);
+    record_running(&node, &v1[..IMAGE]);
+    node
+}
+
+#[test]
+fn an_index_that_no_longer_matches_the_slot_costs_a_fetch_not_a_wrong_byte() {
+    let (v1, b) = images();
+    // The index says chunk 12 is in slot A, but its bytes have rotted since.
+    let mut rotten = v1.clone();
+    rotten[12 * CHUNK + 100] ^= 1;
+    let node = node(&rotten, &[]);
+    record_running(&node, &v1);
+    let server = serve(&b);
+    run(&node, &request(server.url(IMG), &b.meta.digest))
+        .0
+        .unwrap();
+    assert_holds(&node, &b);
+    assert!(!scanned(&node));
+    let served = server.served(IMG);
+    assert!(fetched(&b, &served, 12), "chunk 12 not fetched: {served:?}");
+
+    // An index of another image than the record names is not used: the
+    // slot is scanned.
+    let node = node_with_running_record(&v1);
+    let other = bundle(synthetic_image(IMAGE, 5), CHUNK, "1");
+    let m = wire::manifest::Manifest::parse(&other.meta.manifest).unwrap();
+    agent::prepare::save_index(&node.cfg.state_dir, Slot::A, &m);
+    let server = serve(&b);
+    run(&node, &request(server.url(IMG), &b.meta.digest))
+        .0
+        .unwrap();
+    assert_holds(&node, &b);
+    assert!(scanned(&node), "an index of another image was used");
+}
+
+#[test]
+fn a_prepare_saves_the_index_of_what_it_verified_and_drops_it_before_rewriting() {
+    let (v1, b) = images();
+    let node = node(&v1, &[]);
+    let index = agent::prepare::index_path(&node.cfg.state_dir, Slot::B);
+    let server = serve(&b);
+    run(&node, &request(server.url(IMG), &b.meta.digest))
+        .0
+        .unwrap();
+    let saved = wire::manifest::Manifest::parse(&std::fs::read_to_string(&index).unwrap()).unwrap();
+    assert_eq!(saved.image_digest.to_string(), b.meta.digest);
+    assert_eq!(saved.chunks.len(), CHUNKS + 1);
+
+    // Another image for slot B whose download fails: the slot was touched,
+    // so its index is gone along with its record.
+    let mut v3 = b.image.clone();
+    v3[..CHUNK].copy_from_slice(&synthetic_chunk(&mut Rng::new(9), CHUNK));
+    let other = bundle(v3, CHUNK, "3");
+    let server = Server::start();
+    server.put(MANIFEST, other.meta.manifest.clone().into_bytes());
+    server.fault_always(IMG, Fault::Status(404));
+    let mut req = request(server.url(IMG), &other.meta.digest);
+    req.version = Some("3".into());
+    assert!(run(&node, &req).0.is_err());
+    assert!(
+        !index.exists(),
+        "the index of the image slot B no longer holds survived"
+    );
+    assert_eq!(node.record_b().digest, "");
 }

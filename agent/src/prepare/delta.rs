@@ -167,6 +167,10 @@ pub struct LocalSlot {
     file: File,
     /// Bytes worth scanning: its recorded image, within the device.
     pub size: u64,
+    /// The chunks of the image its record names, from the manifest saved
+    /// when that image was verified ([`load_index`]): the scan looks them
+    /// up instead of reading the slot.
+    pub index: Option<Vec<Chunk>>,
 }
 
 impl LocalSlot {
@@ -185,6 +189,7 @@ impl LocalSlot {
             path: path.to_path_buf(),
             file,
             size: image_size.min(device),
+            index: None,
         })
     }
 
@@ -198,6 +203,93 @@ impl LocalSlot {
 #[derive(Debug)]
 pub struct Delta {
     pub running: Option<LocalSlot>,
+}
+
+/// Where the manifest of the image a slot holds is kept: beside the slot's
+/// record on PERSIST, saved when the image was verified.
+pub fn index_path(persist: &Path, slot: Slot) -> PathBuf {
+    let record = bootctl::record::record_path(persist, slot);
+    record.with_file_name(format!("slot-{slot}.manifest.json"))
+}
+
+/// Saves `m`, the manifest of the image just verified in `slot`, so the next
+/// delta can look the slot's chunks up instead of reading it. A failure
+/// costs the next delta a scan of the slot, nothing else.
+pub fn save_index(persist: &Path, slot: Slot, m: &Manifest) {
+    let path = index_path(persist, slot);
+    if let Err(e) = bootctl::record::write_atomic(&path, m.to_json().as_bytes()) {
+        log::warn!("slot {slot}: its chunk index was not saved ({e}); the next delta reads the slot instead");
+    }
+}
+
+/// Forgets `slot`'s index: the slot is about to be rewritten.
+pub fn forget_index(persist: &Path, slot: Slot) -> Result<(), PrepareError> {
+    let path = index_path(persist, slot);
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        // A stale index left behind would describe the old image: refuse to
+        // go on rather than leave it (the slot is not touched yet).
+        Err(source) => Err(PrepareError::Record {
+            slot,
+            source: bootctl::record::RecordError::Io {
+                op: "remove",
+                path,
+                source,
+            },
+        }),
+    }
+}
+
+/// The chunks of the image `rec` says its slot holds, from the saved
+/// manifest; `None` (the slot is scanned) when there is none, it cannot be
+/// read or parsed, or it describes another image than the record does.
+pub fn load_index(persist: &Path, rec: &bootctl::record::SlotRecord) -> Option<Vec<Chunk>> {
+    use std::io::Read;
+    let slot = rec.slot;
+    if rec.digest.is_empty() {
+        return None;
+    }
+    let path = index_path(persist, slot);
+    let mut text = String::new();
+    let read = File::open(&path).and_then(|f| {
+        f.take(wire::manifest::MAX_MANIFEST_BYTES + 1)
+            .read_to_string(&mut text)
+    });
+    match read {
+        Ok(n) if n as u64 > wire::manifest::MAX_MANIFEST_BYTES => {
+            log::warn!(
+                "{}: larger than a manifest can be; scanning slot {slot}",
+                path.display()
+            );
+            return None;
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            log::warn!("{}: {e}; scanning slot {slot}", path.display());
+            return None;
+        }
+    }
+    let m = match Manifest::parse(&text) {
+        Ok(m) => m,
+        Err(e) => {
+            log::warn!("{}: {e}; scanning slot {slot}", path.display());
+            return None;
+        }
+    };
+    if m.image_digest.to_string() != rec.digest || m.image_size != rec.size {
+        log::warn!(
+            "{}: describes {} ({} bytes), the slot's record {} ({} bytes); scanning slot {slot}",
+            path.display(),
+            m.image_digest,
+            m.image_size,
+            rec.digest,
+            rec.size
+        );
+        return None;
+    }
+    Some(m.chunks)
 }
 
 /// Hashes the target's chunks `first..` at their offsets and the running
@@ -216,7 +308,11 @@ pub fn scan(
         .filter(|c| c.offset + c.len <= target.size)
         .map(|c| c.len)
         .sum();
-    let running_bytes = delta.running.as_ref().map_or(0, |r| r.size);
+    let running_bytes = delta
+        .running
+        .as_ref()
+        .filter(|r| r.index.is_none())
+        .map_or(0, |r| r.size);
     progress.start_phase(Phase::Scanning, target_bytes + running_bytes);
     let mut buf = vec![0; READ];
     let mut in_place = Vec::with_capacity(chunks.len());
@@ -238,7 +334,20 @@ pub fn scan(
         .map(|(c, _)| (c.digest, ()))
         .collect();
     let mut found = HashMap::new();
-    if let Some(r) = delta.running.as_ref().filter(|_| !wanted.is_empty()) {
+    let running = delta.running.as_ref().filter(|_| !wanted.is_empty());
+    if let Some(index) = running.and_then(|r| Some((r, r.index.as_ref()?))) {
+        // Its chunks as verified when it was written: nothing to read. A
+        // chunk that no longer reads as its digest is caught by the copy's
+        // own hash and fetched.
+        let (r, chunks) = index;
+        for c in chunks.iter().filter(|c| c.offset + c.len <= r.size) {
+            if wanted.contains_key(&c.digest) {
+                found.entry(c.digest).or_insert(c.offset);
+            }
+        }
+    } else if let Some(r) = running {
+        #[cfg(debug_assertions)]
+        fault::scanned(r);
         let mut at = 0;
         while at < r.size {
             let len = m.chunk_size.min(r.size - at);
@@ -353,6 +462,14 @@ pub mod fault {
     /// been scanned. One shot: taken when it fires. Keyed by path, so tests
     /// running in parallel do not meet it.
     pub static FLIP_AFTER_SCAN: Mutex<Option<(PathBuf, u64)>> = Mutex::new(None);
+
+    /// Every running slot the scan read through, by path.
+    pub static SCANNED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+    pub(super) fn scanned(running: &LocalSlot) {
+        let mut scanned = SCANNED.lock().unwrap_or_else(|p| p.into_inner());
+        scanned.push(running.path.clone());
+    }
 
     pub(super) fn after_scan(running: &LocalSlot) {
         let mut armed = FLIP_AFTER_SCAN.lock().unwrap_or_else(|p| p.into_inner());
