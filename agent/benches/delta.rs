@@ -120,7 +120,7 @@ fn main() {
         nginx.port
     );
     println!(
-        "{:<52} {:>8} {:>14} {:>14} {:>7} {:>5} {:>9} {:>9}",
+        "{:<52} {:>8} {:>14} {:>14} {:>7} {:>5} {:>9} {:>9} {:>9}",
         "upgrade from v1",
         "chunks",
         "bundle bytes",
@@ -128,21 +128,28 @@ fn main() {
         "share",
         "reqs",
         "delta s",
+        "scan s",
         "full s"
     );
     for (name, new) in &cases {
         let layout = new_chunks(&v1.manifest, &new.manifest);
-        let delta = run_prepare(work.path(), &nginx, &v1, new, slot_size, true);
-        let full = run_prepare(work.path(), &nginx, &v1, new, slot_size, false);
+        let delta = run_prepare(work.path(), &nginx, &v1, new, slot_size, Mode::Delta);
+        let scan = run_prepare(work.path(), &nginx, &v1, new, slot_size, Mode::DeltaNoIndex);
+        let full = run_prepare(work.path(), &nginx, &v1, new, slot_size, Mode::Full);
         assert_eq!(full.bytes, new.manifest.compressed_size, "a full download");
+        assert_eq!(
+            scan.bytes, delta.bytes,
+            "the index changes what is read, not fetched"
+        );
         println!(
-            "{name:<52} {:>8} {:>14} {:>14} {:>6.2}% {:>5} {:>9.3} {:>9.3}",
+            "{name:<52} {:>8} {:>14} {:>14} {:>6.2}% {:>5} {:>9.3} {:>9.3} {:>9.3}",
             format!("{}/{}", layout, new.manifest.chunks.len()),
             new.manifest.compressed_size,
             delta.bytes,
             delta.bytes as f64 * 100.0 / new.manifest.compressed_size as f64,
             delta.requests,
             delta.seconds,
+            scan.seconds,
             full.seconds
         );
     }
@@ -154,8 +161,10 @@ fn main() {
     }
     println!(
         "chunks: chunks of the new image that v1 does not hold; share: fetched / bundle bytes; \
-         delta s and full s: prepare with and without the delta (scan, copy, fetch, write, \
-         read back, verify), caches dropped before each"
+         delta s: prepare with the delta (scan, copy, fetch, write, read back, verify) on a node \
+         whose slot A has its record and chunk index, as os-image writes them; scan s: the same \
+         without the index (slot A is read to find its chunks); full s: without the delta; \
+         caches dropped before each"
     );
 }
 
@@ -503,6 +512,16 @@ struct Run {
     requests: usize,
 }
 
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// Delta on a node as os-image builds it: slot A's record and index.
+    Delta,
+    /// Delta, slot A without record or index: it is scanned.
+    DeltaNoIndex,
+    /// `delta no`.
+    Full,
+}
+
 /// One prepare of `new` on a fresh node: slot A holds `running`'s image,
 /// slot B zeros.
 fn run_prepare(
@@ -511,7 +530,7 @@ fn run_prepare(
     running: &Built,
     new: &Built,
     slot: u64,
-    delta: bool,
+    mode: Mode,
 ) -> Run {
     let node = work.join("node");
     let _ = fs::remove_dir_all(&node);
@@ -544,10 +563,27 @@ fn run_prepare(
         o.set(k, v.to_str().unwrap()).unwrap();
     }
     o.set("booted", "A").unwrap();
-    o.set("delta", if delta { "yes" } else { "no" }).unwrap();
+    o.set("delta", if mode == Mode::Full { "no" } else { "yes" })
+        .unwrap();
     let cfg = o
         .resolve(Path::new("/nonexistent"), Path::new("/dev"), "")
         .unwrap();
+    if mode == Mode::Delta {
+        let m = &running.manifest;
+        let rec = bootctl::record::SlotRecord {
+            slot: Slot::A,
+            state: bootctl::record::SlotState::Good,
+            version: running.version.clone(),
+            digest: m.image_digest.to_string(),
+            size: m.image_size,
+            written_at: 1,
+            confirm: None,
+            source: String::new(),
+            verity: m.verity.as_ref().map(wire::verity::Verity::to_arg),
+        };
+        bootctl::record::write(&cfg.state_dir, &rec).unwrap();
+        agent::prepare::save_index(&cfg.state_dir, Slot::A, m);
+    }
     let uri = format!("/{}", new.image.file_name().unwrap().to_string_lossy());
     let req = PrepareRequest {
         url: format!("http://127.0.0.1:{}{uri}", nginx.port),

@@ -22,6 +22,17 @@ pub fn record_path(persist: &Path, slot: Slot) -> PathBuf {
     persist.join(RECORD_DIR).join(format!("slot-{slot}"))
 }
 
+/// Path of `slot`'s chunk index under `persist`: the bundle manifest of the
+/// image its record names, kept so a delta download can look the slot's
+/// chunks up instead of reading the slot (docs/bundle.md, "Delta").
+/// Written by os-image for the slots of a new disk and by the agent once it
+/// has verified an image; removed by the agent before it rewrites the slot.
+pub fn index_path(persist: &Path, slot: Slot) -> PathBuf {
+    persist
+        .join(RECORD_DIR)
+        .join(format!("slot-{slot}.manifest.json"))
+}
+
 #[derive(Debug)]
 pub enum RecordError {
     Io {

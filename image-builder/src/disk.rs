@@ -157,10 +157,15 @@ pub fn run(opts: &DiskOptions) -> Result<()> {
         record_of(Slot::B, b.as_ref(), SlotState::Written),
     ];
     let persist_file = work.path().join("persist.img");
+    // Each slot's manifest as its chunk index: a node's first delta looks
+    // the running slot's chunks up instead of reading the slot.
+    let mut indexes = vec![(Slot::A, &a)];
+    indexes.extend(b.as_ref().map(|b| (Slot::B, b)));
     build_persist(
         &persist_file,
         layout.persist.size,
         &records,
+        &indexes,
         &ids.persist_uuid,
         now,
     )?;
@@ -243,18 +248,26 @@ impl Identifiers {
     }
 }
 
-/// PERSIST: ext4 holding the slot records and the directories os-init binds,
+/// PERSIST: ext4 holding the slot records, their chunk indexes and the
+/// directories os-init binds,
 /// with the given UUID and every timestamp `time`.
 fn build_persist(
     path: &Path,
     size: u64,
     records: &[SlotRecord],
+    indexes: &[(Slot, &Manifest)],
     uuid: &str,
     time: u64,
 ) -> Result<()> {
     let staging = tempfile::tempdir().context("create temp dir")?;
     for rec in records {
         record::write(staging.path(), rec)?;
+    }
+    for (slot, m) in indexes {
+        record::write_atomic(
+            &record::index_path(staging.path(), *slot),
+            m.to_json().as_bytes(),
+        )?;
     }
     for dir in ["var", "etc-overlay"] {
         std::fs::create_dir_all(staging.path().join(dir))?;

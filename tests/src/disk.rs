@@ -149,11 +149,17 @@ impl Disk {
 /// The slot record of `slot` on PERSIST (partition 4) of `image`, read with
 /// debugfs, without mounting.
 pub fn slot_record(image: &Path, slot: bootctl::Slot) -> bootctl::record::SlotRecord {
+    let text = persist_file(image, &bootctl::record::record_path(Path::new("/"), slot));
+    bootctl::record::SlotRecord::parse(&text).unwrap()
+}
+
+/// The text of `path` (absolute within PERSIST) on partition 4 of `image`,
+/// read with debugfs; empty when there is no such file.
+pub fn persist_file(image: &Path, path: &Path) -> String {
     let part = tempfile::NamedTempFile::new().unwrap();
     extract_partition(image, 4, part.path());
-    let text = run(Command::new("debugfs")
+    run(Command::new("debugfs")
         .arg("-R")
-        .arg(format!("cat /ab/slot-{slot}"))
-        .arg(part.path()));
-    bootctl::record::SlotRecord::parse(&text).unwrap()
+        .arg(format!("cat {}", path.display()))
+        .arg(part.path()))
 }

@@ -128,6 +128,24 @@ fn plain_disk_is_clean_and_boots_version_1_from_a() {
     check_disk(&image, &[2, 4]);
     assert_eq!(disk::slot_record(&image, Slot::A).state, SlotState::Good);
     assert_eq!(disk::slot_record(&image, Slot::B).state, SlotState::Empty);
+    // Slot A's chunk index is the manifest of the bundle written to it.
+    let index = disk::persist_file(
+        &image,
+        &bootctl::record::index_path(Path::new("/"), Slot::A),
+    );
+    let bundle = std::fs::read_to_string(&fixture().v1).unwrap();
+    assert_eq!(
+        wire::manifest::Manifest::parse(&index).unwrap(),
+        wire::manifest::Manifest::parse(&bundle).unwrap()
+    );
+    let none = disk::persist_file(
+        &image,
+        &bootctl::record::index_path(Path::new("/"), Slot::B),
+    );
+    assert!(
+        none.trim().is_empty(),
+        "slot B holds no image but has an index: {none}"
+    );
 
     let mut m = Machine::new(&image, "os_image-plain");
     let c = m.boot_disk(BOOT_TIMEOUT);

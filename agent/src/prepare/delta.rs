@@ -205,12 +205,8 @@ pub struct Delta {
     pub running: Option<LocalSlot>,
 }
 
-/// Where the manifest of the image a slot holds is kept: beside the slot's
-/// record on PERSIST, saved when the image was verified.
-pub fn index_path(persist: &Path, slot: Slot) -> PathBuf {
-    let record = bootctl::record::record_path(persist, slot);
-    record.with_file_name(format!("slot-{slot}.manifest.json"))
-}
+/// Where the manifest of the image a slot holds is kept, beside its record.
+pub use bootctl::record::index_path;
 
 /// Saves `m`, the manifest of the image just verified in `slot`, so the next
 /// delta can look the slot's chunks up instead of reading it. A failure
