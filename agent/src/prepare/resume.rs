@@ -143,9 +143,11 @@ pub struct Saver {
     pub path: PathBuf,
     /// `key=value` lines naming the download.
     pub identity: String,
-    /// Saves at most this often (each save syncs the slot first).
+    /// Saves at most this often (each save syncs the slot first), the first
+    /// one an interval after the saver is made: a save right after the first
+    /// chunk would cost a sync of the slot to keep a second's work.
     pub interval: Duration,
-    last: Mutex<Option<Instant>>,
+    last: Mutex<Instant>,
 }
 
 impl Saver {
@@ -154,19 +156,17 @@ impl Saver {
             path,
             identity,
             interval,
-            last: Mutex::new(None),
+            last: Mutex::new(Instant::now()),
         }
     }
 
     fn due(&self) -> bool {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        match *last {
-            Some(t) if t.elapsed() < self.interval => false,
-            _ => {
-                *last = Some(Instant::now());
-                true
-            }
+        if last.elapsed() < self.interval {
+            return false;
         }
+        *last = Instant::now();
+        true
     }
 
     fn text(&self, cp: &Checkpoint) -> String {
