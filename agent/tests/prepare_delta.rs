@@ -76,6 +76,17 @@ fn assert_holds(node: &Node, b: &Bundle) {
     node.assert_not_armed();
 }
 
+/// Serves `b` and upgrades `node` to it, which must succeed with slot B
+/// holding `b`; the server, for what it sent.
+fn upgrade(node: &Node, b: &Bundle) -> Server {
+    let server = serve(b);
+    run(node, &request(server.url(IMG), &b.meta.digest))
+        .0
+        .unwrap();
+    assert_holds(node, b);
+    server
+}
+
 /// Compressed extent of chunk k's frame.
 fn frame(b: &Bundle, k: usize) -> (u64, u64) {
     let (z, n) = b.meta.frames[k];
@@ -141,11 +152,7 @@ fn a_corrupt_local_chunk_is_fetched_instead_of_copied() {
     let mut rotten = v1.clone();
     rotten[12 * CHUNK + 100] ^= 1;
     let node = node(&rotten, &[]);
-    let server = serve(&b);
-    run(&node, &request(server.url(IMG), &b.meta.digest))
-        .0
-        .unwrap();
-    assert_holds(&node, &b);
+    let server = upgrade(&node, &b);
     let served = server.served(IMG);
     assert!(fetched(&b, &served, 12), "chunk 12 not fetched: {served:?}");
     assert!(server.sent(IMG) < b.meta.compressed_size / 2);
@@ -260,7 +267,7 @@ fn a_file_pinned_by_its_sha256_is_downloaded_whole() {
 
 /// Records slot A as holding `v1` and saves v1's manifest as its chunk
 /// index, as the agent does once it has verified an image in a slot.
-fn record_running(node: &Node, v1: &[u8]) -> Bundle {
+fn record_running(node: &Node, v1: &[u8]) {
     let b1 = bundle(v1.to_vec(), CHUNK, "1");
     let rec = SlotRecord {
         slot: Slot::A,
@@ -276,7 +283,6 @@ fn record_running(node: &Node, v1: &[u8]) -> Bundle {
     record::write(&node.cfg.state_dir, &rec).unwrap();
     let m = wire::manifest::Manifest::parse(&b1.meta.manifest).unwrap();
     agent::prepare::save_index(&node.cfg.state_dir, Slot::A, &m);
-    b1
 }
 
 fn scanned(node: &Node) -> bool {
@@ -287,13 +293,8 @@ fn scanned(node: &Node) -> bool {
 #[test]
 fn the_running_slot_is_looked_up_in_its_saved_index_not_read() {
     let (v1, b) = images();
-    let node = node(&v1, &[]);
-    record_running(&node, &v1[..IMAGE]);
-    let server = serve(&b);
-    run(&node, &request(server.url(IMG), &b.meta.digest))
-        .0
-        .unwrap();
-    assert_holds(&node, &b);
+    let node = node_with_running_record(&v1);
+    let server = upgrade(&node, &b);
     assert!(
         !scanned(&node),
         "slot A was read although its index matches its record"
@@ -307,17 +308,13 @@ fn the_running_slot_is_looked_up_in_its_saved_index_not_read() {
     // Without the index, the same upgrade reads slot A to find its chunks.
     let node = node_with_running_record(&v1);
     std::fs::remove_file(agent::prepare::index_path(&node.cfg.state_dir, Slot::A)).unwrap();
-    let server = serve(&b);
-    run(&node, &request(server.url(IMG), &b.meta.digest))
-        .0
-        .unwrap();
-    assert_holds(&node, &b);
+    upgrade(&node, &b);
     assert!(scanned(&node), "slot A was not scanned without an index");
 }
 
 fn node_with_running_record(v1: &[u8]) -> Node {
     let node = node(v1, &[]);
-    record_running(&node, &v1[..IMAGE]);
+    record_running(&node, v1);
     node
 }
 
@@ -329,11 +326,7 @@ fn an_index_that_no_longer_matches_the_slot_costs_a_fetch_not_a_wrong_byte() {
     rotten[12 * CHUNK + 100] ^= 1;
     let node = node(&rotten, &[]);
     record_running(&node, &v1);
-    let server = serve(&b);
-    run(&node, &request(server.url(IMG), &b.meta.digest))
-        .0
-        .unwrap();
-    assert_holds(&node, &b);
+    let server = upgrade(&node, &b);
     assert!(!scanned(&node));
     let served = server.served(IMG);
     assert!(fetched(&b, &served, 12), "chunk 12 not fetched: {served:?}");
@@ -344,11 +337,7 @@ fn an_index_that_no_longer_matches_the_slot_costs_a_fetch_not_a_wrong_byte() {
     let other = bundle(synthetic_image(IMAGE, 5), CHUNK, "1");
     let m = wire::manifest::Manifest::parse(&other.meta.manifest).unwrap();
     agent::prepare::save_index(&node.cfg.state_dir, Slot::A, &m);
-    let server = serve(&b);
-    run(&node, &request(server.url(IMG), &b.meta.digest))
-        .0
-        .unwrap();
-    assert_holds(&node, &b);
+    upgrade(&node, &b);
     assert!(scanned(&node), "an index of another image was used");
 }
 

@@ -331,11 +331,10 @@ pub fn scan(
         .collect();
     let mut found = HashMap::new();
     let running = delta.running.as_ref().filter(|_| !wanted.is_empty());
-    if let Some(index) = running.and_then(|r| Some((r, r.index.as_ref()?))) {
+    if let Some((r, chunks)) = running.and_then(|r| Some((r, r.index.as_ref()?))) {
         // Its chunks as verified when it was written: nothing to read. A
         // chunk that no longer reads as its digest is caught by the copy's
         // own hash and fetched.
-        let (r, chunks) = index;
         for c in chunks.iter().filter(|c| c.offset + c.len <= r.size) {
             if wanted.contains_key(&c.digest) {
                 found.entry(c.digest).or_insert(c.offset);
