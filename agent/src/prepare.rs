@@ -701,7 +701,7 @@ fn write_and_verify(job: &Job, anchor: Option<[u8; 32]>) -> Result<(u64, [u8; 32
     let readback_hash = std::thread::scope(|s| {
         let readback = ReadBack::spawn(s, device, job.progress, &flags);
         let block = writer::block_size(job.manifest.map(|m| m.chunk_size));
-        let writer = Writer::spawn(s, device, readback.commits(), block);
+        let writer = Writer::spawn(s, device, readback.commits(), block, job.url);
         let (streamed, anchor) = match stream_and_sync(job, writer, anchor) {
             Ok(streamed) => streamed,
             Err(e) => {

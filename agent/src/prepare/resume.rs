@@ -657,13 +657,16 @@ fn attempt(
         .map_err(|e| Failure::Fatal(corrupt(job, cp.zpos, e.to_string())))?
         .hash_input(cp.zhash.clone());
     let limit = job.manifest.map_or(job.device.size, |m| m.image_size);
-    let mut stream = LimitReader::new(
-        HashReader::with_hasher(decoder, cp.hasher.clone()),
-        limit,
-        cp.pos,
-    );
+    // With a manifest every chunk is checked on the writer thread
+    // (writer.rs); without one, the whole image is hashed here.
+    let hashed = match job.manifest {
+        Some(_) => HashReader::unhashed(decoder),
+        None => HashReader::with_hasher(decoder, cp.hasher.clone()),
+    };
+    let mut stream = LimitReader::new(hashed, limit, cp.pos);
     let mut pos = cp.pos;
     writer.restart(pos).map_err(Failure::Fatal)?;
+    expect_next(job, writer, cp, until);
     loop {
         cancelled(job).map_err(Failure::Fatal)?;
         let (block, filled) = writer.block();
@@ -678,7 +681,9 @@ fn attempt(
         writer.filled(n);
         let sent = if let Some(zpos) = stream.get_ref().get_ref().boundary() {
             frame_end(job, cp, stream.get_mut(), zpos, pos)?;
-            writer.commit_saving(due_save(job, cp))
+            let sent = writer.commit_saving(due_save(job, cp));
+            expect_next(job, writer, cp, until);
+            sent
         } else {
             writer.send_if_full()
         };
@@ -686,6 +691,18 @@ fn attempt(
         if until.is_some_and(|u| cp.chunk == u) {
             return Ok(ended);
         }
+    }
+}
+
+/// Tells the writer that the chunk at `cp` is fetched next, when there is
+/// one to fetch before `until`: its bytes are checked on the writer thread.
+fn expect_next(job: &Job, writer: &mut Writer, cp: &Checkpoint, until: Option<usize>) {
+    let Some(m) = job.manifest else { return };
+    if until.is_some_and(|u| cp.chunk >= u) {
+        return;
+    }
+    if let Some(c) = m.chunks.get(cp.chunk) {
+        writer.expect(cp.chunk, c);
     }
 }
 
@@ -705,7 +722,8 @@ fn check_length(job: &Job, body: &Body) -> Result<(), Failure> {
     }
 }
 
-/// A frame ended at compressed `zpos`, uncompressed `pos`: verify and move the checkpoint.
+/// A frame ended at compressed `zpos`, uncompressed `pos`: check it ends its
+/// chunk and move the checkpoint (the chunk's hash is checked by the writer).
 fn frame_end<R: Read>(
     job: &Job,
     cp: &mut Checkpoint,
@@ -739,14 +757,8 @@ fn frame_end<R: Read>(
         );
         return Err(layout(job, reason));
     }
-    if hashed.hasher().finalize().as_bytes() != &chunk.digest {
-        return Err(Failure::Fatal(PrepareError::ChunkMismatch {
-            url: job.url.to_owned(),
-            chunk: k,
-            offset: chunk.offset,
-        }));
-    }
-    hashed.reset();
+    // The chunk's bytes are checked on the writer thread before the block
+    // that ends the chunk is committed (writer.rs, Writer::expect).
     *cp = Checkpoint {
         zpos,
         pos,

@@ -14,13 +14,24 @@
 //! Each buffer holds its data at a memory address congruent to its slot
 //! offset modulo [`ALIGN`], so the aligned middle of every write can go to
 //! the device with `O_DIRECT` (see [`SlotDevice::write_aligned`]).
+//!
+//! A fetched chunk's BLAKE3 is checked here, not on the download thread: the
+//! download thread marks where each fetched chunk starts ([`Writer::expect`]),
+//! and this thread hashes the chunk's bytes while a second thread writes the
+//! block, so the hash costs the download nothing and the device waits for
+//! nothing. A chunk is committed (handed to the read-back, and to a saved
+//! checkpoint) only once its hash matched; a mismatch stops the writer with
+//! [`PrepareError::ChunkMismatch`], which the download thread gets at its
+//! next hand-over.
 
 use super::slot::{Commits, SlotDevice, ALIGN};
 use super::PrepareError;
 use std::io;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::Arc;
 use std::thread::{Scope, ScopedJoinHandle};
+use wire::manifest::Chunk;
 
 /// Image bytes per buffer, at least: two 1 MiB frames (os-image's default
 /// chunk) to a write. Larger writes are faster on an `O_DIRECT` queue, but
@@ -46,7 +57,9 @@ pub fn block_size(chunk_size: Option<u64>) -> usize {
 }
 
 struct Block {
-    storage: Box<[u8]>,
+    /// Shared with the writing thread while the block is written
+    /// ([`Lane`]); unique while it is filled.
+    storage: Arc<[u8]>,
     /// Data bytes it holds when full.
     cap: usize,
     /// Index of the first `ALIGN`-aligned byte of `storage`.
@@ -59,6 +72,18 @@ struct Block {
     commit: Option<u64>,
     /// Once this block is written: sync the slot, then save this checkpoint.
     save: Option<Save>,
+    /// Fetched chunks that start in this block (at its end, at the latest),
+    /// in slot order: their bytes are hashed and checked.
+    expect: Vec<Expect>,
+}
+
+/// A fetched chunk, to check: index, slot range, digest.
+#[derive(Clone, Debug)]
+struct Expect {
+    index: usize,
+    offset: u64,
+    end: u64,
+    digest: [u8; 32],
 }
 
 /// A download checkpoint to save once everything before it is on the medium
@@ -70,7 +95,7 @@ pub struct Save {
 
 impl Block {
     fn new(cap: usize) -> Block {
-        let storage = vec![0; cap + ALIGN as usize].into_boxed_slice();
+        let storage: Arc<[u8]> = Arc::from(vec![0; cap + ALIGN as usize]);
         let base = storage.as_ptr().align_offset(ALIGN as usize);
         Block {
             storage,
@@ -80,11 +105,13 @@ impl Block {
             len: 0,
             commit: None,
             save: None,
+            expect: Vec::new(),
         }
     }
 
     fn reset(&mut self, offset: u64) {
         (self.offset, self.len, self.commit, self.save) = (offset, 0, None, None);
+        self.expect.clear();
     }
 
     fn start(&self) -> usize {
@@ -101,8 +128,126 @@ impl Block {
 
     /// Free room; a full block ends at an aligned slot offset.
     fn space(&mut self) -> &mut [u8] {
-        let from = self.start() + self.len;
-        &mut self.storage[from..self.base + self.cap]
+        let (from, end) = (self.start() + self.len, self.base + self.cap);
+        &mut self.bytes()[from..end]
+    }
+
+    fn bytes(&mut self) -> &mut [u8] {
+        Arc::get_mut(&mut self.storage).expect("a block being filled is not shared")
+    }
+}
+
+/// The chunk being checked on the writer thread, and the hash of its bytes so far.
+struct Checking {
+    chunk: Expect,
+    next: u64,
+    hasher: blake3::Hasher,
+}
+
+/// Checks fetched chunks as their blocks pass through the writer thread.
+struct Checker {
+    url: String,
+    current: Option<Checking>,
+}
+
+impl Checker {
+    /// Hashes the bytes of `block` that belong to expected chunks; fails on
+    /// the first chunk whose hash is not its digest. A chunk in progress
+    /// that the block does not continue (a retry went back to a checkpoint)
+    /// is dropped: it is fetched again, with a new expectation.
+    fn check(&mut self, block: &Block) -> Result<(), PrepareError> {
+        let (from, end) = (block.offset, block.end_offset());
+        if self.current.as_ref().is_some_and(|c| c.next != from) {
+            self.current = None;
+        }
+        let data = block.data();
+        let mut expect = block.expect.iter();
+        let mut pos = from;
+        loop {
+            match &mut self.current {
+                Some(c) => {
+                    let to = c.chunk.end.min(end);
+                    c.hasher
+                        .update(&data[(pos - from) as usize..(to - from) as usize]);
+                    (c.next, pos) = (to, to);
+                    if to < c.chunk.end {
+                        return Ok(());
+                    }
+                    if *c.hasher.finalize().as_bytes() != c.chunk.digest {
+                        return Err(PrepareError::ChunkMismatch {
+                            url: self.url.clone(),
+                            chunk: c.chunk.index,
+                            offset: c.chunk.offset,
+                        });
+                    }
+                    self.current = None;
+                }
+                None => {
+                    let Some(chunk) = expect.next() else {
+                        return Ok(());
+                    };
+                    // Bytes before it (a chunk copied from a local slot,
+                    // checked where it was copied) are not hashed here.
+                    debug_assert!(chunk.offset >= pos && chunk.offset <= end);
+                    pos = chunk.offset.clamp(pos, end);
+                    self.current = Some(Checking {
+                        chunk: chunk.clone(),
+                        next: pos,
+                        hasher: blake3::Hasher::new(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// The thread that writes a block while the writer thread checks it.
+struct Lane<'scope> {
+    to: SyncSender<(Arc<[u8]>, usize, usize, u64)>,
+    done: Receiver<Result<(), PrepareError>>,
+    device: &'scope SlotDevice,
+}
+
+impl<'scope> Lane<'scope> {
+    fn spawn<'env>(scope: &'scope Scope<'scope, 'env>, device: &'scope SlotDevice) -> Lane<'scope> {
+        let (to, work) = mpsc::sync_channel::<(Arc<[u8]>, usize, usize, u64)>(1);
+        let (report, done) = mpsc::sync_channel(1);
+        scope.spawn(move || {
+            for (storage, from, len, offset) in work {
+                let result = device.write_aligned(&storage[from..from + len], offset);
+                // The block is unique again before the writer hears back.
+                drop(storage);
+                if report.send(result).is_err() {
+                    return;
+                }
+            }
+        });
+        Lane { to, done, device }
+    }
+
+    /// Writes `block` on the lane's thread while `meanwhile` runs here;
+    /// returns both results once the write has returned.
+    fn write_while<T>(
+        &self,
+        block: &Block,
+        meanwhile: impl FnOnce() -> T,
+    ) -> (Result<(), PrepareError>, T) {
+        let part = (
+            Arc::clone(&block.storage),
+            block.start(),
+            block.len,
+            block.offset,
+        );
+        if self.to.send(part).is_err() {
+            let written = self.device.write_aligned(block.data(), block.offset);
+            return (written, meanwhile());
+        }
+        let result = meanwhile();
+        let written = self.done.recv().unwrap_or_else(|_| {
+            let e = io::Error::other("the slot's writing thread stopped");
+            Err(self.device.io_error("write", Some(block.offset), e))
+        });
+        (written, result)
     }
 }
 
@@ -118,11 +263,13 @@ pub struct Writer<'scope> {
 impl<'scope> Writer<'scope> {
     /// Starts the writing thread with blocks of `block_size` bytes
     /// ([`block_size`]).
+    /// `url` names the source in a chunk mismatch.
     pub fn spawn<'env>(
         scope: &'scope Scope<'scope, 'env>,
         device: &'scope SlotDevice,
         commits: Commits,
         block_size: usize,
+        url: &str,
     ) -> Writer<'scope> {
         let (full, queued) = mpsc::sync_channel::<Block>(BUFFERS);
         let (give_back, empty) = mpsc::sync_channel::<Block>(BUFFERS);
@@ -130,9 +277,17 @@ impl<'scope> Writer<'scope> {
             // Cannot fail: the receiver is alive and the channel has room.
             let _ = give_back.send(Block::new(block_size));
         }
+        let lane = Lane::spawn(scope, device);
+        let mut checker = Checker {
+            url: url.to_owned(),
+            current: None,
+        };
         let thread = scope.spawn(move || {
             for mut block in queued {
-                device.write_aligned(block.data(), block.offset)?;
+                let (written, checked) = lane.write_while(&block, || checker.check(&block));
+                // A mismatch first: the bytes it wrote are not committed.
+                checked?;
+                written?;
                 if let Some(pos) = block.commit {
                     commits.commit(pos);
                 }
@@ -176,6 +331,9 @@ impl<'scope> Writer<'scope> {
             "restart at {pos} before the commit at {commit}"
         );
         b.len = commit.saturating_sub(b.offset) as usize;
+        // A chunk starting at the commit or later is fetched again (or
+        // skipped), with a new expectation.
+        b.expect.retain(|e| e.offset < commit);
         if b.end_offset() == pos {
             return Ok(());
         }
@@ -190,6 +348,25 @@ impl<'scope> Writer<'scope> {
         Ok(())
     }
 
+    /// The fetched chunk `c` (the `index`th) starts here: its bytes are
+    /// hashed on the writer thread, and the block that completes it is
+    /// committed only if they are the chunk.
+    pub fn expect(&mut self, index: usize, c: &Chunk) {
+        let b = &mut self.current;
+        debug_assert_eq!(b.end_offset(), c.offset);
+        // A retry that continues where the last one stopped expects the
+        // same chunk again.
+        if b.expect.last().is_some_and(|e| e.offset == c.offset) {
+            b.expect.pop();
+        }
+        b.expect.push(Expect {
+            index,
+            offset: c.offset,
+            end: c.offset + c.len,
+            digest: c.digest,
+        });
+    }
+
     /// Room to decompress into, at the current slot offset.
     pub fn space(&mut self) -> &mut [u8] {
         self.current.space()
@@ -200,8 +377,8 @@ impl<'scope> Writer<'scope> {
     /// the frame so far, as zstd's stable output buffer must).
     pub fn block(&mut self) -> (&mut [u8], usize) {
         let b = &mut self.current;
-        let (start, len) = (b.start(), b.len);
-        (&mut b.storage[start..b.base + b.cap], len)
+        let (start, len, end) = (b.start(), b.len, b.base + b.cap);
+        (&mut b.bytes()[start..end], len)
     }
 
     /// `n` bytes of [`space`](Self::space) were filled.
@@ -322,7 +499,7 @@ mod tests {
         let commits = [1_000_001, BUF + 3, len];
         let hash = std::thread::scope(|s| {
             let rb = ReadBack::spawn(s, &device, &progress, &flags);
-            let mut w = Writer::spawn(s, &device, rb.commits(), BUF);
+            let mut w = Writer::spawn(s, &device, rb.commits(), BUF, "test://");
             fill(&mut w, &data[..1_000_001], 0, &commits);
             // A failed attempt leaves garbage past the first checkpoint...
             let garbage = vec![0xEE; len];
@@ -352,7 +529,7 @@ mod tests {
         let (progress, flags) = (Progress::default(), Flags::default());
         let hash = std::thread::scope(|s| {
             let rb = ReadBack::spawn(s, &device, &progress, &flags);
-            let mut w = Writer::spawn(s, &device, rb.commits(), BUF);
+            let mut w = Writer::spawn(s, &device, rb.commits(), BUF, "test://");
             // Two frames committed, neither filling the block: not written yet.
             fill(&mut w, &data[..5000], 0, &[1000, 5000]);
             // A failed attempt's bytes after the commit...
@@ -370,5 +547,115 @@ mod tests {
         });
         assert_eq!(std::fs::read(&path).unwrap()[..len], data[..]);
         assert_eq!(hash, blake3::hash(&data));
+    }
+
+    fn chunk(data: &[u8], offset: usize, end: usize) -> Chunk {
+        Chunk {
+            digest: *blake3::hash(&data[offset..end]).as_bytes(),
+            offset: offset as u64,
+            len: (end - offset) as u64,
+            zoffset: 0,
+            zsize: 0,
+        }
+    }
+
+    #[test]
+    fn fetched_chunks_are_checked_across_blocks_and_a_retry_hashes_the_chunk_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("slot");
+        let len = 2 * BUF + 9000;
+        let data: Vec<u8> = (0..len).map(|i| (i % 241) as u8).collect();
+        std::fs::write(&path, vec![0u8; len + 100]).unwrap();
+        let device = SlotDevice::open(Slot::B, &path).unwrap();
+        let (progress, flags) = (Progress::default(), Flags::default());
+        // Chunk 0 spans the first two blocks; chunk 1 is copied from a
+        // local slot (checked where it is copied, not here); chunk 2 is
+        // fetched twice, the first attempt breaking off with garbage.
+        let ends = [BUF + BUF / 2, BUF + BUF / 2 + 5000, len];
+        let chunks = [
+            chunk(&data, 0, ends[0]),
+            chunk(&data, ends[0], ends[1]),
+            chunk(&data, ends[1], ends[2]),
+        ];
+        let result = std::thread::scope(|s| {
+            let rb = ReadBack::spawn(s, &device, &progress, &flags);
+            let mut w = Writer::spawn(s, &device, rb.commits(), BUF, "test://");
+            w.expect(0, &chunks[0]);
+            fill(&mut w, &data[..ends[0]], 0, &[ends[0]]);
+            fill(&mut w, &data[..ends[1]], ends[0], &[ends[1]]);
+            w.expect(2, &chunks[2]);
+            // (`fill` takes slot offsets: garbage from ends[1] to past the block.)
+            let garbage = vec![0xEE; ends[1] + BUF / 2 + 3 * 4096];
+            fill(&mut w, &garbage, ends[1], &[]);
+            w.restart(ends[1] as u64).unwrap();
+            w.expect(2, &chunks[2]);
+            fill(&mut w, &data, ends[1], &[len]);
+            let written = w.finish();
+            device.sync().unwrap();
+            written.map(|()| rb.finish(len as u64).unwrap())
+        });
+        assert_eq!(result.unwrap(), blake3::hash(&data));
+        assert_eq!(std::fs::read(&path).unwrap()[..len], data[..]);
+    }
+
+    #[test]
+    fn a_fetched_chunk_that_is_not_its_digest_stops_the_writer_before_its_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("slot");
+        let len = 2 * BUF;
+        let data: Vec<u8> = (0..len).map(|i| (i % 239) as u8).collect();
+        std::fs::write(&path, vec![0u8; len]).unwrap();
+        let device = SlotDevice::open(Slot::B, &path).unwrap();
+        let (progress, flags) = (Progress::default(), Flags::default());
+        let chunks = [chunk(&data, 0, BUF / 2), chunk(&data, BUF / 2, len)];
+        let mut served = data.clone();
+        served[BUF + 77] ^= 1;
+        let save = |name: &str| {
+            Some(Save {
+                path: dir.path().join(name),
+                text: "checkpoint\n".into(),
+            })
+        };
+        let result = std::thread::scope(|s| {
+            let rb = ReadBack::spawn(s, &device, &progress, &flags);
+            let mut w = Writer::spawn(s, &device, rb.commits(), BUF, "test://");
+            w.expect(0, &chunks[0]);
+            fill(&mut w, &served[..BUF / 2], 0, &[]);
+            w.commit_saving(save("after-0")).unwrap();
+            w.expect(1, &chunks[1]);
+            // The block holding the bad byte goes to the writer when full:
+            // the error comes back at a later hand-over or at the end.
+            let mut result = Ok(());
+            let mut pos = BUF / 2;
+            while pos < len && result.is_ok() {
+                let space = w.space();
+                let n = space.len().min(len - pos).min(4096);
+                space[..n].copy_from_slice(&served[pos..pos + n]);
+                w.filled(n);
+                pos += n;
+                result = if pos == len {
+                    w.commit_saving(save("after-1"))
+                } else {
+                    w.send_if_full()
+                };
+            }
+            let result = result.and(w.finish());
+            rb.abort();
+            result
+        });
+        assert!(
+            matches!(
+                result,
+                Err(PrepareError::ChunkMismatch {
+                    chunk: 1,
+                    offset,
+                    ..
+                }) if offset == BUF as u64 / 2
+            ),
+            "{result:?}"
+        );
+        // The good chunk's checkpoint was saved, the bad one's never.
+        assert!(dir.path().join("after-0").exists());
+        assert!(!dir.path().join("after-1").exists());
     }
 }
