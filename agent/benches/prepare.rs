@@ -17,6 +17,10 @@
 //! `PREPARE_BENCH_MIB` (default "256,1024"), work dir from
 //! `PREPARE_BENCH_DIR` (default /var/tmp: a disk, not a tmpfs), chunk size
 //! in KiB from `PREPARE_BENCH_CHUNK_KIB` (default 1024, as `os-image bundle`).
+//! `PREPARE_BENCH_BASELINE=PATH` adds a copy of this bench's binary built
+//! from other sources (`cargo bench --no-run` prints its path) as one more
+//! method in the same rounds, and prints both builds' ratios: the disk's
+//! drift between two separate runs is larger than most changes.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -201,7 +205,7 @@ fn bench_size(work: &Path, size: usize) {
             .chain((!extra.is_empty()).then(|| extra.to_owned()))
             .collect()
     };
-    let methods: [(String, Vec<String>); 4] = [
+    let mut methods: Vec<(String, Vec<String>)> = vec![
         (label("os-agent prepare"), agent_argv("")),
         (label("os-agent prepare, signed"), agent_argv(&keys.display().to_string())),
         (label("zstd -dc | dd"), shell(&format!("zstd -dc {} | dd of={} bs=1M conv=fsync,notrunc status=none", input.zst.display(), target.display()))),
@@ -211,6 +215,14 @@ fn bench_size(work: &Path, size: usize) {
             t = target.display()
         ))),
     ];
+    // Another build of this bench (a copy of its binary), run the same way
+    // in the same rounds: two builds compared on one drifting disk.
+    let baseline = std::env::var("PREPARE_BENCH_BASELINE").ok();
+    if let Some(other) = &baseline {
+        let mut argv = agent_argv("");
+        argv[0].clone_from(other);
+        methods.push((label("os-agent prepare, baseline build"), argv));
+    }
     // Rounds of every method in turn, so that a drift of the disk's speed
     // (seen here: the same pipeline 1.6 s, then 2.0 s) falls on all alike,
     // and the ratio of two methods is taken within each round. Each round
@@ -272,6 +284,18 @@ fn bench_size(work: &Path, size: usize) {
         medians[2] / medians[0],
         tree as f64 * 100.0 / input.size as f64
     );
+    if baseline.is_some() {
+        let base = paired(2, 4);
+        println!(
+            "baseline build ({} MiB): prepare speed {:.2}x that of zstd -dc | dd (lowest {:.2}x, \
+             highest {:.2}x); this build's speed {:.2}x the baseline's (median of the rounds)",
+            input.size >> 20,
+            base[runs / 2],
+            base[0],
+            base[runs - 1],
+            paired(4, 0)[runs / 2]
+        );
+    }
     fs::remove_dir_all(&dir).unwrap();
 }
 
