@@ -570,17 +570,7 @@ fn run_prepare(
         .unwrap();
     if mode == Mode::Delta {
         let m = &running.manifest;
-        let rec = bootctl::record::SlotRecord {
-            slot: Slot::A,
-            state: bootctl::record::SlotState::Good,
-            version: running.version.clone(),
-            digest: m.image_digest.to_string(),
-            size: m.image_size,
-            written_at: 1,
-            confirm: None,
-            source: String::new(),
-            verity: m.verity.as_ref().map(wire::verity::Verity::to_arg),
-        };
+        let rec = m.slot_record(Slot::A, bootctl::record::SlotState::Good, 1);
         bootctl::record::write(&cfg.state_dir, &rec).unwrap();
         agent::prepare::save_index(&cfg.state_dir, Slot::A, m);
     }

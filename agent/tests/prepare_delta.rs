@@ -9,7 +9,7 @@ mod common;
 
 use agent::prepare::{prepare_with, PrepareError, PrepareRequest, Prepared};
 use agent::progress::Progress;
-use bootctl::record::{self, SlotRecord, SlotState};
+use bootctl::record::{self, SlotState};
 use bootctl::Slot;
 use common::server::{Fault, Served, Server};
 use common::{bundle, quick_retry, request, synthetic_chunk, synthetic_image, Bundle, Node, Rng};
@@ -269,19 +269,9 @@ fn a_file_pinned_by_its_sha256_is_downloaded_whole() {
 /// index, as the agent does once it has verified an image in a slot.
 fn record_running(node: &Node, v1: &[u8]) {
     let b1 = bundle(v1.to_vec(), CHUNK, "1");
-    let rec = SlotRecord {
-        slot: Slot::A,
-        state: SlotState::Good,
-        version: "1".into(),
-        digest: b1.meta.digest.clone(),
-        size: v1.len() as u64,
-        written_at: 1,
-        confirm: None,
-        source: String::new(),
-        verity: None,
-    };
-    record::write(&node.cfg.state_dir, &rec).unwrap();
     let m = wire::manifest::Manifest::parse(&b1.meta.manifest).unwrap();
+    let rec = m.slot_record(Slot::A, SlotState::Good, 1);
+    record::write(&node.cfg.state_dir, &rec).unwrap();
     agent::prepare::save_index(&node.cfg.state_dir, Slot::A, &m);
 }
 

@@ -140,15 +140,8 @@ pub fn run(opts: &DiskOptions) -> Result<()> {
     let record_of = |slot: Slot, m: Option<&Manifest>, state: SlotState| match m {
         None => SlotRecord::empty(slot),
         Some(m) => SlotRecord {
-            slot,
-            state,
-            version: m.os_version.clone(),
-            digest: m.image_digest.to_string(),
-            size: m.image_size,
-            written_at: now,
             confirm: opts.confirm,
-            source: String::new(),
-            verity: m.verity.as_ref().map(wire::verity::Verity::to_arg),
+            ..m.slot_record(slot, state, now)
         },
     };
     // The installer vouches for the committed slot; slot B has yet to boot.

@@ -9,7 +9,9 @@
 //! anchor, and every chunk is hashed as it arrives.
 
 use crate::digest::{self, Digest};
+use crate::record::{SlotRecord, SlotState};
 use crate::verity::Verity;
+use crate::Slot;
 use miniserde::{Deserialize, Serialize};
 
 /// The manifest layout written and read (`format`).
@@ -84,6 +86,23 @@ struct RawManifest {
 }
 
 impl Manifest {
+    /// The record of `slot` holding this image, written at `written_at`:
+    /// version, digest, size and verity from the manifest; no confirmation
+    /// policy and no source other than the digest (set them after).
+    pub fn slot_record(&self, slot: Slot, state: SlotState, written_at: u64) -> SlotRecord {
+        SlotRecord {
+            slot,
+            state,
+            version: self.os_version.clone(),
+            digest: self.image_digest.to_string(),
+            size: self.image_size,
+            written_at,
+            confirm: None,
+            source: String::new(),
+            verity: self.verity.as_ref().map(Verity::to_arg),
+        }
+    }
+
     /// Builds a manifest from its chunks as they were compressed, in order:
     /// `(BLAKE3 of the uncompressed chunk, length of its frame)`.
     pub fn from_chunks(
@@ -473,5 +492,34 @@ mod tests {
             .to_json()
             .replace(&m.verity.as_ref().unwrap().to_arg(), "1:2:3:4");
         assert!(Manifest::parse(&text).unwrap_err().starts_with("verity:"));
+    }
+
+    #[test]
+    fn a_slot_record_names_the_image_as_its_manifest_does() {
+        let frames = (0..3).map(|k| ([k as u8; 32], 10));
+        let mut m = Manifest::from_chunks(
+            "os-2",
+            "2.1",
+            "os-2.img.zst",
+            3 << 20,
+            Digest::blake3([7; 32]),
+            1 << 20,
+            frames,
+        );
+        let rec = m.slot_record(Slot::B, SlotState::Written, 42);
+        assert_eq!(
+            (rec.slot, rec.state, rec.version.as_str(), rec.size, rec.written_at),
+            (Slot::B, SlotState::Written, "2.1", 3 << 20, 42)
+        );
+        assert_eq!(rec.digest, format!("blake3:{}", "07".repeat(32)));
+        assert_eq!((rec.confirm, rec.source.as_str(), rec.verity), (None, "", None));
+        m.verity = Some(Verity {
+            data_blocks: 512,
+            hash_offset: 512 * 4096,
+            salt: [3; 32],
+            root_hash: [4; 32],
+        });
+        let rec = m.slot_record(Slot::A, SlotState::Good, 1);
+        assert_eq!(rec.verity, Some(m.verity.as_ref().unwrap().to_arg()));
     }
 }
