@@ -21,7 +21,6 @@ use bootctl::store::{Esp, StoreError};
 use bootctl::{AbState, Slot};
 use log::{info, warn};
 use std::fmt;
-use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -475,14 +474,21 @@ pub fn last_failure(view: &NodeView, trial: Option<&TrialInfo>) -> Option<Failur
     })
 }
 
+/// A trial file is a few short lines; one longer than this is not one.
+const MAX_TRIAL_BYTES: u64 = 64 << 10;
+
 pub fn read_trial(cfg: &Config) -> Result<Option<TrialInfo>, NodeError> {
     let path = trial_path(cfg);
-    match fs::read_to_string(&path) {
-        Ok(text) => Ok(TrialInfo::parse(&text).or_else(|| {
+    match crate::small_file::read(&path, MAX_TRIAL_BYTES) {
+        Ok(Some(text)) => Ok(TrialInfo::parse(&text).or_else(|| {
             warn!("ignoring unreadable trial file {}", path.display());
             None
         })),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Ok(None) => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+            warn!("ignoring unreadable trial file {}: {e}", path.display());
+            Ok(None)
+        }
         Err(source) => Err(NodeError::Io {
             op: "read",
             path,

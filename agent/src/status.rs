@@ -72,17 +72,12 @@ pub fn report(agent: &Agent) -> Result<Report, AgentError> {
 
 /// os-init's report; `None` when there is none (an os-init before verity).
 fn read_boot_check(path: &std::path::Path) -> Option<Result<BootCheck, String>> {
-    use std::io::Read;
-    let mut text = String::new();
-    let read = std::fs::File::open(path).and_then(|f| {
-        f.take(wire::verity::MAX_BOOT_CHECK_BYTES as u64 + 1)
-            .read_to_string(&mut text)
-    });
-    match read {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => Some(Err(format!("{}: {e}", path.display()))),
-        Ok(_) => Some(BootCheck::parse(&text).map_err(|e| format!("{}: {e}", path.display()))),
-    }
+    let max = wire::verity::MAX_BOOT_CHECK_BYTES as u64;
+    let text = match crate::small_file::read(path, max) {
+        Ok(text) => text?,
+        Err(e) => return Some(Err(format!("{}: {e}", path.display()))),
+    };
+    Some(BootCheck::parse(&text).map_err(|e| format!("{}: {e}", path.display())))
 }
 
 fn source_str(s: Source) -> &'static str {

@@ -7,7 +7,6 @@
 //! with no key file at all takes unsigned bundles, and `status` says so.
 
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use wire::signature::{PublicKey, MAX_FILE_BYTES};
 
@@ -87,10 +86,9 @@ fn read_key(path: &Path) -> Result<PublicKey, String> {
     if !meta.file_type().is_file() {
         return Err("not a regular file".into());
     }
-    let mut text = String::new();
-    fs::File::open(path)
-        .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_string(&mut text))
-        .map_err(|e| e.to_string())?;
+    let text = crate::small_file::read(path, MAX_FILE_BYTES)
+        .map_err(|e| e.to_string())?
+        .ok_or("removed while the keys were read")?;
     PublicKey::from_pem(&text).map_err(|e| e.to_string())
 }
 

@@ -348,3 +348,19 @@ fn trial_file_lives_under_the_agent_state_dir() {
     assert_eq!((trial.slot, trial.version.as_str()), (Slot::B, "2"));
     assert!(node.state.join("os-agent/trial").exists());
 }
+
+#[test]
+fn a_huge_trial_file_is_ignored_without_being_read_whole() {
+    let node = armed_node();
+    let cfg = node.config(Slot::A);
+    // A corrupt PERSIST: the trial file is 64 GiB of zeros (sparse). Read
+    // whole, it would exhaust memory; it is refused after its first 64 KiB.
+    let path = node.state.join("os-agent/trial");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(64 << 30)
+        .unwrap();
+    assert_eq!(node::read_trial(&cfg).unwrap(), None);
+}

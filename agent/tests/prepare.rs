@@ -644,6 +644,25 @@ fn a_download_given_up_continues_in_the_next_prepare_from_its_saved_checkpoint()
 }
 
 #[test]
+fn a_huge_checkpoint_file_is_not_read_whole_and_the_download_starts_over() {
+    let node = Node::new(4 << 20);
+    let b = big_bundle(23);
+    let server = serve(&b, true);
+    // A corrupt PERSIST: the checkpoint is 64 GiB of zeros (sparse). Read
+    // whole, it would exhaust memory; it is refused after its first bytes.
+    std::fs::create_dir_all(resume_file(&node).parent().unwrap()).unwrap();
+    std::fs::File::create(resume_file(&node))
+        .unwrap()
+        .set_len(64 << 30)
+        .unwrap();
+    let (result, _) = run(&node, &request(server.url(IMG), &b.meta.digest));
+    assert_eq!(result.unwrap().digest, b.meta.digest);
+    let served = server.served(IMG);
+    assert_eq!((served[0].status, served[0].start), (200, 0), "{served:?}");
+    assert!(!resume_file(&node).exists());
+}
+
+#[test]
 fn a_file_replaced_at_the_same_url_is_downloaded_from_the_start() {
     let node = Node::new(4 << 20);
     let b = big_bundle(22);

@@ -508,11 +508,20 @@ mod tests {
         );
         let rec = m.slot_record(Slot::B, SlotState::Written, 42);
         assert_eq!(
-            (rec.slot, rec.state, rec.version.as_str(), rec.size, rec.written_at),
+            (
+                rec.slot,
+                rec.state,
+                rec.version.as_str(),
+                rec.size,
+                rec.written_at
+            ),
             (Slot::B, SlotState::Written, "2.1", 3 << 20, 42)
         );
         assert_eq!(rec.digest, format!("blake3:{}", "07".repeat(32)));
-        assert_eq!((rec.confirm, rec.source.as_str(), rec.verity), (None, "", None));
+        assert_eq!(
+            (rec.confirm, rec.source.as_str(), rec.verity),
+            (None, "", None)
+        );
         m.verity = Some(Verity {
             data_blocks: 512,
             hash_offset: 512 * 4096,

@@ -241,32 +241,18 @@ pub fn forget_index(persist: &Path, slot: Slot) -> Result<(), PrepareError> {
 /// manifest; `None` (the slot is scanned) when there is none, it cannot be
 /// read or parsed, or it describes another image than the record does.
 pub fn load_index(persist: &Path, rec: &bootctl::record::SlotRecord) -> Option<Vec<Chunk>> {
-    use std::io::Read;
     let slot = rec.slot;
     if rec.digest.is_empty() {
         return None;
     }
     let path = index_path(persist, slot);
-    let mut text = String::new();
-    let read = File::open(&path).and_then(|f| {
-        f.take(wire::manifest::MAX_MANIFEST_BYTES + 1)
-            .read_to_string(&mut text)
-    });
-    match read {
-        Ok(n) if n as u64 > wire::manifest::MAX_MANIFEST_BYTES => {
-            log::warn!(
-                "{}: larger than a manifest can be; scanning slot {slot}",
-                path.display()
-            );
-            return None;
-        }
-        Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+    let text = match crate::small_file::read(&path, wire::manifest::MAX_MANIFEST_BYTES) {
+        Ok(text) => text?,
         Err(e) => {
             log::warn!("{}: {e}; scanning slot {slot}", path.display());
             return None;
         }
-    }
+    };
     let m = match Manifest::parse(&text) {
         Ok(m) => m,
         Err(e) => {

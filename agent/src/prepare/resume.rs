@@ -150,6 +150,10 @@ pub struct Saver {
     last: Mutex<Instant>,
 }
 
+/// Bytes a checkpoint may hold after its identity: a few numbers, an ETag
+/// and a SHA-256 state. A longer file is not one of ours.
+const MAX_CHECKPOINT_FIELDS: u64 = 64 << 10;
+
 impl Saver {
     pub fn new(path: PathBuf, identity: String, interval: Duration) -> Saver {
         Saver {
@@ -186,7 +190,14 @@ impl Saver {
 
     /// The saved checkpoint, when there is one for this download.
     fn load(&self, job: &Job) -> Option<Checkpoint> {
-        let text = std::fs::read_to_string(&self.path).ok()?;
+        let max = self.identity.len() as u64 + MAX_CHECKPOINT_FIELDS;
+        let text = match crate::small_file::read(&self.path, max) {
+            Ok(text) => text?,
+            Err(e) => {
+                log::warn!("{}: {e}; the download starts over", self.path.display());
+                return None;
+            }
+        };
         let rest = text.strip_prefix(&self.identity)?;
         let field = |key: &str| -> Option<String> {
             rest.lines()
