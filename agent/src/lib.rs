@@ -29,7 +29,6 @@ pub mod node;
 pub mod prepare;
 pub mod progress;
 pub mod rpc;
-mod small_file;
 pub mod status;
 pub mod stream;
 mod sys;

@@ -479,7 +479,7 @@ const MAX_TRIAL_BYTES: u64 = 64 << 10;
 
 pub fn read_trial(cfg: &Config) -> Result<Option<TrialInfo>, NodeError> {
     let path = trial_path(cfg);
-    match crate::small_file::read(&path, MAX_TRIAL_BYTES) {
+    match bootctl::small_file::read(&path, MAX_TRIAL_BYTES) {
         Ok(Some(text)) => Ok(TrialInfo::parse(&text).or_else(|| {
             warn!("ignoring unreadable trial file {}", path.display());
             None

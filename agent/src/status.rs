@@ -73,7 +73,7 @@ pub fn report(agent: &Agent) -> Result<Report, AgentError> {
 /// os-init's report; `None` when there is none (an os-init before verity).
 fn read_boot_check(path: &std::path::Path) -> Option<Result<BootCheck, String>> {
     let max = wire::verity::MAX_BOOT_CHECK_BYTES as u64;
-    let text = match crate::small_file::read(path, max) {
+    let text = match bootctl::small_file::read(path, max) {
         Ok(text) => text?,
         Err(e) => return Some(Err(format!("{}: {e}", path.display()))),
     };

@@ -86,7 +86,7 @@ fn read_key(path: &Path) -> Result<PublicKey, String> {
     if !meta.file_type().is_file() {
         return Err("not a regular file".into());
     }
-    let text = crate::small_file::read(path, MAX_FILE_BYTES)
+    let text = bootctl::small_file::read(path, MAX_FILE_BYTES)
         .map_err(|e| e.to_string())?
         .ok_or("removed while the keys were read")?;
     PublicKey::from_pem(&text).map_err(|e| e.to_string())

@@ -26,6 +26,8 @@ pub mod partitions;
 #[cfg(feature = "std")]
 pub mod record;
 #[cfg(feature = "std")]
+pub mod small_file;
+#[cfg(feature = "std")]
 pub mod store;
 #[cfg(feature = "std")]
 mod sys;

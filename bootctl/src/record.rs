@@ -8,11 +8,16 @@
 //! temp file, fsync, rename over, fsync the directory.
 
 use crate::durable;
+use crate::small_file;
 use crate::state::Slot;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 pub use wire::record::{check_text, ConfirmPolicy, RescueNote, SlotRecord, SlotState};
+
+/// A record or rescue note is a dozen short lines; a longer file is not one
+/// (and is not read into memory whole).
+pub const MAX_RECORD_BYTES: u64 = 64 << 10;
 
 /// Directory of the records, relative to the PERSIST mount point.
 pub const RECORD_DIR: &str = "ab";
@@ -86,9 +91,15 @@ impl std::error::Error for RecordError {
 /// Reads `slot`'s record; a missing file reads as an empty slot.
 pub fn read(persist: &Path, slot: Slot) -> Result<SlotRecord, RecordError> {
     let path = record_path(persist, slot);
-    let text = match fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(SlotRecord::empty(slot)),
+    let text = match small_file::read(&path, MAX_RECORD_BYTES) {
+        Ok(Some(t)) => t,
+        Ok(None) => return Ok(SlotRecord::empty(slot)),
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+            return Err(RecordError::Corrupt {
+                path,
+                reason: e.to_string(),
+            })
+        }
         Err(source) => {
             return Err(RecordError::Io {
                 op: "read",
@@ -158,11 +169,15 @@ pub fn write_rescue(persist: &Path, note: &RescueNote) -> Result<(), RecordError
 /// The note, if os-init left one.
 pub fn read_rescue(persist: &Path) -> Result<Option<RescueNote>, RecordError> {
     let path = rescue_path(persist);
-    match fs::read_to_string(&path) {
-        Ok(text) => RescueNote::parse(&text)
+    match small_file::read(&path, MAX_RECORD_BYTES) {
+        Ok(Some(text)) => RescueNote::parse(&text)
             .map(Some)
             .map_err(|reason| RecordError::Corrupt { path, reason }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Ok(None) => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => Err(RecordError::Corrupt {
+            path,
+            reason: e.to_string(),
+        }),
         Err(source) => Err(RecordError::Io {
             op: "read",
             path,
@@ -304,6 +319,24 @@ mod tests {
             assert!(err.to_string().contains("control character"), "{err}");
             assert_eq!(fs::read(record_path(dir.path(), Slot::B)).unwrap(), before);
         }
+    }
+
+    #[test]
+    fn a_huge_record_or_rescue_note_is_corrupt_and_not_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("ab")).unwrap();
+        // A corrupt PERSIST: 64 GiB of zeros (sparse), which read whole would
+        // exhaust memory; refused after its first 64 KiB.
+        for path in [record_path(dir.path(), Slot::B), rescue_path(dir.path())] {
+            fs::File::create(&path).unwrap().set_len(64 << 30).unwrap();
+        }
+        let e = read(dir.path(), Slot::B).unwrap_err();
+        assert!(
+            matches!(&e, RecordError::Corrupt { reason, .. } if reason.contains("larger than")),
+            "{e}"
+        );
+        let e = read_rescue(dir.path()).unwrap_err();
+        assert!(matches!(e, RecordError::Corrupt { .. }), "{e}");
     }
 
     #[test]

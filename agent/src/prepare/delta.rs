@@ -246,7 +246,7 @@ pub fn load_index(persist: &Path, rec: &bootctl::record::SlotRecord) -> Option<V
         return None;
     }
     let path = index_path(persist, slot);
-    let text = match crate::small_file::read(&path, wire::manifest::MAX_MANIFEST_BYTES) {
+    let text = match bootctl::small_file::read(&path, wire::manifest::MAX_MANIFEST_BYTES) {
         Ok(text) => text?,
         Err(e) => {
             log::warn!("{}: {e}; scanning slot {slot}", path.display());

@@ -191,7 +191,7 @@ impl Saver {
     /// The saved checkpoint, when there is one for this download.
     fn load(&self, job: &Job) -> Option<Checkpoint> {
         let max = self.identity.len() as u64 + MAX_CHECKPOINT_FIELDS;
-        let text = match crate::small_file::read(&self.path, max) {
+        let text = match bootctl::small_file::read(&self.path, max) {
             Ok(text) => text?,
             Err(e) => {
                 log::warn!("{}: {e}; the download starts over", self.path.display());

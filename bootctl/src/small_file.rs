@@ -1,6 +1,7 @@
 //! Reading a small local file whole, bounded: a file on PERSIST or in a
 //! config directory is input like any other (a corrupt disk, a file put
-//! there by hand), and is never read into memory past its limit.
+//! there by hand), and is never read into memory past its limit. Used for
+//! the slot records here and for the agent's own small files.
 
 use std::fs::File;
 use std::io::{self, Read};
