@@ -322,7 +322,11 @@ impl Agent {
             return Err(AgentError::Busy(format!(
                 "os-agent is busy: another process holds {} ({}); retry when it ends",
                 path.display(),
-                fs::read_to_string(&path).unwrap_or_default().trim()
+                bootctl::small_file::read(&path, 4096)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default()
+                    .trim()
             )));
         }
         let holder = format!(
@@ -346,7 +350,10 @@ impl Agent {
         let meta = fs::metadata(&path).ok()?;
         let locks = fs::read_to_string("/proc/locks").ok()?;
         let pid = flock_holder(&locks, meta.dev(), meta.ino())?;
-        let holder = fs::read_to_string(&path).unwrap_or_default();
+        let holder = bootctl::small_file::read(&path, 4096)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         Some(match holder.trim() {
             "" => format!("pid {pid} holds {}", path.display()),
             h => h.to_owned(),

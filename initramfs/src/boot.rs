@@ -542,7 +542,8 @@ impl Shell<'_> {
             .persist
             .join(SEED_MARKERS)
             .join(format!("seeded-{}", dir.replace('/', "-")));
-        if !image.is_empty() && fs::read_to_string(&marker).is_ok_and(|m| m.trim() == image) {
+        let seeded = bootctl::small_file::read(&marker, 4096).ok().flatten();
+        if !image.is_empty() && seeded.is_some_and(|m| m.trim() == image) {
             return;
         }
         match seed::seed(at, on_persist) {

@@ -180,12 +180,18 @@ fn unquote(value: &str) -> String {
     out
 }
 
+/// An os-release file is a few lines; a longer one is not read whole.
+const MAX_OS_RELEASE_BYTES: u64 = 64 << 10;
+
 /// The slot's `VERSION_ID`: `/etc/os-release`, else `/usr/lib/os-release`
 /// (os-release(5)), both resolved inside `root`.
 pub fn slot_version(root: &Path) -> Result<String, CheckFailure> {
-    let mut last_err = String::new();
+    let mut errors = Vec::new();
     for candidate in ["/etc/os-release", "/usr/lib/os-release"] {
-        let text = resolve_in_root(root, Path::new(candidate)).and_then(fs::read_to_string);
+        let text = resolve_in_root(root, Path::new(candidate)).and_then(|path| {
+            bootctl::small_file::read(&path, MAX_OS_RELEASE_BYTES)?
+                .ok_or_else(|| io::ErrorKind::NotFound.into())
+        });
         match text {
             Ok(t) => {
                 return version_id(&t).filter(|v| !v.is_empty()).ok_or_else(|| {
@@ -194,11 +200,11 @@ pub fn slot_version(root: &Path) -> Result<String, CheckFailure> {
                     }
                 })
             }
-            Err(e) => last_err = format!("{candidate}: {e}"),
+            Err(e) => errors.push(format!("{candidate}: {e}")),
         }
     }
     Err(CheckFailure::OsRelease {
-        problem: format!("no os-release in the slot ({last_err})"),
+        problem: format!("no os-release in the slot ({})", errors.join("; ")),
     })
 }
 
@@ -426,6 +432,21 @@ mod tests {
             err.to_string(),
             "os-release: /etc/os-release has no VERSION_ID"
         );
+    }
+
+    #[test]
+    fn a_huge_os_release_is_not_read_whole() {
+        let t = TempDir::new();
+        os_release(t.path(), "VERSION_ID=2\n");
+        // 64 GiB (sparse), which read whole would exhaust the initramfs's memory.
+        fs::File::options()
+            .write(true)
+            .open(t.path().join("etc/os-release"))
+            .unwrap()
+            .set_len(64 << 30)
+            .unwrap();
+        let err = check_version(t.path(), &record(SlotState::Written, "2")).unwrap_err();
+        assert!(err.to_string().contains("larger than"), "{err}");
     }
 
     #[test]
