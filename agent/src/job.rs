@@ -24,7 +24,7 @@ use std::fmt;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -196,6 +196,15 @@ impl From<Refusal> for AgentError {
     }
 }
 
+/// What the lock file says about its holder ("pid N runs KIND DETAIL"),
+/// read bounded; empty when it cannot be read.
+fn holder_text(path: &Path) -> String {
+    bootctl::small_file::read(path, 4096)
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
 /// The pid holding a `flock` on the file `dev`/`ino`, from `/proc/locks`,
 /// whose lines read `1: FLOCK  ADVISORY  WRITE <pid> <major>:<minor>:<inode> 0 EOF`
 /// (major and minor in hex; a waiter's line has `->` after the number).
@@ -322,11 +331,7 @@ impl Agent {
             return Err(AgentError::Busy(format!(
                 "os-agent is busy: another process holds {} ({}); retry when it ends",
                 path.display(),
-                bootctl::small_file::read(&path, 4096)
-                    .ok()
-                    .flatten()
-                    .unwrap_or_default()
-                    .trim()
+                holder_text(&path).trim()
             )));
         }
         let holder = format!(
@@ -350,11 +355,7 @@ impl Agent {
         let meta = fs::metadata(&path).ok()?;
         let locks = fs::read_to_string("/proc/locks").ok()?;
         let pid = flock_holder(&locks, meta.dev(), meta.ino())?;
-        let holder = bootctl::small_file::read(&path, 4096)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        Some(match holder.trim() {
+        Some(match holder_text(&path).trim() {
             "" => format!("pid {pid} holds {}", path.display()),
             h => h.to_owned(),
         })

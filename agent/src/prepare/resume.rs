@@ -691,7 +691,7 @@ fn attempt(
         job.progress.add_bytes(n as u64);
         writer.filled(n);
         let sent = if let Some(zpos) = stream.get_ref().get_ref().boundary() {
-            frame_end(job, cp, stream.get_mut(), zpos, pos)?;
+            frame_end(job, cp, stream.get_ref(), zpos, pos)?;
             let sent = writer.commit_saving(due_save(job, cp));
             expect_next(job, writer, cp, until);
             sent
@@ -738,7 +738,7 @@ fn check_length(job: &Job, body: &Body) -> Result<(), Failure> {
 fn frame_end<R: Read>(
     job: &Job,
     cp: &mut Checkpoint,
-    hashed: &mut HashReader<FrameDecoder<R>>,
+    hashed: &HashReader<FrameDecoder<R>>,
     zpos: u64,
     pos: u64,
 ) -> Result<(), Failure> {

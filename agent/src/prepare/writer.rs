@@ -4,8 +4,9 @@
 //!
 //! Two reusable buffers circulate between the download thread, which fills
 //! them (the decoder writes each frame straight into one, see
-//! [`Writer::block`]), and this thread, which writes them and hands them
-//! back; memory stays at `BUFFERS` blocks whatever the image size. Buffers are written in the
+//! [`Writer::block`]), and this thread, which writes them (through a second
+//! thread, while it checks their chunks: below) and hands them back; memory
+//! stays at `BUFFERS` blocks whatever the image size. Buffers are written in the
 //! order they were filled, and a read-back commit travels with the buffer that
 //! completes the committed range: the read-back is told about a range only
 //! after every write in it has returned, and a resumed download's rewrites

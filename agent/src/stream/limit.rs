@@ -35,10 +35,6 @@ impl<R: Read> LimitReader<R> {
     pub fn get_ref(&self) -> &R {
         &self.inner
     }
-
-    pub fn get_mut(&mut self) -> &mut R {
-        &mut self.inner
-    }
 }
 
 impl<R: Read> Read for LimitReader<R> {
