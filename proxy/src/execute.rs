@@ -29,10 +29,34 @@ fn now() -> jiff::Timestamp {
 }
 
 pub(crate) async fn execute(p: &Proxy, s: &NodeState, step: &Step) -> Result<(), Error> {
+    match carry_out(p, s, step).await {
+        // The claim of an Assigned operation lost to a change by the operator (withdrawn by
+        // `spec.abort`, or stood down): nothing was done to the node; look again.
+        Err(Error::Write {
+            source: kube::Error::Api(e),
+            ..
+        }) if e.code == 409 && claims(s) => {
+            tracing::info!(
+                node = %p.cfg.node_name,
+                ?step,
+                "the OSInstance changed since it was read; not taking up the operation"
+            );
+            Ok(())
+        }
+        r => r,
+    }
+}
+
+/// Whether `s` is an operation the operator assigned and this proxy has not taken up yet.
+fn claims(s: &NodeState) -> bool {
+    s.status.phase == Some(NodePhase::Assigned)
+}
+
+async fn carry_out(p: &Proxy, s: &NodeState, step: &Step) -> Result<(), Error> {
     match step {
         Step::Idle => Ok(()),
         Step::Wait(why) => show_wait(p, s, why).await,
-        Step::Enter { phase, step } => write(p, &report::phase_patch(*phase, step, now())).await,
+        Step::Enter { phase, step } => write(p, s, &report::phase_patch(*phase, step, now())).await,
         Step::ApplyUpgradeConfigs => configure(p, s, "upgradeconfigs", s.upgradeconfigs()).await,
         Step::Configure => configure(p, s, "sysconfigs", s.sysconfigs()).await,
         Step::Prepare(req) => prepare(p, s, req).await,
@@ -55,9 +79,16 @@ pub(crate) async fn execute(p: &Proxy, s: &NodeState, step: &Step) -> Result<(),
     }
 }
 
-async fn write(p: &Proxy, patch: &Value) -> Result<(), Error> {
+/// Writes `patch` into the status. Decided on an `Assigned` instance (`claims`), it carries
+/// the `resourceVersion` `s` was read at, so it takes up the operation only if the operator
+/// has not changed the instance since (a 409 otherwise).
+async fn write(p: &Proxy, s: &NodeState, patch: &Value) -> Result<(), Error> {
+    let mut patch = patch.clone();
+    if let Some(version) = s.resource_version.as_ref().filter(|_| claims(s)) {
+        patch["metadata"]["resourceVersion"] = Value::String(version.clone());
+    }
     p.reporter
-        .status(patch)
+        .status(&patch)
         .await
         .map_err(|source| Error::Write {
             name: p.cfg.node_name.clone(),
@@ -81,7 +112,7 @@ async fn show_wait(p: &Proxy, s: &NodeState, why: &str) -> Result<(), Error> {
     if !active || s.status.step.as_deref() == Some(why) {
         return Ok(());
     }
-    write(p, &report::step_patch(why, now())).await
+    write(p, s, &report::step_patch(why, now())).await
 }
 
 /// Whether the operation observed in `s` is still the one asked for: a long action (a write,
@@ -106,7 +137,7 @@ async fn configure(
     let list =
         serde_json::to_value(configs.configs.clone().unwrap_or_default()).unwrap_or(Value::Null);
     match p.agent.configure(&list).await {
-        Ok(()) => write(p, &report::applied_patch(which, configs)).await,
+        Ok(()) => write(p, s, &report::applied_patch(which, configs)).await,
         // Down, or finishing its after-boot check: ask again on the next tick.
         Err(e) if retry_later(&e) => Ok(()),
         Err(e) => {
@@ -121,6 +152,7 @@ async fn prepare(p: &Proxy, s: &NodeState, req: &UpgradeRequest) -> Result<(), E
     tracing::info!(version = %req.version, url = %req.image_url, "preparing the inactive slot");
     write(
         p,
+        s,
         &report::step_patch(
             &format!("writing {} into the inactive slot", req.version),
             now(),
@@ -135,7 +167,7 @@ async fn prepare(p: &Proxy, s: &NodeState, req: &UpgradeRequest) -> Result<(), E
     match result {
         Ok(()) if still_asked(p, s).await? => {
             let step = "cordoning and draining";
-            write(p, &report::phase_patch(NodePhase::Draining, step, now())).await
+            write(p, s, &report::phase_patch(NodePhase::Draining, step, now())).await
         }
         Ok(()) => Ok(()),
         // The agent restarted or is busy: the next observation tells what is left to do.
@@ -207,7 +239,7 @@ async fn drain_then(p: &Proxy, s: &NodeState, after: AfterDrain) -> Result<(), E
     let start = tokio::time::Instant::now();
     let drained = match drain::plan(&p.client, &p.cfg.node_name, cfg.force).await {
         Ok(plan) => {
-            write(p, &report::step_patch(&drain_step(&plan), now())).await?;
+            write(p, s, &report::step_patch(&drain_step(&plan), now())).await?;
             drain::run(&p.client, &p.cfg.node_name, &plan, &cfg, start).await
         }
         Err(e) => Err(e),
@@ -226,7 +258,14 @@ async fn drain_then(p: &Proxy, s: &NodeState, after: AfterDrain) -> Result<(), E
         AfterDrain::Rollback => (p.agent.rollback().await, "rebooting into the other slot"),
     };
     match call {
-        Ok(()) => write(p, &report::phase_patch(NodePhase::Rebooting, next, now())).await,
+        Ok(()) => {
+            write(
+                p,
+                s,
+                &report::phase_patch(NodePhase::Rebooting, next, now()),
+            )
+            .await
+        }
         // No answer: it may have armed and rebooted at once; the next observation tells.
         // Busy: another job holds the agent; the next tick asks again (the drain is done).
         Err(e) if retry_later(&e) => Ok(()),
@@ -282,7 +321,7 @@ async fn publish_drain_failed(p: &Proxy, message: &str) {
 async fn succeed(p: &Proxy, s: &NodeState, version: &str) -> Result<(), Error> {
     cordon::uncordon(&p.nodes, &p.cfg.node_name).await?;
     let patch = report::succeeded_patch(version, s.sysconfigs(), s.upgradeconfigs(), now());
-    write(p, &patch).await?;
+    write(p, s, &patch).await?;
     tracing::info!(node = %p.cfg.node_name, version, "succeeded");
     hand_back(p).await
 }
@@ -293,6 +332,11 @@ pub(crate) async fn fail(p: &Proxy, s: &NodeState, message: &str) -> Result<(), 
     tracing::warn!(node = %p.cfg.node_name, message, "failed");
     cordon::uncordon(&p.nodes, &p.cfg.node_name).await?;
     let current = s.agent.as_ref().map(crate::lifecycle::current_version);
-    write(p, &report::failed_patch(message, current.as_deref(), now())).await?;
+    write(
+        p,
+        s,
+        &report::failed_patch(message, current.as_deref(), now()),
+    )
+    .await?;
     hand_back(p).await
 }

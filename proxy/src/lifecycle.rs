@@ -36,6 +36,10 @@ pub struct NodeState {
     pub node: NodeFacts,
     /// `None`: the agent did not answer (down, restarting, or the node is rebooting).
     pub agent: Option<AgentStatus>,
+    /// The OSInstance's `resourceVersion` when it was read. A write decided on an `Assigned`
+    /// instance carries it, so it fails (409) when the operator changed the instance since:
+    /// an operation withdrawn by `spec.abort` before this proxy took it up stays withdrawn.
+    pub resource_version: Option<String>,
 }
 
 /// What to do after the drain.
@@ -56,7 +60,7 @@ pub enum Step {
     Wait(String),
     /// Record that the node moved to `phase`; the action of that phase comes next.
     Enter { phase: NodePhase, step: String },
-    /// Agent `configure` with the OS's `upgradeconfigs`, before anything else of an upgrade.
+    /// Agent `configure` with the OS's `upgradeconfigs`, first thing in `Preparing`.
     ApplyUpgradeConfigs,
     /// Agent `prepare_upgrade`: write and verify the image into the inactive slot.
     Prepare(UpgradeRequest),
@@ -348,12 +352,16 @@ fn upgrade_step(s: &NodeState, agent: &AgentStatus, t: &Target, phase: NodePhase
     let prepared = agent.record(new).state == SlotState::Written && t.held_by(agent.record(new));
     let armed = agent.trial == Some(new);
     match phase {
-        NodePhase::Assigned
-            if settings_pending(s.upgradeconfigs(), s.status.upgradeconfigs.as_ref()) =>
+        // Nothing is done to the node while Assigned: the first write (conditional, see
+        // `NodeState::resource_version`) claims the operation, so one the operator withdrew
+        // in the meantime is never started.
+        NodePhase::Assigned => enter(NodePhase::Preparing, "preparing the new image"),
+        NodePhase::Preparing
+            if agent.job.is_none()
+                && settings_pending(s.upgradeconfigs(), s.status.upgradeconfigs.as_ref()) =>
         {
             Step::ApplyUpgradeConfigs
         }
-        NodePhase::Assigned => enter(NodePhase::Preparing, "preparing the new image"),
         NodePhase::Preparing => prepare_step(s, agent, t, prepared),
         NodePhase::Draining if prepared && armed => {
             enter(NodePhase::Rebooting, "rebooting into the new slot")

@@ -87,6 +87,7 @@ fn state(nodestatus: NodeStatus, phase: NodePhase, agent: Option<AgentStatus>) -
             ready: true,
         },
         agent,
+        resource_version: Some("7".into()),
     }
 }
 
@@ -215,7 +216,7 @@ fn unreachable_agent_waits_in_every_active_phase() {
 }
 
 #[test]
-fn assigned_applies_upgradeconfigs_first_then_prepares() {
+fn assigned_only_claims_then_preparing_applies_upgradeconfigs_first() {
     let empty = agent(rec(SlotState::Empty, "", 'x'));
     let mut s = upgrade(NodePhase::Assigned, empty);
     assert!(entered(NodePhase::Preparing)(&next_step(&s)));
@@ -227,9 +228,31 @@ fn assigned_applies_upgradeconfigs_first_then_prepares() {
         }]),
     };
     s.os.as_mut().unwrap().upgradeconfigs = Some(configs.clone());
-    assert_eq!(next_step(&s), Step::ApplyUpgradeConfigs);
-    s.status.upgradeconfigs = Some(configs);
+    // Settings to apply do not act on the node before the operation is claimed.
     assert!(entered(NodePhase::Preparing)(&next_step(&s)));
+    s.status.phase = Some(NodePhase::Preparing);
+    assert_eq!(next_step(&s), Step::ApplyUpgradeConfigs);
+    // A download in progress (a restarted proxy) is followed, not interrupted.
+    let mut busy = s.clone();
+    busy.agent.as_mut().unwrap().job = Some(Job {
+        kind: "prepare".into(),
+        detail: String::new(),
+        step: String::new(),
+        elapsed_s: 1,
+        phase: "downloading".into(),
+        bytes: 1,
+        total: 4,
+        fetched: 1,
+        percent: Some(25.0),
+        rate: 0.0,
+    });
+    assert_eq!(next_step(&busy), Step::WatchPrepare);
+    s.status.upgradeconfigs = Some(configs);
+    assert!(
+        matches!(next_step(&s), Step::Prepare(_)),
+        "{:?}",
+        next_step(&s)
+    );
 }
 
 #[test]

@@ -116,10 +116,18 @@ impl Proxy {
         let Some(state) = self.observe().await? else {
             return Ok((None, Step::Idle));
         };
-        let step = lifecycle::next_step(&state);
-        tracing::debug!(node = %self.cfg.node_name, ?step, "decided");
-        execute::execute(self, &state, &step).await?;
+        let step = self.act(&state).await?;
         Ok((Some(state), step))
+    }
+
+    /// Decides on `state` (one [`observe`](Self::observe)) and carries out that step;
+    /// returns the step. What `state` saw may be out of date by now: writes decided on an
+    /// `Assigned` instance only land if it is unchanged (see [`NodeState::resource_version`]).
+    pub async fn act(&self, state: &NodeState) -> Result<Step, Error> {
+        let step = lifecycle::next_step(state);
+        tracing::debug!(node = %self.cfg.node_name, ?step, "decided");
+        execute::execute(self, state, &step).await?;
+        Ok(step)
     }
 
     /// Steps forever; errors are logged and the next step starts from a fresh observation.
@@ -217,6 +225,7 @@ impl Proxy {
         let os = self.read_os(&instance.spec).await?;
         let agent = self.agent_status().await;
         Ok(Some(NodeState {
+            resource_version: instance.metadata.resource_version,
             spec: instance.spec,
             status: instance.status.unwrap_or_default(),
             os,

@@ -200,6 +200,78 @@ async fn operator_timeout_mid_operation_makes_the_proxy_stand_down() {
     );
 }
 
+/// `spec.abort` withdraws an operation the proxy has not taken up (phase `Assigned`). A proxy
+/// that read it Assigned just before the withdrawal acts on what it read: its first write (the
+/// claim) carries the resourceVersion it read, is refused, and nothing is asked of the agent.
+#[tokio::test]
+async fn an_operation_withdrawn_after_the_proxy_read_it_is_not_taken_up() {
+    use operator::crd::NodePhase;
+    use proxy::lifecycle::Step;
+    let server = FakeApiServer::start().await;
+    let client = client(&server);
+    create_node(&client, NODE, false).await;
+    start_operation(&client, "upgrade", "Assigned", NEW).await;
+    let agent = FakeAgent::start("empty", "");
+    let p = Proxy::new(
+        client.clone(),
+        proxy_config(&agent.socket, Duration::from_secs(10)),
+    );
+    let seen = p.observe().await.unwrap().expect("an observation");
+    assert_eq!(seen.status.phase, Some(NodePhase::Assigned));
+
+    // The operator withdraws it, as its abort does: the spec, then the status.
+    let api = Api::<operator::crd::OsInstance>::default_namespaced(client.clone());
+    let pp = kube::api::PatchParams::default();
+    let idle = serde_json::json!({"spec": {"nodestatus": "idle"}});
+    api.patch(NODE, &pp, &kube::api::Patch::Merge(idle))
+        .await
+        .unwrap();
+    let withdrawn = serde_json::json!({"status": {"phase": "Idle", "step": "withdrawn"}});
+    api.patch_status(NODE, &pp, &kube::api::Patch::Merge(withdrawn))
+        .await
+        .unwrap();
+
+    let step = p.act(&seen).await.unwrap();
+    assert!(
+        matches!(
+            step,
+            Step::Enter {
+                phase: NodePhase::Preparing,
+                ..
+            }
+        ),
+        "{step:?}"
+    );
+    let osi = instance(&client).await;
+    assert_eq!(phase(&osi).as_deref(), Some("Idle"), "{:?}", osi.status);
+    assert_eq!(osi.spec.nodestatus, NodeStatus::Idle);
+    assert_eq!(p.tick().await.unwrap(), Step::Idle);
+    assert!(agent.calls().is_empty(), "{:?}", agent.calls());
+
+    // An operation assigned again and not changed since is taken up from the same kind of
+    // observation.
+    start_operation_again(&client).await;
+    let seen = p.observe().await.unwrap().expect("an observation");
+    p.act(&seen).await.unwrap();
+    assert_eq!(
+        phase(&instance(&client).await).as_deref(),
+        Some("Preparing")
+    );
+}
+
+async fn start_operation_again(client: &kube::Client) {
+    let api = Api::<operator::crd::OsInstance>::default_namespaced(client.clone());
+    let pp = kube::api::PatchParams::default();
+    let status = serde_json::json!({"status": {"phase": "Assigned", "step": null}});
+    api.patch_status(NODE, &pp, &kube::api::Patch::Merge(status))
+        .await
+        .unwrap();
+    let spec = serde_json::json!({"spec": {"nodestatus": "upgrade"}});
+    api.patch(NODE, &pp, &kube::api::Patch::Merge(spec))
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn a_missing_osinstance_is_created_idle() {
     let server = FakeApiServer::start().await;
