@@ -228,6 +228,36 @@ proptest! {
     }
 
     #[test]
+    fn abort_withdraws_exactly_the_assigned_operations_of_its_target(
+        spec in os_spec(),
+        observed in observed(),
+    ) {
+        let d = decide(&spec, &observed, at(NOW));
+        // The rollout's operation and target (a config's target is its settings version).
+        let plan = operator::rollout::Plan::from_spec(&spec).ok().filter(|_| spec.abort);
+        let mut expected: Vec<String> = match plan {
+            Some(plan) => observed.nodes.iter()
+                .filter(|n| n.instance.as_ref().is_some_and(|i| {
+                    i.phase == Some(NodePhase::Assigned)
+                        && i.operation == Some(plan.operation)
+                        && i.target_version.as_deref() == Some(plan.target.as_str())
+                }))
+                .map(|n| n.name.clone())
+                .collect(),
+            None => Vec::new(),
+        };
+        expected.sort();
+        let mut got = d.withdraw.clone();
+        got.sort();
+        prop_assert_eq!(got, expected);
+        // A withdrawn node is neither started nor failed in the same decision.
+        for name in &d.withdraw {
+            prop_assert!(!d.start.contains(name));
+            prop_assert!(!d.mark_failed.iter().any(|f| &f.node == name));
+        }
+    }
+
+    #[test]
     fn serial_mode_never_runs_two(mut spec in os_spec(), observed in observed()) {
         spec.executionmode = ExecutionMode::Serial;
         let d = decide(&spec, &observed, at(NOW));

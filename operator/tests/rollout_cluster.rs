@@ -356,3 +356,81 @@ async fn percentage_budget_skip_annotation_and_abort() {
         1
     );
 }
+
+/// `spec.abort` withdraws an operation no proxy took up: node-02 has no proxy, so its
+/// operation stays `Assigned`. Without the withdrawal the rollout would stay `Aborting` until
+/// the node timed out and then count it failed; with it, node-02 is handed back idle and
+/// untouched, the nodes already in flight finish, and the rollout is `Aborted`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_withdraws_an_operation_no_proxy_took_up() {
+    use operator::crd::{NodePhase, NodeStatus, OsInstance};
+    let cluster = Cluster::start("abort_withdraws").await;
+    let nodes = cluster.add_nodes(3).await;
+    let _sim = cluster.simulate_nodes(&nodes[..2], &[], Duration::from_millis(400));
+    cluster.create_os(upgrade_spec(3, 1)).await;
+    let _op = cluster.operator("op-a");
+    let instances: kube::Api<OsInstance> = kube::Api::namespaced(cluster.client.clone(), NS);
+    let phase = |osi: &OsInstance| osi.status.as_ref().and_then(|s| s.phase);
+    let start = std::time::Instant::now();
+    loop {
+        let a = phase(&instances.get("node-00").await.unwrap());
+        let c = instances.get("node-02").await.unwrap();
+        if phase(&c) == Some(NodePhase::Assigned)
+            && c.spec.nodestatus == NodeStatus::Upgrade
+            && a.is_some_and(|p| p != NodePhase::Assigned && p.is_active())
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "node-02 never assigned while node-00 is in flight: {c:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let api: kube::Api<operator::crd::Os> = kube::Api::namespaced(cluster.client.clone(), NS);
+    api.patch(
+        "os",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"abort": true}})),
+    )
+    .await
+    .unwrap();
+    let os = cluster
+        .wait_os(Duration::from_secs(60), "Aborted", |os| {
+            state(os) == Some(RolloutState::Aborted)
+        })
+        .await;
+    let status = os.status.unwrap();
+    assert_eq!(
+        (
+            status.updated,
+            status.pending,
+            status.failed,
+            status.in_progress
+        ),
+        (2, 1, 0, 0),
+        "{status:?}"
+    );
+    let c = instances.get("node-02").await.unwrap();
+    assert_eq!(c.spec.nodestatus, NodeStatus::Idle, "{c:?}");
+    let cs = c.status.unwrap();
+    assert_eq!(cs.phase, Some(NodePhase::Idle), "{cs:?}");
+    assert_eq!(
+        cs.step.as_deref(),
+        Some("withdrawn by spec.abort before the node's proxy took it up")
+    );
+    assert!(cs.last_error.is_none(), "{cs:?}");
+    let log = cluster.log();
+    let withdrawn: Vec<_> = events(mutations(&log))
+        .into_iter()
+        .filter(|e| e.reason == "NodeWithdrawn")
+        .map(|e| e.related)
+        .collect();
+    assert_eq!(withdrawn, ["node-02"]);
+    assert!(
+        !events(mutations(&log))
+            .iter()
+            .any(|e| e.reason == "NodeFailed"),
+        "nothing failed"
+    );
+}

@@ -37,6 +37,8 @@ pub enum ReconcileError {
     Start { node: String, source: kube::Error },
     #[error("cannot record the failure of node {node}: {source}")]
     MarkFailed { node: String, source: kube::Error },
+    #[error("cannot withdraw the operation of node {node}: {source}")]
+    Withdraw { node: String, source: kube::Error },
     #[error("cannot write the spec of OSInstance {node}: {source}")]
     RepairSpec { node: String, source: kube::Error },
     #[error("cannot write the status of OS {os}: {source}")]
@@ -98,7 +100,8 @@ pub async fn reconcile_os(
     let mut conflict = false;
     conflict |= ctx.mark_failures(&decision, &by_name).await?;
     if let Ok(plan) = Plan::from_spec(&os.spec) {
-        conflict |= ctx.repair_specs(&plan, &instances).await?;
+        conflict |= ctx.withdraw_nodes(&decision, &plan, &by_name).await?;
+        conflict |= ctx.repair_specs(&plan, &decision, &instances).await?;
         conflict |= ctx.start_nodes(&decision, &plan, &by_name).await?;
         ctx.announce_results(&decision, &plan, &instances).await;
         ctx.rollout_metrics(&plan, &instances, &decision);
@@ -252,16 +255,50 @@ impl OsCtx<'_> {
         Ok(false)
     }
 
+    /// Withdraws the operations `spec.abort` found still `Assigned`; returns whether a write
+    /// lost a race (the proxy took the operation up first: it goes on).
+    async fn withdraw_nodes(
+        &self,
+        decision: &Decision,
+        plan: &Plan,
+        by_name: &HashMap<&str, &OsInstance>,
+    ) -> Result<bool, ReconcileError> {
+        for node in &decision.withdraw {
+            let Some(osi) = by_name.get(node.as_str()) else {
+                continue;
+            };
+            match self.writer.withdraw(osi, self.now).await {
+                Ok(_) => {}
+                Err(e) if is_conflict(&e) => return Ok(true),
+                Err(source) => {
+                    return Err(ReconcileError::Withdraw {
+                        node: node.clone(),
+                        source,
+                    })
+                }
+            }
+            info!(os = %self.key, %node, "operation withdrawn by spec.abort before the node started it");
+            let note = format!(
+                "{:?} of node {node} to {} withdrawn by spec.abort before the node started it",
+                plan.operation, plan.target
+            );
+            self.event(EventType::Normal, "NodeWithdrawn", Some(node), note)
+                .await;
+        }
+        Ok(false)
+    }
+
     async fn repair_specs(
         &self,
         plan: &Plan,
+        decision: &Decision,
         instances: &[Arc<OsInstance>],
     ) -> Result<bool, ReconcileError> {
         let spec = self.start_spec(plan);
-        for osi in instances
-            .iter()
-            .filter(|i| writes::needs_spec_repair(i, plan.operation, &plan.target))
-        {
+        for osi in instances.iter().filter(|i| {
+            writes::needs_spec_repair(i, plan.operation, &plan.target)
+                && !decision.withdraw.contains(&i.name_any())
+        }) {
             let node = osi.name_any();
             match self.writer.repair_spec(osi, spec.clone()).await {
                 Ok(_) => info!(os = %self.key, %node, "rewrote the lost spec of an assigned node"),

@@ -133,6 +133,21 @@ pub fn start_spec(spec: &OsSpec, operation: OpsType, os_name: &str, os_namespace
     })
 }
 
+/// The step a withdrawn operation shows.
+pub const WITHDRAWN_STEP: &str = "withdrawn by spec.abort before the node's proxy took it up";
+
+/// What a withdrawal writes into the status: the node is idle again and was never started
+/// (operation and target stay, to say what was withdrawn).
+pub fn withdrawn_status(now: Timestamp) -> Value {
+    json!({
+        "phase": NodePhase::Idle,
+        "step": WITHDRAWN_STEP,
+        "stepSince": Time(now),
+        "progress": 0,
+        "finishedAt": Time(now),
+    })
+}
+
 /// An instance the operator assigned whose spec write was lost (crash between the two
 /// writes of a start): Assigned for this operation and target but told nothing.
 pub fn needs_spec_repair(osi: &OsInstance, operation: OpsType, target: &str) -> bool {
@@ -185,6 +200,25 @@ impl Writer<'_> {
             .patch(current, json!({ "status": status }), true)
             .await?;
         self.patch(&assigned, json!({ "spec": spec }), false).await
+    }
+
+    /// Withdraws an operation no proxy took up (phase `Assigned`): the spec first (the proxy
+    /// acts only on a non-idle spec), then the status. Both writes carry the resourceVersion
+    /// they were decided on, and so does the proxy's first write out of `Assigned`: whichever
+    /// comes second gets a 409, so a node is either withdrawn untouched or goes on.
+    pub async fn withdraw(
+        &self,
+        current: &OsInstance,
+        now: Timestamp,
+    ) -> Result<OsInstance, kube::Error> {
+        let idle = if current.spec.nodestatus == NodeStatus::Idle {
+            current.clone()
+        } else {
+            let spec = json!({ "spec": { "nodestatus": NodeStatus::Idle } });
+            self.patch(current, spec, false).await?
+        };
+        let status = json!({ "status": withdrawn_status(now) });
+        self.patch(&idle, status, true).await
     }
 
     pub async fn repair_spec(
@@ -287,6 +321,17 @@ mod tests {
         assert!(!needs_spec_repair(&osi, OpsType::Upgrade, "v3"));
         osi.spec.nodestatus = NodeStatus::Upgrade;
         assert!(!needs_spec_repair(&osi, OpsType::Upgrade, "v2"));
+    }
+
+    #[test]
+    fn a_withdrawn_node_is_idle_with_the_step_saying_why() {
+        let now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let status = withdrawn_status(now);
+        assert_eq!(status["phase"], "Idle");
+        assert_eq!(status["step"], WITHDRAWN_STEP);
+        assert_eq!(status["finishedAt"], "2026-01-01T00:00:00Z");
+        // What was withdrawn stays on record.
+        assert!(status.get("operation").is_none() && status.get("targetVersion").is_none());
     }
 
     #[test]

@@ -134,8 +134,9 @@ pub struct OsSpec {
     /// false and the rollout goes on.
     #[serde(default)]
     pub paused: bool,
-    /// End the rollout: no new node starts, nodes already started finish, and the state
-    /// becomes `Aborted` once none is left in flight. Unlike `paused`, it says the rollout is
+    /// End the rollout: no new node starts, nodes already started finish, operations no
+    /// node's proxy took up yet (phase `Assigned`) are withdrawn, and the state becomes
+    /// `Aborted` once none is left in flight. Unlike `paused`, it says the rollout is
     /// given up; write a new `osversion` (or `opstype: rollback`) to go somewhere else.
     #[serde(default)]
     pub abort: bool,

@@ -15,7 +15,10 @@
 //!   until the spec changes (a new target starts a new count) or the budget is raised.
 //! - `paused`, `abort`, a closed `timewindow` and `timeinterval` only hold back new starts;
 //!   nodes already started go on. `abort` also ends the rollout: `Aborting` while nodes are
-//!   still in flight, then `Aborted`.
+//!   still in flight, then `Aborted`; and it withdraws operations no proxy has taken up yet
+//!   (phase `Assigned`, before any timeout): the proxy's first write is conditional, so a
+//!   withdrawal either lands before it (nothing was done to the node) or loses to it (the
+//!   node is in flight and finishes).
 //! - A node annotated `upgrade.openeuler.org/skip: "true"` is not started (it is counted as
 //!   skipped); one already in an operation finishes it.
 //! - A node is unavailable when NotReady, cordoned (by anyone) or in an operation; starts are
@@ -62,6 +65,9 @@ pub struct Decision {
     pub start: Vec<String>,
     /// Nodes to record as failed now.
     pub mark_failed: Vec<NodeFailure>,
+    /// Nodes whose operation for this rollout is `Assigned` (no proxy took it up yet), to be
+    /// withdrawn now because of `spec.abort`. Counted in progress until the withdrawal is seen.
+    pub withdraw: Vec<String>,
     pub counts: Counts,
     pub state: RolloutState,
     /// Why nodes still to do are not all starting now.
@@ -222,15 +228,19 @@ struct Row<'a> {
 pub fn decide(spec: &OsSpec, observed: &Observed, now: Timestamp) -> Decision {
     let plan = Plan::from_spec(spec);
     let ctx = match &plan {
-        Ok(p) => Ctx::new(spec, p.operation, &p.target, now),
+        Ok(p) => Ctx {
+            withdraw_assigned: spec.abort,
+            ..Ctx::new(spec, p.operation, &p.target, now)
+        },
         Err(_) => Ctx::new(spec, spec.opstype, &spec.osversion, now),
     };
     let mut mark_failed = Vec::new();
+    let mut withdraw = Vec::new();
     let rows: Vec<Row> = observed
         .nodes
         .iter()
         .filter(|n| selects(spec, n) || in_flight_for(n, &ctx))
-        .map(|node| classify(node, &ctx, observed, &mut mark_failed))
+        .map(|node| classify(node, &ctx, observed, &mut mark_failed, &mut withdraw))
         .collect();
     let contested: BTreeMap<String, Vec<String>> = observed
         .contested
@@ -275,6 +285,7 @@ pub fn decide(spec: &OsSpec, observed: &Observed, now: Timestamp) -> Decision {
         next_check: next_check(&rows, &hold, ctx.timeout),
         start,
         mark_failed,
+        withdraw,
         counts,
         hold,
         failed_nodes,
@@ -305,6 +316,8 @@ struct Ctx<'a> {
     target: &'a str,
     now: Timestamp,
     timeout: SignedDuration,
+    /// `spec.abort` of a valid spec: operations still `Assigned` are withdrawn.
+    withdraw_assigned: bool,
 }
 
 impl<'a> Ctx<'a> {
@@ -316,6 +329,7 @@ impl<'a> Ctx<'a> {
             target,
             now,
             timeout: SignedDuration::from_secs(seconds),
+            withdraw_assigned: false,
         }
     }
 }
@@ -340,6 +354,7 @@ fn classify<'a>(
     ctx: &Ctx,
     observed: &Observed,
     mark_failed: &mut Vec<NodeFailure>,
+    withdraw: &mut Vec<String>,
 ) -> Row<'a> {
     let (spec, operation, target) = (ctx.spec, ctx.operation, ctx.target);
     let down = !node.ready || node.cordoned;
@@ -352,6 +367,11 @@ fn classify<'a>(
     };
 
     if let Some(i) = inst.filter(|i| i.is_active()) {
+        // Never taken up: withdrawn rather than timed out, nothing was done to the node.
+        if ctx.withdraw_assigned && for_target && i.phase == Some(NodePhase::Assigned) {
+            withdraw.push(node.name.clone());
+            return row(Class::InProgress);
+        }
         let deadline = i
             .started_at
             .and_then(|s| s.saturating_add(ctx.timeout).ok());

@@ -337,6 +337,62 @@ fn abort_starts_nothing_lets_nodes_in_flight_finish_then_reports_aborted() {
 }
 
 #[test]
+fn abort_withdraws_operations_no_proxy_took_up_and_only_those() {
+    let mut s = spec(5);
+    s.node_timeout_seconds = 60;
+    s.failure_budget = 5;
+    let mut other_target = running("d", NodePhase::Assigned, 5);
+    other_target.instance.as_mut().unwrap().target_version = Some("v9".into());
+    let nodes = vec![
+        running("a", NodePhase::Assigned, 5),
+        // Past its timeout: withdrawn, not failed (nothing was done to it).
+        running("b", NodePhase::Assigned, 61),
+        running("c", NodePhase::Preparing, 5),
+        other_target,
+        node("e", V1),
+    ];
+    let d = decide(&s, &cluster(nodes.clone()), now());
+    assert!(d.withdraw.is_empty(), "no abort, no withdrawal");
+    assert_eq!(d.mark_failed.len(), 1, "without abort b times out");
+
+    s.abort = true;
+    let d = decide(&s, &cluster(nodes), now());
+    assert_eq!(d.withdraw, names(&["a", "b"]));
+    assert!(d.mark_failed.is_empty(), "{:?}", d.mark_failed);
+    assert!(d.start.is_empty());
+    // Still in progress until the withdrawal is seen; c and d (another target's) go on.
+    assert_eq!(d.state, RolloutState::Aborting);
+    assert_eq!(d.counts.in_progress, 4);
+
+    // Seen withdrawn (idle again, operation and target kept): never started.
+    let mut a = running("a", NodePhase::Idle, 5);
+    a.instance.as_mut().unwrap().phase = Some(NodePhase::Idle);
+    let d = decide(&s, &cluster(vec![a.clone(), node("c", V2)]), now());
+    assert!(d.withdraw.is_empty());
+    assert_eq!((d.state, d.counts.pending), (RolloutState::Aborted, 1));
+    // Taking the abort back starts it again.
+    s.abort = false;
+    assert_eq!(
+        decide(&s, &cluster(vec![a, node("c", V2)]), now()).start,
+        names(&["a"])
+    );
+}
+
+#[test]
+fn an_invalid_spec_withdraws_nothing() {
+    let mut s = spec(3);
+    s.abort = true;
+    s.maxunavailable = serde_json::from_value(serde_json::json!("0%")).unwrap();
+    let d = decide(
+        &s,
+        &cluster(vec![running("a", NodePhase::Assigned, 5)]),
+        now(),
+    );
+    assert_eq!(d.state, RolloutState::Invalid);
+    assert!(d.withdraw.is_empty());
+}
+
+#[test]
 fn abort_of_a_finished_rollout_changes_nothing() {
     let mut s = spec(3);
     s.abort = true;

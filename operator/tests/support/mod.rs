@@ -319,7 +319,20 @@ async fn node_loop(client: Client, name: String, bad: bool, step: Duration, erro
             continue;
         }
         let target = status.target_version.clone().unwrap_or_default();
-        set_phase(&instances, &name, json!({ "phase": "Draining" })).await;
+        // As os-proxy takes an operation up: conditional on the version it read, so an
+        // operation the operator withdrew in between (spec.abort) is not taken up.
+        let claim = json!({
+            "metadata": { "resourceVersion": osi.metadata.resource_version },
+            "status": { "phase": "Draining" },
+        });
+        let claimed = instances
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&claim))
+            .await;
+        match claimed {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(e) => panic!("claiming {name}: {e}"),
+        }
         cordon(&nodes, &name, true).await;
         tokio::time::sleep(step).await;
         set_phase(
