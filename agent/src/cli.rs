@@ -261,14 +261,23 @@ fn check_flags(command: &str, used: &[String]) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Largest agent configuration file read (it is a few lines of `key = value`).
+const MAX_CONFIG_FILE: u64 = 1 << 20;
+
 fn load_config(mut overrides: Overrides, file: Option<PathBuf>) -> Result<Config, Failure> {
     let must_exist = file.is_some();
     let path = file.unwrap_or_else(|| DEFAULT_CONFIG_FILE.into());
-    match fs::read_to_string(&path) {
-        Ok(text) => overrides
+    match bootctl::small_file::read(&path, MAX_CONFIG_FILE) {
+        Ok(Some(text)) => overrides
             .merge_file(&text)
             .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?,
-        Err(e) if e.kind() == io::ErrorKind::NotFound && !must_exist => {}
+        Ok(None) if !must_exist => {}
+        Ok(None) => {
+            return Err(Failure::failed(format!(
+                "read {}: no such file",
+                path.display()
+            )))
+        }
         Err(e) => return Err(Failure::failed(format!("read {}: {e}", path.display()))),
     }
     let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
@@ -373,7 +382,9 @@ fn upgrade(agent: &Agent, a: Args) -> Result<(), Failure> {
 
 fn configure(agent: &Agent, file: Option<PathBuf>) -> Result<(), Failure> {
     let file = file.ok_or_else(|| Failure::usage("configure needs --file REQUEST.json"))?;
-    let text = fs::read_to_string(&file)
+    // The same bound as a request on the socket.
+    let text = bootctl::small_file::read(&file, crate::rpc::MAX_REQUEST as u64)
+        .and_then(|t| t.ok_or_else(|| io::Error::from(io::ErrorKind::NotFound)))
         .map_err(|e| Failure::failed(format!("read {}: {e}", file.display())))?;
     let req = ConfigureRequest::from_json(&text)
         .map_err(|e| Failure::usage(format!("{}: {e}", file.display())))?;

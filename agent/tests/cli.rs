@@ -185,3 +185,57 @@ fn refusals_and_busy_have_their_exit_codes() {
     let out = os_agent(&node, Slot::A, &["confirm"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+/// The agent's own inputs on the command line are read bounded and only from regular files:
+/// a 64 GiB config file or request file is refused after 1 MiB, a FIFO does not block and a
+/// device is not read. (Read whole before: a FIFO with no writer hung `os-agent`, /dev/zero
+/// ran it out of memory.)
+#[test]
+fn config_and_request_files_are_read_bounded_and_only_if_regular() {
+    let node = Node::new();
+    let huge = node.dir.path().join("huge");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(64 << 30)
+        .unwrap();
+    let fifo = node.dir.path().join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let run = |args: &[&std::ffi::OsStr]| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_os-agent"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if start.elapsed() > std::time::Duration::from_secs(20) {
+                let _ = child.kill();
+                panic!("os-agent {args:?} still running after 20 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        child.wait_with_output().unwrap()
+    };
+    for (file, says) in [
+        (huge.as_os_str(), "larger than 1048576 bytes"),
+        (fifo.as_os_str(), "is a FIFO"),
+        (std::ffi::OsStr::new("/dev/zero"), "is a device"),
+    ] {
+        let out = run(&["--config".as_ref(), file, "status".as_ref()]);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+        assert!(text(&out.stderr).contains(says), "{}", text(&out.stderr));
+        let conf = node.config_file(Slot::A, "");
+        let out = run(&[
+            "--config".as_ref(),
+            conf.as_os_str(),
+            "configure".as_ref(),
+            "--file".as_ref(),
+            file,
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+        assert!(text(&out.stderr).contains(says), "{}", text(&out.stderr));
+    }
+}

@@ -516,6 +516,29 @@ fn replaced_files_keep_their_mode_and_symlinks_are_refused() {
     assert!(msg.contains("is a symlink"), "{msg}");
 }
 
+/// A file to edit is read whole, so it is bounded: a 64 GiB kubelet config (sparse) is
+/// refused after 1 MiB and left as it is. (Read whole before: out of memory under a 6 GB
+/// address-space limit.)
+#[test]
+fn a_huge_file_to_edit_is_refused_not_read_whole() {
+    let rig = Rig::new();
+    let f = rig.path("root/var/lib/kubelet/config.yaml");
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_len(64 << 30)
+        .unwrap();
+    let msg = rig.refused(&request(&[(
+        "kubernetes.kubelet",
+        "",
+        r#"{"maxPods":{"value":"50"}}"#,
+    )]));
+    assert!(msg.contains("larger than 1048576 bytes"), "{msg}");
+    assert_eq!(fs::metadata(&f).unwrap().len(), 64 << 30);
+    assert!(rig.calls().is_empty(), "{:?}", rig.calls());
+}
+
 // ---- Hostile requests (issue 13) ----
 
 #[test]

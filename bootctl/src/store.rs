@@ -14,15 +14,22 @@
 use crate::durable;
 use crate::envblk;
 use crate::grub_model::Source;
+use crate::small_file;
 use crate::state::{AbState, Slot, StateError, TransitionError};
 use crate::sys;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, ErrorKind};
+use std::fs::{File, OpenOptions};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// Where the copies live, relative to the ESP root (the grub.cfg uses the same).
 pub const COPY_PATHS: [&str; 2] = ["ab1/env", "ab2/env"];
+
+/// Largest copy read: 64 times the 1 KiB block `grub-editenv` (and `bootctl init`) creates.
+/// A larger file is not taken for an env block and never read whole: it is unreadable, GRUB
+/// and readers use the other copy, and a write refuses until it is removed (it cannot be
+/// rewritten in place at a block's size).
+pub const MAX_COPY_SIZE: u64 = 64 << 10;
 
 /// Smallest block a repair may rebuild in place: signature, warning line and
 /// room for the four variables.
@@ -267,9 +274,20 @@ impl Esp {
         for i in 0..2 {
             let bytes = build_copy(snap, i, state, fresh)?;
             let path = &snap.copies[i].path;
-            match &snap.copies[i].bytes {
-                Some(_) => write_in_place(path, &bytes, state)?,
-                None => create_copy(path, &bytes)?,
+            match (&snap.copies[i].bytes, &snap.copies[i].grub) {
+                (Some(_), _) => write_in_place(path, &bytes, state)?,
+                // There, but not read (too large, an I/O error): neither rewritten in place
+                // at an unknown size nor replaced behind GRUB's back.
+                (None, Err(CopyProblem::Unreadable(why))) => {
+                    return Err(StoreError::NotInPlace {
+                        path: path.clone(),
+                        reason: format!(
+                            "it cannot be read ({why}); remove it and the next write creates it \
+                             afresh"
+                        ),
+                    })
+                }
+                (None, _) => create_copy(path, &bytes)?,
             }
         }
         Ok(())
@@ -285,13 +303,13 @@ fn io_err(op: &'static str, path: &Path, source: io::Error) -> StoreError {
 }
 
 fn read_copy(path: PathBuf) -> CopyRead {
-    let (bytes, grub, strict) = match fs::read(&path) {
-        Ok(bytes) => {
+    let (bytes, grub, strict) = match small_file::read_bytes(&path, MAX_COPY_SIZE) {
+        Ok(Some(bytes)) => {
             let grub = AbState::decode_grub(&bytes).map_err(CopyProblem::Invalid);
             let strict = AbState::decode_strict(&bytes).is_ok();
             (Some(bytes), grub, strict)
         }
-        Err(e) if e.kind() == ErrorKind::NotFound => (None, Err(CopyProblem::Missing), false),
+        Ok(None) => (None, Err(CopyProblem::Missing), false),
         Err(e) => (None, Err(CopyProblem::Unreadable(e.to_string())), false),
     };
     CopyRead {

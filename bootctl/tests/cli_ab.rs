@@ -212,6 +212,45 @@ fn missing_copy_is_recreated_by_repair() {
     assert!(ok(esp, &["repair"]).contains("nothing to do"));
 }
 
+/// A copy far larger than any env block (a 64 GiB sparse file: whoever can write the ESP, or
+/// a corrupt FAT) is not read whole: status comes from the other copy, a write refuses and
+/// names the file, nothing is written; removed, it is created afresh. (Read whole before:
+/// under a 6 GB address-space limit `bootctl status` failed.)
+#[test]
+fn a_huge_copy_is_not_read_whole_and_a_write_refuses_until_it_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let esp = dir.path();
+    ok(esp, &["init"]);
+    ok(esp, &["arm", "B"]);
+    let huge = esp.join("ab1/env");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&huge)
+        .unwrap()
+        .set_len(64 << 30)
+        .unwrap();
+    let out = bootctl(esp, &["status", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim_end(),
+        r#"{"active":"A","trial":"B","tries":3,"fail":null,"source":"2","repaired":false}"#
+    );
+    let warning = String::from_utf8(out.stderr).unwrap();
+    assert!(warning.contains("larger than 65536 bytes"), "{warning}");
+    let before = copy(esp, 2);
+    let reason = refused(esp, &["confirm", "B"]);
+    assert!(
+        reason.contains(&huge.display().to_string()) && reason.contains("remove it"),
+        "{reason}"
+    );
+    assert_eq!(copy(esp, 2), before, "a refused write wrote copy 2");
+    assert_eq!(std::fs::metadata(&huge).unwrap().len(), 64 << 30);
+    std::fs::remove_file(&huge).unwrap();
+    ok(esp, &["confirm", "B"]);
+    assert_eq!(state(esp, 1), AbState::new(Slot::B));
+    assert_eq!(copy(esp, 1), copy(esp, 2));
+}
+
 #[test]
 fn wrong_size_copy_is_rebuilt_at_its_own_size() {
     let dir = tempfile::tempdir().unwrap();

@@ -103,7 +103,13 @@ fn commits_keep_inode_size_and_extents_on_ext4() {
     }
 
     // A repair of a zeroed copy is in place too.
-    std::fs::write(&copies[0], [0u8; 1024]).unwrap();
+    // Synced before its placement is taken: written and not yet synced, ext4 may report
+    // the new extent as `unwritten` until writeback converts it (CI once saw
+    // "last,unwritten,eof" before the repair and "last,eof" after it).
+    let mut f = std::fs::File::create(&copies[0]).unwrap();
+    std::io::Write::write_all(&mut f, &[0u8; 1024]).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
     let damaged = placement(&copies[0]);
     run(&["repair"]);
     assert_eq!(placement(&copies[0]), damaged, "repair moved copy 1");

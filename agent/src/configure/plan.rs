@@ -135,6 +135,10 @@ fn target_of(
     ))
 }
 
+/// Largest file a configuration edits (it is read whole, edited and written back): far
+/// above any sysctl, kubelet or GRUB argument file; a larger one is refused, not read.
+pub const MAX_EDITED_FILE: u64 = 1 << 20;
+
 fn read_target(
     model: Model,
     target: Target,
@@ -161,11 +165,7 @@ fn read_target(
         }
         _ => {}
     }
-    let before = match fs::read(&path) {
-        Ok(b) => Some(b),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => return Err(read_err(e)),
-    };
+    let before = bootctl::small_file::read_bytes(&path, MAX_EDITED_FILE).map_err(read_err)?;
     let bytes = before.as_deref().unwrap_or_default();
     let original = match target {
         Target::GrubArgs if before.is_none() => Ok(String::new()),

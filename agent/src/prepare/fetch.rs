@@ -432,8 +432,16 @@ fn tls_config(tls: &Tls) -> Result<TlsConfig, PrepareError> {
     Ok(builder.build())
 }
 
+/// Largest PEM file read (a CA bundle, a client certificate or key): a whole system bundle
+/// is about 200 KiB.
+const MAX_PEM_FILE: u64 = 1 << 20;
+
 fn read_pem_file(path: &Path) -> Result<Vec<u8>, PrepareError> {
-    fs::read(path).map_err(|e| tls_file(path, e.to_string()))
+    match bootctl::small_file::read_bytes(path, MAX_PEM_FILE) {
+        Ok(Some(pem)) => Ok(pem),
+        Ok(None) => Err(tls_file(path, "no such file".into())),
+        Err(e) => Err(tls_file(path, e.to_string())),
+    }
 }
 
 /// Every certificate in a PEM file; an error if there is none.
@@ -527,6 +535,34 @@ mod tests {
             .unwrap()
             .to_string()
             .contains("needs its key"));
+    }
+
+    #[test]
+    fn tls_files_are_read_bounded_and_only_if_regular() {
+        let t = Duration::from_secs(1);
+        let dir = tempfile::tempdir().unwrap();
+        let huge = dir.path().join("huge.pem");
+        fs::File::create(&huge).unwrap().set_len(64 << 30).unwrap();
+        let fifo = dir.path().join("fifo.pem");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        for (path, says) in [
+            (huge, "larger than 1048576 bytes"),
+            (fifo, "is a FIFO"),
+            (PathBuf::from("/dev/zero"), "is a device"),
+            (dir.path().join("missing.pem"), "no such file"),
+        ] {
+            let tls = Tls {
+                ca_cert: Some(path.clone()),
+                ..Tls::default()
+            };
+            let err = Fetcher::new("https://h/x", &tls, false, t, t)
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(err.contains(says), "{path:?}: {err}");
+        }
     }
 
     #[test]
