@@ -434,3 +434,50 @@ async fn abort_withdraws_an_operation_no_proxy_took_up() {
         "nothing failed"
     );
 }
+
+/// An operator that crashed between the two writes of a start leaves an instance `Assigned`
+/// with an idle spec; normally the next operator writes the spec again. When the OS is
+/// aborted meanwhile, it is withdrawn instead: its spec is not repaired (the simulated proxy
+/// would then take it up), its status goes back to `Idle`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_withdraws_a_half_started_node_instead_of_repairing_its_spec() {
+    use operator::crd::{NodePhase, NodeStatus, OsInstance};
+    let cluster = Cluster::start("abort_half_started").await;
+    let nodes = cluster.add_nodes(2).await;
+    let instances: kube::Api<OsInstance> = kube::Api::namespaced(cluster.client.clone(), NS);
+    let assigned = json!({"status": {"phase": "Assigned", "operation": "upgrade",
+        "targetVersion": NEW, "startedAt": jiff::Timestamp::now().to_string()}});
+    instances
+        .patch_status("node-01", &PatchParams::default(), &Patch::Merge(&assigned))
+        .await
+        .unwrap();
+    let _sim = cluster.simulate_nodes(&nodes, &[], STEP);
+    let mut spec = upgrade_spec(1, 1);
+    spec["abort"] = json!(true);
+    cluster.create_os(spec).await;
+    let _op = cluster.operator("op-a");
+    let os = cluster
+        .wait_os(Duration::from_secs(60), "Aborted", |os| {
+            state(os) == Some(RolloutState::Aborted)
+        })
+        .await;
+    let status = os.status.unwrap();
+    assert_eq!(
+        (status.updated, status.pending, status.in_progress),
+        (0, 2, 0),
+        "{status:?}"
+    );
+    let osi = instances.get("node-01").await.unwrap();
+    assert_eq!(osi.spec.nodestatus, NodeStatus::Idle, "{osi:?}");
+    assert_eq!(
+        osi.status.as_ref().and_then(|s| s.phase),
+        Some(NodePhase::Idle)
+    );
+    let log = cluster.log();
+    assert!(
+        !mutations(&log).any(|m| m.resource == "osinstances"
+            && m.name == "node-01"
+            && m.object["spec"]["nodestatus"] == "upgrade"),
+        "the spec of the half-started node was repaired"
+    );
+}
