@@ -28,6 +28,24 @@ fn condition(os: &operator::crd::Os, type_: &str) -> Option<String> {
     Some(c.status.clone())
 }
 
+/// Sets `spec.abort` on the OS.
+async fn abort(cluster: &Cluster) {
+    let api: kube::Api<operator::crd::Os> = kube::Api::namespaced(cluster.client.clone(), NS);
+    let body = json!({"spec": {"abort": true}});
+    api.patch("os", &PatchParams::default(), &Patch::Merge(&body))
+        .await
+        .unwrap();
+}
+
+/// Waits (at most a minute) until the rollout is `Aborted`.
+async fn wait_aborted(cluster: &Cluster) -> operator::crd::Os {
+    cluster
+        .wait_os(Duration::from_secs(60), "Aborted", |os| {
+            state(os) == Some(RolloutState::Aborted)
+        })
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_nodes_maxunavailable_three_never_exceeds_three_and_completes() {
     let cluster = Cluster::start("twenty_nodes").await;
@@ -296,19 +314,8 @@ async fn percentage_budget_skip_annotation_and_abort() {
             os.status.as_ref().is_some_and(|s| s.updated >= 2)
         })
         .await;
-    let api: kube::Api<operator::crd::Os> = kube::Api::namespaced(cluster.client.clone(), NS);
-    api.patch(
-        "os",
-        &PatchParams::default(),
-        &Patch::Merge(&json!({"spec": {"abort": true}})),
-    )
-    .await
-    .unwrap();
-    let os = cluster
-        .wait_os(Duration::from_secs(60), "Aborted", |os| {
-            state(os) == Some(RolloutState::Aborted)
-        })
-        .await;
+    abort(&cluster).await;
+    let os = wait_aborted(&cluster).await;
     let status = os.status.unwrap();
     assert_eq!(status.in_progress, 0);
     assert_eq!(status.skipped, 1);
@@ -387,19 +394,8 @@ async fn abort_withdraws_an_operation_no_proxy_took_up() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let api: kube::Api<operator::crd::Os> = kube::Api::namespaced(cluster.client.clone(), NS);
-    api.patch(
-        "os",
-        &PatchParams::default(),
-        &Patch::Merge(&json!({"spec": {"abort": true}})),
-    )
-    .await
-    .unwrap();
-    let os = cluster
-        .wait_os(Duration::from_secs(60), "Aborted", |os| {
-            state(os) == Some(RolloutState::Aborted)
-        })
-        .await;
+    abort(&cluster).await;
+    let os = wait_aborted(&cluster).await;
     let status = os.status.unwrap();
     assert_eq!(
         (
@@ -456,11 +452,7 @@ async fn abort_withdraws_a_half_started_node_instead_of_repairing_its_spec() {
     spec["abort"] = json!(true);
     cluster.create_os(spec).await;
     let _op = cluster.operator("op-a");
-    let os = cluster
-        .wait_os(Duration::from_secs(60), "Aborted", |os| {
-            state(os) == Some(RolloutState::Aborted)
-        })
-        .await;
+    let os = wait_aborted(&cluster).await;
     let status = os.status.unwrap();
     assert_eq!(
         (status.updated, status.pending, status.in_progress),

@@ -91,6 +91,22 @@ fn state(nodestatus: NodeStatus, phase: NodePhase, agent: Option<AgentStatus>) -
     }
 }
 
+/// The agent's report of a download a quarter done.
+fn prepare_job() -> Job {
+    Job {
+        kind: "prepare".into(),
+        detail: String::new(),
+        step: String::new(),
+        elapsed_s: 1,
+        phase: "downloading".into(),
+        bytes: 1,
+        total: 4,
+        fetched: 1,
+        percent: Some(25.0),
+        rate: 0.0,
+    }
+}
+
 fn upgrade(phase: NodePhase, agent: AgentStatus) -> NodeState {
     state(NodeStatus::Upgrade, phase, Some(agent))
 }
@@ -234,18 +250,7 @@ fn assigned_only_claims_then_preparing_applies_upgradeconfigs_first() {
     assert_eq!(next_step(&s), Step::ApplyUpgradeConfigs);
     // A download in progress (a restarted proxy) is followed, not interrupted.
     let mut busy = s.clone();
-    busy.agent.as_mut().unwrap().job = Some(Job {
-        kind: "prepare".into(),
-        detail: String::new(),
-        step: String::new(),
-        elapsed_s: 1,
-        phase: "downloading".into(),
-        bytes: 1,
-        total: 4,
-        fetched: 1,
-        percent: Some(25.0),
-        rate: 0.0,
-    });
+    busy.agent.as_mut().unwrap().job = Some(prepare_job());
     assert_eq!(next_step(&busy), Step::WatchPrepare);
     s.status.upgradeconfigs = Some(configs);
     assert!(
@@ -328,18 +333,7 @@ fn a_container_image_pinned_by_digest_needs_no_checksum() {
 #[test]
 fn preparing_follows_a_running_write_and_waits_for_other_jobs() {
     let mut a = agent(rec(SlotState::Empty, "", 'x'));
-    a.job = Some(Job {
-        kind: "prepare".into(),
-        detail: String::new(),
-        step: String::new(),
-        elapsed_s: 1,
-        phase: "downloading".into(),
-        bytes: 1,
-        total: 4,
-        fetched: 1,
-        percent: Some(25.0),
-        rate: 0.0,
-    });
+    a.job = Some(prepare_job());
     assert_eq!(
         next_step(&upgrade(NodePhase::Preparing, a.clone())),
         Step::WatchPrepare
