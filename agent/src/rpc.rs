@@ -52,8 +52,8 @@ use std::time::{Duration, Instant};
 use wire::json::{object, string, to_value};
 use wire::rpc::{self as msg, ErrorData, Reason};
 
-/// Largest request accepted; a KubeOS request is well under 4 KiB.
-pub const MAX_REQUEST: usize = 1 << 20;
+/// Largest request accepted (the wire's one bound); a KubeOS request is well under 4 KiB.
+pub const MAX_REQUEST: usize = msg::MAX_MESSAGE;
 /// Deepest nesting of objects and arrays accepted. KubeOS's requests nest
 /// five levels; a deeper value is refused before it is parsed, because
 /// copying or comparing a parsed value recurses once per level and 100,000

@@ -7,7 +7,7 @@
 
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 pub use wire::record::{SlotRecord, SlotState};
 use wire::rpc::{self as msg};
@@ -16,6 +16,10 @@ pub use wire::rpc::{
     Status as AgentStatus, UpgradeRequest,
 };
 pub use wire::Slot;
+
+/// Longest answer line taken from the agent (the wire's one bound; a status is a few KiB): a
+/// longer line is a bad answer, not read on.
+pub const MAX_ANSWER: u64 = wire::rpc::MAX_MESSAGE as u64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -165,7 +169,7 @@ impl AgentClient {
         }
     }
 
-    /// One request, one answer line.
+    /// One request, one answer line (at most [`MAX_ANSWER`] bytes).
     pub async fn call(&self, method: &str, params: Value) -> Result<Value, AgentError> {
         let io = |source| AgentError::Io {
             path: self.socket.clone(),
@@ -184,10 +188,16 @@ impl AgentClient {
         line.push('\n');
         write.write_all(line.as_bytes()).await.map_err(io)?;
         let mut answer = String::new();
-        let n = BufReader::new(read)
+        let n = BufReader::new(read.take(MAX_ANSWER + 1))
             .read_line(&mut answer)
             .await
             .map_err(io)?;
+        if n as u64 > MAX_ANSWER {
+            return Err(AgentError::BadAnswer {
+                method: method.into(),
+                detail: format!("longer than {MAX_ANSWER} bytes"),
+            });
+        }
         if n == 0 {
             return Err(AgentError::NoAnswer {
                 path: self.socket.clone(),
@@ -403,6 +413,27 @@ mod tests {
         let server = tokio::spawn(serve_once(listener, "upgrade", String::new()));
         let err = client.upgrade().await.unwrap_err();
         assert!(matches!(err, AgentError::NoAnswer { .. }), "{err}");
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_answer_longer_than_the_limit_is_refused_not_read_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        // A line that never ends: the client stops after MAX_ANSWER + 1 bytes.
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (_read, mut write) = stream.into_split();
+            let block = vec![b' '; 64 << 10];
+            while write.write_all(&block).await.is_ok() {}
+        });
+        let err = AgentClient::new(&path).status().await.unwrap_err();
+        assert!(matches!(err, AgentError::BadAnswer { .. }), "{err}");
+        assert!(
+            err.to_string().contains("longer than 1048576 bytes"),
+            "{err}"
+        );
         server.await.unwrap();
     }
 }

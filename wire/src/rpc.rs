@@ -13,6 +13,10 @@
 use crate::record::{RescueNote, SlotRecord};
 use crate::Slot;
 
+/// The longest message either side reads, request or answer (bytes): the agent refuses a
+/// longer request, the proxy a longer answer, and `os-agent configure --file` a longer file.
+pub const MAX_MESSAGE: usize = 1 << 20;
+
 pub const PREPARE_UPGRADE: &str = "prepare_upgrade";
 pub const UPGRADE: &str = "upgrade";
 pub const ROLLBACK: &str = "rollback";
