@@ -261,13 +261,27 @@ fn check_flags(command: &str, used: &[String]) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The text of a file the admin names on the command line, at most `max` bytes; `None` when
+/// it does not exist. Any kind of file: `/dev/null` for an empty configuration, a pipe from
+/// the shell; only the bound applies (a longer input is refused, not read on).
+fn read_admin_file(path: &Path, max: u64) -> io::Result<Option<String>> {
+    let file = match fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    bootctl::small_file::read_from(file, max)
+        .and_then(bootctl::small_file::text)
+        .map(Some)
+}
+
 /// Largest agent configuration file read (it is a few lines of `key = value`).
 const MAX_CONFIG_FILE: u64 = 1 << 20;
 
 fn load_config(mut overrides: Overrides, file: Option<PathBuf>) -> Result<Config, Failure> {
     let must_exist = file.is_some();
     let path = file.unwrap_or_else(|| DEFAULT_CONFIG_FILE.into());
-    match bootctl::small_file::read(&path, MAX_CONFIG_FILE) {
+    match read_admin_file(&path, MAX_CONFIG_FILE) {
         Ok(Some(text)) => overrides
             .merge_file(&text)
             .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?,
@@ -383,7 +397,7 @@ fn upgrade(agent: &Agent, a: Args) -> Result<(), Failure> {
 fn configure(agent: &Agent, file: Option<PathBuf>) -> Result<(), Failure> {
     let file = file.ok_or_else(|| Failure::usage("configure needs --file REQUEST.json"))?;
     // The same bound as a request on the socket.
-    let text = bootctl::small_file::read(&file, crate::rpc::MAX_REQUEST as u64)
+    let text = read_admin_file(&file, crate::rpc::MAX_REQUEST as u64)
         .and_then(|t| t.ok_or_else(|| io::Error::from(io::ErrorKind::NotFound)))
         .map_err(|e| Failure::failed(format!("read {}: {e}", file.display())))?;
     let req = ConfigureRequest::from_json(&text)

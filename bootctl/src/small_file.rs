@@ -10,11 +10,12 @@ use std::path::Path;
 /// A longer file is an `InvalidData` error that says so; only `max + 1`
 /// bytes of it are read. Text that is not UTF-8 is an `InvalidData` error.
 pub fn read(path: &Path, max: u64) -> io::Result<Option<String>> {
-    let Some(bytes) = read_bytes(path, max)? else {
-        return Ok(None);
-    };
+    read_bytes(path, max)?.map(text).transpose()
+}
+
+/// `bytes` as text: not UTF-8 is an `InvalidData` error.
+pub fn text(bytes: Vec<u8>) -> io::Result<String> {
     String::from_utf8(bytes)
-        .map(Some)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text"))
 }
 
@@ -47,15 +48,23 @@ pub fn read_bytes(path: &Path, max: u64) -> io::Result<Option<Vec<u8>>> {
             format!("is {what}, not a regular file"),
         ));
     }
+    read_from(file, max).map(Some)
+}
+
+/// At most `max` bytes from `input`, whatever it is (a pipe, a device): for an
+/// admin's own input named on a command line (`--config /dev/null`, a shell's
+/// `<(...)`), where only the bound applies. A longer input is an `InvalidData`
+/// error; only `max + 1` bytes of it are read.
+pub fn read_from(input: impl Read, max: u64) -> io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
-    file.take(max + 1).read_to_end(&mut bytes)?;
+    input.take(max + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > max {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("larger than {max} bytes"),
         ));
     }
-    Ok(Some(bytes))
+    Ok(bytes)
 }
 
 #[cfg(test)]
