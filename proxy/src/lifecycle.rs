@@ -175,6 +175,10 @@ struct Target {
     version: String,
     /// Normalised `algo:hex`; `None` for a rollback (the other slot's image, whatever it is).
     digest: Option<String>,
+    /// The OS's `osversion` when it no longer is this operation's target (changed mid-way):
+    /// the OS's image, checksum and URL are the new target's then, so they say nothing about
+    /// this operation's image, and a slot holds the target by its version alone.
+    superseded_by: Option<String>,
 }
 
 impl Target {
@@ -189,8 +193,10 @@ impl Target {
             Some(d) => normalize_digest(&d)?,
             None => normalize_digest(&os.checksum)?,
         };
+        let version = target_version(os, status);
         Ok(Target {
-            version: target_version(os, status),
+            superseded_by: (version != os.osversion).then(|| os.osversion.clone()),
+            version,
             digest: Some(digest),
         })
     }
@@ -199,6 +205,7 @@ impl Target {
         Target {
             version: target_version(os, status),
             digest: None,
+            superseded_by: None,
         }
     }
 
@@ -206,10 +213,11 @@ impl Target {
     /// (`blake3:`) or, for an image from a registry, its OCI manifest's.
     fn held_by(&self, rec: &SlotRecord) -> bool {
         rec.version == self.version
-            && self.digest.as_ref().is_none_or(|d| {
-                *d == rec.digest
-                    || (d.starts_with("sha256:") && rec.source.ends_with(&format!("@{d}")))
-            })
+            && (self.superseded_by.is_some()
+                || self.digest.as_ref().is_none_or(|d| {
+                    *d == rec.digest
+                        || (d.starts_with("sha256:") && rec.source.ends_with(&format!("@{d}")))
+                }))
     }
 }
 
@@ -351,6 +359,21 @@ fn upgrade_step(s: &NodeState, agent: &AgentStatus, t: &Target, phase: NodePhase
     let new = agent.inactive();
     let prepared = agent.record(new).state == SlotState::Written && t.held_by(agent.record(new));
     let armed = agent.trial == Some(new);
+    if let Some(now) = &t.superseded_by {
+        // The OS moved on to another target. Before the trial is armed nothing of this
+        // operation is worth finishing (and the OS no longer says what its image is): stop,
+        // so the operator can start the node towards the new target. Once armed, the node
+        // is rebooting into this operation's image: it finishes.
+        if before(phase, NodePhase::Rebooting) && !(prepared && armed) {
+            return fail(format!(
+                "the OS now targets {now}: the upgrade to {} stopped before its reboot; the \
+                 node runs slot {} ({})",
+                t.version,
+                agent.booted,
+                agent.booted_record().version
+            ));
+        }
+    }
     match phase {
         // Nothing is done to the node while Assigned: the first write (conditional, see
         // `NodeState::resource_version`) claims the operation, so one the operator withdrew

@@ -603,3 +603,73 @@ fn an_os_outside_the_operators_namespace_is_refused() {
     assert!(msg.contains("names the OS attacker/os"), "{msg}");
     assert!(msg.contains("taken from default only"), "{msg}");
 }
+
+/// The OS now targets v3 (osversion, checksum and URL all the new image's) while this node's
+/// upgrade to v2 is in flight.
+fn superseded(mut s: NodeState) -> NodeState {
+    let os = s.os.as_mut().unwrap();
+    os.osversion = "v3".into();
+    os.checksum = digest('c');
+    os.imageurl = "file:///srv/os-v3.img.zst".into();
+    s
+}
+
+#[test]
+fn an_upgrade_superseded_before_its_reboot_stops_and_never_writes_the_new_target_under_the_old_name(
+) {
+    let empty = agent(rec(SlotState::Empty, "", 'x'));
+    let prepared = agent(rec(SlotState::Written, NEW, 'b'));
+    for (phase, agent) in [
+        (NodePhase::Assigned, empty.clone()),
+        // Before: a Prepare of v3's image recorded as v2.
+        (NodePhase::Preparing, empty),
+        // Before: "the prepared slot changed; preparing again" (v3's digest), then the same.
+        (NodePhase::Draining, prepared.clone()),
+    ] {
+        let s = superseded(upgrade(phase, agent));
+        let step = next_step(&s);
+        let msg = fail_message(&step);
+        assert!(
+            msg.contains("now targets v3") && msg.contains("upgrade to v2 stopped"),
+            "{phase:?}: {msg}"
+        );
+        assert!(msg.contains("runs slot A (v1)"), "{msg}");
+    }
+    // Not superseded, the same observations go on.
+    assert!(matches!(
+        next_step(&upgrade(
+            NodePhase::Preparing,
+            agent(rec(SlotState::Empty, "", 'x'))
+        )),
+        Step::Prepare(_)
+    ));
+    assert_eq!(
+        next_step(&cordoned(upgrade(NodePhase::Draining, prepared))),
+        Step::Drain(AfterDrain::Activate)
+    );
+}
+
+#[test]
+fn an_upgrade_superseded_once_armed_finishes_on_its_own_image() {
+    // Armed (the agent answered, the phase write was lost): rebooting into v2 anyway.
+    let s = superseded(cordoned(upgrade(NodePhase::Draining, armed())));
+    assert!(
+        entered(NodePhase::Rebooting)(&next_step(&s)),
+        "{:?}",
+        next_step(&s)
+    );
+    let s = superseded(cordoned(upgrade(NodePhase::Rebooting, armed())));
+    assert!(is_wait(&next_step(&s)), "{:?}", next_step(&s));
+    let s = superseded(cordoned(upgrade(NodePhase::Rebooting, on_trial())));
+    assert!(
+        entered(NodePhase::Confirming)(&next_step(&s)),
+        "{:?}",
+        next_step(&s)
+    );
+    let s = superseded(cordoned(upgrade(NodePhase::Configuring, committed_new())));
+    assert!(
+        matches!(&next_step(&s), Step::Succeed { current_version } if current_version == NEW),
+        "{:?}",
+        next_step(&s)
+    );
+}

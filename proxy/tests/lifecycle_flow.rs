@@ -272,6 +272,45 @@ async fn start_operation_again(client: &kube::Client) {
         .unwrap();
 }
 
+/// The admin moves the OS to v3 while this node's upgrade to v2 is still before its
+/// download: the proxy stops the operation (the OS's image is v3's now, and writing it as
+/// "v2" would mislabel the slot) without asking the agent for anything.
+#[tokio::test]
+async fn an_upgrade_superseded_by_a_new_target_stops_before_writing_anything() {
+    let Rig {
+        server: _server,
+        client,
+        agent,
+        proxy: p,
+    } = upgrade_rig("empty", "").await;
+    assert!(matches!(
+        p.tick().await.unwrap(),
+        proxy::lifecycle::Step::Enter { .. }
+    ));
+    assert_eq!(phase(&instance(&client).await).as_deref(), Some("Preparing"));
+    let os = serde_json::json!({"spec": {"osversion": "v3",
+        "checksum": format!("blake3:{}", "c".repeat(64)),
+        "imageurl": "file:///srv/os-v3.img.zst"}});
+    Api::<operator::crd::Os>::default_namespaced(client.clone())
+        .patch(
+            "os",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(os),
+        )
+        .await
+        .unwrap();
+    tick_until(&p, &client, 3, phase_is("Failed")).await;
+    let status = instance(&client).await.status.unwrap();
+    assert_eq!(
+        status.last_error.as_deref(),
+        Some(
+            "the OS now targets v3: the upgrade to v2 stopped before its reboot; the node \
+             runs slot A (v1)"
+        )
+    );
+    assert!(agent.calls().is_empty(), "{:?}", agent.calls());
+}
+
 #[tokio::test]
 async fn a_missing_osinstance_is_created_idle() {
     let server = FakeApiServer::start().await;
