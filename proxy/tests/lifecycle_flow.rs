@@ -287,7 +287,10 @@ async fn an_upgrade_superseded_by_a_new_target_stops_before_writing_anything() {
         p.tick().await.unwrap(),
         proxy::lifecycle::Step::Enter { .. }
     ));
-    assert_eq!(phase(&instance(&client).await).as_deref(), Some("Preparing"));
+    assert_eq!(
+        phase(&instance(&client).await).as_deref(),
+        Some("Preparing")
+    );
     let os = serde_json::json!({"spec": {"osversion": "v3",
         "checksum": format!("blake3:{}", "c".repeat(64)),
         "imageurl": "file:///srv/os-v3.img.zst"}});
