@@ -5,8 +5,11 @@
 //! result is validated (types, nullable, enum, required, minimum/maximum, maxLength,
 //! min/maxItems), each failure a field error as `ValidateCustomResource` words it.
 //!
-//! `pattern`, `format`, `multipleOf`, `uniqueItems`, the `x-kubernetes-validations` CEL rules
-//! and list/map types are not checked (no CRD here uses them).
+//! `format: date-time` strings are checked (the CRDs here use it for their times). `pattern`,
+//! the other formats (this project's CRDs have only integer ones, `int64`, `uint32`, ...,
+//! which the real server does not check either), `multipleOf`, `uniqueItems`, the
+//! `x-kubernetes-validations` CEL rules and list/map types are not checked (no CRD here uses
+//! them).
 
 use serde_json::{Map, Value};
 
@@ -174,10 +177,85 @@ fn validate(schema: &Value, value: &Value, path: &str, errors: &mut Vec<FieldErr
                     errors.push(FieldError::invalid(path, value, &detail));
                 }
             }
+            if schema["format"] == "date-time" && !is_date_time(s) {
+                errors.push(FieldError::type_invalid(
+                    path,
+                    s,
+                    &format!("{path} in body must be of type date-time: {s:?}"),
+                ));
+            }
         }
         Value::Number(n) => validate_number(schema, value, n.as_f64().unwrap_or(0.0), path, errors),
         _ => {}
     }
+}
+
+/// Whether `s` passes the real server's `format: date-time` check (go-openapi strfmt's
+/// `IsDateTime`, case-insensitive): a full date (`YYYY-MM-DD`, a real calendar day), a `T`,
+/// then `hh:mm:ss` (hours to 23, minutes and seconds to 59), optionally one character and
+/// digits (the fraction), and `Z` or `+hh:mm`/`-hh:mm`. No zone, no seconds or a space for
+/// the `T` are refused there, so here too.
+fn is_date_time(s: &str) -> bool {
+    let lower = s.to_ascii_lowercase();
+    let mut parts = lower.split('t');
+    let (Some(date), Some(time)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    full_date(date) && rfc3339_time(time)
+}
+
+/// `n` ASCII digits at the start of `s`, as a number, and the rest.
+fn digits(s: &str, n: usize) -> Option<(u32, &str)> {
+    let head = s.get(..n)?;
+    if !head.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((head.parse().ok()?, &s[n..]))
+}
+
+fn full_date(s: &str) -> bool {
+    let parsed = (|| {
+        let (year, rest) = digits(s, 4)?;
+        let (month, rest) = digits(rest.strip_prefix('-')?, 2)?;
+        let (day, rest) = digits(rest.strip_prefix('-')?, 2)?;
+        rest.is_empty().then_some((year, month, day))
+    })();
+    parsed.is_some_and(|(y, m, d)| jiff::civil::Date::new(y as i16, m as i8, d as i8).is_ok())
+}
+
+fn rfc3339_time(s: &str) -> bool {
+    let zone = |z: &str| {
+        z == "z"
+            || (|| {
+                let rest = z.strip_prefix('+').or_else(|| z.strip_prefix('-'))?;
+                let (_, rest) = digits(rest, 2)?;
+                let (_, rest) = digits(rest.strip_prefix(':')?, 2)?;
+                rest.is_empty().then_some(())
+            })()
+            .is_some()
+    };
+    let clock = (|| {
+        let (h, rest) = digits(s, 2)?;
+        let (m, rest) = digits(rest.strip_prefix(':')?, 2)?;
+        let (sec, rest) = digits(rest.strip_prefix(':')?, 2)?;
+        (h <= 23 && m <= 59 && sec <= 59).then_some(rest)
+    })();
+    let Some(rest) = clock else {
+        return false;
+    };
+    if zone(rest) {
+        return true;
+    }
+    // One character of any kind, then at least one digit: the fraction.
+    let mut chars = rest.chars();
+    if chars.next().is_none() {
+        return false;
+    }
+    let fraction = chars.as_str();
+    let end = fraction
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(fraction.len());
+    end > 0 && zone(&fraction[end..])
 }
 
 fn validate_number(
@@ -291,6 +369,48 @@ mod tests {
             "status": {"type": "object", "nullable": true, "properties": {
                 "state": {"type": "string"}}},
         }})
+    }
+
+    #[test]
+    fn date_time_strings_are_checked_as_the_real_server_checks_them() {
+        let schema = json!({"type": "object", "properties": {
+            "at": {"type": "string", "format": "date-time"}}});
+        for ok in [
+            "2026-12-04T22:13:46Z",
+            "2026-12-04T22:13:46.123456Z",
+            "2026-12-04T22:13:46+01:00",
+            "2026-12-04t22:13:46z",
+            "2024-02-29T23:59:59-05:30",
+        ] {
+            let mut obj = json!({ "at": ok });
+            assert!(admit(&schema, &mut obj).is_empty(), "{ok}");
+        }
+        for bad in [
+            "yesterday",
+            "",
+            "1733350426",
+            "2026-13-04T22:13:46Z",
+            "2025-02-29T22:13:46Z",
+            "2026-12-04T24:00:00Z",
+            "2026-12-04T22:13:46",
+            "2026-12-04 22:13:46Z",
+            "2026-12-04T22:13Z",
+            "2026-12-04T22:13:46+0100",
+            "2026-12-04T22:13:46.Z",
+        ] {
+            let mut obj = json!({ "at": bad });
+            let errors: Vec<String> = admit(&schema, &mut obj)
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            assert_eq!(
+                errors,
+                [format!(
+                    "at: Invalid value: {bad:?}: at in body must be of type date-time: {bad:?}"
+                )],
+                "{bad}"
+            );
+        }
     }
 
     #[test]
