@@ -407,6 +407,11 @@ fn upgrade_step(s: &NodeState, agent: &AgentStatus, t: &Target, phase: NodePhase
             ))
         }
         NodePhase::Confirming => wait("waiting for the node to come back on the new slot"),
+        // The OS's settings are the new target's now: they are applied when the node is
+        // upgraded to it, not on this operation's image.
+        _ if t.superseded_by.is_some() => Step::Succeed {
+            current_version: agent.booted_record().version.clone(),
+        },
         _ => configuring_step(s, agent),
     }
 }

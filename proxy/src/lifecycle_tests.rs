@@ -666,7 +666,12 @@ fn an_upgrade_superseded_once_armed_finishes_on_its_own_image() {
         "{:?}",
         next_step(&s)
     );
-    let s = superseded(cordoned(upgrade(NodePhase::Configuring, committed_new())));
+    // The OS's settings are v3's: not applied on v2 (before, Configure).
+    let mut s = superseded(cordoned(upgrade(NodePhase::Configuring, committed_new())));
+    s.os.as_mut().unwrap().sysconfigs = Some(SysConfigs {
+        version: Some("for-v3".into()),
+        configs: Some(vec![SysConfig::default()]),
+    });
     assert!(
         matches!(&next_step(&s), Step::Succeed { current_version } if current_version == NEW),
         "{:?}",
