@@ -35,8 +35,10 @@ fn plain(s: &str) -> bool {
 /// compared after the kernel's own folding (`-` and `_` are the same in a
 /// parameter name) and case-insensitively:
 /// - init and what replaces it: `init`, and words the kernel hands to init
-///   as arguments (runlevels `0`-`6`, `s`, `single`, `-s`, `-b`, `emergency`,
-///   `rescue`) or as environment (`LD_*`, `SYSTEMD_*`);
+///   as arguments (runlevels `0`-`6`, `s`, `single`, `emergency`, `rescue`,
+///   every option word `-*`, among them `--`, after which the kernel hands
+///   init every word as it is: `-- --unit=rescue.target`) or as environment
+///   (`LD_*`, `SYSTEMD_*`);
 /// - `systemd.*` (units, debug shell, `run=`, masks), `rd.*` and dracut's
 ///   `break`, which stop in a shell or change the initramfs's job;
 /// - the root the boot protocol chooses: `root`, `rootfstype`, `rootflags`,
@@ -44,13 +46,17 @@ fn plain(s: &str) -> bool {
 ///   `dm_verity.*`);
 /// - debuggers that take the kernel: `kgdb*`, `ekgdboc`;
 /// - security switches: `selinux`, `enforcing`, `apparmor`, `security`, `lsm`,
-///   `lockdown`, `module.sig_enforce`, `ima*`, `sysrq_always_enabled`.
+///   `lockdown`, `module.sig_enforce`, `ima*`, `sysrq_always_enabled`, `audit`,
+///   any sysctl set at boot (`sysctl.*`, e.g. `sysctl.kernel.sysrq`), and the
+///   CPU vulnerability mitigations and address-space randomisation
+///   (`mitigations`, `nokaslr`, `nopti`, `pti`, `nospec*`, `spectre*`,
+///   `spec_*`, `retbleed`, `mds`, `l1tf`, `tsx*`, `srbds`, `mmio_stale_data`,
+///   `gather_data_sampling`, `reg_file_data_sampling`, `norandmaps`).
 const DENIED: &[&str] = &[
     "init",
     "single",
     "s",
-    "-s",
-    "-b",
+    "-*",
     "0",
     "1",
     "2",
@@ -83,6 +89,24 @@ const DENIED: &[&str] = &[
     "module.sig_enforce",
     "ima*",
     "sysrq_always_enabled",
+    "audit",
+    "sysctl.*",
+    "mitigations",
+    "nokaslr",
+    "nopti",
+    "pti",
+    "nospec*",
+    "spectre*",
+    "spec_*",
+    "retbleed",
+    "mds",
+    "l1tf",
+    "tsx*",
+    "srbds",
+    "mmio_stale_data",
+    "gather_data_sampling",
+    "reg_file_data_sampling",
+    "norandmaps",
 ];
 
 /// A parameter name as the kernel compares it (`-` = `_`), lower case; a
@@ -261,6 +285,32 @@ mod tests {
             "rd.break",
         ] {
             assert!(check(key, "0", none).is_err(), "{key}");
+        }
+        // What the kernel hands to init or applies before it, spelled so that no
+        // family above matched it before: `-- --unit=rescue.target` boots the slot
+        // into rescue (everything after `--` is init's argv), `--crash-shell` is an
+        // option word init gets as it is, `sysctl.*` sets sysctls before init runs.
+        for (key, value) in [
+            ("--", ""),
+            ("--unit", "rescue.target"),
+            ("--crash-shell", ""),
+            ("-z", ""),
+            ("sysctl.kernel.sysrq", "1"),
+            ("sysctl.kernel.core_pattern", "|/var/lib/x"),
+            ("Sysctl.kernel.kptr-restrict", "0"),
+            ("mitigations", "off"),
+            ("nokaslr", ""),
+            ("nospectre_v2", ""),
+            ("spectre-v2", "off"),
+            ("audit", "0"),
+        ] {
+            assert!(check(key, value, none).is_err(), "{key}={value}");
+        }
+        assert!(check("sysctl.kernel.sysrq", "1", &["sysctl.*".to_owned()]).is_ok());
+        assert!(check("--", "", &["-*".to_owned()]).is_ok());
+        // Neighbours that share no family stay allowed.
+        for key in ["hugepages", "isolcpus", "crashkernel", "panic", "auditd_x"] {
+            assert!(check(key, "1", none).is_ok(), "{key}");
         }
         let allow = ["systemd.unit".to_owned(), "rd.*".to_owned()];
         assert!(check("systemd.unit", "multi-user.target", &allow).is_ok());
