@@ -447,16 +447,22 @@ impl Client {
         }
     }
 
-    /// Credentials go out only encrypted, or in clear where the owner of the
-    /// credentials allowed it ([`ClientOptions::credentials_in_clear`]).
+    /// Credentials go out only where the owner of the credentials allowed
+    /// plain HTTP ([`ClientOptions::credentials_in_clear`]), or encrypted to a
+    /// registry reached over HTTPS. Over plain HTTP the owner did not allow,
+    /// never: a token realm is named by the registry's 401, which anyone on
+    /// the path can write, so an `https://` realm in it says nothing about
+    /// where the credentials would end up.
     fn may_send_credentials(&self, url: &str) -> bool {
-        url.to_ascii_lowercase().starts_with("https://") || self.credentials_in_clear
+        self.credentials_in_clear
+            || (!self.plain_http && url.to_ascii_lowercase().starts_with("https://"))
     }
 
     fn withheld(&self, url: &str, detail: &str) -> Error {
         self.unauthorized(format!(
-            "{detail}; the credentials for {} are not sent over plain HTTP ({url}): \
-             only a registry the node itself lists as plain HTTP gets them in clear",
+            "{detail}; the credentials for {} are not sent over plain HTTP, nor to a \
+             token realm a plain-HTTP answer named ({url}): only a registry the node \
+             itself lists as plain HTTP gets them in clear",
             self.registry
         ))
     }

@@ -448,7 +448,7 @@ fn self_signed(dir: &Path, name: &str, cn: &str) {
 
 /// `ca.pem`/`ca.key` and the server's `server.pem`/`server.key` signed by it,
 /// for IP 127.0.0.1 and DNS localhost.
-fn make_tls(dir: &Path) {
+pub fn make_tls(dir: &Path) {
     self_signed(dir, "ca", "ab-os test registry CA");
     std::fs::write(
         dir.join("server.ext"),

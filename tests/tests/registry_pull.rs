@@ -505,3 +505,114 @@ fn a_request_allowing_plain_http_never_sends_the_nodes_credentials_in_clear() {
     node.assert_holds_v2(&out);
     assert!(relay.saw_authorization());
 }
+
+#[test]
+fn a_plain_http_answer_cannot_send_the_nodes_credentials_to_a_token_realm_it_names() {
+    use base64::Engine as _;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::process::Stdio;
+    let dir = test_dir("flag-safe-realm");
+    // Whoever answers on the plain-HTTP path names an HTTPS token endpoint of
+    // their own, with a certificate the node trusts (a public CA signs anyone's
+    // own domain; here the node's registry CA signs it). openssl prints what it
+    // receives and answers 401.
+    let tls = dir.join("realm");
+    std::fs::create_dir_all(&tls).unwrap();
+    e2e::registry::make_tls(&tls);
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut realm = Command::new("openssl")
+        .args(["s_server", "-quiet", "-naccept", "1", "-accept"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["-cert", "server.pem", "-key", "server.key"])
+        .current_dir(&tls)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Sent once the agent connects (it only serves one connection: no probe,
+    // so the wait for it reads the kernel's table of listening sockets).
+    let mut answer = realm.stdin.take().unwrap();
+    answer
+        .write_all(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let listening = format!("0100007F:{port:04X} 00000000:0000 0A");
+    let start = std::time::Instant::now();
+    while !std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .contains(&listening)
+    {
+        assert!(
+            start.elapsed().as_secs() < 10,
+            "openssl s_server did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    // The registry as reached over plain HTTP: every answer a 401 naming that realm.
+    let path = TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = path.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for mut c in path.incoming().flatten() {
+            let mut buf = [0u8; 8192];
+            let _ = c.read(&mut buf);
+            let _ = c.write_all(
+                format!(
+                    "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer \
+                     realm=\"https://127.0.0.1:{port}/token\",service=\"registry\"\r\n\
+                     Content-Length: 0\r\nConnection: close\r\n\r\n"
+                )
+                .as_bytes(),
+            );
+        }
+    });
+    let auth = dir.join("auth.json");
+    let basic = base64::engine::general_purpose::STANDARD.encode("node:pw");
+    std::fs::write(
+        &auth,
+        format!(r#"{{"auths":{{"{host}":{{"auth":"{basic}"}}}}}}"#),
+    )
+    .unwrap();
+    let node = Node::new(
+        &dir,
+        "n",
+        &format!(
+            "registry-auth = {}\nregistry-ca = {}\n",
+            auth.display(),
+            tls.join("ca.pem").display()
+        ),
+    );
+    // The request allows plain HTTP (KubeOS flagSafe); the node does not list the host.
+    let out = node.upgrade(&[
+        "--image",
+        &format!("{host}/os:2"),
+        "--digest",
+        &fixture().manifest_digest,
+        "--allow-http",
+    ]);
+    drop(answer);
+    let _ = realm.kill();
+    let mut seen = String::new();
+    realm
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut seen)
+        .unwrap();
+    let _ = realm.wait();
+    assert!(
+        seen.contains("GET /token"),
+        "the realm was asked (anonymously): {seen:?}\n{}",
+        text(&out)
+    );
+    assert!(
+        !seen.to_ascii_lowercase().contains("\nauthorization:"),
+        "the node's credentials went to a realm a plain-HTTP answer named: {seen}"
+    );
+    node.assert_refused(&out, "not sent over plain HTTP");
+}
