@@ -111,6 +111,8 @@ pub struct Config {
     pub reboot: bool,
     /// Copy chunks the local slots hold instead of downloading them.
     pub delta: bool,
+    /// Refuse images without a dm-verity tree (their manifest names none).
+    pub require_verity: bool,
     /// Node configuration (`configure`): root, allow-list, restarts.
     pub configure: configure::Settings,
     /// Where trusted bundle-signing keys are read from, image's first.
@@ -304,6 +306,9 @@ settings! {
     one delta: bool = "delta" "yes|no", default Some("yes"), yes_no,
         "whether prepare copies the chunks the local slots already hold and downloads \
          only the others (docs/bundle.md, \"Delta\")";
+    one require_verity: bool = "require-verity" "yes|no", default Some("no"), yes_no,
+        "refuse an image whose manifest names no dm-verity tree (a --no-verity bundle, or an \
+         unsigned manifest with its tree left out), before a byte is written";
     one config_root: PathBuf = "config-root" "DIR", default Some("/"), path,
         "prefix of the files node configuration edits";
     one proc_dir: PathBuf = "proc-dir" "DIR", default Some("/proc"), path,
@@ -425,6 +430,7 @@ impl Overrides {
             certs_dir: o.certs_dir.expect(set),
             reboot: o.reboot.expect(set),
             delta: o.delta.expect(set),
+            require_verity: o.require_verity.expect(set),
             keys_dirs: [o.keys_dir, o.node_keys_dir]
                 .into_iter()
                 .flatten()

@@ -275,6 +275,17 @@ pub fn prepare_with(
         pinned,
         manifest_pinned,
     } = source;
+    if cfg.require_verity && !manifest.as_ref().is_some_and(|m| m.verity.is_some()) {
+        return Err(PrepareError::BadManifest {
+            url: url.clone(),
+            reason: match manifest {
+                Some(_) => "it names no dm-verity tree",
+                None => "there is none, so no dm-verity tree",
+            }
+            .to_owned()
+                + ", and this node requires one (require-verity = yes)",
+        });
+    }
     let image_size = manifest.as_ref().map(|m| m.image_size);
     check_fits(&device, image_size)?;
     let size = image_size.map_or("size unknown: no manifest".into(), |n| {
@@ -349,10 +360,14 @@ pub fn prepare_with(
     }
     let (size, anchor) = written?;
     progress.set_phase(Phase::Recording);
-    let verity = manifest
-        .as_ref()
-        .and_then(|m| m.verity.as_ref())
-        .map(wire::verity::Verity::to_arg);
+    let verity = manifest.as_ref().and_then(|m| m.verity.as_ref());
+    if let Some(v) = verity {
+        check_verity(&device, v).map_err(|reason| PrepareError::BadManifest {
+            url: url.clone(),
+            reason,
+        })?;
+    }
+    let verity = verity.map(wire::verity::Verity::to_arg);
     let version = req
         .version
         .clone()
@@ -556,6 +571,22 @@ impl Pin {
 /// Fetches and checks the manifest beside the image; `None` if there is none.
 /// `anchor`: the BLAKE3 the manifest's `image_digest` must be, when known.
 /// When `trust` requires signatures, a manifest signed by a trusted key.
+/// The manifest's dm-verity parameters are those of the tree the slot now
+/// holds. The image's bytes are verified, but an unsigned manifest beside an
+/// image pinned by its digest is not: a root hash or salt in it that is not
+/// the tree's would fail every trial boot, so it is refused here.
+fn check_verity(device: &SlotDevice, v: &wire::verity::Verity) -> Result<(), String> {
+    use std::os::unix::fs::FileExt;
+    let slot = std::fs::File::open(&device.path).map_err(|e| {
+        format!(
+            "open {} to check its verity tree: {e}",
+            device.path.display()
+        )
+    })?;
+    v.check_paths(&mut |at, buf| slot.read_exact_at(buf, at))
+        .map_err(|e| format!("its dm-verity parameters do not fit the image: {e}"))
+}
+
 fn load_manifest(
     job: &Job,
     req: &PrepareRequest,

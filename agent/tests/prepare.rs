@@ -705,3 +705,88 @@ fn a_checkpoint_of_another_download_is_not_used() {
     assert_eq!((served[0].status, served[0].start), (200, 0), "{served:?}");
     assert!(node.slot_b()[..other.image.len()] == other.image[..]);
 }
+
+/// An image ending with its dm-verity tree, as os-image makes it, with the
+/// tree's parameters.
+fn verity_image() -> (Bundle, wire::verity::Verity) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("image");
+    std::fs::write(&path, synthetic_image(200 * 4096, 11)).unwrap();
+    let v = image_builder::verity::append_tree(&path, [0x42; 32]).unwrap();
+    (bundle(std::fs::read(&path).unwrap(), CHUNK, "2"), v)
+}
+
+/// The bundle's manifest naming `verity` (an unsigned manifest says what it likes).
+fn manifest_with(b: &Bundle, verity: Option<&wire::verity::Verity>) -> Vec<u8> {
+    let mut m = wire::manifest::Manifest::parse(&b.meta.manifest).unwrap();
+    m.verity = verity.cloned();
+    m.to_json().into_bytes()
+}
+
+/// Serves `b` with `manifest` beside it; the request pins the image file by
+/// its sha256 only (KubeOS's checksum), so nothing vouches for the manifest.
+fn serve_pinned(b: &Bundle, manifest: Vec<u8>) -> (Server, PrepareRequest) {
+    let server = Server::start();
+    server.put(IMG, b.zst.clone());
+    server.put(MANIFEST, manifest);
+    let req = request(server.url(IMG), &oci::digest::sha256(&b.zst));
+    (server, req)
+}
+
+#[test]
+fn a_manifests_verity_parameters_must_be_those_of_the_tree_the_image_holds() {
+    let (b, v) = verity_image();
+    // The genuine parameters are recorded for os-init.
+    let node = Node::new(SLOT);
+    let (_server, req) = serve_pinned(&b, manifest_with(&b, Some(&v)));
+    let (result, _) = run(&node, &req);
+    assert_eq!(result.unwrap().verity, Some(v.to_arg()));
+    assert_eq!(node.record_b().verity, Some(v.to_arg()));
+    // A root hash that is not the tree's: before, recorded, and every trial
+    // boot of the slot failed in os-init.
+    let mut wrong_root = v.clone();
+    wrong_root.root_hash[5] ^= 0x10;
+    // Another salt, with the root that the tree's top block has under it.
+    let mut other_salt = v.clone();
+    other_salt.salt[0] ^= 1;
+    let top = &b.image[v.hash_offset as usize..][..4096];
+    other_salt.root_hash = wire::verity::block_hash(&other_salt.salt, top);
+    for (what, bad) in [("root hash", wrong_root), ("salt", other_salt)] {
+        let node = Node::new(SLOT);
+        let (_server, req) = serve_pinned(&b, manifest_with(&b, Some(&bad)));
+        let (err, msg) = fails(&node, &req);
+        assert!(
+            matches!(err, PrepareError::BadManifest { .. }),
+            "{what}: {msg}"
+        );
+        assert!(
+            msg.contains("dm-verity parameters do not fit the image"),
+            "{what}: {msg}"
+        );
+    }
+}
+
+#[test]
+fn a_node_that_requires_verity_refuses_an_image_without_a_tree_before_writing() {
+    let (b, _) = verity_image();
+    // The tree left out of an unsigned manifest: a node that does not insist
+    // mounts the slot unchecked (docs/security.md).
+    let node = Node::new(SLOT);
+    let (_server, req) = serve_pinned(&b, manifest_with(&b, None));
+    let (result, _) = run(&node, &req);
+    assert_eq!(result.unwrap().verity, None);
+    let mut node = Node::new(SLOT);
+    node.cfg.require_verity = true;
+    let (server, req) = serve_pinned(&b, manifest_with(&b, None));
+    let (err, msg) = fails(&node, &req);
+    assert!(matches!(err, PrepareError::BadManifest { .. }), "{msg}");
+    assert!(msg.contains("require-verity = yes"), "{msg}");
+    assert_eq!(server.served(IMG).len(), 0, "nothing downloaded");
+    // Nor without any manifest.
+    let server = serve(&b, false);
+    let (_, msg) = fails(
+        &node,
+        &request(server.url(IMG), &oci::digest::sha256(&b.zst)),
+    );
+    assert!(msg.contains("there is none"), "{msg}");
+}

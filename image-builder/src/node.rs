@@ -271,7 +271,10 @@ fn install_agent(root: &Path, recipe: &Recipe, agent: &Path) -> Result<()> {
     let conf = format!(
         "# os-agent settings (`os-agent --help` lists them); written by os-image rootfs.\n\
          # The systemd health check waits up to {} s for the boot to finish.\n\
-         check-timeout = {check}\nhealth-deadline = {deadline}\n",
+         check-timeout = {check}\nhealth-deadline = {deadline}\n\
+         # This image's kernel has dm-verity: an update without a verity tree (a\n\
+         # --no-verity bundle, or an unsigned manifest with the tree left out) is refused.\n\
+         require-verity = yes\n",
         recipe.boot_timeout
     );
     rootwrite::write(root, "etc/os-agent/agent.conf", conf.as_bytes(), 0o644)?;

@@ -4,18 +4,10 @@
 //! a 2 GiB image) and append the tree to the image, top level first.
 
 use anyhow::{bail, Context, Result};
-use sha2::{Digest, Sha256};
 use std::fs::OpenOptions;
 use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::Path;
-use wire::verity::{level_sizes, Verity, BLOCK};
-
-fn hash(salt: &[u8; 32], block: &[u8]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(salt);
-    h.update(block);
-    h.finalize().into()
-}
+use wire::verity::{block_hash as hash, level_sizes, Verity, BLOCK};
 
 /// Appends the hash tree to `image` (a whole number of blocks) and returns
 /// its parameters.
@@ -108,6 +100,7 @@ mod tests {
             let v = append_tree(&image, [0x5a; 32]).unwrap();
             assert_eq!(std::fs::metadata(&image).unwrap().len(), v.total_bytes());
             assert!(veritysetup_verify(&image, &v), "{blocks} blocks");
+            assert_eq!(check_paths(&image, &v), Ok(()), "{blocks} blocks");
             let mut bytes = std::fs::read(&image).unwrap();
             bytes[(blocks * BLOCK / 2) as usize] ^= 1;
             std::fs::write(&image, &bytes).unwrap();
@@ -115,6 +108,55 @@ mod tests {
                 !veritysetup_verify(&image, &v),
                 "{blocks} blocks, byte flipped"
             );
+        }
+    }
+
+    fn check_paths(image: &Path, v: &Verity) -> Result<(), String> {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::open(image).unwrap();
+        v.check_paths(&mut |at, buf| f.read_exact_at(buf, at))
+    }
+
+    /// The agent checks a manifest's verity against the tree it wrote: what a
+    /// manifest can get wrong about a genuine image is refused.
+    #[test]
+    fn check_paths_refuses_parameters_that_are_not_the_trees() {
+        let t = tempfile::tempdir().unwrap();
+        for blocks in [1u64, 2, 129, 128 * 128 + 3] {
+            let image = t.path().join(format!("img-{blocks}"));
+            let data: Vec<u8> = (0..blocks * BLOCK).map(|i| (i * 5 / 3) as u8).collect();
+            std::fs::write(&image, &data).unwrap();
+            let v = append_tree(&image, [0x33; 32]).unwrap();
+            let mut wrong_root = v.clone();
+            wrong_root.root_hash[0] ^= 1;
+            let err = check_paths(&image, &wrong_root).unwrap_err();
+            assert!(err.contains("not the root hash"), "{blocks}: {err}");
+            // Another salt with a root that matches the top block under it:
+            // the lower levels give it away. (One data block has no tree: any
+            // salt with its root is a pair dm-verity accepts.)
+            let mut other_salt = v.clone();
+            other_salt.salt[31] ^= 1;
+            let top = if blocks == 1 { 0 } else { v.hash_offset };
+            let mut block = vec![0u8; BLOCK as usize];
+            use std::os::unix::fs::FileExt;
+            std::fs::File::open(&image)
+                .unwrap()
+                .read_exact_at(&mut block, top)
+                .unwrap();
+            other_salt.root_hash = hash(&other_salt.salt, &block);
+            assert_eq!(
+                check_paths(&image, &other_salt).is_ok(),
+                blocks == 1,
+                "{blocks}"
+            );
+            // The last data block's path is checked too, not only the first's.
+            if blocks > 128 {
+                let mut bytes = std::fs::read(&image).unwrap();
+                bytes[((blocks - 1) * BLOCK) as usize] ^= 1;
+                std::fs::write(&image, &bytes).unwrap();
+                let err = check_paths(&image, &v).unwrap_err();
+                assert!(err.contains(&format!("data block {}", blocks - 1)), "{err}");
+            }
         }
     }
 

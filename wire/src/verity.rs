@@ -138,6 +138,62 @@ impl Verity {
     }
 }
 
+/// The hash of one data or hash block in the tree: SHA-256 of the salt, then the block.
+#[cfg(feature = "verity-hash")]
+pub fn block_hash(salt: &[u8; 32], block: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(salt);
+    h.update(block);
+    h.finalize().into()
+}
+
+#[cfg(feature = "verity-hash")]
+impl Verity {
+    /// Checks that these parameters are those of the tree an image holds, by
+    /// following the first and the last data block's hashes up through the
+    /// tree to [`root_hash`](Self::root_hash). `read_at(offset, buf)` fills
+    /// `buf` from the image. A wrong root hash, salt or offset fails here; a
+    /// block elsewhere that does not match the tree is dm-verity's to find.
+    pub fn check_paths(
+        &self,
+        read_at: &mut dyn FnMut(u64, &mut [u8]) -> std::io::Result<()>,
+    ) -> Result<(), String> {
+        self.check()?;
+        let offsets = level_offsets(self.data_blocks);
+        let mut block = vec![0u8; BLOCK as usize];
+        let last = self.data_blocks - 1;
+        for first in [0, last].into_iter().take(if last == 0 { 1 } else { 2 }) {
+            let mut at = first * BLOCK;
+            read_at(at, &mut block).map_err(|e| format!("read the image at byte {at}: {e}"))?;
+            let mut hash = block_hash(&self.salt, &block);
+            let mut index = first;
+            for (level, offset) in offsets.iter().enumerate() {
+                let entry = (index % (1 << LEVEL_BITS)) as usize * 32;
+                index >>= LEVEL_BITS;
+                at = self.hash_offset + offset + index * BLOCK;
+                read_at(at, &mut block)
+                    .map_err(|e| format!("read the verity tree at byte {at}: {e}"))?;
+                if block[entry..entry + 32] != hash {
+                    return Err(format!(
+                        "level {level} of the verity tree does not hold the hash of data block {first} \
+                         under this salt"
+                    ));
+                }
+                hash = block_hash(&self.salt, &block);
+            }
+            if hash != self.root_hash {
+                return Err(format!(
+                    "the verity tree's root is {}, not the root hash {}",
+                    hex(&hash),
+                    hex(&self.root_hash)
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Where os-init leaves its [`BootCheck`] for os-agent: on /run, which the
 /// booted system inherits from the initramfs.
 pub const BOOT_CHECK_FILE: &str = "/run/os-init/verity";
