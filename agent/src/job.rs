@@ -290,6 +290,10 @@ impl Agent {
 
     /// Starts a job, or says which one is in the way.
     pub fn begin(&self, kind: JobKind, detail: String) -> Result<JobGuard<'_>, AgentError> {
+        // The detail comes from a request (an image URL) and is written to the
+        // lock file, the log and status before the request's own checks: one
+        // line of text, control characters escaped.
+        let detail = wire::record::one_line(&detail).into_owned();
         let mut current = lock(&self.current);
         if let Some(job) = current.as_ref() {
             return Err(AgentError::Busy(format!(
@@ -371,9 +375,9 @@ impl Agent {
         let slot = node::writable_slot(&node::load(&self.cfg)?)?;
         info!(
             "prepare: {} -> slot {slot} ({}), digest {}",
-            req.url,
+            wire::record::one_line(&req.url),
             self.cfg.slot_device(slot).display(),
-            req.digest
+            wire::record::one_line(&req.digest)
         );
         match (self.prepare)(&self.cfg, req, &job.progress, &job.cancel) {
             Ok(p) => {

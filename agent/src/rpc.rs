@@ -408,11 +408,16 @@ fn answer<'a>(agent: &'a Agent, bytes: &[u8]) -> (Option<String>, Option<(JobGua
             return (Some(response(&id, Err(e))), None);
         }
     };
-    info!("rpc: {}", req.method);
+    // The method name is the peer's text: quoted, so it cannot forge log lines.
+    info!("rpc: {:?}", req.method);
     let (result, reboot) = match dispatch(agent, &req.method, req.params.as_ref()) {
         Ok(done) => (Ok(done.result), done.reboot),
         Err(e) => {
-            warn!("rpc: {} failed: {}", req.method, e.message);
+            warn!(
+                "rpc: {:?} failed: {}",
+                req.method,
+                wire::record::one_line(&e.message)
+            );
             (Err(e), None)
         }
     };

@@ -306,6 +306,30 @@ fn rollback_needs_a_good_other_slot() {
 }
 
 #[test]
+fn a_jobs_detail_from_a_request_stays_one_line_in_the_lock_file_and_status() {
+    let node = Node::new();
+    let (first, second) = (agent(&node, Slot::A), agent(&node, Slot::A));
+    // An image URL is checked for control characters by prepare, after the
+    // job (and its lock file line) began.
+    let _guard = first
+        .begin(
+            JobKind::Prepare,
+            "http://x/\nos-agent: slot B confirmed\u{1b}[2J".into(),
+        )
+        .unwrap();
+    let AgentError::Busy(m) = second.rollback().err().unwrap() else {
+        panic!("busy expected");
+    };
+    assert!(!m.contains(['\n', '\u{1b}']), "{m:?}");
+    assert!(
+        m.contains(r"http://x/\nos-agent: slot B confirmed\u{1b}[2J"),
+        "{m}"
+    );
+    let other = second.other_holder().unwrap();
+    assert!(!other.contains(['\n', '\u{1b}']), "{other:?}");
+}
+
+#[test]
 fn manual_confirm_commits_the_booted_trial() {
     let node = armed_node();
     let b = agent(&node, Slot::B);

@@ -21,6 +21,15 @@ pub fn check_text(value: &str) -> Result<(), String> {
     }
 }
 
+/// `value` for one line of a log or a status field: as it is, or, when it
+/// holds a control character, escaped whole as Rust's `escape_debug` does.
+pub fn one_line(value: &str) -> std::borrow::Cow<'_, str> {
+    match check_text(value) {
+        Ok(()) => value.into(),
+        Err(_) => value.escape_debug().to_string().into(),
+    }
+}
+
 /// What a slot holds, as far as anyone has verified.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(

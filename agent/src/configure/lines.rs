@@ -34,12 +34,15 @@ pub fn check_sysctl_key(key: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A value that fits on one line of a config file.
+/// A value that fits on one line of a config file as printable text: no
+/// control character but tab (an escape sequence in `sysctl.conf` reaches
+/// whoever reads the file on a terminal; CR, LF, NUL would split the line).
 pub fn check_line_value(value: &str) -> Result<(), String> {
-    if value.contains(['\n', '\r', '\0']) {
-        return Err("the value spans lines".into());
+    match value.chars().find(|&c| c.is_control() && c != '\t') {
+        Some('\n' | '\r' | '\0') => Err("the value spans lines".into()),
+        Some(c) => Err(format!("the value holds a control character ({c:?})")),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// `(key as sysctl reads it, byte offset of the value, value)` of a
@@ -262,6 +265,15 @@ mod tests {
         assert!(check_sysctl_key("a=b").is_err());
         assert!(check_sysctl_key("../x").is_err());
         assert!(check_line_value("1\n2").is_err());
+        // Escape sequences and the other C0/C1 controls (a review found them
+        // written to sysctl.conf as they came); a tab between words is text.
+        for bad in ["10\u{1b}[2J", "1\u{0b}", "1\u{7f}", "1\u{85}"] {
+            assert!(
+                check_line_value(bad).unwrap_err().contains("control"),
+                "{bad:?}"
+            );
+        }
+        assert!(check_line_value("4096\t87380\t6291456").is_ok());
     }
 
     const LIMITS: &str = "# /etc/security/limits.conf\n*    soft  nofile  1024  # default\n*    hard  nofile  4096\n@dev -     nproc   100\n";

@@ -321,9 +321,10 @@ fn plan_sysctl(
             .text()
             .ok_or_else(|| bad("the value must be a string, number or boolean"))?;
         let value = value.trim();
-        if value.is_empty() || value.contains(['\n', '\r', '\0']) {
+        if value.is_empty() {
             return Err(bad("the value must be one non-empty line"));
         }
+        lines::check_line_value(value).map_err(|r| bad(&r))?;
         let base = node.settings.proc_dir.join("sys");
         let path = sysctl_path(&base, &e.key).map_err(|r| bad(&r))?;
         check_below(&base, &path).map_err(|r| bad(&r))?;
