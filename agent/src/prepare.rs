@@ -192,7 +192,8 @@ pub fn prepare_with(
                 req.allow_http,
                 cfg.connect_timeout,
                 cfg.read_timeout,
-            )?,
+            )?
+            .confined(&req.url, &cfg.file_sources),
         ),
     };
     let slot = cfg.inactive();

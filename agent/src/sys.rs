@@ -206,6 +206,50 @@ pub fn rename_exchange(a: &Path, b: &Path) -> io::Result<()> {
     }
 }
 
+/// Opens `path`, which lies under `dir`, read-only and non-blocking, resolving
+/// it with the kernel's `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
+/// RESOLVE_NO_MAGICLINKS)` from `dir`: no `..` out of it and no symlink in any
+/// component, checked by the kernel as it walks (no window between a check
+/// and the open). ELOOP or EXDEV when the path breaks either rule.
+pub fn open_beneath(dir: &Path, path: &Path) -> io::Result<File> {
+    use std::os::unix::io::FromRawFd;
+    let rel = path
+        .strip_prefix(dir)
+        .map_err(|_| io::Error::other(format!("not under {}", dir.display())))?;
+    let base = File::open(dir)?;
+    let rel = CString::new(rel.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    /// `struct open_how` of linux/openat2.h (libc's is non-exhaustive).
+    #[repr(C)]
+    struct OpenHow {
+        flags: u64,
+        mode: u64,
+        resolve: u64,
+    }
+    let how = OpenHow {
+        flags: (libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS,
+    };
+    // SAFETY: `rel` is a NUL-terminated string and `how` a valid open_how of
+    // the size passed; both outlive the call. A non-negative result is a new
+    // descriptor that nothing else owns.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            base.as_raw_fd(),
+            rel.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: see above: the descriptor is ours alone.
+    Ok(unsafe { File::from_raw_fd(fd as i32) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -520,6 +520,33 @@ fn a_request_names_local_files_only_under_the_nodes_file_sources() {
 }
 
 #[test]
+fn files_beside_an_image_in_file_sources_are_not_read_through_a_symlink() {
+    let server = Server::start(Node::new(), "");
+    let bundles = server.node.dir.path().join("bundles");
+    std::fs::create_dir_all(&bundles).unwrap();
+    let img = image(200 << 10);
+    let (url, digest) = bundle(&bundles, "os-2", "2", &img, 64 << 10);
+    // Whoever may write in a file-sources directory puts the manifest outside
+    // it and a symlink in its place (the image itself passed the request's
+    // path check; its manifest and signature were opened following links).
+    let outside = server.node.dir.path().join("elsewhere");
+    std::fs::create_dir_all(&outside).unwrap();
+    let manifest = bundles.join("os-2.manifest.json");
+    std::fs::rename(&manifest, outside.join("os-2.manifest.json")).unwrap();
+    std::os::unix::fs::symlink(outside.join("os-2.manifest.json"), &manifest).unwrap();
+    let before = slots(&server.node);
+    let reply = server.call(&upgrade_request(1, &url, &digest, "2"));
+    assert!(reply.contains("\"error\""), "{reply}");
+    assert!(reply.contains("no `..` or symlink"), "{reply}");
+    assert!(slots(&server.node) == before, "a slot or record changed");
+    // The same files without the link are taken.
+    std::fs::remove_file(&manifest).unwrap();
+    std::fs::rename(outside.join("os-2.manifest.json"), &manifest).unwrap();
+    let reply = server.call(&upgrade_request(2, &url, &digest, "2"));
+    assert!(!reply.contains("\"error\""), "{reply}");
+}
+
+#[test]
 fn a_fifo_is_refused_at_once() {
     let server = Server::start(Node::new(), "");
     let bundles = server.node.dir.path().join("bundles");

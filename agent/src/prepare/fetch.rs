@@ -89,7 +89,11 @@ pub struct Body {
 #[derive(Clone)]
 pub enum Fetcher {
     Http(ureq::Agent),
-    File,
+    /// Local files; under a `file-sources` directory (`beneath`), opened only
+    /// through no `..` and no symlink below it ([`crate::sys::open_beneath`]).
+    File {
+        beneath: Option<PathBuf>,
+    },
     /// One blob of an OCI registry (the URL only names it in messages).
     Registry(RegistryBlob),
 }
@@ -132,7 +136,7 @@ impl Fetcher {
                     Ok(m) if !m.is_file() => Err(PrepareError::BadRequest {
                         reason: format!("{} is not a regular file", path.display()),
                     }),
-                    _ => Ok(Fetcher::File),
+                    _ => Ok(Fetcher::File { beneath: None }),
                 };
             }
             Some("https") => {}
@@ -176,8 +180,9 @@ impl Fetcher {
     ) -> Result<Body, FetchError> {
         match self {
             // A file reads from any offset; the caller stops at `last`.
-            Fetcher::File => open_file(
+            Fetcher::File { beneath } => open_file(
                 &file_path(url).map_err(|e| FetchError::File(io::Error::other(e.to_string())))?,
+                beneath.as_deref(),
                 offset,
                 validator,
             ),
@@ -196,6 +201,19 @@ impl Fetcher {
                     whole: blob.whole,
                 })
             }
+        }
+    }
+
+    /// Files under one of the node's `file-sources` directories (where a
+    /// socket request may name them, so whoever writes there is not trusted)
+    /// are read only from below that directory: the image, its manifest and
+    /// signature, and every reopen, whoever named the file.
+    pub fn confined(self, url: &str, file_sources: &[PathBuf]) -> Fetcher {
+        match (self, file_path(url)) {
+            (Fetcher::File { .. }, Ok(path)) => Fetcher::File {
+                beneath: file_sources.iter().find(|d| path.starts_with(d)).cloned(),
+            },
+            (other, _) => other,
         }
     }
 
@@ -367,16 +385,33 @@ fn file_path(url: &str) -> Result<PathBuf, PrepareError> {
 /// Opens a regular file only: `O_NONBLOCK` so a FIFO's open cannot block,
 /// then `fstat` on what was opened (no race with a rename), and anything but
 /// a regular file (FIFO, device, directory, socket) is refused.
-fn open_file(path: &Path, offset: u64, validator: Option<&str>) -> Result<Body, FetchError> {
+fn open_file(
+    path: &Path,
+    beneath: Option<&Path>,
+    offset: u64,
+    validator: Option<&str>,
+) -> Result<Body, FetchError> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => FetchError::NotFound,
-            _ => FetchError::File(e),
-        })?;
+    let opened = match beneath {
+        Some(dir) => crate::sys::open_beneath(dir, path).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "{}: {e} (a file under {} is read through no `..` or symlink)",
+                    path.display(),
+                    dir.display()
+                ),
+            )
+        }),
+        None => fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path),
+    };
+    let mut file = opened.map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => FetchError::NotFound,
+        _ => FetchError::File(e),
+    })?;
     let meta = file.metadata().map_err(FetchError::File)?;
     if !meta.is_file() {
         return Err(FetchError::File(io::Error::other(format!(
@@ -571,12 +606,17 @@ mod tests {
         let path = dir.path().join("img");
         fs::write(&path, b"0123456789").unwrap();
         let url = format!("file://{}", path.display());
-        let mut body = Fetcher::File.open(&url, 4, None, None).unwrap();
+        let mut body = Fetcher::File { beneath: None }
+            .open(&url, 4, None, None)
+            .unwrap();
         let mut rest = String::new();
         body.reader.read_to_string(&mut rest).unwrap();
         assert_eq!((rest.as_str(), body.total), ("456789", Some(10)));
         let missing = format!("file://{}", dir.path().join("nope").display());
-        assert!(matches!(Fetcher::File.read_small(&missing, 10), Ok(None)));
-        assert!(Fetcher::File.read_small(&url, 5).is_err());
+        assert!(matches!(
+            Fetcher::File { beneath: None }.read_small(&missing, 10),
+            Ok(None)
+        ));
+        assert!(Fetcher::File { beneath: None }.read_small(&url, 5).is_err());
     }
 }
