@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use operator::crd::{ExecutionMode, NodePhase, OpsType, OsSpec, RolloutState};
-use operator::rollout::{decide, Decision, InstanceView, NodeView, Observed, NODE_SELECTOR_LABEL};
+use operator::rollout::{
+    decide, Decision, Hold, InstanceView, NodeView, Observed, MAX_CLOCK_SKEW, NODE_SELECTOR_LABEL,
+};
 use proptest::prelude::*;
 
 const V1: &str = "KubeOS 1.0";
@@ -40,7 +42,9 @@ fn instance() -> impl Strategy<Value = Option<InstanceView>> {
         prop::option::of(version()),
         prop::option::of(version()),
         prop::option::of(version()),
-        prop::option::of(0i64..7200),
+        // Mostly past starts; some ahead of the clock, as a proxy may write them (within
+        // MAX_CLOCK_SKEW and far beyond).
+        prop::option::of(prop_oneof![4 => 0i64..7200, 1 => -200_000i64..0]),
     )
         .prop_map(
             |(phase, operation, target, current, applied, age)| InstanceView {
@@ -297,6 +301,28 @@ proptest! {
         if !started_cp.is_empty() {
             prop_assert!(spec.include_control_plane);
             prop_assert!(!observed.nodes.iter().any(|n| n.control_plane && unavailable(n, &d)));
+        }
+    }
+
+    /// `status.startedAt` is in an object the node's proxy writes: a start ahead of the clock
+    /// holds nothing longer than a start now would, give or take `MAX_CLOCK_SKEW` (another
+    /// replica's clock). No interval past now + timeinterval + skew, and no operation left
+    /// in flight with a start after now + skew (its timeout would come later).
+    #[test]
+    fn a_start_ahead_of_the_clock_holds_no_longer_than_a_start_now(
+        spec in os_spec(),
+        observed in observed(),
+    ) {
+        let d = decide(&spec, &observed, at(NOW));
+        let skew = MAX_CLOCK_SKEW.as_secs();
+        if let Some(Hold::Interval { until }) = d.hold {
+            prop_assert!(until <= at(NOW + spec.timeinterval + skew), "interval until {until}");
+        }
+        for n in selected(&spec, &observed) {
+            let started = n.instance.as_ref().and_then(|i| i.started_at);
+            if let (true, Some(s)) = (active(n, &d) && !d.withdraw.contains(&n.name), started) {
+                prop_assert!(s <= at(NOW + skew), "{} still in flight, started {s}", n.name);
+            }
         }
     }
 

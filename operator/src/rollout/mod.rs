@@ -11,6 +11,14 @@
 //!   forth.
 //! - A node in an operation longer than `nodeTimeoutSeconds` is marked failed; so is a node
 //!   whose operation "succeeded" but does not run the target. Neither waits for any gate.
+//! - `status.startedAt` is the operator's own stamp, but it lives in an object each node's
+//!   proxy may write, so a start later than the operator's clock plus [`MAX_CLOCK_SKEW`]
+//!   (which no operator replica can have written) is not trusted: it holds no interval (as
+//!   if the instance had no start), and an operation still in flight with it is marked failed
+//!   at once, never later than one started now would time out. A start within the skew
+//!   (another replica's clock, after a failover) is taken as is. So a node that rewrites its
+//!   start cannot hold the other nodes' starts or its own slot beyond that; the admission
+//!   policy (deploy/admission.yaml) keeps the proxy from writing it at all.
 //! - Once `failureBudget` nodes failed the current target, the rollout halts: nothing starts
 //!   until the spec changes (a new target starts a new count) or the budget is raised.
 //! - `paused`, `abort`, a closed `timewindow` and `timeinterval` only hold back new starts;
@@ -106,11 +114,21 @@ pub struct NodeFailure {
     pub reason: FailureReason,
 }
 
+/// How far ahead of the operator's clock a `status.startedAt` may be and still be taken as an
+/// operator's stamp: another replica's clock after a failover. Anything later was not
+/// written by an operator (see the module comment).
+pub const MAX_CLOCK_SKEW: SignedDuration = SignedDuration::from_secs(60);
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FailureReason {
     TimedOut {
         phase: NodePhase,
         seconds: u64,
+    },
+    /// In flight with a `startedAt` later than the operator's clock plus [`MAX_CLOCK_SKEW`].
+    StartInFuture {
+        phase: NodePhase,
+        started_at: Timestamp,
     },
     /// The operation reported success but the node runs something else.
     WrongVersion {
@@ -126,6 +144,15 @@ impl fmt::Display for FailureReason {
                 write!(
                     f,
                     "still {phase:?} {seconds}s after start (nodeTimeoutSeconds)"
+                )
+            }
+            FailureReason::StartInFuture { phase, started_at } => {
+                write!(
+                    f,
+                    "still {phase:?} with startedAt {started_at}, later than the operator's \
+                     clock: no operator wrote it (clocks apart by more than {}s, or the \
+                     start was rewritten)",
+                    MAX_CLOCK_SKEW.as_secs()
                 )
             }
             FailureReason::WrongVersion { expected, found } => {
@@ -372,18 +399,25 @@ fn classify<'a>(
             withdraw.push(node.name.clone());
             return row(Class::InProgress);
         }
-        let deadline = i
-            .started_at
-            .and_then(|s| s.saturating_add(ctx.timeout).ok());
-        if deadline.is_none_or(|d| d > ctx.now) {
-            return row(Class::InProgress);
-        }
+        let phase = i.phase.unwrap_or(NodePhase::Assigned);
+        let reason = match i.started_at {
+            Some(started_at) if !trusted_start(started_at, ctx.now) => {
+                FailureReason::StartInFuture { phase, started_at }
+            }
+            started_at => {
+                let deadline = started_at.and_then(|s| s.saturating_add(ctx.timeout).ok());
+                if deadline.is_none_or(|d| d > ctx.now) {
+                    return row(Class::InProgress);
+                }
+                FailureReason::TimedOut {
+                    phase,
+                    seconds: spec.node_timeout_seconds,
+                }
+            }
+        };
         mark_failed.push(NodeFailure {
             node: node.name.clone(),
-            reason: FailureReason::TimedOut {
-                phase: i.phase.unwrap_or(NodePhase::Assigned),
-                seconds: spec.node_timeout_seconds,
-            },
+            reason,
         });
         // Its state is unknown until the failure is recorded: not retried in this decision.
         return row(if for_target {
@@ -477,11 +511,19 @@ fn time_gate(spec: &OsSpec, plan: &Plan, rows: &[Row], now: Timestamp) -> Option
         .filter_map(|r| r.node.instance.as_ref())
         .filter(|i| i.is_for(plan.operation, &plan.target))
         .filter_map(|i| i.started_at)
+        .filter(|&s| trusted_start(s, now))
         .max()?;
     let until = last_start
         .saturating_add(SignedDuration::from_secs(spec.timeinterval))
         .ok()?;
     (now < until).then_some(Hold::Interval { until })
+}
+
+/// Whether `started_at` can be an operator's stamp: not later than `now` plus
+/// [`MAX_CLOCK_SKEW`].
+fn trusted_start(started_at: Timestamp, now: Timestamp) -> bool {
+    now.saturating_add(MAX_CLOCK_SKEW)
+        .is_ok_and(|latest| started_at <= latest)
 }
 
 /// Returns the nodes to start, how many of them become unavailable by it (cordoned nodes

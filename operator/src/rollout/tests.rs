@@ -587,6 +587,92 @@ fn timeinterval_spaces_batches_of_starts() {
     assert_eq!(decide(&s, &observed, until).start, names(&["b"]));
 }
 
+fn year_2100() -> Timestamp {
+    "2100-01-01T00:00:00Z".parse().unwrap()
+}
+
+#[test]
+fn a_start_later_than_the_clock_holds_no_other_node() {
+    // Node a "finished" the target with a start in 2100 (written by its proxy, not by an
+    // operator): that start neither spaces the next batch nor holds anything else.
+    let done = NodeView {
+        instance: Some(InstanceView {
+            phase: Some(NodePhase::Succeeded),
+            operation: Some(OpsType::Upgrade),
+            target_version: Some(V2.into()),
+            current_version: Some(V2.into()),
+            started_at: Some(year_2100()),
+            ..Default::default()
+        }),
+        ..node("a", V2)
+    };
+    for interval in [0, 15] {
+        let mut s = spec(3);
+        s.timeinterval = interval;
+        let d = decide(
+            &s,
+            &cluster(vec![done.clone(), node("b", V1), node("c", V1)]),
+            now(),
+        );
+        assert_eq!(d.start, names(&["b", "c"]), "timeinterval {interval}");
+        assert_eq!(d.hold, None, "timeinterval {interval}");
+        assert!(d.next_check.is_none_or(|t| t < year_2100()));
+    }
+}
+
+#[test]
+fn an_operation_started_later_than_the_clock_is_failed_at_once() {
+    let mut s = spec(1);
+    s.node_timeout_seconds = 60;
+    s.failure_budget = 3;
+    let ahead = |seconds: i64| {
+        let mut n = running("a", NodePhase::Draining, 0);
+        n.instance.as_mut().unwrap().started_at =
+            Some(Timestamp::from_second(now().as_second() + seconds).unwrap());
+        n
+    };
+    let mut forged = running("a", NodePhase::Draining, 0);
+    forged.instance.as_mut().unwrap().started_at = Some(year_2100());
+    // A start an operator cannot have written releases the slot now, sooner than the
+    // timeout of a start now would.
+    let d = decide(&s, &cluster(vec![forged, node("b", V1)]), now());
+    assert_eq!(
+        d.mark_failed,
+        vec![NodeFailure {
+            node: "a".into(),
+            reason: FailureReason::StartInFuture {
+                phase: NodePhase::Draining,
+                started_at: year_2100(),
+            }
+        }]
+    );
+    assert_eq!(d.failed_nodes, names(&["a"]));
+    assert_eq!(d.start, names(&["b"]));
+    let d = decide(
+        &s,
+        &cluster(vec![ahead(MAX_CLOCK_SKEW.as_secs() + 1), node("b", V1)]),
+        now(),
+    );
+    assert_eq!(d.failed_nodes, names(&["a"]));
+    // Within the skew another replica's clock may have written it: taken as is, it times
+    // out `nodeTimeoutSeconds` after that start.
+    let skew = MAX_CLOCK_SKEW.as_secs();
+    let observed = cluster(vec![ahead(skew), node("b", V1)]);
+    let d = decide(&s, &observed, now());
+    assert!(d.mark_failed.is_empty() && d.start.is_empty());
+    let deadline = now().as_second() + skew + 60;
+    let d = decide(&s, &observed, Timestamp::from_second(deadline - 1).unwrap());
+    assert!(d.mark_failed.is_empty());
+    let d = decide(&s, &observed, Timestamp::from_second(deadline).unwrap());
+    assert!(matches!(
+        d.mark_failed[..],
+        [NodeFailure {
+            reason: FailureReason::TimedOut { .. },
+            ..
+        }]
+    ));
+}
+
 #[test]
 fn nodeselector_follows_kubeos() {
     let labelled = |name: &str, value: &str| NodeView {
