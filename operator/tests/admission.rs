@@ -9,6 +9,9 @@ use cel_interpreter::{Context, Program, Value as Cel};
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
+use operator::controller::start_status;
+use operator::crd::{NodePhase, OpsType, SysConfigs};
+use proxy::report;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -205,4 +208,95 @@ fn other_users_are_not_this_policys_business() {
         "cp1",
     );
     assert_eq!(admit(req, cordoned("cp1"), node("cp1")), Ok(()));
+}
+
+/// `base` after the JSON merge patch `patch`, as the API server applies one.
+fn merged(base: &Value, patch: &Value) -> Value {
+    let mut v = base.clone();
+    json_patch::merge(&mut v, patch);
+    v
+}
+
+fn t0() -> jiff::Timestamp {
+    "2026-11-27T00:00:00Z".parse().unwrap()
+}
+
+/// `name`'s OSInstance as the operator leaves it when it starts an upgrade to v2 (its own
+/// status write).
+fn assigned(name: &str) -> Value {
+    let mut osi = osinstance(name);
+    osi["spec"]["nodestatus"] = json!("upgrade");
+    merged(
+        &osi,
+        &json!({ "status": start_status(OpsType::Upgrade, "v2", t0()) }),
+    )
+}
+
+#[test]
+fn a_proxy_reports_progress_and_results_on_its_own_osinstance() {
+    let status = || request(PROXY, Some("w1"), "UPDATE", "osinstances/status", "w1");
+    let settings = SysConfigs {
+        version: Some("s1".into()),
+        configs: None,
+    };
+    // The proxy's own status patches, in the order of an upgrade, then a failure.
+    let writes = [
+        report::phase_patch(NodePhase::Preparing, "downloading", t0()),
+        report::progress_patch(40, "downloading 1 GiB of 2 GiB"),
+        report::phase_patch(NodePhase::Draining, "evicting 2 pods", t0()),
+        report::step_patch("waiting for 1 pod", t0()),
+        report::phase_patch(NodePhase::Rebooting, "rebooting into v2", t0()),
+        report::applied_patch("upgradeconfigs", &settings),
+        report::applied_patch("sysconfigs", &settings),
+        report::succeeded_patch("v2", Some(&settings), Some(&settings), t0()),
+        report::failed_patch("trial boot of v2 failed", Some("v1"), t0()),
+    ];
+    let mut old = assigned("w1");
+    for patch in writes {
+        let new = merged(&old, &patch);
+        assert_eq!(admit(status(), new.clone(), old), Ok(()), "{patch}");
+        old = new;
+    }
+    // Done: the node handed back to the operator (a spec write).
+    let spec = request(PROXY, Some("w1"), "UPDATE", "osinstances", "w1");
+    let idle = merged(&old, &report::idle_spec_patch());
+    assert_eq!(admit(spec, idle, old), Ok(()));
+}
+
+#[test]
+fn a_proxy_cannot_set_or_change_the_operators_stamp_of_an_operation() {
+    let status = || request(PROXY, Some("w1"), "UPDATE", "osinstances/status", "w1");
+    let deny = |what: &str, new: Value, old: Value| {
+        let err = admit(status(), new, old).expect_err(what);
+        assert!(
+            err.contains("the operator starts operations"),
+            "{what}: {err}"
+        );
+    };
+    for (field, forged) in [
+        ("startedAt", json!("2100-01-01T00:00:00Z")),
+        ("operation", json!("config")),
+        ("targetVersion", json!("v9")),
+    ] {
+        let old = assigned("w1");
+        let set = json!({ "status": { field: forged } });
+        deny(&format!("{field} changed"), merged(&old, &set), old.clone());
+        let removed = json!({ "status": { field: null } });
+        deny(&format!("{field} removed"), merged(&old, &removed), old);
+        // On an instance no operator started yet.
+        let idle = osinstance("w1");
+        deny(&format!("{field} added"), merged(&idle, &set), idle.clone());
+        let create = request(PROXY, Some("w1"), "CREATE", "osinstances", "w1");
+        let err = admit(create, merged(&idle, &set), Value::Null).expect_err(field);
+        assert!(err.contains("the operator starts operations"), "{err}");
+    }
+    // The operator starts operations.
+    let operator = request(
+        "system:serviceaccount:os-upgrade-system:os-operator",
+        None,
+        "UPDATE",
+        "osinstances/status",
+        "w1",
+    );
+    assert_eq!(admit(operator, assigned("w1"), osinstance("w1")), Ok(()));
 }

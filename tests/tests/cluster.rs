@@ -686,7 +686,8 @@ async fn change_os(c: &SimCluster, spec: serde_json::Value) -> i64 {
 /// policy of deploy/admission.yaml as shipped, through an upgrade with drains (evictions
 /// under a budget, events, the leader Lease), a config, a rollback, two failed drains and a
 /// deleted node: no request is forbidden, every verb every rule grants was used by a request
-/// it allowed, and a proxy's token cannot cordon another node.
+/// it allowed, and a proxy's token can neither cordon another node nor restamp its own
+/// node's operation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_rbac_allows_every_request_and_every_grant_is_used() {
     let f = tokio::task::spawn_blocking(fixture).await.unwrap();
@@ -782,6 +783,20 @@ async fn deploy_rbac_allows_every_request_and_every_grant_is_used() {
         "{err}"
     );
     assert!(!cordoned(&c, "node-0").await);
+    // Nor change the operator's stamp of an operation on its own OSInstance.
+    let own: Api<OsInstance> = Api::namespaced(
+        kube::Client::try_from(c.server.config_with_token(&token)).unwrap(),
+        e2e::cluster::NS,
+    );
+    let forged = json!({ "status": { "startedAt": "2100-01-01T00:00:00Z" } });
+    let err = own
+        .patch_status("node-1", &PatchParams::default(), &Patch::Merge(&forged))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("the operator starts operations"),
+        "{err}"
+    );
 
     let decisions = c.server.authorizations();
     let denied: Vec<String> = decisions

@@ -27,6 +27,9 @@ use crate::crd::{Os, OsInstance};
 use lease::{LeaderElector, LeaseConfig};
 use metrics::{Health, Metrics};
 use reconcile::{reconcile_os, Shared};
+/// What a start writes into an OSInstance's status (operators only: the admission policy keeps
+/// the proxy from changing its operation, target and start).
+pub use writes::start_status;
 pub use writes::REPORTED_ANNOTATION;
 
 /// How `os-operator controller` runs.
