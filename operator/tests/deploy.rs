@@ -243,6 +243,11 @@ fn check_least_privilege(role: &ClusterRole) {
         );
         let resources = rule.resources.as_deref().unwrap_or_default();
         assert!(
+            !resources.iter().any(|r| r == "events"),
+            "the operator's Events are about OS resources, created in their namespace \
+             (os-upgrade-system): a Role there grants them, not a ClusterRole: {rule:?}"
+        );
+        assert!(
             !rule.verbs.iter().any(|v| v == "*"),
             "wildcard verb in {rule:?}"
         );
