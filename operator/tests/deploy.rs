@@ -213,6 +213,26 @@ fn check_daemonset(ds: &DaemonSet) {
         .as_deref()
         .unwrap()
         .starts_with(&mount.mount_path));
+    // The host's socket directory: read-only (connecting needs no write), and the agent's
+    // own (the pod waits for it rather than the kubelet creating it).
+    assert_eq!(mount.read_only, Some(true), "the agent socket mount");
+    let volume = pod
+        .volumes
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|v| v.name == mount.name)
+        .expect("the mount's volume");
+    let host_path = volume.host_path.as_ref().expect("a hostPath volume");
+    assert_eq!(host_path.type_.as_deref(), Some("Directory"));
+    assert_eq!(
+        pod.security_context
+            .as_ref()
+            .and_then(|c| c.seccomp_profile.as_ref())
+            .map(|p| p.type_.as_str()),
+        Some("RuntimeDefault"),
+        "the proxy's seccomp profile"
+    );
     assert_eq!(
         pod.node_selector
             .as_ref()
@@ -281,9 +301,15 @@ fn check_deployment(deployment: &Deployment) {
     let container = &pod.containers[0].security_context.as_ref().unwrap();
     assert_eq!(container.allow_privilege_escalation, Some(false));
     assert_eq!(container.read_only_root_filesystem, Some(true));
+    let pod_context = pod.security_context.as_ref().unwrap();
+    assert_eq!(pod_context.run_as_non_root, Some(true));
     assert_eq!(
-        pod.security_context.as_ref().unwrap().run_as_non_root,
-        Some(true)
+        pod_context
+            .seccomp_profile
+            .as_ref()
+            .map(|p| p.type_.as_str()),
+        Some("RuntimeDefault"),
+        "the operator's seccomp profile"
     );
 }
 
