@@ -2,6 +2,7 @@
 //! its Kubernetes type (an offline stand-in for `kubectl apply --dry-run`), and KubeOS-format OS
 //! manifests parse into the Rust types unchanged.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
@@ -311,6 +312,97 @@ fn check_deployment(deployment: &Deployment) {
         Some("RuntimeDefault"),
         "the operator's seccomp profile"
     );
+}
+
+/// One grant as docs/security.md's RBAC table names it: (resource, resource name or "", verb),
+/// with the API group when the table gives one.
+type TableGrant = (String, String, String);
+
+/// The grants of one table cell or one kind of role, and the (API group, resource) pairs
+/// named with them.
+type Grants = (BTreeSet<TableGrant>, Vec<(String, String)>);
+
+/// The grants of the table row of `account`: the cluster-wide cell and the Role cell.
+fn security_md_row(account: &str) -> [Grants; 2] {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/security.md");
+    let text = std::fs::read_to_string(path).unwrap();
+    let prefix = format!("| {account} |");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no RBAC table row for {account} in docs/security.md"));
+    let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+    assert_eq!(cells.len(), 5, "{line}");
+    [cells[2], cells[3]].map(|cell| {
+        let (mut grants, mut groups) = (BTreeSet::new(), Vec::new());
+        for item in cell.split("; ") {
+            let mut words: Vec<&str> = item.split_whitespace().collect();
+            let verbs = words
+                .pop()
+                .unwrap_or_else(|| panic!("empty item in {line}"));
+            let name = match words.last() {
+                Some(w) if w.starts_with('`') => words.pop().unwrap().trim_matches('`'),
+                _ => "",
+            };
+            let resource = match words[..] {
+                [resource] => resource,
+                [group, resource] => {
+                    groups.push((group.to_string(), resource.to_string()));
+                    resource
+                }
+                _ => panic!("cannot read {item:?} in {line}"),
+            };
+            for verb in verbs.split('/') {
+                grants.insert((resource.into(), name.into(), verb.into()));
+            }
+        }
+        (grants, groups)
+    })
+}
+
+/// The rules of every `kind` (ClusterRole or Role) in a deploy/ file: grants and
+/// (group, resource) pairs.
+fn manifest_grants(file: &str, kind: &str) -> Grants {
+    let (mut grants, mut groups) = (BTreeSet::new(), Vec::new());
+    for doc in documents(&deploy(file))
+        .iter()
+        .filter(|d| d["kind"] == kind)
+    {
+        let rules: Vec<k8s_openapi::api::rbac::v1::PolicyRule> =
+            serde_json::from_value(doc["rules"].clone()).unwrap();
+        for rule in rules {
+            let names = rule.resource_names.unwrap_or_else(|| vec![String::new()]);
+            for resource in rule.resources.unwrap_or_default() {
+                for group in rule.api_groups.iter().flatten() {
+                    groups.push((group.clone(), resource.clone()));
+                }
+                for name in &names {
+                    for verb in &rule.verbs {
+                        grants.insert((resource.clone(), name.clone(), verb.clone()));
+                    }
+                }
+            }
+        }
+    }
+    (grants, groups)
+}
+
+/// docs/security.md's RBAC table says what deploy/ grants, cell by cell.
+#[test]
+fn the_rbac_table_in_security_md_is_the_manifests() {
+    for (account, file) in [("os-operator", "operator.yaml"), ("os-proxy", "proxy.yaml")] {
+        let row = security_md_row(account);
+        for ((table, table_groups), kind) in row.into_iter().zip(["ClusterRole", "Role"]) {
+            let (manifest, manifest_groups) = manifest_grants(file, kind);
+            assert_eq!(
+                table, manifest,
+                "docs/security.md's {kind} cell for {account} is not deploy/{file}'s"
+            );
+            for g in table_groups {
+                assert!(manifest_groups.contains(&g), "{account} {kind}: {g:?}");
+            }
+        }
+    }
 }
 
 /// Every key of `original` is in `parsed` with the same value: no KubeOS field was renamed,
