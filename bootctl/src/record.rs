@@ -143,10 +143,19 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RecordError> {
     durable::create_dirs(dir).map_err(io("create directory", dir))?;
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let tmp = dir.join(format!(".{name}.tmp"));
+    // PERSIST is not trusted: a symlink planted as the temp file must not be
+    // written through (to a slot's or the ESP's device, by os-init as PID 1).
+    // A leftover is removed (a link is removed, not what it names) and the
+    // file made afresh with O_EXCL, which never follows a link.
+    match fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(io("remove the leftover", &tmp)(e));
+        }
+        _ => {}
+    }
     let mut f = OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .open(&tmp)
         .map_err(io("create", &tmp))?;
     f.write_all(bytes).map_err(io("write", &tmp))?;
@@ -207,6 +216,20 @@ pub fn clear_rescue_of(persist: &Path, slot: Slot) -> Result<(), RecordError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_symlink_planted_as_the_temp_file_is_not_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, "the device").unwrap();
+        fs::create_dir_all(dir.path().join(RECORD_DIR)).unwrap();
+        let tmp = dir.path().join(RECORD_DIR).join(".slot-A.tmp");
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        let rec = SlotRecord::empty(Slot::A);
+        write(dir.path(), &rec).unwrap();
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "the device");
+        assert_eq!(read(dir.path(), Slot::A).unwrap(), rec);
+    }
 
     #[test]
     fn round_trip_and_missing_is_empty() {

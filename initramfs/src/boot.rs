@@ -556,11 +556,10 @@ impl Shell<'_> {
                     done.kept,
                     done.skipped
                 );
-                let written = marker
-                    .parent()
-                    .map_or(Ok(()), fs::create_dir_all)
-                    .and_then(|()| fs::write(&marker, format!("{image}\n")));
-                if let Err(e) = written {
+                // Atomically and never through a link planted on PERSIST.
+                if let Err(e) =
+                    bootctl::record::write_atomic(&marker, format!("{image}\n").as_bytes())
+                {
                     log::warn!("cannot write {}: {e}", marker.display());
                 }
             }
