@@ -357,7 +357,8 @@ fn grub_cfg(args: Vec<OsString>, out: &mut dyn Write) -> CliResult {
             "--part-a and --part-b must be two different partition numbers",
         ));
     }
-    let _ = out.write_all(grubcfg::render(&cfg).as_bytes());
+    let text = grubcfg::render(&cfg).map_err(Failure::usage)?;
+    let _ = out.write_all(text.as_bytes());
     Ok(())
 }
 

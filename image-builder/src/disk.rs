@@ -108,7 +108,7 @@ pub fn run(opts: &DiskOptions) -> Result<()> {
         &esp_file,
         layout.esp.size,
         layout.esp.start / 512,
-        &grubcfg::render(&cfg),
+        &grubcfg::render(&cfg).map_err(|e| anyhow::anyhow!("--cmdline: {e}"))?,
         &state,
         &ids.esp_volume_id,
         now,

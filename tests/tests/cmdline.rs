@@ -62,7 +62,7 @@ fn grub_cmdline_next_reaches_the_other_slots_kernel() {
     let env = AbState::new(Slot::B).to_block();
     let disk = Disk::build(
         &dir.path().join("disk.img"),
-        &grubcfg::render(&cfg),
+        &grubcfg::render(&cfg).unwrap(),
         e2e::test_initramfs(),
         &[("ab1/env", &env), ("ab2/env", &env), ("ab/args-B", &args_b)],
     );

@@ -34,7 +34,7 @@ fn node(name: &str, env1: &[u8], env2: &[u8], default: Slot) -> Node {
     };
     let disk = Disk::build(
         &dir.path().join("disk.img"),
-        &grubcfg::render(&cfg),
+        &grubcfg::render(&cfg).unwrap(),
         e2e::test_initramfs(),
         &[(ENV1, env1), (ENV2, env2)],
     );
