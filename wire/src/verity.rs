@@ -129,12 +129,25 @@ impl Verity {
                 self.hash_offset, self.data_blocks
             ));
         }
+        // Data and tree must fit in a u64 of bytes: a sum that wrapped could
+        // be made to equal any image_size.
+        if self
+            .hash_offset
+            .checked_add(tree_bytes(self.data_blocks))
+            .is_none()
+        {
+            return Err(format!(
+                "{} data blocks and their verity tree exceed 2^64 bytes",
+                self.data_blocks
+            ));
+        }
         Ok(())
     }
 
     /// Bytes of data plus tree: what the slot holds.
     pub fn total_bytes(&self) -> u64 {
-        self.hash_offset + tree_bytes(self.data_blocks)
+        self.hash_offset
+            .saturating_add(tree_bytes(self.data_blocks))
     }
 }
 
@@ -343,6 +356,16 @@ mod tests {
 
     #[test]
     fn the_arg_form_round_trips_and_refuses_what_is_not_it() {
+        // 2^52 - 1 data blocks end at 2^64 - 4096: the tree would wrap past 2^64
+        // (and panicked in a debug build's sum before).
+        let huge = format!(
+            "4503599627370495:18446744073709547520:{}:{}",
+            "ab".repeat(32),
+            "cd".repeat(32)
+        );
+        assert!(Verity::parse_arg(&huge)
+            .unwrap_err()
+            .contains("exceed 2^64"));
         let v = Verity {
             data_blocks: 12288,
             hash_offset: 12288 * BLOCK,
