@@ -66,7 +66,16 @@ fn parse_header(b: &[u8; HEADER_LEN]) -> Result<Header> {
     Ok(header)
 }
 
+/// `len` bytes at `offset`; a range past the file's end is an error before
+/// anything is allocated (sizes come from the file: 2^40 would abort).
 fn read_at(file: &mut File, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    let size = file.metadata()?.len();
+    if !matches!(offset.checked_add(len as u64), Some(end) if end <= size) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{len} bytes at offset {offset} lie past the end of the {size}-byte file"),
+        ));
+    }
     let mut buf = vec![0; len];
     file.seek(SeekFrom::Start(offset))?;
     file.read_exact(&mut buf)?;
@@ -177,6 +186,20 @@ mod tests {
         assert_eq!(name_at(strtab, 1), b".text");
         assert_eq!(name_at(strtab, 7), b".modinfo");
         assert_eq!(name_at(strtab, 99), b"");
+    }
+
+    #[test]
+    fn a_section_size_past_the_end_of_the_file_is_an_error_not_an_abort() {
+        // The test binary with its section-name table claiming 2^40 bytes.
+        let mut bytes = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        let h = parse_header(bytes[..HEADER_LEN].try_into().unwrap()).unwrap();
+        let at = h.shoff as usize + usize::from(h.shstrndx) * SECTION_HEADER_LEN + 0x20;
+        bytes[at..at + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("evil.ko");
+        std::fs::write(&path, &bytes).unwrap();
+        let err = format!("{:#}", section(&path, ".modinfo").unwrap_err());
+        assert!(err.contains("past the end"), "{err}");
     }
 
     #[test]
