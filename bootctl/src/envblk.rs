@@ -205,11 +205,18 @@ pub struct Unescape<'a>(core::slice::Iter<'a, u8>);
 
 impl Iterator for Unescape<'_> {
     type Item = u8;
+    /// Ends at the first NUL, as GRUB does: `grub_envblk_iterate` hands its
+    /// hook the unescaped value as a C string.
     fn next(&mut self) -> Option<u8> {
-        match self.0.next()? {
-            b'\\' => self.0.next().copied(),
-            &b => Some(b),
+        let b = match self.0.next()? {
+            b'\\' => *self.0.next()?,
+            &b => b,
+        };
+        if b == 0 {
+            self.0 = [].iter();
+            return None;
         }
+        Some(b)
     }
 }
 
@@ -265,7 +272,10 @@ impl<'a> Iterator for Iter<'a> {
                 return None;
             }
             self.p = next_line(buf, p, pend);
-            return Some((&buf[name_start..name_end], RawValue(&buf[value_start..p])));
+            // GRUB copies the name out as a C string too: it ends at a NUL.
+            let name = &buf[name_start..name_end];
+            let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+            return Some((name, RawValue(&buf[value_start..p])));
         }
         None
     }

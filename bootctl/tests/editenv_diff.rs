@@ -201,3 +201,25 @@ fn run_bootctl(bootctl: &str, verb: &str, file: &Path, args: &[Vec<u8>]) -> Outp
     cmd.args(args.iter().map(|a| OsString::from_vec(a.clone())));
     cmd.output().unwrap()
 }
+
+/// A block written by something else (the ESP is not ours alone) with NUL
+/// bytes in a value and a name: GRUB hands both on as C strings, so they end
+/// there. bootctl listed `A\0` and refused the copy GRUB's script read as A.
+#[test]
+fn nul_bytes_end_names_and_values_as_in_grub() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("env");
+    let mut block = b"# GRUB Environment Block\n".to_vec();
+    block.extend_from_slice(b"ab_active=A\0junk\nk\0hidden=2\nx=1\\\0y\n");
+    block.resize(1024, b'#');
+    std::fs::write(&file, &block).unwrap();
+    let theirs = run(&grub_editenv(), &file, "list", &[]);
+    let ours = run_bootctl(env!("CARGO_BIN_EXE_bootctl"), "list", &file, &[]);
+    assert!(theirs.status.success(), "{theirs:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&ours.stdout),
+        String::from_utf8_lossy(&theirs.stdout),
+        "{ours:?}"
+    );
+    assert_eq!(ours.stdout, b"ab_active=A\nk=2\nx=1\n");
+}
