@@ -513,7 +513,8 @@ impl Shell<'_> {
             }
             let at = resolved.map_err(fail(format!("/{dir} in slot {slot}")))?;
             let src = target.join(on_persist);
-            fs::create_dir_all(&src).map_err(fail(format!("{} on PERSIST", src.display())))?;
+            seed::ensure_dir_below(&target, Path::new(on_persist))
+                .map_err(fail(format!("{} on PERSIST", src.display())))?;
             self.seed_once(dir, &at, &src, image);
             log::info!("binding {} onto {}", src.display(), at.display());
             self.mounts.bind(&src, &at).map_err(fail(format!(
@@ -527,8 +528,12 @@ impl Shell<'_> {
         let layer = target.join("etc-overlay").join(slot.as_str());
         let (upper, work) = (layer.join("upper"), layer.join("work"));
         log::info!("overlaying {} with {}", etc.display(), upper.display());
-        fs::create_dir_all(&upper)
-            .and_then(|()| fs::create_dir_all(&work))
+        let below = |dir: &str| {
+            let rel = Path::new("etc-overlay").join(slot.as_str()).join(dir);
+            seed::ensure_dir_below(&target, &rel)
+        };
+        below("upper")
+            .and_then(|()| below("work"))
             .and_then(|()| self.mounts.overlay(&etc, &upper, &work, &etc))
             .map_err(fail(format!("the /etc overlay on {}", etc.display())))
     }

@@ -21,6 +21,48 @@ const MAX_DEPTH: usize = 64;
 /// Nor one with more entries than this.
 const MAX_ENTRIES: usize = 1_000_000;
 
+/// Makes `base/rel` a real directory, each component below `base` a
+/// directory and no symlink. A component that is something else (a file, a
+/// symlink, a device left on PERSIST) is renamed aside to
+/// `NAME.not-a-directory` (replacing an earlier one of that name) and made
+/// afresh, so a broken layout costs that entry's contents, not the boot:
+/// `create_dir_all` failed on it and halted the node on both slots, or went
+/// through a symlink to bind something else over /var.
+pub fn ensure_dir_below(base: &Path, rel: &Path) -> io::Result<()> {
+    let mut at = base.to_path_buf();
+    for c in rel.components() {
+        let std::path::Component::Normal(name) = c else {
+            return Err(io::Error::other(format!(
+                "{} is not a plain path",
+                rel.display()
+            )));
+        };
+        at.push(name);
+        match fs::symlink_metadata(&at) {
+            Ok(m) if m.is_dir() => continue,
+            Ok(m) => {
+                let mut aside = at.clone().into_os_string();
+                aside.push(".not-a-directory");
+                let aside = std::path::PathBuf::from(aside);
+                if fs::symlink_metadata(&aside).is_ok_and(|a| a.is_dir()) {
+                    fs::remove_dir_all(&aside)?;
+                }
+                log::warn!(
+                    "{} on PERSIST is a {:?}, not a directory: moved to {}",
+                    at.display(),
+                    m.file_type(),
+                    aside.display()
+                );
+                fs::rename(&at, &aside)?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        fs::create_dir(&at)?;
+    }
+    Ok(())
+}
+
 /// What a seed did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Seeded {
@@ -116,6 +158,36 @@ fn copy_file(src: &Path, dst: &Path, meta: &fs::Metadata) -> io::Result<u64> {
 mod tests {
     use super::*;
     use crate::testutil::TempDir;
+
+    #[test]
+    fn a_persistent_directory_that_is_not_one_is_moved_aside_and_made() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path();
+        let outside = p.join("outside");
+        fs::create_dir(&outside).unwrap();
+        fs::write(p.join("var"), "a file").unwrap();
+        fs::create_dir(p.join("etc-overlay")).unwrap();
+        symlink(&outside, p.join("etc-overlay/A")).unwrap();
+        ensure_dir_below(p, Path::new("var")).unwrap();
+        ensure_dir_below(p, Path::new("etc-overlay/A/upper")).unwrap();
+        for d in ["var", "etc-overlay/A", "etc-overlay/A/upper"] {
+            assert!(fs::symlink_metadata(p.join(d)).unwrap().is_dir(), "{d}");
+        }
+        assert_eq!(
+            fs::read_to_string(p.join("var.not-a-directory")).unwrap(),
+            "a file"
+        );
+        assert!(
+            fs::symlink_metadata(p.join("etc-overlay/A.not-a-directory"))
+                .unwrap()
+                .is_symlink()
+        );
+        assert!(!outside.join("upper").exists(), "made through the symlink");
+        // Again: nothing to do, and a real directory is kept with its contents.
+        fs::write(p.join("var/kept"), "x").unwrap();
+        ensure_dir_below(p, Path::new("var")).unwrap();
+        assert!(p.join("var/kept").exists());
+    }
 
     #[test]
     fn missing_entries_are_added_and_existing_ones_kept() {
