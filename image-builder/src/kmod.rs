@@ -182,12 +182,27 @@ impl ModuleTree {
     }
 }
 
+/// Bound on `modules.builtin` and `modules.builtin.modinfo` (about 1 MiB in a
+/// distribution kernel).
+const MAX_BUILTIN_LIST: u64 = 64 << 20;
+
+/// A list file of the input rootfs: a regular file, not through a symlink
+/// (an absolute one would name a file of the build host: `/dev/zero` read
+/// until memory ran out, a FIFO blocked the build), bounded.
 fn read_optional(path: &Path) -> Result<Option<String>> {
-    match std::fs::read(path) {
-        Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Ok(m) if m.file_type().is_symlink() => {
+            bail!(
+                "{} is a symlink; the rootfs's module lists must be regular files",
+                path.display()
+            )
+        }
+        _ => {}
     }
+    let bytes = bootctl::small_file::read_bytes(path, MAX_BUILTIN_LIST)
+        .with_context(|| format!("read {}", path.display()))?;
+    Ok(bytes.map(|b| String::from_utf8_lossy(&b).into_owned()))
 }
 
 /// Regular files below `dir`; symlinks (`build`, `source`) are not followed.
@@ -365,6 +380,31 @@ mod tests {
 
     fn names(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn module_lists_are_read_only_from_regular_files_of_the_rootfs() {
+        let t = tempfile::tempdir().unwrap();
+        let list = t.path().join("modules.builtin");
+        assert_eq!(read_optional(&list).unwrap(), None);
+        // An absolute symlink names the build host's file (was read whole).
+        std::os::unix::fs::symlink("/dev/zero", &list).unwrap();
+        let err = format!("{:#}", read_optional(&list).unwrap_err());
+        assert!(err.contains("is a symlink"), "{err}");
+        // A FIFO (was an open that never returned).
+        std::fs::remove_file(&list).unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(&list)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        assert!(read_optional(&list).is_err());
+        std::fs::remove_file(&list).unwrap();
+        std::fs::write(&list, "kernel/a/b.ko\n").unwrap();
+        assert_eq!(
+            read_optional(&list).unwrap().as_deref(),
+            Some("kernel/a/b.ko\n")
+        );
     }
 
     #[test]
