@@ -122,7 +122,13 @@ fn proxy_manifests_parse_and_grant_only_what_the_proxy_does() {
             "Role" => check_proxy_namespaced_role(&strict::<Role>(doc)),
             "RoleBinding" => {
                 let b = strict::<RoleBinding>(doc);
-                assert_eq!(b.metadata.namespace.as_deref(), Some("os-upgrade-system"));
+                assert!(
+                    matches!(
+                        b.metadata.namespace.as_deref(),
+                        Some("os-upgrade-system" | "default")
+                    ),
+                    "{b:?}"
+                );
             }
             "DaemonSet" => check_daemonset(&strict::<DaemonSet>(doc)),
             other => panic!("unexpected kind {other}"),
@@ -134,17 +140,22 @@ fn proxy_manifests_parse_and_grant_only_what_the_proxy_does() {
 }
 
 /// OS and OSInstance rights exist in the operator's namespace only: a proxy's token cannot
-/// read or write them anywhere else.
+/// read or write them anywhere else. Its Events (about its Node, a cluster-scoped object)
+/// are written in `default` only, where kube's Recorder puts them.
 fn check_proxy_namespaced_role(role: &Role) {
-    assert_eq!(
-        role.metadata.namespace.as_deref(),
-        Some("os-upgrade-system")
-    );
+    let (group, resources): (&str, &[&str]) = match role.metadata.namespace.as_deref() {
+        Some("os-upgrade-system") => (
+            "upgrade.openeuler.org",
+            &["os", "osinstances", "osinstances/status"],
+        ),
+        Some("default") => ("events.k8s.io", &["events"]),
+        other => panic!("a proxy Role in {other:?}"),
+    };
     for rule in role.rules.as_deref().unwrap_or_default() {
-        assert_eq!(
-            rule.api_groups.as_deref(),
-            Some(&["upgrade.openeuler.org".to_owned()][..])
-        );
+        assert_eq!(rule.api_groups.as_deref(), Some(&[group.to_owned()][..]));
+        for resource in rule.resources.as_deref().unwrap_or_default() {
+            assert!(resources.contains(&resource.as_str()), "{rule:?}");
+        }
         assert!(!rule.verbs.iter().any(|v| v == "delete" || v == "*"));
     }
 }
@@ -177,6 +188,11 @@ fn check_proxy_role(role: &ClusterRole) {
         );
     }
     assert!(!grants("secrets", "get"));
+    assert!(
+        !grants("events", "create") && !grants("events", "patch"),
+        "the proxy's Events are about its Node and go to `default`: a Role there grants \
+         them, not a ClusterRole (which would let a node's token write Events anywhere)"
+    );
     for rule in rules {
         assert!(
             !rule.verbs.iter().any(|v| v == "*"),
@@ -322,8 +338,9 @@ type TableGrant = (String, String, String);
 /// named with them.
 type Grants = (BTreeSet<TableGrant>, Vec<(String, String)>);
 
-/// The grants of the table row of `account`: the cluster-wide cell and the Role cell.
-fn security_md_row(account: &str) -> [Grants; 2] {
+/// The grants of the table row of `account`: the cluster-wide cell, the cell of the Role in
+/// os-upgrade-system and that of the Role in `default` ("—" for none).
+fn security_md_row(account: &str) -> [Grants; 3] {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/security.md");
     let text = std::fs::read_to_string(path).unwrap();
     let prefix = format!("| {account} |");
@@ -332,10 +349,10 @@ fn security_md_row(account: &str) -> [Grants; 2] {
         .find(|l| l.starts_with(&prefix))
         .unwrap_or_else(|| panic!("no RBAC table row for {account} in docs/security.md"));
     let cells: Vec<&str> = line.split('|').map(str::trim).collect();
-    assert_eq!(cells.len(), 5, "{line}");
-    [cells[2], cells[3]].map(|cell| {
+    assert_eq!(cells.len(), 6, "{line}");
+    [cells[2], cells[3], cells[4]].map(|cell| {
         let (mut grants, mut groups) = (BTreeSet::new(), Vec::new());
-        for item in cell.split("; ") {
+        for item in cell.split("; ").filter(|item| *item != "—") {
             let mut words: Vec<&str> = item.split_whitespace().collect();
             let verbs = words
                 .pop()
@@ -360,13 +377,13 @@ fn security_md_row(account: &str) -> [Grants; 2] {
     })
 }
 
-/// The rules of every `kind` (ClusterRole or Role) in a deploy/ file: grants and
-/// (group, resource) pairs.
-fn manifest_grants(file: &str, kind: &str) -> Grants {
+/// The rules of every `kind` (ClusterRole, or Role in `namespace`) in a deploy/ file:
+/// grants and (group, resource) pairs.
+fn manifest_grants(file: &str, kind: &str, namespace: Option<&str>) -> Grants {
     let (mut grants, mut groups) = (BTreeSet::new(), Vec::new());
     for doc in documents(&deploy(file))
         .iter()
-        .filter(|d| d["kind"] == kind)
+        .filter(|d| d["kind"] == kind && d["metadata"]["namespace"].as_str() == namespace)
     {
         let rules: Vec<k8s_openapi::api::rbac::v1::PolicyRule> =
             serde_json::from_value(doc["rules"].clone()).unwrap();
@@ -392,11 +409,16 @@ fn manifest_grants(file: &str, kind: &str) -> Grants {
 fn the_rbac_table_in_security_md_is_the_manifests() {
     for (account, file) in [("os-operator", "operator.yaml"), ("os-proxy", "proxy.yaml")] {
         let row = security_md_row(account);
-        for ((table, table_groups), kind) in row.into_iter().zip(["ClusterRole", "Role"]) {
-            let (manifest, manifest_groups) = manifest_grants(file, kind);
+        let kinds = [
+            ("ClusterRole", None),
+            ("Role", Some("os-upgrade-system")),
+            ("Role", Some("default")),
+        ];
+        for ((table, table_groups), (kind, ns)) in row.into_iter().zip(kinds) {
+            let (manifest, manifest_groups) = manifest_grants(file, kind, ns);
             assert_eq!(
                 table, manifest,
-                "docs/security.md's {kind} cell for {account} is not deploy/{file}'s"
+                "docs/security.md's {kind} {ns:?} cell for {account} is not deploy/{file}'s"
             );
             for g in table_groups {
                 assert!(manifest_groups.contains(&g), "{account} {kind}: {g:?}");

@@ -10,7 +10,7 @@ use e2e::cluster::{mutations, Binaries, SimCluster, SimNode};
 use e2e::demo::{build_bundle, Bundle};
 use e2e::http::FileServer;
 use e2e::registry::{Auth, Registry, RegistryOptions};
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use operator::audit::{events, max_unavailable, starts};
 use operator::crd::OsInstance;
 use operator::crd::{NodePhase, RolloutState};
@@ -815,6 +815,34 @@ async fn deploy_rbac_allows_every_request_and_every_grant_is_used() {
         unused.is_empty(),
         "granted in deploy/ but never used: {unused:#?}"
     );
+
+    // The proxy's Events go to `default` (about its Node), and only there may its token
+    // write them: not an Event beside the operator's about the OS resource.
+    use k8s_openapi::api::events::v1::Event;
+    let forged = |namespace: &str| -> Event {
+        serde_json::from_value(json!({
+            "metadata": { "name": "forged", "namespace": namespace },
+            "eventTime": "2026-01-01T00:00:00.000000Z",
+            "reportingController": "os-operator", "reportingInstance": "os-operator",
+            "action": "Upgrade", "reason": "Succeeded", "type": "Normal",
+            "note": "every node upgraded",
+            "regarding": { "apiVersion": "upgrade.openeuler.org/v1alpha1", "kind": "OS",
+                "namespace": namespace, "name": "os" },
+        }))
+        .unwrap()
+    };
+    let proxy_client = kube::Client::try_from(c.server.config_with_token(&token)).unwrap();
+    for namespace in [e2e::cluster::NS, "kube-system"] {
+        let events: Api<Event> = Api::namespaced(proxy_client.clone(), namespace);
+        let err = events
+            .create(&PostParams::default(), &forged(namespace))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, kube::Error::Api(e) if e.code == 403),
+            "the proxy wrote an Event in {namespace}: {err}"
+        );
+    }
 }
 
 /// Every (role, rule, resource, verb) of deploy/operator.yaml and deploy/proxy.yaml that no
