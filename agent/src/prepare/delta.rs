@@ -435,7 +435,6 @@ fn hash_range(
 #[doc(hidden)]
 pub mod fault {
     use super::LocalSlot;
-    use std::os::unix::fs::FileExt;
     use std::path::PathBuf;
     use std::sync::Mutex;
 
@@ -462,20 +461,7 @@ pub mod fault {
             return;
         };
         *armed = None;
-        // Through a descriptor of its own: the agent's is read-only.
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&running.path)
-            .expect("fault seam: open the running slot");
-        let mut b = [0u8];
-        file.read_exact_at(&mut b, at).expect("fault seam: read");
-        file.write_all_at(&[b[0] ^ 0x40], at)
-            .expect("fault seam: write");
-        log::warn!(
-            "fault seam: flipped the byte at {at} of slot {}",
-            running.slot
-        );
+        crate::prepare::slot::fault::flip_byte(&running.path, at, running.slot);
     }
 }
 

@@ -304,20 +304,23 @@ pub mod fault {
         {
             return;
         }
-        // Through a descriptor of its own, behind the write path's back.
+        // Behind the write path's back.
+        flip_byte(&device.path, at, device.slot);
+    }
+
+    /// Flips one bit of the byte at `at` of `path` through a descriptor of its own (the
+    /// agent's may be read-only), as a medium that garbles it would.
+    pub(in crate::prepare) fn flip_byte(path: &std::path::Path, at: u64, slot: bootctl::Slot) {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
-            .open(&device.path)
+            .open(path)
             .expect("fault seam: open the slot");
         let mut b = [0u8];
         file.read_exact_at(&mut b, at).expect("fault seam: read");
         file.write_all_at(&[b[0] ^ 0x40], at)
             .expect("fault seam: write");
-        log::warn!(
-            "fault seam: flipped the byte at {at} of slot {}",
-            device.slot
-        );
+        log::warn!("fault seam: flipped the byte at {at} of slot {slot}");
     }
 }
 
