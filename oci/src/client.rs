@@ -15,9 +15,9 @@ use std::io::{self, Read};
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
-use ureq::http::{Request, Response};
+use ureq::http::{Request, Response, Uri};
 use ureq::tls::{Certificate, RootCerts, TlsConfig};
-use ureq::{Body, SendBody};
+use ureq::{Body, ResponseExt, SendBody};
 
 /// How to reach one registry.
 #[derive(Debug, Clone)]
@@ -309,6 +309,20 @@ impl Client {
         if resp.status().as_u16() != 401 {
             return Ok(resp);
         }
+        // The registry may send a request on to another host (blob storage,
+        // a CDN). A 401 from there is that host's, not the registry's:
+        // answering it sent the registry's credentials to a token realm of
+        // that host's choosing. (ureq drops Authorization on every redirect,
+        // so the registry's own token never reaches it either.)
+        let answered = resp.get_uri().clone();
+        if !same_origin(&answered, url) {
+            return Err(self.unauthorized(format!(
+                "{answered} (where it redirected {url}) answered 401; the credentials for {} \
+                 go only to it and its token realm, never to a host it redirects to (storage \
+                 behind a registry must serve its redirects without credentials, e.g. signed URLs)",
+                self.registry
+            )));
+        }
         let challenge = header(&resp, "www-authenticate");
         let detail = error_detail(resp.into_body());
         let challenge = challenge
@@ -475,6 +489,20 @@ impl Client {
     }
 }
 
+/// Whether `uri` has the scheme, host and port of `url`.
+fn same_origin(uri: &Uri, url: &str) -> bool {
+    let origin = |u: &Uri| {
+        let scheme = u.scheme_str().map(str::to_ascii_lowercase);
+        let port = u.port_u16().or(match scheme.as_deref() {
+            Some("https") => Some(443),
+            Some("http") => Some(80),
+            _ => None,
+        });
+        (scheme, u.host().map(str::to_ascii_lowercase), port)
+    };
+    url.parse::<Uri>().is_ok_and(|u| origin(&u) == origin(uri))
+}
+
 fn header(resp: &Response<Body>, name: &str) -> Option<String> {
     resp.headers()
         .get(name)
@@ -625,6 +653,20 @@ mod tests {
         );
         assert!(check_content_range(Some("bytes 0-9/10"), 5).is_err());
         assert!(check_content_range(None, 5).is_err());
+        assert!(same_origin(
+            &"http://Reg.Example/v2/x".parse().unwrap(),
+            "http://reg.example:80/v2/y"
+        ));
+        for other in [
+            "https://reg.example/v2/y",
+            "http://reg.example:5000/v2/y",
+            "http://storage.example/v2/y",
+        ] {
+            assert!(!same_origin(
+                &"http://reg.example/v2/x".parse().unwrap(),
+                other
+            ));
+        }
         assert_eq!(
             percent_encode("repository:os/node:pull,push"),
             "repository%3Aos%2Fnode%3Apull%2Cpush"
