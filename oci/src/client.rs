@@ -261,7 +261,10 @@ impl Client {
             .uri(&put)
             .header("Content-Type", "application/octet-stream")
             .header("Content-Length", size.to_string());
-        if let Some(auth) = self.authorization.lock().unwrap().clone() {
+        // The registry may name another host for the upload (its storage);
+        // the registry's token or Basic credentials are for the registry only.
+        let auth = self.authorization.lock().unwrap().clone();
+        if let Some(auth) = auth.filter(|_| same_origin_urls(&put, &self.base)) {
             builder = builder.header("Authorization", auth);
         }
         let req = builder
@@ -501,6 +504,10 @@ fn same_origin(uri: &Uri, url: &str) -> bool {
         (scheme, u.host().map(str::to_ascii_lowercase), port)
     };
     url.parse::<Uri>().is_ok_and(|u| origin(&u) == origin(uri))
+}
+
+fn same_origin_urls(a: &str, b: &str) -> bool {
+    a.parse::<Uri>().is_ok_and(|a| same_origin(&a, b))
 }
 
 fn header(resp: &Response<Body>, name: &str) -> Option<String> {

@@ -5,7 +5,7 @@
 
 use oci::auth::Credentials;
 use oci::{Client, ClientOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,6 +20,12 @@ struct Scripted {
 
 impl Scripted {
     fn start(response: String) -> Scripted {
+        Scripted::answering(move |_| response.clone())
+    }
+
+    /// A server answering each request head (its body read and dropped) with
+    /// what `respond` makes of it.
+    fn answering(respond: impl Fn(&str) -> String + Send + 'static) -> Scripted {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let heads = Arc::new(Mutex::new(Vec::new()));
@@ -35,8 +41,19 @@ impl Scripted {
                     }
                     head.push_str(&line);
                 }
-                seen.lock().unwrap().push(head);
-                let _ = conn.write_all(response.as_bytes());
+                let length = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")?
+                            .trim()
+                            .parse()
+                            .ok()
+                    })
+                    .unwrap_or(0u64);
+                let _ = std::io::copy(&mut (&mut reader).take(length), &mut std::io::sink());
+                seen.lock().unwrap().push(head.clone());
+                let _ = conn.write_all(respond(&head).as_bytes());
             }
         });
         Scripted { port, heads }
@@ -61,9 +78,10 @@ fn answer(status: &str, headers: &[String], body: &str) -> String {
     r
 }
 
-/// A client for a registry the node lists as plain HTTP (so its credentials
-/// may go to it in clear), with credentials for it.
-fn node_client(registry: &str) -> Client {
+/// A client with credentials for a plain-HTTP registry whose owner lets
+/// them go to it in clear (the node's `registry-plain-http`, `os-image
+/// --plain-http`).
+fn client_with_credentials(registry: &str) -> Client {
     Client::new(
         registry,
         ClientOptions {
@@ -97,7 +115,7 @@ fn a_401_from_a_host_the_registry_redirected_to_gets_no_credentials() {
         &[format!("Location: http://{}/bucket/blob", storage.host())],
         "",
     ));
-    let client = node_client(&registry.host());
+    let client = client_with_credentials(&registry.host());
     let e = client.open_blob("os", BLOB, 0).err().expect("refused");
     let leaked: Vec<_> = realm
         .heads()
@@ -114,4 +132,36 @@ fn a_401_from_a_host_the_registry_redirected_to_gets_no_credentials() {
     );
     assert!(matches!(e, oci::Error::Unauthorized { .. }), "{e}");
     assert!(e.to_string().contains(&storage.host()), "{e}");
+}
+
+/// The same for an upload: the registry names where the blob goes
+/// (`Location`), and a host other than the registry gets none of its
+/// credentials with it.
+#[test]
+fn an_upload_location_on_another_host_gets_no_credentials() {
+    let storage = Scripted::start(answer("201 Created", &[], ""));
+    let location = format!("http://{}/upload/1?state=x", storage.host());
+    let registry = Scripted::answering(move |head| {
+        if head.to_ascii_lowercase().contains("authorization: basic") {
+            answer("202 Accepted", &[format!("Location: {location}")], "")
+        } else {
+            let challenge = "WWW-Authenticate: Basic realm=\"registry\"".to_owned();
+            answer("401 Unauthorized", &[challenge], "")
+        }
+    });
+    let client = client_with_credentials(&registry.host());
+    let body = b"abc";
+    client
+        .push_blob("os", BLOB, body.len() as u64, &mut &body[..])
+        .unwrap();
+    let puts = storage.heads();
+    assert_eq!(puts.len(), 1, "{puts:?}");
+    assert!(
+        puts[0].starts_with("PUT /upload/1?state=x&digest=sha256%3A"),
+        "{puts:?}"
+    );
+    assert!(
+        !puts[0].to_ascii_lowercase().contains("authorization"),
+        "the upload host got the registry's credentials: {puts:?}"
+    );
 }
