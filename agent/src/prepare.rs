@@ -221,7 +221,8 @@ pub fn prepare_with(
     };
     let from_record = !(trust.required() && matches!(origin, Origin::Registry(_)));
     if from_record {
-        if let Some(done) = already_held(cfg, req, &origin, &device, progress, cancel)? {
+        let signed = checked.as_ref().and_then(Option::as_ref);
+        if let Some(done) = already_held(cfg, req, &origin, signed, &device, progress, cancel)? {
             return Ok(done);
         }
     }
@@ -398,10 +399,12 @@ pub fn prepare_with(
 /// for and the slot still reads back as that image: then there is nothing to
 /// download (a proxy asks again after an agent restart, a drain, a retry).
 /// `None` sends the request down the full path, which rewrites the slot.
+/// `signed`: the manifest a trusted key signed for this request.
 fn already_held(
     cfg: &Config,
     req: &PrepareRequest,
     origin: &Origin,
+    signed: Option<&Manifest>,
     device: &SlotDevice,
     progress: &Progress,
     cancel: &AtomicBool,
@@ -411,6 +414,28 @@ fn already_held(
         .map_err(|source| PrepareError::Record { slot, source })?;
     if rec.state != SlotState::Written || rec.size == 0 || rec.size > device.size {
         return Ok(None);
+    }
+    // The record may be older than the node's keys (or than the revocation
+    // of the key that signed it) and its require-verity: a `sha256:` pin
+    // names the file, not what the signed manifest describes, and an
+    // unsigned manifest could leave the verity tree out. So the slot is held
+    // only as the full path would record it now.
+    if cfg.require_verity && rec.verity.is_none() {
+        return Ok(None);
+    }
+    if let Some(m) = signed {
+        let now = m.slot_record(slot, SlotState::Written, rec.written_at);
+        if (&rec.digest, rec.size, &rec.verity) != (&now.digest, now.size, &now.verity) {
+            log::info!(
+                "slot {slot} holds {} (verity {:?}), not the image the signed manifest names \
+                 ({}, verity {:?}); writing it again",
+                rec.digest,
+                rec.verity,
+                now.digest,
+                now.verity
+            );
+            return Ok(None);
+        }
     }
     if req.version.as_ref().is_some_and(|v| *v != rec.version) {
         return Ok(None);

@@ -790,3 +790,27 @@ fn a_node_that_requires_verity_refuses_an_image_without_a_tree_before_writing() 
     );
     assert!(msg.contains("there is none"), "{msg}");
 }
+
+#[test]
+fn a_slot_written_without_a_tree_is_not_held_once_verity_is_required() {
+    let (b, _) = verity_image();
+    let mut node = Node::new(SLOT);
+    let (server, req) = serve_pinned(&b, manifest_with(&b, None));
+    assert_eq!(run(&node, &req).0.unwrap().verity, None);
+    // require-verity set since (a node image that turns it on, a config
+    // change): the same request again must not arm the unchecked slot. Before,
+    // the slot was held from its record and the check never ran.
+    node.cfg.require_verity = true;
+    let err = run(&node, &req)
+        .0
+        .expect_err("the slot without a tree was held");
+    node.assert_not_armed();
+    let msg = err.to_string();
+    assert!(matches!(err, PrepareError::BadManifest { .. }), "{msg}");
+    assert!(msg.contains("require-verity = yes"), "{msg}");
+    assert_eq!(
+        server.served(IMG).len(),
+        1,
+        "downloaded once, for the first write"
+    );
+}

@@ -269,3 +269,63 @@ fn a_registry_bundle_carries_its_signature_in_an_annotation() {
         );
     }
 }
+
+/// The image of `b` ending with a dm-verity tree, as os-image makes it.
+fn with_verity_tree() -> (Bundle, wire::verity::Verity) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("image");
+    std::fs::write(&path, synthetic_image(200 * 4096, 11)).unwrap();
+    let v = image_builder::verity::append_tree(&path, [0x42; 32]).unwrap();
+    (bundle(std::fs::read(&path).unwrap(), CHUNK, "2"), v)
+}
+
+/// `b`'s manifest naming `verity`.
+fn manifest_naming(b: &Bundle, verity: Option<&wire::verity::Verity>) -> String {
+    let mut m = wire::manifest::Manifest::parse(&b.meta.manifest).unwrap();
+    m.verity = verity.cloned();
+    m.to_json()
+}
+
+#[test]
+fn a_slot_written_before_its_keys_is_held_only_as_the_signed_manifest_says() {
+    let (vendor, _) = SecretKey::generate().unwrap();
+    let node_key = |node: &Node| {
+        let dir = &node.cfg.keys_dirs[1];
+        std::fs::write(dir.join("vendor.pub"), vendor.public().to_pem()).unwrap();
+    };
+    // Pinned by the file's sha256 (KubeOS's check_sum): the slot holds an
+    // image no key signed, written while the node had no key (or a key since
+    // revoked). With the key, the server offers the same file beside a
+    // manifest the vendor signed for another image: before, the signed
+    // manifest was checked and the slot taken as held all the same.
+    let b = v2();
+    let node = node_trusting(&[], &[]);
+    let server = serve(&b, &b.meta.manifest, None);
+    let sha = format!("sha256:{}", sha256_hex(&b.zst));
+    prepare(&node, &request(&server, &sha)).unwrap();
+    node_key(&node);
+    let other = bundle(synthetic_image(6 * CHUNK + 999, 66), CHUNK, "2");
+    server.put(MANIFEST, other.meta.manifest.clone().into_bytes());
+    let sig = vendor.sign(other.meta.manifest.as_bytes()).to_json();
+    server.put(SIG, sig.into_bytes());
+    let err = prepare(&node, &request(&server, &sha)).expect_err("an unsigned slot was held");
+    node.assert_untouched();
+    // The full path finds that the file is not the signed manifest's image.
+    assert_eq!(err.reason(), Reason::BadManifest, "{err}");
+
+    // Pinned by the image's BLAKE3: the slot was written from an unsigned
+    // manifest that left the tree out. The signed manifest names it, so the
+    // slot is written again and recorded with it (before: held, no verity).
+    let (b, v) = with_verity_tree();
+    let node = node_trusting(&[], &[]);
+    let server = serve(&b, &manifest_naming(&b, None), None);
+    let done = prepare(&node, &request(&server, &b.meta.digest)).unwrap();
+    assert_eq!(done.verity, None);
+    node_key(&node);
+    let signed = manifest_naming(&b, Some(&v));
+    server.put(MANIFEST, signed.clone().into_bytes());
+    server.put(SIG, vendor.sign(signed.as_bytes()).to_json().into_bytes());
+    let done = prepare(&node, &request(&server, &b.meta.digest)).unwrap();
+    assert_eq!(done.verity, Some(v.to_arg()));
+    assert_eq!(node.record_b().verity, Some(v.to_arg()));
+}
