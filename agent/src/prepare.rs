@@ -66,7 +66,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 use wire::rpc::Reason;
 use wire::signature::{
-    PublicKey, Signature, SignatureError, MAX_FILE_BYTES as SIG_MAX_BYTES, SIG_SUFFIX,
+    signature_url, PublicKey, Signature, SignatureError, MAX_FILE_BYTES as SIG_MAX_BYTES,
 };
 use writer::Writer;
 
@@ -680,9 +680,9 @@ fn load_manifest(
 }
 
 /// The manifest `text` fetched from `url` is signed by a key of `trust`
-/// (its signature is `url.sig`).
+/// (its signature is [`signature_url`]).
 fn check_signature(job: &Job, url: &str, text: &str, trust: &Trust) -> Result<(), PrepareError> {
-    let sig_url = format!("{url}{SIG_SUFFIX}");
+    let sig_url = signature_url(url);
     let sig = with_retries(job, &sig_url, || {
         let (fetcher, at) = (job.fetcher.clone(), sig_url.clone());
         cancellable::run(job.cancel, move || fetcher.read_small(&at, SIG_MAX_BYTES))

@@ -329,3 +329,25 @@ fn a_slot_written_before_its_keys_is_held_only_as_the_signed_manifest_says() {
     assert_eq!(done.verity, Some(v.to_arg()));
     assert_eq!(node.record_b().verity, Some(v.to_arg()));
 }
+
+#[test]
+fn a_bundle_url_with_a_query_finds_its_signature_beside_the_manifest() {
+    // A query (an access token the server wants on every file) stays a
+    // query: the signature is the manifest's path plus `.sig`. Before, `.sig`
+    // went at the end of the query, so no signed bundle behind such a URL
+    // could be written.
+    let (vendor, _) = SecretKey::generate().unwrap();
+    let b = v2();
+    let node = node_trusting(&[&vendor], &[]);
+    let server = Server::start();
+    server.put(&format!("{IMG}?token=t"), b.zst.clone());
+    server.put(
+        &format!("{MANIFEST}?token=t"),
+        b.meta.manifest.clone().into_bytes(),
+    );
+    let sig = vendor.sign(b.meta.manifest.as_bytes()).to_json();
+    server.put(&format!("{SIG}?token=t"), sig.into_bytes());
+    let req = common::request(server.url(&format!("{IMG}?token=t")), &b.meta.digest);
+    let done = prepare(&node, &req).unwrap();
+    assert_eq!(done.digest, b.meta.digest);
+}

@@ -23,6 +23,15 @@ use std::fmt;
 
 /// `.sig` beside the signed manifest.
 pub const SIG_SUFFIX: &str = ".sig";
+
+/// Where a manifest's signature is: its path plus [`SIG_SUFFIX`], with the
+/// manifest URL's query and fragment kept after it (a token the server wants
+/// on every file is not a part of the file's name).
+pub fn signature_url(manifest_url: &str) -> String {
+    let (path, query) =
+        manifest_url.split_at(manifest_url.find(['?', '#']).unwrap_or(manifest_url.len()));
+    format!("{path}{SIG_SUFFIX}{query}")
+}
 /// A signature file or key file larger than this is refused unread.
 pub const MAX_FILE_BYTES: u64 = 4096;
 /// The signature file layout written and read (`format`).
@@ -350,6 +359,18 @@ mod tests {
             Err(SignatureError::BadSignature { .. })
         ));
         assert!(sig.verify(MANIFEST, &[]).is_err());
+    }
+
+    #[test]
+    fn the_signature_url_keeps_the_manifests_query() {
+        assert_eq!(
+            signature_url("https://h/os-2.manifest.json"),
+            "https://h/os-2.manifest.json.sig"
+        );
+        assert_eq!(
+            signature_url("https://h/os-2.manifest.json?token=a.b#f"),
+            "https://h/os-2.manifest.json.sig?token=a.b#f"
+        );
     }
 
     #[test]
