@@ -7,6 +7,7 @@
 //! with no key file at all takes unsigned bundles, and `status` says so.
 
 use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 use wire::signature::{PublicKey, MAX_FILE_BYTES};
 
@@ -34,17 +35,34 @@ impl Trust {
     fn load_dir(&mut self, dir: &Path) {
         let entries = match fs::read_dir(dir) {
             Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return,
             Err(e) => {
                 self.unusable.push(format!("{}: {e}", dir.display()));
                 return;
             }
         };
-        let mut files: Vec<PathBuf> = entries
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "pub"))
-            .collect();
+        self.load_listed(dir, entries.map(|e| e.map(|e| e.path())));
+    }
+
+    /// Reads the key files among `listed`, the entries of `dir`.
+    fn load_listed(&mut self, dir: &Path, listed: impl Iterator<Item = io::Result<PathBuf>>) {
+        let mut files = Vec::new();
+        for entry in listed {
+            match entry {
+                Ok(path) if path.extension().is_some_and(|x| x == "pub") => files.push(path),
+                Ok(_) => {}
+                // A listing cut short (EIO: a dm-verity error in the image's
+                // directory block) may have left out every key: skipping the
+                // error turned signatures off.
+                Err(e) => {
+                    self.unusable.push(format!(
+                        "{}: listing the key files failed ({e}); check the disk",
+                        dir.display()
+                    ));
+                    return;
+                }
+            }
+        }
         files.sort();
         if files.len() > MAX_KEY_FILES {
             self.unusable.push(format!(
@@ -136,5 +154,24 @@ mod tests {
         let trust = Trust::load(&[image]);
         assert!(trust.keys.is_empty() && trust.required());
         assert!(trust.unusable[0].contains("not a regular file"));
+    }
+
+    #[test]
+    fn a_listing_that_fails_keeps_signatures_required() {
+        // What read_dir yields when getdents fails part way: the entries
+        // before, then the error (the key's entry never comes).
+        let mut trust = Trust::default();
+        let dir = Path::new("/usr/share/os-agent/keys");
+        let listed = [
+            Ok(dir.join("README")),
+            Err(io::Error::from_raw_os_error(libc::EIO)),
+        ];
+        trust.load_listed(dir, listed.into_iter());
+        assert!(trust.required(), "an I/O error turned signatures off");
+        assert!(
+            trust.unusable[0].contains("/usr/share/os-agent/keys: listing"),
+            "{:?}",
+            trust.unusable
+        );
     }
 }
