@@ -10,7 +10,9 @@ use agent::progress::Progress;
 use bootctl::record::SlotState;
 use bootctl::Slot;
 use common::server::{Fault, Server};
-use common::{bundle, quick_retry, request, synthetic_image, Bundle, Node};
+use common::{
+    bundle, manifest_naming, quick_retry, request, synthetic_image, verity_bundle, Bundle, Node,
+};
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
@@ -706,23 +708,6 @@ fn a_checkpoint_of_another_download_is_not_used() {
     assert!(node.slot_b()[..other.image.len()] == other.image[..]);
 }
 
-/// An image ending with its dm-verity tree, as os-image makes it, with the
-/// tree's parameters.
-fn verity_image() -> (Bundle, wire::verity::Verity) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("image");
-    std::fs::write(&path, synthetic_image(200 * 4096, 11)).unwrap();
-    let v = image_builder::verity::append_tree(&path, [0x42; 32]).unwrap();
-    (bundle(std::fs::read(&path).unwrap(), CHUNK, "2"), v)
-}
-
-/// The bundle's manifest naming `verity` (an unsigned manifest says what it likes).
-fn manifest_with(b: &Bundle, verity: Option<&wire::verity::Verity>) -> Vec<u8> {
-    let mut m = wire::manifest::Manifest::parse(&b.meta.manifest).unwrap();
-    m.verity = verity.cloned();
-    m.to_json().into_bytes()
-}
-
 /// Serves `b` with `manifest` beside it; the request pins the image file by
 /// its sha256 only (KubeOS's checksum), so nothing vouches for the manifest.
 fn serve_pinned(b: &Bundle, manifest: Vec<u8>) -> (Server, PrepareRequest) {
@@ -735,10 +720,10 @@ fn serve_pinned(b: &Bundle, manifest: Vec<u8>) -> (Server, PrepareRequest) {
 
 #[test]
 fn a_manifests_verity_parameters_must_be_those_of_the_tree_the_image_holds() {
-    let (b, v) = verity_image();
+    let (b, v) = verity_bundle(CHUNK);
     // The genuine parameters are recorded for os-init.
     let node = Node::new(SLOT);
-    let (_server, req) = serve_pinned(&b, manifest_with(&b, Some(&v)));
+    let (_server, req) = serve_pinned(&b, manifest_naming(&b, Some(&v)).into_bytes());
     let (result, _) = run(&node, &req);
     assert_eq!(result.unwrap().verity, Some(v.to_arg()));
     assert_eq!(node.record_b().verity, Some(v.to_arg()));
@@ -753,7 +738,7 @@ fn a_manifests_verity_parameters_must_be_those_of_the_tree_the_image_holds() {
     other_salt.root_hash = wire::verity::block_hash(&other_salt.salt, top);
     for (what, bad) in [("root hash", wrong_root), ("salt", other_salt)] {
         let node = Node::new(SLOT);
-        let (_server, req) = serve_pinned(&b, manifest_with(&b, Some(&bad)));
+        let (_server, req) = serve_pinned(&b, manifest_naming(&b, Some(&bad)).into_bytes());
         let (err, msg) = fails(&node, &req);
         assert!(
             matches!(err, PrepareError::BadManifest { .. }),
@@ -768,16 +753,16 @@ fn a_manifests_verity_parameters_must_be_those_of_the_tree_the_image_holds() {
 
 #[test]
 fn a_node_that_requires_verity_refuses_an_image_without_a_tree_before_writing() {
-    let (b, _) = verity_image();
+    let (b, _) = verity_bundle(CHUNK);
     // The tree left out of an unsigned manifest: a node that does not insist
     // mounts the slot unchecked (docs/security.md).
     let node = Node::new(SLOT);
-    let (_server, req) = serve_pinned(&b, manifest_with(&b, None));
+    let (_server, req) = serve_pinned(&b, manifest_naming(&b, None).into_bytes());
     let (result, _) = run(&node, &req);
     assert_eq!(result.unwrap().verity, None);
     let mut node = Node::new(SLOT);
     node.cfg.require_verity = true;
-    let (server, req) = serve_pinned(&b, manifest_with(&b, None));
+    let (server, req) = serve_pinned(&b, manifest_naming(&b, None).into_bytes());
     let (err, msg) = fails(&node, &req);
     assert!(matches!(err, PrepareError::BadManifest { .. }), "{msg}");
     assert!(msg.contains("require-verity = yes"), "{msg}");
@@ -793,9 +778,9 @@ fn a_node_that_requires_verity_refuses_an_image_without_a_tree_before_writing() 
 
 #[test]
 fn a_slot_written_without_a_tree_is_not_held_once_verity_is_required() {
-    let (b, _) = verity_image();
+    let (b, _) = verity_bundle(CHUNK);
     let mut node = Node::new(SLOT);
-    let (server, req) = serve_pinned(&b, manifest_with(&b, None));
+    let (server, req) = serve_pinned(&b, manifest_naming(&b, None).into_bytes());
     assert_eq!(run(&node, &req).0.unwrap().verity, None);
     // require-verity set since (a node image that turns it on, a config
     // change): the same request again must not arm the unchecked slot. Before,

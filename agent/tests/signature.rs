@@ -10,7 +10,7 @@ mod common;
 
 use agent::prepare::PrepareRequest;
 use common::server::Server;
-use common::{bundle, prepare, synthetic_image, Bundle, Node};
+use common::{bundle, manifest_naming, prepare, synthetic_image, verity_bundle, Bundle, Node};
 use std::path::PathBuf;
 use wire::rpc::Reason;
 use wire::signature::SecretKey;
@@ -270,22 +270,6 @@ fn a_registry_bundle_carries_its_signature_in_an_annotation() {
     }
 }
 
-/// The image of `b` ending with a dm-verity tree, as os-image makes it.
-fn with_verity_tree() -> (Bundle, wire::verity::Verity) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("image");
-    std::fs::write(&path, synthetic_image(200 * 4096, 11)).unwrap();
-    let v = image_builder::verity::append_tree(&path, [0x42; 32]).unwrap();
-    (bundle(std::fs::read(&path).unwrap(), CHUNK, "2"), v)
-}
-
-/// `b`'s manifest naming `verity`.
-fn manifest_naming(b: &Bundle, verity: Option<&wire::verity::Verity>) -> String {
-    let mut m = wire::manifest::Manifest::parse(&b.meta.manifest).unwrap();
-    m.verity = verity.cloned();
-    m.to_json()
-}
-
 #[test]
 fn a_slot_written_before_its_keys_is_held_only_as_the_signed_manifest_says() {
     let (vendor, _) = SecretKey::generate().unwrap();
@@ -316,7 +300,7 @@ fn a_slot_written_before_its_keys_is_held_only_as_the_signed_manifest_says() {
     // Pinned by the image's BLAKE3: the slot was written from an unsigned
     // manifest that left the tree out. The signed manifest names it, so the
     // slot is written again and recorded with it (before: held, no verity).
-    let (b, v) = with_verity_tree();
+    let (b, v) = verity_bundle(CHUNK);
     let node = node_trusting(&[], &[]);
     let server = serve(&b, &manifest_naming(&b, None), None);
     let done = prepare(&node, &request(&server, &b.meta.digest)).unwrap();

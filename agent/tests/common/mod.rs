@@ -279,3 +279,20 @@ impl Node {
         }
     }
 }
+
+/// An image ending with its dm-verity tree, as os-image makes it, bundled in
+/// `chunk`-byte chunks, with the tree's parameters.
+pub fn verity_bundle(chunk: usize) -> (Bundle, wire::verity::Verity) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("image");
+    std::fs::write(&path, synthetic_image(200 * 4096, 11)).unwrap();
+    let v = image_builder::verity::append_tree(&path, [0x42; 32]).unwrap();
+    (bundle(std::fs::read(&path).unwrap(), chunk, "2"), v)
+}
+
+/// `b`'s manifest naming `verity` instead (an unsigned manifest says what it likes).
+pub fn manifest_naming(b: &Bundle, verity: Option<&wire::verity::Verity>) -> String {
+    let mut m = wire::manifest::Manifest::parse(&b.meta.manifest).unwrap();
+    m.verity = verity.cloned();
+    m.to_json()
+}
